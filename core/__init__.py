@@ -1,0 +1,1 @@
+"""Flywall-migration core: events, lifecycle, projection, engine, targets, commands."""

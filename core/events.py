@@ -1,0 +1,237 @@
+"""Every event of the journal, as frozen, tagged msgspec Structs (DESIGN §5).
+
+Events are past-tense facts. The journal row carries the migration version and run id as
+columns (hashed with the body), so bodies do not repeat them. Evolve additively: new fields
+get defaults and go last; never retype, rename or reorder a stored field.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from typing import Literal
+
+import msgspec
+
+
+class Actor(msgspec.Struct, frozen=True, kw_only=True):
+    """Who caused an event: the OS user, or the API token's name (`via`)."""
+
+    user: str
+    uid: int
+    host: str
+    pid: int
+    via: str = "cli"
+
+
+def current_actor(via: str = "cli", user: str | None = None) -> Actor:
+    """Describe the person or client running this process."""
+    try:
+        login = user or getpass.getuser()
+    except (KeyError, OSError):
+        login = str(os.getuid())
+    return Actor(user=login, uid=os.getuid(), host=socket.gethostname(), pid=os.getpid(), via=via)
+
+
+class Event(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+    """Base of all events; the tag (the class name) is the journal row's `kind`."""
+
+
+Direction = Literal["up", "down"]
+
+
+class RunStarted(Event):
+    """A writing command took the lock and began; `planned` lists what it means to do."""
+
+    command: str
+    actor: Actor
+    planned: list[str] = []
+    target: str | None = None
+    strategy: str = "incremental"
+
+
+class RunFinished(Event):
+    """A run ended: completed, failed, or interrupted (written later by recovery)."""
+
+    outcome: Literal["completed", "failed", "interrupted"]
+    done: list[str] = []
+    error: str | None = None
+
+
+class MigrationStarted(Event):
+    """Write-ahead: durable before the migration touches its target."""
+
+    direction: Direction
+    component: str
+    checksum: str
+    attempt: int
+    slug: str = ""
+    description: str = ""
+    schema_version: str | None = None
+    fingerprint_before: str | None = None
+    actor: Actor | None = None
+
+
+class WriteIntent(Event):
+    """A file target is about to be replaced: both contents are stored in `sources`."""
+
+    direction: Direction
+    path: str
+    digest_before: str | None
+    digest_after: str
+    backup_id: str | None = None
+
+
+class MigrationApplied(Event):
+    """`up` committed together with its marker in the target."""
+
+    duration_ns: int
+    fingerprint_after: str | None = None
+    schema_version: str | None = None
+
+
+class MigrationFailed(Event):
+    """The migration failed; its target was left as before (the transaction undone)."""
+
+    direction: Direction
+    phase: str
+    error_type: str
+    message: str
+    duration_ns: int = 0
+
+
+class MigrationRolledBack(Event):
+    """`down` committed (or a backup was restored) and the marker is gone."""
+
+    via: Literal["down", "backup"]
+    duration_ns: int = 0
+    fingerprint_after: str | None = None
+
+
+class MigrationLog(Event):
+    """A line the migration wrote with `ctx.log()`."""
+
+    message: str
+    level: str = "info"
+
+
+class BatchCommitted(Event):
+    """A batch of a state migration committed with its checkpoint in the target."""
+
+    last_key: str
+    rows: int
+    total_rows: int = 0
+
+
+class BackupCreated(Event):
+    """A backup of the targets was written and fsynced."""
+
+    backup_id: str
+    location: str
+    items: list[str] = []
+    size: int = 0
+
+
+class BackupRestored(Event):
+    """The targets were restored from a backup."""
+
+    backup_id: str
+    actor: Actor | None = None
+    safety_backup_id: str | None = None
+
+
+class BackupPruned(Event):
+    """A backup was removed by retention or by the operator."""
+
+    backup_id: str
+    reason: str
+
+
+class ValidationPerformed(Event):
+    """A validation ran; `checks` maps each check's name to "ok" or its finding."""
+
+    checks: dict[str, str]
+    ok: bool
+    phase: str = "manual"
+
+
+class StateForced(Event):
+    """An operator set a migration's state by hand, with a reason."""
+
+    from_state: str
+    to_state: str
+    reason: str
+    actor: Actor
+
+
+class Recovered(Event):
+    """Recovery decided the fate of an interrupted migration, from the named evidence."""
+
+    direction: Direction
+    decision: Literal["applied", "failed", "rolled_back"]
+    evidence: dict[str, str]
+    interrupted_run: str = ""
+
+
+class DryRunPerformed(Event):
+    """A dry run executed the plan against copies; nothing else changed."""
+
+    planned: list[str]
+    actor: Actor
+    ok: bool = True
+
+
+class NotificationDelivered(Event):
+    """The outbox delivered events up to `through_seq` to `channel`."""
+
+    channel: str
+    through_seq: int
+
+
+class NotificationFailed(Event):
+    """A channel could not be reached; it will be retried."""
+
+    channel: str
+    through_seq: int
+    error: str
+
+
+AnyEvent = (
+    RunStarted
+    | RunFinished
+    | MigrationStarted
+    | WriteIntent
+    | MigrationApplied
+    | MigrationFailed
+    | MigrationRolledBack
+    | MigrationLog
+    | BatchCommitted
+    | BackupCreated
+    | BackupRestored
+    | BackupPruned
+    | ValidationPerformed
+    | StateForced
+    | Recovered
+    | DryRunPerformed
+    | NotificationDelivered
+    | NotificationFailed
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyEvent)
+
+
+def encode(event: Event) -> bytes:
+    """Return the bytes stored (and hashed) for `event`."""
+    return _encoder.encode(event)
+
+
+def decode(body: bytes) -> AnyEvent:
+    """Decode a stored body. :raises msgspec.DecodeError: unknown kind or bad shape."""
+    return _decoder.decode(body)
+
+
+def kind_of(event: Event) -> str:
+    """Return the journal `kind` of an event: its tag."""
+    return type(event).__name__

@@ -1,0 +1,1 @@
+"""Migration targets: one module per kind of thing a migration changes."""

@@ -1,0 +1,24 @@
+"""Errors of the journal layer, named after the condition they report (PEP 249 style)."""
+
+from __future__ import annotations
+
+
+class JournalError(Exception):
+    """Base of every journal error."""
+
+
+class JournalCorrupt(JournalError):
+    """The stored events do not form the chain they claim to: names the first bad seq."""
+
+    def __init__(self, seq: int, detail: str) -> None:
+        super().__init__(f"journal is corrupt at seq {seq}: {detail}")
+        self.seq = seq
+        self.detail = detail
+
+
+class JournalConflict(JournalError):
+    """An append lost a race or broke the append-only rule (translated from SQLite)."""
+
+
+class JournalTooNew(JournalError):
+    """The journal's internal schema is newer than this program understands."""

@@ -1,0 +1,205 @@
+"""The append-only event store: one SQLite file through APSW (DESIGN §5).
+
+The store knows nothing of migrations: it keeps opaque event bodies with their kind, run id
+and migration name, chains them by hash, and keeps migration sources by digest. Append is
+the only write, and every append is one durable transaction (WAL, synchronous=FULL), so an
+event that recovery needs is on disk before the caller starts the side effect it explains.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, Self
+
+import apsw
+from flywall.journal import _schema
+from flywall.journal.chain import GENESIS, event_hash, verify_chain
+from flywall.journal.errors import JournalConflict, JournalError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
+    from types import TracebackType
+
+_COLUMNS = "seq, at_ns, run_id, migration, kind, body, prev_hash, hash"
+
+
+class Entry(NamedTuple):
+    """An event to append; the store assigns seq, time (if not given) and hashes."""
+
+    kind: str
+    body: bytes
+    run_id: str = ""
+    migration: str = ""
+    at_ns: int | None = None
+
+
+class StoredEvent(NamedTuple):
+    """One row of the `events` table, exactly as stored."""
+
+    seq: int
+    at_ns: int
+    run_id: str
+    migration: str
+    kind: str
+    body: bytes
+    prev_hash: bytes
+    hash: bytes
+
+
+class Journal:
+    """An open journal file. Use `Journal.open` (writers) or `Journal.open_existing`."""
+
+    def __init__(self, conn: apsw.Connection, path: str, key: bytes | None) -> None:
+        self._conn = conn
+        self.path = path
+        self._key = key
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        key: bytes | None = None,
+        synchronous: str = "FULL",
+        vfs: str | None = None,
+    ) -> Self:
+        """Open (creating if needed) the journal for writing; upgrades its tables.
+
+        `synchronous` exists for the crash tests' negative control only: the product
+        always uses FULL, because WAL with NORMAL loses acknowledged commits on power loss.
+        """
+        path = os.fspath(path)
+        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        conn = _connect(path, flags, vfs)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        _schema.upgrade(conn, path)
+        return cls(conn, path, key)
+
+    @classmethod
+    def open_existing(
+        cls, path: str | os.PathLike[str], *, key: bytes | None = None
+    ) -> Self | None:
+        """Open an existing journal for reading; None when there is none yet.
+
+        Readers never create the file nor upgrade its tables.
+        """
+        path = os.fspath(path)
+        if not Path(path).exists():
+            return None
+        conn = _connect(path, apsw.SQLITE_OPEN_READWRITE, None)
+        if _schema.version(conn) == 0:
+            conn.close()
+            return None
+        return cls(conn, path, key)
+
+    def close(self) -> None:
+        """Close the connection; the WAL is checkpointed by SQLite."""
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def connection(self) -> apsw.Connection:
+        """The APSW connection, for the derived caches kept beside the events."""
+        return self._conn
+
+    def append(
+        self, entries: Sequence[Entry], sources: Iterable[tuple[str, bytes]] = ()
+    ) -> list[StoredEvent]:
+        """Append `entries` (and store `sources`) in one durable transaction.
+
+        :raises JournalConflict: SQLite refused the rows (the chain trigger, a constraint).
+        """
+        conn = self._conn
+        stored: list[StoredEvent] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            seq, prev = self._head()
+            for entry in entries:
+                seq += 1
+                at_ns = time.time_ns() if entry.at_ns is None else entry.at_ns
+                digest = event_hash(
+                    prev, seq, at_ns, entry.kind, entry.run_id, entry.migration, entry.body,
+                    self._key,
+                )  # fmt: skip
+                row = StoredEvent(
+                    seq, at_ns, entry.run_id, entry.migration, entry.kind, entry.body, prev, digest
+                )
+                conn.execute(f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", row)
+                stored.append(row)
+                prev = digest
+            for digest_hex, body in sources:
+                conn.execute(
+                    "INSERT OR IGNORE INTO sources (digest, body) VALUES (?, ?)", (digest_hex, body)
+                )
+        except apsw.ConstraintError as e:
+            conn.execute("ROLLBACK")
+            raise JournalConflict(f"{self.path}: append refused: {e}") from e
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return stored
+
+    def head(self) -> tuple[int, bytes]:
+        """Return (seq, hash) of the newest event; (0, GENESIS) when empty."""
+        return self._head()
+
+    def _head(self) -> tuple[int, bytes]:
+        row = self._conn.execute(
+            "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return (0, GENESIS) if row is None else (row[0], row[1])
+
+    def read(
+        self, after: int = 0, *, until: int | None = None, migration: str | None = None
+    ) -> Iterator[StoredEvent]:
+        """Yield events with seq > `after` (and <= `until`), oldest first."""
+        sql = f"SELECT {_COLUMNS} FROM events WHERE seq > ?"
+        args: list[object] = [after]
+        if until is not None:
+            sql += " AND seq <= ?"
+            args.append(until)
+        if migration is not None:
+            sql += " AND migration = ?"
+            args.append(migration)
+        for row in self._conn.execute(sql + " ORDER BY seq", args):
+            yield StoredEvent(*row)
+
+    def source(self, digest: str) -> bytes | None:
+        """Return the migration source stored under `digest`, if any."""
+        row = self._conn.execute("SELECT body FROM sources WHERE digest = ?", (digest,)).fetchone()
+        return None if row is None else row[0]
+
+    def verify(self) -> tuple[int, bytes]:
+        """Walk the whole chain; return its head.
+
+        :raises JournalCorrupt: naming the first bad seq.
+        """
+        return verify_chain(self.read(), self._key)
+
+
+def _connect(path: str, flags: int, vfs: str | None) -> apsw.Connection:
+    try:
+        conn = (
+            apsw.Connection(path, flags=flags, vfs=vfs)
+            if vfs
+            else apsw.Connection(path, flags=flags)
+        )
+        conn.set_busy_timeout(5000)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    except apsw.Error as e:
+        raise JournalError(f"{path}: cannot open journal: {e}") from e
+    return conn
