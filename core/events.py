@@ -71,6 +71,7 @@ class MigrationStarted(Event):
     schema_version: str | None = None
     fingerprint_before: str | None = None
     actor: Actor | None = None
+    file: str = ""
 
 
 class WriteIntent(Event):

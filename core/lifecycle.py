@@ -11,9 +11,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from transitions import Machine, MachineError
+
 from flywall.core import events as ev
 from flywall.core.errors import IllegalTransition
-from transitions import Machine, MachineError
 
 if TYPE_CHECKING:
     from flywall.core.events import Event

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import msgspec
+
 from flywall.core import events as ev
 from flywall.core.errors import IllegalTransition, JournalTampered
 from flywall.core.lifecycle import State, trigger_for
@@ -30,6 +31,7 @@ class MigrationRecord(msgspec.Struct, kw_only=True):
     state: State = State.PENDING
     component: str = ""
     slug: str = ""
+    file: str = ""
     description: str = ""
     checksum: str = ""
     schema_version: str | None = None
@@ -156,7 +158,7 @@ def _fold(rec: MigrationRecord, row: StoredEvent, event: ev.Event) -> None:  # n
     match event:
         case ev.MigrationStarted():
             rec.component, rec.checksum = event.component, event.checksum
-            rec.slug, rec.description = event.slug, event.description
+            rec.slug, rec.description, rec.file = event.slug, event.description, event.file
             rec.direction, rec.last_run, rec.started_seq = event.direction, row.run_id, row.seq
             rec.intent = None
             if event.direction == "up":

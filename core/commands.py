@@ -1,0 +1,391 @@
+"""The commands API: what every interface (CLI, HTTP) calls (STYLE §3).
+
+Each function takes a `Workspace` and plain arguments and returns msgspec Structs (or lists
+of them) whose JSON form is the documented output. Read-only commands never write: they
+open the journal only if it exists, and show interrupted migrations with the decision
+recovery would take.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from flywall.core import errors, projection
+from flywall.core import events as ev
+from flywall.core.lifecycle import State
+from flywall.core.lock import current_holder
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from flywall.core.engine import RunReport
+    from flywall.core.recovery import Decision
+    from flywall.core.workspace import Workspace
+    from flywall.journal import Journal, StoredEvent
+
+
+def iso(at_ns: int | None) -> str | None:
+    """Render a journal time as UTC ISO-8601 with milliseconds."""
+    if at_ns is None:
+        return None
+    seconds, ns = divmod(at_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ns // 1_000_000:03d}Z"
+
+
+# -- read-only ------------------------------------------------------------------------
+
+
+class MigrationRow(msgspec.Struct, kw_only=True):
+    """One line of `list`: a migration file, or one the journal knows whose file is gone."""
+
+    version: str
+    component: str
+    description: str
+    state: str
+    checksum: str
+    applied_at: str | None
+    file: str | None = None
+    last_error: str | None = None
+    checksum_ok: bool = True
+
+
+class JournalInfo(msgspec.Struct, kw_only=True):
+    """Where the journal is and how far it goes."""
+
+    path: str
+    events: int
+    head_hash: str
+
+
+class StatusReport(msgspec.Struct, kw_only=True):
+    """The output of `status`."""
+
+    components: dict[str, str]
+    counts: dict[str, int]
+    journal: JournalInfo
+    interrupted: list[Decision] = []
+    lock_holder: str | None = None
+    last_run: dict[str, Any] | None = None
+    current_version: str | None = None
+    migrations: list[MigrationRow] | None = None
+
+
+def _read_state(ws: Workspace) -> tuple[projection.Projection, Journal | None]:
+    journal = ws.read_journal()
+    return projection.load(journal), journal
+
+
+def list_migrations(
+    ws: Workspace, *, pending: bool = False, applied: bool = False
+) -> list[MigrationRow]:
+    """List every migration with its state (files on disk, plus journal-only ones)."""
+    state, journal = _read_state(ws)
+    if journal is not None:
+        journal.close()
+    return _rows(ws, state, pending=pending, applied=applied)
+
+
+def _rows(
+    ws: Workspace, state: projection.Projection, *, pending: bool, applied: bool
+) -> list[MigrationRow]:
+    rows: dict[str, MigrationRow] = {}
+    for m in ws.migrations:
+        rec = state.record(m.version)
+        rows[m.version] = MigrationRow(
+            version=m.version,
+            component=m.component,
+            description=m.description,
+            state=rec.state.value,
+            checksum=m.checksum,
+            applied_at=iso(rec.applied_at_ns),
+            file=m.path,
+            last_error=rec.last_error,
+            checksum_ok=rec.state is not State.APPLIED or rec.checksum == m.checksum,
+        )
+    for version, rec in state.migrations.items():
+        if version not in rows:
+            rows[version] = MigrationRow(
+                version=version,
+                component=rec.component,
+                description=rec.description,
+                state=rec.state.value,
+                checksum=rec.checksum,
+                applied_at=iso(rec.applied_at_ns),
+                last_error=rec.last_error,
+            )
+    selected = sorted(rows.values(), key=lambda r: r.version)
+    if pending:
+        selected = [r for r in selected if r.state in ("pending", "failed", "rolled_back")]
+    if applied:
+        selected = [r for r in selected if r.state == "applied"]
+    return selected
+
+
+def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
+    """Summarise the appliance: component versions, counts, journal head, interruptions."""
+    state, journal = _read_state(ws)
+    try:
+        rows = _rows(ws, state, pending=False, applied=False)
+        counts = dict.fromkeys((s.value for s in State), 0)
+        for row in rows:
+            counts[row.state] += 1
+        holder = current_holder(ws.paths.lock)
+        interrupted: list[Decision] = []
+        if holder is None and any(r.state in ("running", "rolling_back") for r in rows):
+            interrupted = _pending_decisions(ws, state)
+        last = state.last_run
+        return StatusReport(
+            components=state.components(),
+            counts=counts,
+            journal=JournalInfo(
+                path=str(ws.paths.journal), events=state.seq, head_hash=state.head_hash.hex()
+            ),
+            interrupted=interrupted,
+            lock_holder=holder.describe() if holder else None,
+            last_run=None
+            if last is None
+            else {
+                "run_id": last.run_id,
+                "command": last.command,
+                "outcome": last.outcome,
+                "finished_at": iso(last.finished_ns),
+            },
+            current_version=ws.settings.current_version,
+            migrations=rows if verbose else None,
+        )
+    finally:
+        if journal is not None:
+            journal.close()
+
+
+def _pending_decisions(ws: Workspace, state: projection.Projection) -> list[Decision]:
+    from flywall.core import recovery
+    from flywall.core.targets.database import open_existing
+
+    db = open_existing(ws.paths.state_db, ws.settings.version_table)
+    try:
+        return recovery.pending(state, db)
+    finally:
+        if db is not None:
+            db.close()
+
+
+def event_dict(row: StoredEvent, event: ev.Event | None = None) -> dict[str, Any]:
+    """Render one journal event: its row's columns, then the event's own fields."""
+    event = event if event is not None else ev.decode(row.body)
+    fields = msgspec.to_builtins(event)
+    fields.pop("type", None)
+    return {
+        "seq": row.seq,
+        "at": iso(row.at_ns),
+        "kind": row.kind,
+        "migration": row.migration or None,
+        "run_id": row.run_id or None,
+        **fields,
+        "hash": row.hash.hex(),
+    }
+
+
+def history(ws: Workspace, *, migration: str | None = None) -> list[dict[str, Any]]:
+    """Every journal event (of one migration, if given), oldest first."""
+    journal = ws.read_journal()
+    if journal is None:
+        return []
+    with journal:
+        return [event_dict(row) for row in journal.read(migration=migration)]
+
+
+def log(ws: Workspace, version: str) -> list[dict[str, Any]]:
+    """Return the lines migration `version` logged, with the run and time of each."""
+    journal = ws.read_journal()
+    if journal is None:
+        return []
+    with journal:
+        return [
+            {"at": iso(row.at_ns), "run_id": row.run_id, "level": e.level, "message": e.message}
+            for row in journal.read(migration=version)
+            if isinstance(e := ev.decode(row.body), ev.MigrationLog)
+        ]
+
+
+class ChecksumRow(msgspec.Struct, kw_only=True):
+    """A migration's checksum on disk next to the one the journal recorded."""
+
+    version: str
+    file: str | None
+    on_disk: str | None
+    recorded: str | None
+    state: str
+    match: bool
+
+
+def checksums(ws: Workspace) -> list[ChecksumRow]:
+    """Compare every migration file's checksum with the one it was applied with."""
+    state, journal = _read_state(ws)
+    if journal is not None:
+        journal.close()
+    on_disk = {m.version: m for m in ws.migrations}
+    rows = []
+    for version in sorted(set(on_disk) | set(state.migrations)):
+        m, rec = on_disk.get(version), state.migrations.get(version)
+        recorded = rec.checksum if rec else None
+        rows.append(
+            ChecksumRow(
+                version=version,
+                file=m.path if m else None,
+                on_disk=m.checksum if m else None,
+                recorded=recorded,
+                state=(rec.state if rec else State.PENDING).value,
+                match=m is None or recorded is None or m.checksum == recorded,
+            )
+        )
+    return rows
+
+
+class VerifyReport(msgspec.Struct, kw_only=True):
+    """The result of `journal verify`."""
+
+    path: str
+    events: int
+    head_hash: str
+    ok: bool
+
+
+def journal_verify(ws: Workspace) -> VerifyReport:
+    """Walk the hash chain and replay every event through the lifecycle.
+
+    :raises JournalTampered: naming the first bad seq.
+    """
+    from flywall.core.lifecycle import Lifecycle
+    from flywall.journal import JournalCorrupt
+
+    journal = ws.read_journal()
+    if journal is None:
+        return VerifyReport(path=str(ws.paths.journal), events=0, head_hash="", ok=True)
+    with journal:
+        try:
+            seq, head = journal.verify()
+        except JournalCorrupt as e:
+            raise errors.JournalTampered(e.seq, e.detail) from e
+        projection.replay(journal.read(), Lifecycle())
+    return VerifyReport(path=str(ws.paths.journal), events=seq, head_hash=head.hex(), ok=True)
+
+
+# -- writing ------------------------------------------------------------------------
+
+
+def migrate(
+    ws: Workspace,
+    *,
+    target: str | None = None,
+    actor: ev.Actor | None = None,
+    on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> RunReport:
+    """Apply pending migrations (up to `target`); recovers interrupted work first."""
+    from flywall.core.engine import Engine
+
+    with Engine(ws, "migrate", actor=actor, on_event=on_event, on_progress=on_progress) as e:
+        return e.migrate(target)
+
+
+def rollback(
+    ws: Workspace,
+    *,
+    version: str | None = None,
+    steps: int | None = None,
+    to: str | None = None,
+    actor: ev.Actor | None = None,
+    on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
+) -> RunReport:
+    """Roll back `version`, the newest `steps`, or everything after `to`, via `down`."""
+    from flywall.core.engine import Engine
+
+    with Engine(ws, "rollback", actor=actor, on_event=on_event) as e:
+        return e.rollback(version=version, steps=steps, to=to)
+
+
+def recover(
+    ws: Workspace,
+    *,
+    actor: ev.Actor | None = None,
+    on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
+) -> RunReport:
+    """Resolve interrupted migrations and runs now, without applying anything."""
+    from flywall.core.engine import Engine
+
+    with Engine(ws, "recover", actor=actor, on_event=on_event) as e:
+        decisions = e.recover()
+        if e.recorder.started:
+            e.recorder.finish("completed", [])
+        return _recovery_report(e.run_id if e.recorder.started else None, decisions)
+
+
+def _recovery_report(run_id: str | None, decisions: list[Decision]) -> RunReport:
+    from flywall.core.engine import RunReport
+
+    outcome = "completed" if decisions or run_id else "nothing_to_do"
+    return RunReport(command="recover", run_id=run_id, outcome=outcome, recovered=decisions)
+
+
+_PY_TEMPLATE = '''"""{description}"""
+
+component = "{component}"
+# schema_version = "1.0.0"     # the component's version after up(); optional
+# depends_on = []              # versions this migration needs applied first
+
+
+def up(ctx, {arg}):
+    ctx.log("{slug}: up")
+
+
+def down(ctx, {arg}):
+    ctx.log("{slug}: down")
+'''
+
+_SQL_TEMPLATE = """-- {description}
+-- migrate:up
+
+-- migrate:down
+
+"""
+
+_ARG = {"database": "db", "state": "records", "config": "config", "api": "document"}
+
+
+def create(ws: Workspace, name: str, *, component: str = "database", sql: bool = False) -> Path:
+    """Write a new migration file from a template, versioned now (UTC, to the minute).
+
+    :raises UsageError: a bad name, an unknown component, or --sql with another component.
+    """
+    import re
+
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    if not slug:
+        raise errors.UsageError(f"bad migration name {name!r}: use letters, digits, _")
+    if component not in _ARG:
+        raise errors.UsageError(f"unknown component {component!r}: use {', '.join(_ARG)}")
+    if sql and component != "database":
+        raise errors.UsageError("--sql migrations are database migrations")
+    directory = ws.paths.migrations_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    taken = {m.version for m in ws.migrations}
+    version = int(time.strftime("%Y%m%d%H%M", time.gmtime()))
+    while str(version) in taken or any(directory.glob(f"{version}_*")):
+        version += 1
+    description = name.replace("_", " ").strip().capitalize()
+    text = (
+        _SQL_TEMPLATE.format(description=description)
+        if sql
+        else _PY_TEMPLATE.format(
+            description=description, component=component, arg=_ARG[component], slug=slug
+        )
+    )
+    path = directory / f"{version}_{slug}.{'sql' if sql else 'py'}"
+    with path.open("x", encoding="utf-8") as out:
+        out.write(text)
+    return path

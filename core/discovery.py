@@ -1,0 +1,290 @@
+"""Find migration files and describe them without running them (DESIGN §4).
+
+Listing must stay cheap even for a thousand migrations, and a broken or hostile file must
+not run just because someone asked for `status`. So Python migrations are read with `ast`
+only; their code runs solely through `load_module`, when the engine applies them.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import sys
+import types
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import blake3
+import msgspec
+
+from flywall.core.errors import DiscoveryError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = [
+    "COMPONENTS",
+    "Migration",
+    "checksum",
+    "discover",
+    "from_source",
+    "load_module",
+    "shipped_directory",
+]
+
+COMPONENTS = ("database", "state", "config", "api")
+_FILE_NAME = re.compile(r"^(\d{12,})_([a-z0-9][a-z0-9_]*)\.(py|sql)$")
+_EXPECTED_NAME = "expected NNNNNNNNNNNN_slug.py or .sql, version of at least 12 digits"
+_VERSION = re.compile(r"^\d{12,}$")
+_BOM = b"\xef\xbb\xbf"
+_SQL_MARKERS = {f"-- migrate:{section}": section for section in ("up", "down", "verify")}
+_SQL_HEADER = re.compile(r"^(schema_version|depends_on):(.*)$")
+_PY_METADATA = ("component", "schema_version", "depends_on")
+
+
+class Migration(msgspec.Struct, frozen=True, kw_only=True):
+    """One migration file as found on disk or in the journal; never its running code.
+
+    `checksum` is the blake3 digest of `source`, the normalized bytes, so a source stored
+    in the journal verifies by hashing it as it is, never by normalizing it again.
+    """
+
+    version: str
+    slug: str
+    component: str
+    path: str
+    kind: Literal["python", "sql"]
+    checksum: str
+    source: bytes
+    description: str = ""
+    schema_version: str | None = None
+    depends_on: tuple[str, ...] = ()
+    has_down: bool = False
+    has_verify: bool = False
+    up_sql: str | None = None
+    down_sql: str | None = None
+    verify_sql: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The file name without its extension, e.g. ``202312010001_add_zone_services``."""
+        return f"{self.version}_{self.slug}"
+
+
+def checksum(raw: bytes) -> tuple[bytes, str]:
+    """Return the normalized bytes and their hex blake3 digest.
+
+    A UTF-8 BOM is stripped and CRLF folded to LF (a lone CR is kept), so an editor's
+    line endings never look like an edit of an applied migration.
+    """
+    normalized = raw.removeprefix(_BOM).replace(b"\r\n", b"\n")
+    return normalized, blake3.blake3(normalized).hexdigest()
+
+
+def from_source(path: str, raw: bytes) -> Migration:
+    """Describe one migration from its path and raw bytes, without executing it.
+
+    :param path: where the bytes came from; its file name gives version and slug.
+    :raises DiscoveryError: the name, encoding or content is not a valid migration.
+    """
+    match = _FILE_NAME.match(Path(path).name)
+    if match is None:
+        raise DiscoveryError(path, _EXPECTED_NAME)
+    version, slug, extension = match.groups()
+    source, digest = checksum(raw)
+    try:
+        text = source.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DiscoveryError(path, f"is not UTF-8 ({e.reason} at byte {e.start})") from e
+    parse = _parse_python if extension == "py" else _parse_sql
+    return Migration(
+        version=version,
+        slug=slug,
+        path=path,
+        checksum=digest,
+        source=source,
+        **parse(path, text),
+    )
+
+
+def discover(directories: Sequence[Path]) -> list[Migration]:
+    """Describe every migration file in `directories`, ordered by version.
+
+    A configured directory that does not exist yet holds no migrations; that is not an
+    error, because a fresh appliance has only the shipped ones.
+
+    :raises DiscoveryError: a file is invalid, or two files share a version.
+    """
+    found: dict[str, Migration] = {}
+    for directory in directories:
+        if not directory.exists():
+            continue
+        if not directory.is_dir():
+            raise DiscoveryError(str(directory), "is not a directory")
+        for entry in sorted(directory.iterdir()):
+            # Packages, caches, hidden files and anything else that is not a migration.
+            if entry.name.startswith(("_", ".")) or entry.suffix not in {".py", ".sql"}:
+                continue
+            if not entry.is_file():
+                continue
+            migration = from_source(str(entry), entry.read_bytes())
+            other = found.setdefault(migration.version, migration)
+            if other is not migration:
+                detail = f"version {migration.version} is also used by {other.path}"
+                raise DiscoveryError(migration.path, detail)
+    return sorted(found.values(), key=lambda m: (int(m.version), m.version))
+
+
+def shipped_directory() -> Path:
+    """Return the folder of the `flywall.migrations` package (its migrations are data)."""
+    package = importlib.import_module("flywall.migrations")
+    assert package.__file__ is not None  # a regular package, never a namespace one
+    return Path(package.__file__).parent
+
+
+def load_module(migration: Migration) -> types.ModuleType:
+    """Execute a Python migration's stored source as a fresh, unregistered module.
+
+    Running from `migration.source` rather than the file lets a migration roll back after
+    a firmware downgrade removed its file (DESIGN §4).
+
+    :raises DiscoveryError: the module body raised.
+    """
+    if migration.kind != "python":
+        raise ValueError(f"{migration.path} is a SQL migration; there is no module to load")
+    name = f"flywall_migration_{migration.version}"
+    module = types.ModuleType(name)
+    module.__file__ = migration.path
+    # Registered only while the body runs: dataclasses and typing look their defining
+    # module up in sys.modules, but a lasting entry would go stale across versions.
+    sys.modules[name] = module
+    try:
+        code = compile(migration.source.decode("utf-8"), migration.path, "exec")
+        exec(code, module.__dict__)  # noqa: S102 - running the vendor's migration is the point
+    except Exception as e:
+        raise DiscoveryError(migration.path, f"failed to load: {type(e).__name__}: {e}") from e
+    finally:
+        del sys.modules[name]
+    return module
+
+
+def _parse_python(path: str, text: str) -> dict[str, Any]:
+    """Read metadata from the module's syntax tree; nothing in the file is executed."""
+    try:
+        tree = ast.parse(text, filename=path)
+    except SyntaxError as e:
+        error = DiscoveryError(f"{path}:{e.lineno}:{e.offset}", f"syntax error: {e.msg}")
+        error.path = path  # the location belongs in the message, not in the field
+        raise error from e
+    except ValueError as e:  # Python 3.11 reports NUL bytes this way
+        raise DiscoveryError(path, f"syntax error: {e}") from e
+    values, functions = _module_names(path, tree)
+    if "up" not in functions:
+        raise DiscoveryError(path, "has no module-level 'def up(ctx, ...)'")
+    component = values.get("component")
+    if component not in COMPONENTS:
+        detail = f"component must be one of {', '.join(COMPONENTS)}, got {component!r}"
+        raise DiscoveryError(path, detail)
+    schema_version = values.get("schema_version")
+    if schema_version is not None and not isinstance(schema_version, str):
+        raise DiscoveryError(path, f"schema_version must be a string, got {schema_version!r}")
+    docstring = (ast.get_docstring(tree) or "").strip()
+    return {
+        "component": component,
+        "kind": "python",
+        "description": docstring.splitlines()[0].strip() if docstring else "",
+        "schema_version": schema_version,
+        "depends_on": _versions(path, values.get("depends_on", [])),
+        "has_down": "down" in functions,
+        "has_verify": "verify" in functions,
+    }
+
+
+def _module_names(path: str, tree: ast.Module) -> tuple[dict[str, Any], set[str]]:
+    """Collect the module-level metadata values and the names of module-level functions."""
+    values: dict[str, Any] = {}
+    functions: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            functions.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id in _PY_METADATA:
+                    values[target.id] = _literal(path, target.id, node.value)
+    return values, functions
+
+
+def _literal(path: str, variable: str, node: ast.expr) -> Any:
+    """Evaluate a metadata value that must be a literal, since the file is not run."""
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError) as e:
+        raise DiscoveryError(path, f"{variable} must be a literal value") from e
+
+
+def _versions(path: str, value: Any) -> tuple[str, ...]:
+    """Check a `depends_on` value: a list of versions, each of at least 12 digits."""
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(item, str) and _VERSION.match(item) for item in value
+    ):
+        raise DiscoveryError(path, f"depends_on must list versions of 12+ digits, got {value!r}")
+    return tuple(value)
+
+
+def _parse_sql(path: str, text: str) -> dict[str, Any]:
+    """Split a SQL migration into its sections and read its leading comment block.
+
+    An empty down (or verify) section counts as absent: the migration is irreversible, so
+    a rollback must say so instead of silently doing nothing.
+    """
+    sections: dict[str, list[str]] = {}
+    preamble: list[str] = []
+    current: list[str] = preamble
+    for number, line in enumerate(text.split("\n"), start=1):
+        section = _SQL_MARKERS.get(line.strip())
+        if section is None:
+            current.append(line)
+        elif section in sections:
+            raise DiscoveryError(path, f"line {number}: '-- migrate:{section}' repeated")
+        else:
+            current = sections[section] = []
+    body = {section: "\n".join(lines).strip() or None for section, lines in sections.items()}
+    if body.get("up") is None:
+        raise DiscoveryError(path, "has no '-- migrate:up' section, or it is empty")
+    headers, description = _sql_preamble(path, preamble)
+    depends_on = [v.strip() for v in headers.get("depends_on", "").split(",") if v.strip()]
+    return {
+        "component": "database",
+        "kind": "sql",
+        "description": description,
+        "schema_version": headers.get("schema_version") or None,
+        "depends_on": _versions(path, depends_on),
+        "has_down": body.get("down") is not None,
+        "has_verify": body.get("verify") is not None,
+        "up_sql": body["up"],
+        "down_sql": body.get("down"),
+        "verify_sql": body.get("verify"),
+    }
+
+
+def _sql_preamble(path: str, lines: list[str]) -> tuple[dict[str, str], str]:
+    """Read the comments before the first marker: header lines, then the description.
+
+    Any statement there would belong to no section and silently never run, so it is an
+    error rather than ignored.
+    """
+    headers: dict[str, str] = {}
+    description = ""
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("--"):
+            raise DiscoveryError(path, f"line {number}: SQL before the first marker is never run")
+        comment = stripped.removeprefix("--").strip()
+        header = _SQL_HEADER.match(comment)
+        if header is not None:
+            headers[header[1]] = header[2].strip()
+        elif comment and not description:
+            description = comment
+    return headers, description

@@ -1,0 +1,367 @@
+"""The engine: one run under the writer lock (DESIGN §7).
+
+take the lock → replay the journal → recover anything interrupted → check the applied
+files' checksums → plan → for each migration: MigrationStarted (durable) → apply in the
+target together with its marker → MigrationApplied → RunFinished.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import TYPE_CHECKING, Any, Self
+
+import msgspec
+
+from flywall.core import errors, planner, projection, recovery
+from flywall.core import events as ev
+from flywall.core.context import MigrationContext
+from flywall.core.crash import crashpoint
+from flywall.core.lifecycle import Lifecycle, State
+from flywall.core.lock import Holder, WriterLock
+from flywall.core.recorder import Recorder
+from flywall.core.targets.database import DatabaseTarget
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+
+    import apsw
+
+    from flywall.core.discovery import Migration
+    from flywall.core.workspace import Workspace
+    from flywall.journal import Journal, StoredEvent
+
+
+class RunReport(msgspec.Struct, kw_only=True):
+    """What a writing command did, for the CLI and the API to render."""
+
+    command: str
+    run_id: str | None
+    outcome: str
+    done: list[str] = []
+    recovered: list[recovery.Decision] = []
+    error: str | None = None
+
+
+def new_run_id() -> str:
+    """Return a sortable, readable run id, e.g. ``20261126T013000-3fa9c1``."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+class Engine:
+    """Everything a writing command needs, held for the length of one run."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        command: str,
+        *,
+        actor: ev.Actor | None = None,
+        on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
+        on_progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.ws = workspace
+        self.command = command
+        self.actor = actor or ev.current_actor()
+        self.run_id = new_run_id()
+        self._on_event = on_event
+        self._on_progress = on_progress
+        self._lock = WriterLock(
+            workspace.paths.lock,
+            Holder(
+                run_id=self.run_id,
+                command=command,
+                pid=self.actor.pid,
+                user=self.actor.user,
+                since_ns=time.time_ns(),
+            ),
+        )
+        self._db: DatabaseTarget | None = None
+        self.journal: Journal
+        self.recorder: Recorder
+
+    def __enter__(self) -> Self:
+        self._lock.__enter__()
+        try:
+            self.journal = self.ws.write_journal()
+            state = projection.load(self.journal)
+            self.lifecycle = Lifecycle()
+            started = ev.RunStarted(command=self.command, actor=self.actor)
+            self.recorder = Recorder(
+                self.journal, state, self.lifecycle, self.run_id, started, self._on_event
+            )
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self.recorder.started:
+                projection.save_snapshot(self.journal, self.recorder.projection)
+            if self._db is not None:
+                self._db.close()
+            self.journal.close()
+        finally:
+            self._lock.__exit__(exc_type, exc, tb)
+
+    @property
+    def state(self) -> projection.Projection:
+        """The live projection (identical to a replay of the journal)."""
+        return self.recorder.projection
+
+    def database(self) -> DatabaseTarget:
+        """Open state.db once per run."""
+        if self._db is None:
+            s = self.ws.settings
+            self._db = DatabaseTarget(self.ws.paths.state_db, s.version_table)
+        return self._db
+
+    def existing_database(self) -> DatabaseTarget | None:
+        """Open state.db only if it exists (recovery must not create it)."""
+        if self._db is None and self.ws.paths.state_db.exists():
+            return self.database()
+        return self._db
+
+    # -- commands ---------------------------------------------------------------------
+
+    def recover(self) -> list[recovery.Decision]:
+        """Resolve whatever a previous run left interrupted."""
+        return recovery.recover(self.recorder, self.existing_database())
+
+    def migrate(self, target: str | None = None) -> RunReport:
+        """Apply every pending migration (up to `target`), in dependency order."""
+        recovered = self.recover()
+        self.check_checksums()
+        nodes = self.ws.migrations
+        plan = planner.plan_up(nodes, self._states(), target)
+        by_version = {m.version: m for m in nodes}
+        return self._execute(
+            plan, lambda v, attempt: self._up(by_version[v], attempt), recovered, target
+        )
+
+    def rollback(
+        self, version: str | None = None, steps: int | None = None, to: str | None = None
+    ) -> RunReport:
+        """Roll back one version, the newest `steps`, or everything after `to`."""
+        recovered = self.recover()
+        self.check_checksums()
+        applied = [(r.version, r.applied_seq) for r in self.state.in_state(State.APPLIED)]
+        dependents: dict[str, list[str]] = {}
+        for m in self.ws.migrations:
+            for dep in m.depends_on:
+                dependents.setdefault(dep, []).append(m.version)
+        plan = planner.plan_down(applied, dependents, version=version, steps=steps, to=to)
+        sources = {v: self.source_of(v) for v in plan}
+        for v, m in sources.items():
+            if not m.has_down:
+                raise errors.UsageError(
+                    f"migration {v} is irreversible (it has no down); restore a backup instead"
+                )
+        return self._execute(plan, lambda v, _: self._down(sources[v]), recovered, None)
+
+    # -- steps ------------------------------------------------------------------------
+
+    def _execute(
+        self,
+        plan: list[str],
+        step: Callable[[str, int], None],
+        recovered: list[recovery.Decision],
+        target: str | None,
+    ) -> RunReport:
+        done: list[str] = []
+        report = RunReport(command=self.command, run_id=None, outcome="nothing_to_do")
+        report.recovered = recovered
+        self.recorder.describe_run(
+            ev.RunStarted(command=self.command, actor=self.actor, planned=plan, target=target)
+        )
+        try:
+            for version in plan:
+                step(version, self.state.record(version).attempts + 1)
+                done.append(version)
+        except errors.MigrationFailed as e:
+            self.recorder.finish("failed", done, str(e))
+            report.outcome, report.error = "failed", str(e)
+            report.done, report.run_id = done, self.run_id
+            raise
+        if self.recorder.started:
+            self.recorder.finish("completed", done)
+            report.run_id = self.run_id
+        if plan:
+            report.outcome = "completed"
+        report.done = done
+        return report
+
+    def _up(self, m: Migration, attempt: int) -> None:
+        db = self.database() if m.component in ("database", "state") else None
+        if db is None:
+            raise errors.UsageError(f"{m.path}: component {m.component!r} is not supported yet")
+        started = ev.MigrationStarted(
+            direction="up",
+            component=m.component,
+            checksum=m.checksum,
+            attempt=attempt,
+            slug=m.slug,
+            description=m.description,
+            schema_version=m.schema_version,
+            fingerprint_before=db.fingerprint(),
+            actor=self.actor,
+            file=m.path.rsplit("/", 1)[-1],
+        )
+        self.recorder.append([(m.version, started)], sources=[(m.checksum, m.source)])
+        crashpoint("after-started")
+        t0 = time.monotonic_ns()
+        ctx = self._context(m, "up", db.db)
+        try:
+            body = _body(m, "up", ctx)
+            fingerprint = db.run(
+                version=m.version,
+                component=m.component,
+                direction="up",
+                checksum=m.checksum,
+                body=body,
+                run_id=self.run_id,
+                schema_version=m.schema_version,
+                previous=None,
+            )
+        except BaseException as e:
+            self._failed(m.version, "up", e, t0)
+            raise
+        self.recorder.defer(
+            m.version,
+            ev.MigrationApplied(
+                duration_ns=time.monotonic_ns() - t0,
+                fingerprint_after=fingerprint,
+                schema_version=m.schema_version,
+            ),
+        )
+
+    def _down(self, m: Migration) -> None:
+        db = self.database()
+        record = self.state.record(m.version)
+        started = ev.MigrationStarted(
+            direction="down",
+            component=record.component,
+            checksum=record.checksum,
+            attempt=record.attempts,
+            slug=record.slug,
+            description=record.description,
+            schema_version=record.schema_version,
+            fingerprint_before=db.fingerprint(),
+            actor=self.actor,
+            file=m.path.rsplit("/", 1)[-1],
+        )
+        self.recorder.append([(m.version, started)])
+        crashpoint("after-started")
+        t0 = time.monotonic_ns()
+        ctx = self._context(m, "down", db.db)
+        try:
+            fingerprint = db.run(
+                version=m.version,
+                component=record.component,
+                direction="down",
+                checksum=record.checksum,
+                body=_body(m, "down", ctx),
+                run_id=self.run_id,
+                schema_version=None,
+                previous=self._previous(record.component, m.version),
+            )
+        except BaseException as e:
+            self._failed(m.version, "down", e, t0)
+            raise
+        self.recorder.defer(
+            m.version,
+            ev.MigrationRolledBack(
+                via="down", duration_ns=time.monotonic_ns() - t0, fingerprint_after=fingerprint
+            ),
+        )
+
+    def _failed(self, version: str, direction: str, e: BaseException, t0: int) -> None:
+        """Journal the failure; turn a vendor's exception into MigrationFailed."""
+        phase = direction if isinstance(e, Exception) else "interrupted"
+        failed = ev.MigrationFailed(
+            direction=direction,  # type: ignore[arg-type]
+            phase=phase,
+            error_type=type(e).__name__,
+            message=str(e).splitlines()[0] if str(e) else "",
+            duration_ns=time.monotonic_ns() - t0,
+        )
+        self.recorder.append([(version, failed)])
+        if isinstance(e, Exception) and not isinstance(e, errors.FlywallError):
+            raise errors.MigrationFailed(version, phase, failed.error_type, failed.message) from e
+
+    def _context(self, m: Migration, direction: str, db: apsw.Connection) -> MigrationContext:
+        def log(message: str, level: str) -> None:
+            self.recorder.defer(m.version, ev.MigrationLog(message=message, level=level))
+
+        def progress(done: int, total: int) -> None:
+            if self._on_progress is not None:
+                self._on_progress(m.version, done, total)
+
+        return MigrationContext(m.version, direction, self.ws.settings, log, progress, db)
+
+    def _previous(self, component: str, version: str) -> tuple[str, str] | None:
+        """Return the (version, checksum) `schema_versions` shows once `version` is down."""
+        older = [
+            r
+            for r in self.state.in_state(State.APPLIED)
+            if r.component == component and r.version != version
+        ]
+        if not older:
+            return None
+        last = older[-1]
+        return (last.schema_version or last.version, last.checksum)
+
+    def _states(self) -> dict[str, State]:
+        return {v: r.state for v, r in self.state.migrations.items()}
+
+    def check_checksums(self) -> None:
+        """Refuse to run while an applied migration's file differs from what was applied.
+
+        :raises ChecksumMismatch: naming the file and both digests.
+        """
+        for record in self.state.in_state(State.APPLIED):
+            m = self.ws.migration(record.version)
+            if m is not None and m.checksum != record.checksum:
+                raise errors.ChecksumMismatch(record.version, m.path, record.checksum, m.checksum)
+
+    def source_of(self, version: str) -> Migration:
+        """Return the migration as it was applied: its file, or the journal's stored copy.
+
+        After a firmware downgrade removed the file, the source kept in the journal (by
+        checksum) still lets it roll back.
+        """
+        from flywall.core.discovery import from_source
+
+        record = self.state.record(version)
+        on_disk = self.ws.migration(version)
+        if on_disk is not None and on_disk.checksum == record.checksum:
+            return on_disk
+        raw = self.journal.source(record.checksum)
+        if raw is None:
+            raise errors.UsageError(f"migration {version}: no file and no stored source")
+        return from_source(f"{self.journal.path}#{record.file}", raw)
+
+
+def _body(m: Migration, direction: str, ctx: MigrationContext) -> Callable[[Any], None]:
+    """Return the callable that does `m`'s `direction` on an open connection."""
+    if m.kind == "sql":
+        sql = m.up_sql if direction == "up" else m.down_sql
+        assert sql is not None
+
+        def run_sql(db: apsw.Connection) -> None:
+            for _ in db.execute(sql):
+                pass
+
+        return run_sql
+    from flywall.core.discovery import load_module
+
+    module = load_module(m)
+    function = getattr(module, direction)
+    return lambda db: function(ctx, db)

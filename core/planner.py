@@ -1,0 +1,130 @@
+"""What to apply or roll back, and in what order: a pure function of migrations and states.
+
+No files, no database: the planner takes the discovered migrations (anything with
+`version` and `depends_on`) and each version's state, so the dependency graph, its cycle
+checks and the orders it yields are testable on their own (anchor: alembic's RevisionMap).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import TYPE_CHECKING, Protocol
+
+from flywall.core.errors import GraphError, NothingToDo, UsageError
+from flywall.core.lifecycle import State
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+
+class Node(Protocol):
+    """What the planner needs to know of a migration."""
+
+    @property
+    def version(self) -> str: ...  # noqa: D102
+    @property
+    def depends_on(self) -> Sequence[str]: ...  # noqa: D102
+    @property
+    def schema_version(self) -> str | None: ...  # noqa: D102
+
+
+UP_FROM = (State.PENDING, State.FAILED, State.ROLLED_BACK)
+
+
+def resolve_target(nodes: Sequence[Node], target: str) -> str:
+    """Turn `--target` (a migration version or a schema_version) into a migration version.
+
+    :raises UsageError: nothing matches.
+    """
+    if any(n.version == target for n in nodes):
+        return target
+    matching = [n.version for n in nodes if n.schema_version == target]
+    if matching:
+        return max(matching)
+    raise UsageError(f"unknown target {target!r}: neither a migration version nor a schema_version")
+
+
+def plan_up(
+    nodes: Sequence[Node], states: Mapping[str, State], target: str | None = None
+) -> list[str]:
+    """Return the versions to apply, dependencies first, ties broken by version.
+
+    :raises GraphError: an unknown dependency, a cycle, or a dependency beyond the target.
+    """
+    by_version = {n.version: n for n in nodes}
+    limit = resolve_target(nodes, target) if target else None
+    wanted = {
+        n.version
+        for n in nodes
+        if states.get(n.version, State.PENDING) in UP_FROM and (limit is None or n.version <= limit)
+    }
+    for version in sorted(wanted):
+        for dep in by_version[version].depends_on:
+            if dep not in by_version and states.get(dep) is not State.APPLIED:
+                raise GraphError(f"migration {version} depends on unknown migration {dep}")
+            if dep not in wanted and states.get(dep, State.PENDING) is not State.APPLIED:
+                raise GraphError(
+                    f"migration {version} depends on {dep}, which is "
+                    f"{states.get(dep, State.PENDING).value} and not in this plan"
+                )
+    return _topological(wanted, {v: by_version[v].depends_on for v in wanted})
+
+
+def _topological(wanted: set[str], deps: Mapping[str, Sequence[str]]) -> list[str]:
+    waiting = {v: {d for d in deps[v] if d in wanted} for v in wanted}
+    ready = [v for v, d in waiting.items() if not d]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        version = heapq.heappop(ready)
+        order.append(version)
+        for other, needs in waiting.items():
+            if version in needs:
+                needs.discard(version)
+                if not needs:
+                    heapq.heappush(ready, other)
+    if len(order) != len(wanted):
+        stuck = sorted(set(wanted) - set(order))
+        raise GraphError(f"dependency cycle among migrations {', '.join(stuck)}")
+    return order
+
+
+def plan_down(
+    applied: Sequence[tuple[str, int]],
+    dependents: Mapping[str, Sequence[str]],
+    *,
+    version: str | None = None,
+    steps: int | None = None,
+    to: str | None = None,
+) -> list[str]:
+    """Return the versions to roll back, newest application first.
+
+    `applied` lists (version, seq at which it was applied); `dependents` maps a version to
+    the versions that depend on it. Exactly one of `version`, `steps`, `to` is given.
+
+    :raises UsageError: the request names nothing applied, or mixes options.
+    :raises GraphError: rolling back `version` would leave an applied dependent behind.
+    """
+    if sum(x is not None for x in (version, steps, to)) != 1:
+        raise UsageError("give exactly one of VERSION, --steps N or --to VERSION")
+    newest_first = [v for v, _ in sorted(applied, key=lambda a: a[1], reverse=True)]
+    applied_set = set(newest_first)
+    if version is not None:
+        if version not in applied_set:
+            raise UsageError(f"migration {version} is not applied")
+        chosen = [version]
+    elif steps is not None:
+        if steps < 1:
+            raise UsageError("--steps must be at least 1")
+        chosen = newest_first[:steps]
+    else:
+        chosen = [v for v in newest_first if v > str(to)]
+    if not chosen:
+        raise NothingToDo("nothing to roll back")
+    for v in chosen:
+        left = sorted(d for d in dependents.get(v, ()) if d in applied_set and d not in chosen)
+        if left:
+            raise GraphError(
+                f"cannot roll back {v}: applied migration(s) {', '.join(left)} depend on it"
+            )
+    return chosen

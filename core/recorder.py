@@ -1,0 +1,103 @@
+"""The run's pen: the only way the engine writes to the journal.
+
+It guards each event with the lifecycle before anything is written (an illegal transition
+never appends), writes events in one durable transaction per `append`, folds them into the
+live projection (so the live state *is* the replayed state), and defers events that
+recovery does not need before the next side effect (applied markers, logs) so they share
+the next write: group commit as DESIGN §5 allows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flywall.core import events as ev
+from flywall.core.lifecycle import trigger_for
+from flywall.journal import Entry
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+    from flywall.core.lifecycle import Lifecycle, State
+    from flywall.core.projection import Projection
+    from flywall.journal import Journal, StoredEvent
+
+Item = tuple[str, ev.Event]
+"""(migration version or "", event)."""
+
+
+class Recorder:
+    """Writes one run's events; starts the run lazily, on its first event."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        projection: Projection,
+        lifecycle: Lifecycle,
+        run_id: str,
+        run_started: ev.RunStarted,
+        on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
+    ) -> None:
+        self.journal = journal
+        self.projection = projection
+        self.lifecycle = lifecycle
+        self.run_id = run_id
+        self._run_started = run_started
+        self._on_event = on_event
+        self._deferred: list[Item] = []
+        self.started = False
+
+    def describe_run(self, run_started: ev.RunStarted) -> None:
+        """Replace the RunStarted to write, if the run has not written anything yet."""
+        if not self.started:
+            self._run_started = run_started
+
+    def defer(self, version: str, event: ev.Event) -> None:
+        """Queue an event that may wait for the next write (never one recovery needs)."""
+        self._check([*self._deferred, (version, event)])
+        self._deferred.append((version, event))
+
+    def append(
+        self, items: Sequence[Item], sources: Iterable[tuple[str, bytes]] = ()
+    ) -> list[StoredEvent]:
+        """Write deferred events and `items` durably, in one transaction, in order.
+
+        :raises IllegalTransition: the lifecycle refuses one of them; nothing is written.
+        """
+        return self._write([(v, e, self.run_id) for v, e in items], sources)
+
+    def close_interrupted_run(self, run_id: str) -> None:
+        """Write the RunFinished that a run killed mid-way never wrote (recovery only)."""
+        self._write([("", ev.RunFinished(outcome="interrupted"), run_id)], ())
+
+    def finish(self, outcome: str, done: list[str], error: str | None = None) -> None:
+        """Write RunFinished (with anything deferred), if the run wrote anything at all."""
+        if self.started or self._deferred:
+            finished = ev.RunFinished(outcome=outcome, done=done, error=error)  # type: ignore[arg-type]
+            self.append([("", finished)])
+
+    def _write(
+        self, items: list[tuple[str, ev.Event, str]], sources: Iterable[tuple[str, bytes]]
+    ) -> list[StoredEvent]:
+        batch = [] if self.started else [("", self._run_started, self.run_id)]
+        batch += [(v, e, self.run_id) for v, e in self._deferred]
+        batch += items
+        self._check([(v, e) for v, e, _ in batch])
+        entries = [Entry(ev.kind_of(e), ev.encode(e), run_id, v) for v, e, run_id in batch]
+        rows = self.journal.append(entries, sources)
+        self.started = True
+        self._deferred.clear()
+        for row, (_, event, _) in zip(rows, batch, strict=True):
+            self.projection.apply(row, self.lifecycle)
+            if self._on_event is not None:
+                self._on_event(row, event)
+        return rows
+
+    def _check(self, items: Sequence[Item]) -> None:
+        states: dict[str, State] = {}
+        for version, event in items:
+            trigger = trigger_for(event)
+            if trigger is None:
+                continue
+            current = states.get(version, self.projection.state_of(version))
+            states[version] = self.lifecycle.step(version, current, trigger)

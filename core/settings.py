@@ -1,0 +1,289 @@
+"""The `migration { }` block of flywall.hcl, validated and placed under a root (DESIGN §9).
+
+The block is converted into msgspec Structs so every validation error comes from one place,
+rewritten into one line naming the file and the dotted key. Paths are resolved here, once, so
+no other module needs the rule: relative to the config's folder, absolute ones under `--root`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import msgspec
+
+from flywall.core.errors import ConfigParseError, SettingsError
+
+__all__ = [
+    "Duration",
+    "EmailSettings",
+    "MigrationSettings",
+    "Paths",
+    "ServerSettings",
+    "Settings",
+    "SlackSettings",
+    "StateSettings",
+    "load_settings",
+    "parse_duration",
+]
+
+Strategy = Literal["incremental", "full", "custom"]
+Channel = Literal["email", "slack"]
+Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
+_CHOICES = {"strategy": get_args(Strategy), "notification_channels": get_args(Channel)}
+
+
+class Duration(float):
+    """A span of time in seconds, written in the config as text such as "30m" or "1h30m".
+
+    A float subclass, so `settings.timeout` can be handed straight to `time.sleep` or a
+    timeout argument while the config stays readable.
+    """
+
+
+def parse_duration(text: str) -> Duration:
+    """Read "500ms", "30s", "10m", "2h", "7d", "1w" or a sum like "1h30m" as seconds.
+
+    :raises ValueError: the text is not a duration; the message says how to write one.
+    """
+    if not _DURATION.fullmatch(text):
+        raise ValueError(f'bad duration "{text}" (use e.g. 30s, 10m, 2h, 7d)')
+    return Duration(sum(float(n) * _UNITS[unit] for n, unit in _PART.findall(text)))
+
+
+class _Block(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Base of every block: a misspelt key is an error, never silently ignored."""
+
+
+class EmailSettings(_Block):
+    """`email { }`: where failure (and optional start/complete) notices are mailed."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 25
+    from_: str | None = msgspec.field(default=None, name="from")
+    to: tuple[str, ...] = ()
+    starttls: bool = False
+    credentials_file: str | None = None
+
+
+class SlackSettings(_Block):
+    """`slack { }`: the incoming webhook notices are posted to."""
+
+    webhook_url: str | None = None
+
+
+class ServerSettings(_Block):
+    """`server { }`: the HTTP API; `tokens_file` here overrides the block-level one."""
+
+    listen: str = "127.0.0.1:8080"
+    tokens_file: str | None = None
+
+
+class StateSettings(_Block):
+    """`state { }`: how the state database target runs its migrations."""
+
+    resume_on_crash: bool = True
+    batch_size: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class MigrationSettings(_Block):
+    """Every key of the `migration { }` block, with the seed's defaults; paths as written."""
+
+    enabled: bool = True
+    directory: str = "/etc/flywall/migrations"
+    auto_migrate: bool = False
+    backup_before: bool = True
+    timeout: Duration = parse_duration("30m")
+    version_table: Identifier = "schema_versions"
+    current_version: str | None = None
+    strategy: Strategy = "incremental"
+    validate_before: bool = True
+    validate_after: bool = True
+    dry_run: bool = False
+    backup_retention: Duration = parse_duration("7d")
+    backup_location: str = "/var/lib/flywall/migration-backups"
+    auto_rollback: bool = False
+    rollback_timeout: Duration = parse_duration("10m")
+    max_rollback_attempts: Annotated[int, msgspec.Meta(ge=0)] = 3
+    notify_on_start: bool = False
+    notify_on_complete: bool = False
+    notify_on_failure: bool = True
+    notification_channels: tuple[Channel, ...] = ()
+    confirm_within: Duration | None = None
+    include_shipped: bool = True
+    require_signatures: bool = False
+    trusted_keys: tuple[str, ...] = ()
+    device_key_file: str | None = None
+    journal: str = "/var/lib/flywall/migration-journal.db"
+    state_db: str = "/var/lib/flywall/state.db"
+    api_document: str = "/var/lib/flywall/api.json"
+    tokens_file: str = "/etc/flywall/migration-api.tokens"
+    email: EmailSettings | None = None
+    slack: SlackSettings | None = None
+    server: ServerSettings = ServerSettings()
+    state: StateSettings = StateSettings()
+
+
+class Paths(msgspec.Struct, frozen=True, kw_only=True):
+    """Every file and folder the tool touches, absolute and already placed under the root."""
+
+    config: Path
+    migrations_dir: Path
+    state_db: Path
+    api_document: Path
+    journal: Path
+    lock: Path
+    backups: Path
+    tokens_file: Path
+    device_key_file: Path | None
+    email_credentials_file: Path | None
+
+
+class Settings(MigrationSettings, kw_only=True):
+    """The validated block plus where it came from and where its paths point."""
+
+    root: Path
+    config_path: Path
+    paths: Paths
+
+
+def load_settings(root: Path, config_path: Path | None = None) -> Settings:
+    """Read the `migration { }` block of the config into `Settings`; no file means defaults.
+
+    :param root: prefix of every absolute path; `/` is the real filesystem.
+    :param config_path: the config as the user named it; default `root/etc/flywall/flywall.hcl`.
+    :raises ConfigParseError: the file is not valid HCL.
+    :raises SettingsError: the block is invalid; the message names the file and key.
+    """
+    root = Path(root).absolute()
+    config = (
+        root / "etc/flywall/flywall.hcl" if config_path is None else Path(config_path).absolute()
+    )
+    # Name the file as the operator knows it: relative to a demo root, else absolute.
+    demo = root != Path("/") and config.is_relative_to(root)
+    shown = str(config.relative_to(root) if demo else config)
+    try:
+        text = config.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError(f"{shown}: cannot read: {e}") from e
+    raw = _migration_block(text, shown)
+    try:
+        block = msgspec.convert(raw, MigrationSettings, dec_hook=_decode)
+    except msgspec.ValidationError as e:
+        raise SettingsError(_rewrite(str(e), shown)) from e
+    for channel in block.notification_channels:
+        if getattr(block, channel) is None:
+            raise SettingsError(
+                f'{shown}: migration.notification_channels: "{channel}" is listed '
+                f"but the migration.{channel} {{ }} block is missing"
+            )
+    return Settings(
+        **msgspec.structs.asdict(block),
+        root=root,
+        config_path=config,
+        paths=_resolve(block, config, root),
+    )
+
+
+def _resolve(block: MigrationSettings, config: Path, root: Path) -> Paths:
+    """Apply DESIGN §9's rule to every path key, so nothing else needs to know it."""
+
+    def place(value: str) -> Path:
+        path = Path(value)
+        if path.is_absolute():
+            return root / path.relative_to(path.anchor)
+        return config.parent / path
+
+    journal = place(block.journal)
+    credentials = block.email.credentials_file if block.email else None
+    return Paths(
+        config=config,
+        migrations_dir=place(block.directory),
+        state_db=place(block.state_db),
+        api_document=place(block.api_document),
+        journal=journal,
+        lock=journal.with_name(journal.name + ".lock"),
+        backups=place(block.backup_location),
+        tokens_file=place(block.server.tokens_file or block.tokens_file),
+        device_key_file=place(block.device_key_file) if block.device_key_file else None,
+        email_credentials_file=place(credentials) if credentials else None,
+    )
+
+
+def _migration_block(text: str, shown: str) -> dict[str, Any]:
+    """Parse the HCL and return the one `migration { }` body, with block markers stripped."""
+    import hcl2
+    from lark.exceptions import UnexpectedInput
+
+    options = hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False)
+    try:
+        data = hcl2.loads(text, serialization_options=options)
+    except UnexpectedInput as e:
+        raise ConfigParseError(shown, e.line, e.column, _parse_detail(e)) from e
+    if "migration" not in data:
+        return {}
+    if not _is_block(data["migration"]):
+        raise SettingsError(f"{shown}: migration: expected one unlabelled block")
+    return _unwrap(data["migration"], "migration", shown)
+
+
+def _is_block(value: object) -> bool:
+    """Tell blocks from attributes: python-hcl2 8.x marks each block's dict `__is_block__`."""
+    if not isinstance(value, list) or not value:
+        return False
+    return all(isinstance(b, dict) and "__is_block__" in b for b in value)
+
+
+def _unwrap(value: list[dict[str, Any]], key: str, shown: str) -> dict[str, Any]:
+    """Turn a block list into its single body; a repeated block is ambiguous, so an error."""
+    if len(value) > 1:
+        raise SettingsError(f"{shown}: {key}: block appears {len(value)} times; allowed once")
+    return {
+        k: _unwrap(v, f"{key}.{k}", shown) if _is_block(v) else v
+        for k, v in value[0].items()
+        if k != "__is_block__"
+    }
+
+
+def _parse_detail(error: Exception) -> str:
+    """Say briefly what lark found; its own message lists every token it expected."""
+    token = getattr(error, "token", None)
+    if token is not None and token.type != "$END":
+        words = str(token).split()
+        return f"unexpected token {words[0][:20]!r}" if words else "unexpected end of line"
+    char = getattr(error, "char", None)
+    return f"unexpected character {char!r}" if char else "unexpected end of input"
+
+
+def _decode(type_: type, value: Any) -> Any:
+    """Decode our one custom type in msgspec, so its errors gain the key's location."""
+    if type_ is Duration:
+        if not isinstance(value, str):
+            got = "null" if value is None else type(value).__name__
+            raise TypeError(f"expected a duration string, got {got}")
+        return parse_duration(value)
+    raise NotImplementedError
+
+
+def _rewrite(message: str, shown: str) -> str:
+    """Turn msgspec's "<what> - at `$.a[0]`" into "<file>: migration.a[0]: <what>"."""
+    what, _, where = message.partition(" - at `")
+    key = "migration" + where.rstrip("`").removeprefix("$")
+    unknown = re.fullmatch(r"Object contains unknown field `(.+)`", what)
+    if unknown:
+        return f"{shown}: {key}.{unknown[1]}: unknown key"
+    if what.startswith("Expected `"):  # msgspec's type names, in HCL's words
+        what = what.replace("`array", "`list").replace("`object", "`block")
+    detail = what.replace("`", "")
+    detail = re.sub(r"str matching regex '.*'", "a plain SQL identifier", detail)
+    choices = _CHOICES.get(re.sub(r"\[\d+\]$", "", key).rpartition(".")[2])
+    if detail.startswith("Invalid enum value") and choices:
+        detail += f" (use one of: {', '.join(choices)})"
+    return f"{shown}: {key}: {detail[:1].lower()}{detail[1:]}"

@@ -1,0 +1,178 @@
+"""The `database` target: the SQLite schema of state.db (DESIGN §1, §7).
+
+Each migration runs in one transaction the engine owns, together with its marker row and
+the seed's `schema_versions` row, so "marker present" is exact evidence that it committed.
+Durability: FULL in WAL mode, EXTRA in rollback-journal mode (FULL alone can lose the last
+commit when the journal's unlink is not yet on disk); NORMAL is never used.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import apsw
+import blake3
+
+from flywall.core.crash import crashpoint
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+MARKERS = "flywall_migration_markers"
+
+
+class DatabaseTarget:
+    """One open connection to state.db for the length of a run."""
+
+    def __init__(
+        self, path: Path, version_table: str, *, vfs: str | None = None, create: bool = True
+    ) -> None:
+        flags = apsw.SQLITE_OPEN_READWRITE
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            flags |= apsw.SQLITE_OPEN_CREATE
+        kwargs = {"vfs": vfs} if vfs else {}
+        self.path = path
+        self.version_table = version_table
+        self.db = apsw.Connection(str(path), flags=flags, **kwargs)
+        self.db.set_busy_timeout(5000)
+        mode = self.db.execute("PRAGMA journal_mode").fetchall()[0][0]
+        self.db.execute(f"PRAGMA synchronous = {'FULL' if mode == 'wal' else 'EXTRA'}")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+    def fingerprint(self) -> str:
+        """Return the blake3 of the normalised schema, our own bookkeeping tables left out."""
+        return schema_fingerprint(self.db, (MARKERS, self.version_table))
+
+    def has_marker(self, version: str) -> bool:
+        """Tell whether `version`'s marker row is committed: the recovery evidence."""
+        return bool(self._markers_exist()) and (
+            self.db.execute(f"SELECT 1 FROM {MARKERS} WHERE version = ?", (version,)).fetchone()
+            is not None
+        )
+
+    def markers(self) -> dict[str, str]:
+        """Return every marker row as version -> checksum (for drift detection)."""
+        if not self._markers_exist():
+            return {}
+        return dict(self.db.execute(f"SELECT version, checksum FROM {MARKERS}").fetchall())
+
+    def _markers_exist(self) -> bool:
+        return (
+            self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (MARKERS,)
+            ).fetchone()
+            is not None
+        )
+
+    def run(
+        self,
+        *,
+        version: str,
+        component: str,
+        direction: str,
+        checksum: str,
+        body: Callable[[apsw.Connection], None],
+        run_id: str,
+        schema_version: str | None,
+        previous: tuple[str, str] | None,
+    ) -> str:
+        """Run `body` and move the markers, in one transaction; return the new fingerprint.
+
+        `previous` is the (version, checksum) the component returns to after a down.
+        Any exception leaves the database exactly as before (SQLite undoes the transaction).
+        """
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._ensure_tables()
+            body(db)
+            if db.in_transaction is False:
+                msg = "the migration ended the engine's transaction (no BEGIN/COMMIT inside)"
+                raise RuntimeError(msg)
+            if direction == "up":
+                self._mark_applied(version, component, checksum, run_id, schema_version)
+            else:
+                self._mark_rolled_back(version, component, previous)
+            fingerprint = self.fingerprint()
+            crashpoint(f"{component}-before-commit")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        crashpoint(f"{component}-after-commit")
+        return fingerprint
+
+    def _ensure_tables(self) -> None:
+        self.db.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.version_table} ("
+            "component TEXT PRIMARY KEY, version TEXT NOT NULL, "
+            "applied_at INTEGER NOT NULL, checksum TEXT NOT NULL);"
+            f"CREATE TABLE IF NOT EXISTS {MARKERS} ("
+            "version TEXT PRIMARY KEY, component TEXT NOT NULL, checksum TEXT NOT NULL, "
+            "applied_at INTEGER NOT NULL, run_id TEXT NOT NULL)"
+        )
+
+    def _mark_applied(
+        self, version: str, component: str, checksum: str, run_id: str, schema_version: str | None
+    ) -> None:
+        now = int(time.time())
+        self.db.execute(
+            f"INSERT INTO {MARKERS} (version, component, checksum, applied_at, run_id) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (version, component, checksum, now, run_id),
+        )
+        self._set_version(component, schema_version or version, checksum, now)
+
+    def _mark_rolled_back(
+        self, version: str, component: str, previous: tuple[str, str] | None
+    ) -> None:
+        self.db.execute(f"DELETE FROM {MARKERS} WHERE version = ?", (version,))
+        if previous is None:
+            self.db.execute(f"DELETE FROM {self.version_table} WHERE component = ?", (component,))
+        else:
+            self._set_version(component, previous[0], previous[1], int(time.time()))
+
+    def _set_version(self, component: str, version: str, checksum: str, now: int) -> None:
+        self.db.execute(
+            f"INSERT INTO {self.version_table} (component, version, applied_at, checksum) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (component) DO UPDATE SET "
+            "version = excluded.version, applied_at = excluded.applied_at, "
+            "checksum = excluded.checksum",
+            (component, version, now, checksum),
+        )
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def schema_fingerprint(db: apsw.Connection, exclude: tuple[str, ...] = ()) -> str:
+    """Return the blake3 of `sqlite_master`, normalised: sorted rows, whitespace folded.
+
+    Internal `sqlite_%` objects and the `exclude`d tables (with their indexes) are left out.
+    """
+    h = blake3.blake3()
+    rows = db.execute(
+        "SELECT type, name, tbl_name, sql FROM sqlite_master "
+        "WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
+    )
+    for kind, name, table, sql in rows:
+        if table in exclude:
+            continue
+        text = _SPACE.sub(" ", sql or "").strip()
+        h.update(f"{kind}\0{name}\0{table}\0{text}\n".encode())
+    return h.hexdigest()
+
+
+def open_existing(path: Path, version_table: str) -> DatabaseTarget | None:
+    """Open state.db for reading evidence; None if it does not exist (readers never create)."""
+    if not Path(path).exists():
+        return None
+    return DatabaseTarget(path, version_table, create=False)

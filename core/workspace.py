@@ -1,0 +1,68 @@
+"""One appliance as the commands see it: settings, files, journal and targets.
+
+Everything that turns settings into open things (the journal, state.db, the migration
+files) lives here, so commands stay short and every interface opens things the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flywall.core.settings import load_settings
+
+if TYPE_CHECKING:
+    from flywall.core.discovery import Migration
+    from flywall.core.settings import Settings
+    from flywall.journal import Journal
+
+
+class Workspace:
+    """The appliance under `root`, as described by its config's `migration { }` block."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.paths = settings.paths
+
+    @classmethod
+    def load(cls, root: str | Path = "/", config: str | Path | None = None) -> Workspace:
+        """Read the settings of the appliance under `root`."""
+        return cls(load_settings(Path(root), Path(config) if config else None))
+
+    def directories(self) -> list[Path]:
+        """Return where migrations are looked for: the settings' directory, then shipped ones."""
+        from flywall.core.discovery import shipped_directory
+
+        dirs = [self.paths.migrations_dir]
+        if self.settings.include_shipped:
+            dirs.append(shipped_directory())
+        return dirs
+
+    @functools.cached_property
+    def migrations(self) -> list[Migration]:
+        """Return every migration file found, sorted by version (read once per command)."""
+        from flywall.core.discovery import discover
+
+        return discover(self.directories())
+
+    def migration(self, version: str) -> Migration | None:
+        """Return the migration file with `version`, if one is on disk."""
+        return next((m for m in self.migrations if m.version == version), None)
+
+    def read_journal(self) -> Journal | None:
+        """Open the journal for reading; None when nothing was ever journaled."""
+        from flywall.journal import Journal
+
+        return Journal.open_existing(self.paths.journal, key=self.device_key())
+
+    def write_journal(self) -> Journal:
+        """Open (creating) the journal for writing; only under the writer lock."""
+        from flywall.journal import Journal
+
+        self.paths.journal.parent.mkdir(parents=True, exist_ok=True)
+        return Journal.open(self.paths.journal, key=self.device_key())
+
+    def device_key(self) -> bytes | None:
+        """Return the device key that turns the hash chain into a MAC, if configured."""
+        return None

@@ -1,0 +1,373 @@
+"""Discovery: finding migration files and describing them without executing them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import blake3
+import pytest
+
+import flywall.migrations
+from flywall.core.discovery import (
+    Migration,
+    checksum,
+    discover,
+    from_source,
+    load_module,
+    shipped_directory,
+)
+from flywall.core.errors import DiscoveryError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Write = Callable[..., Path]
+
+PYTHON_MIGRATION = '''\
+"""Add services section to zone configuration.
+
+The long explanation is not part of the description.
+"""
+component = "config"
+schema_version = "1.2.0"
+depends_on = ["202312010002", "202312010003"]
+
+
+def up(ctx, config):
+    config["services"] = []
+
+
+def down(ctx, config):
+    del config["services"]
+
+
+def verify(ctx, target):
+    return True
+'''
+
+SQL_MIGRATION = """\
+-- schema_version: 3.1.0
+-- depends_on: 202312010002, 202312010003
+--
+-- Create the sessions table.
+-- A second comment line is not the description.
+
+-- migrate:up
+CREATE TABLE sessions (id INTEGER PRIMARY KEY);
+
+  -- migrate:down  \n\
+DROP TABLE sessions;
+-- migrate:verify
+SELECT count(*) FROM sessions;
+"""
+
+MINIMAL_PYTHON = 'component = "state"\n\ndef up(ctx, state):\n    pass\n'
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Write:
+    """Write migration files from inline text (or bytes) into a directory under tmp_path."""
+
+    def write(files: dict[str, str | bytes], directory: str = "migrations") -> Path:
+        folder = tmp_path / directory
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            data = content.encode() if isinstance(content, str) else content
+            (folder / name).write_bytes(data)
+        return folder
+
+    return write
+
+
+def test_a_python_migration_is_described_from_its_syntax_tree(write: Write) -> None:
+    folder = write({"202312010004_add_zone_services.py": PYTHON_MIGRATION})
+    [migration] = discover([folder])
+    assert migration.version == "202312010004"
+    assert migration.slug == "add_zone_services"
+    assert migration.name == "202312010004_add_zone_services"
+    assert migration.path == str(folder / "202312010004_add_zone_services.py")
+    assert migration.kind == "python"
+    assert migration.component == "config"
+    assert migration.description == "Add services section to zone configuration."
+    assert migration.schema_version == "1.2.0"
+    assert migration.depends_on == ("202312010002", "202312010003")
+    assert migration.has_down
+    assert migration.has_verify
+    assert migration.up_sql is None
+    assert migration.source == PYTHON_MIGRATION.encode()
+    assert migration.checksum == blake3.blake3(PYTHON_MIGRATION.encode()).hexdigest()
+
+
+def test_a_python_migration_without_docstring_down_or_verify_has_empty_defaults() -> None:
+    migration = from_source("m/202312010001_minimal.py", MINIMAL_PYTHON.encode())
+    assert migration.description == ""
+    assert migration.schema_version is None
+    assert migration.depends_on == ()
+    assert not migration.has_down
+    assert not migration.has_verify
+
+
+def test_discovering_does_not_execute_the_migration(write: Write) -> None:
+    source = 'import sys\nsys.exit("executed")\ncomponent = "api"\ndef up(ctx, api): pass\n'
+    [migration] = discover([write({"202312010001_side_effect.py": source})])
+    assert migration.component == "api"
+
+
+def test_a_sql_migration_is_split_into_sections_with_header_metadata(write: Write) -> None:
+    folder = write({"202312010005_create_sessions.sql": SQL_MIGRATION})
+    [migration] = discover([folder])
+    assert migration.kind == "sql"
+    assert migration.component == "database"
+    assert migration.description == "Create the sessions table."
+    assert migration.schema_version == "3.1.0"
+    assert migration.depends_on == ("202312010002", "202312010003")
+    assert migration.up_sql == "CREATE TABLE sessions (id INTEGER PRIMARY KEY);"
+    assert migration.down_sql == "DROP TABLE sessions;"
+    assert migration.verify_sql == "SELECT count(*) FROM sessions;"
+    assert migration.has_down
+    assert migration.has_verify
+
+
+def test_a_sql_migration_with_only_an_up_section_is_irreversible() -> None:
+    migration = from_source("202312010001_up_only.sql", b"-- migrate:up\nSELECT 1;\n")
+    assert migration.description == ""
+    assert migration.schema_version is None
+    assert migration.depends_on == ()
+    assert (migration.has_down, migration.down_sql) == (False, None)
+    assert (migration.has_verify, migration.verify_sql) == (False, None)
+
+
+def test_files_that_are_not_migrations_are_ignored(write: Write) -> None:
+    folder = write(
+        {
+            "__init__.py": "",
+            "_helpers.py": "syntax error here(",
+            ".202312010009_hidden.py": "",
+            "README.md": "# notes",
+            "202312010008_notes.txt": "",
+            "202312010001_real.py": MINIMAL_PYTHON,
+        }
+    )
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "202312010001_real.cpython-311.pyc").write_bytes(b"\0")
+    (folder / "202312010007_a_directory.py").mkdir()
+    assert [m.name for m in discover([folder])] == ["202312010001_real"]
+
+
+def test_a_missing_directory_holds_no_migrations(tmp_path: Path) -> None:
+    assert discover([tmp_path / "not-yet-created"]) == []
+
+
+def test_migrations_from_several_directories_are_ordered_by_version(write: Write) -> None:
+    first = write({"202312010003_c.py": MINIMAL_PYTHON, "2023120100010_e.py": MINIMAL_PYTHON}, "a")
+    second = write({"202312010001_a.sql": "-- migrate:up\nSELECT 1;\n"}, "b")
+    found = discover([first, second])
+    assert [m.version for m in found] == ["202312010001", "202312010003", "2023120100010"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"line one\nline two\n", b"line one\r\nline two\r\n", b"\xef\xbb\xbfline one\r\nline two\r\n"],
+    ids=["LF", "CRLF", "BOM+CRLF"],
+)
+def test_line_endings_and_a_bom_do_not_change_the_checksum(raw: bytes) -> None:
+    normalized, digest = checksum(raw)
+    assert normalized == b"line one\nline two\n"
+    assert digest == blake3.blake3(b"line one\nline two\n").hexdigest()
+
+
+def test_a_real_edit_changes_the_checksum() -> None:
+    assert checksum(b"line one\nline two\n")[1] != checksum(b"line one\nline 2\n")[1]
+
+
+def test_a_lone_carriage_return_is_kept() -> None:
+    assert checksum(b"a\rb\r\n")[0] == b"a\rb\n"
+
+
+def test_a_migration_carries_its_normalized_source() -> None:
+    raw = b"\xef\xbb\xbf" + MINIMAL_PYTHON.replace("\n", "\r\n").encode()
+    migration = from_source("202312010001_crlf.py", raw)
+    assert migration.source == MINIMAL_PYTHON.encode()
+    assert migration.checksum == checksum(MINIMAL_PYTHON.encode())[1]
+
+
+UP = "def up(ctx, x): pass\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        (
+            "20231201_short.py",
+            UP,
+            "expected NNNNNNNNNNNN_slug.py or .sql, version of at least 12 digits",
+        ),
+        ("202312010001_Bad_Slug.sql", "-- migrate:up\nSELECT 1;", "expected NNNNNNNNNNNN_slug.py"),
+        ("add_zones.py", UP, "expected NNNNNNNNNNNN_slug.py"),
+        ("202312010001_broken.py", 'component = "api"\ndef up(ctx:\n', ":2:7: syntax error: "),
+        ("202312010001_nul.py", 'component = "api"\0\n' + UP, "syntax error"),
+        ("202312010001_no_up.py", 'component = "api"\ndef down(ctx, x): pass\n', "def up"),
+        ("202312010001_assigned_up.py", 'component = "api"\nup = print\n', "def up"),
+        (
+            "202312010001_unknown.py",
+            'component = "network"\n' + UP,
+            "one of database, state, config, api, got 'network'",
+        ),
+        ("202312010001_no_component.py", UP, "one of database, state, config, api, got None"),
+        (
+            "202312010001_computed.py",
+            'component = "a" + "pi"\n' + UP,
+            "component must be a literal",
+        ),
+        (
+            "202312010001_dyn_deps.py",
+            'component = "api"\ndepends_on = list(X)\n' + UP,
+            "depends_on must be a literal",
+        ),
+        (
+            "202312010001_bad_deps.py",
+            'component = "api"\ndepends_on = ["2023"]\n' + UP,
+            "depends_on must list versions of 12+ digits",
+        ),
+        (
+            "202312010001_str_deps.py",
+            'component = "api"\ndepends_on = "202312010002"\n' + UP,
+            "depends_on must list",
+        ),
+        (
+            "202312010001_int_schema.py",
+            'component = "api"\nschema_version = 2\n' + UP,
+            "schema_version must be a string",
+        ),
+        (
+            "202312010001_latin1.py",
+            b'"""Caf\xe9."""\ncomponent = "api"\n' + UP.encode(),
+            "is not UTF-8",
+        ),
+        ("202312010001_latin1.sql", b"-- Caf\xe9\n-- migrate:up\nSELECT 1;", "is not UTF-8"),
+        ("202312010001_no_up.sql", "-- migrate:down\nDROP TABLE t;", "no '-- migrate:up' section"),
+        (
+            "202312010001_empty_up.sql",
+            "-- migrate:up\n\n-- migrate:down\nDROP TABLE t;",
+            "or it is empty",
+        ),
+        (
+            "202312010001_twice.sql",
+            "-- migrate:up\nSELECT 1;\n-- migrate:up\nSELECT 2;",
+            "line 3: '-- migrate:up' repeated",
+        ),
+        ("202312010001_upper.sql", "-- MIGRATE:UP\nSELECT 1;", "no '-- migrate:up' section"),
+        (
+            "202312010001_stray.sql",
+            "-- About.\nSELECT 1;\n-- migrate:up\nSELECT 2;",
+            "line 2: SQL before the first marker is never run",
+        ),
+        (
+            "202312010001_bad_header.sql",
+            "-- depends_on: 1, 2\n-- migrate:up\nSELECT 1;",
+            "depends_on must list versions",
+        ),
+    ],
+)
+def test_an_invalid_migration_file_is_an_error_naming_the_file(
+    write: Write, name: str, content: str | bytes, expected: str
+) -> None:
+    folder = write({name: content})
+    with pytest.raises(DiscoveryError) as caught:
+        discover([folder])
+    path = str(folder / name)
+    assert caught.value.path == path
+    assert str(caught.value).startswith(path + ":")
+    assert expected in str(caught.value)
+
+
+def test_a_syntax_error_names_file_line_and_column(write: Write) -> None:
+    folder = write({"202312010001_broken.py": 'component = "api"\n\ndef up(:\n'})
+    with pytest.raises(DiscoveryError, match=r"202312010001_broken\.py:3:8: syntax error: "):
+        discover([folder])
+
+
+def test_a_version_used_twice_in_one_directory_names_both_files(write: Write) -> None:
+    folder = write(
+        {"202312010001_a.py": MINIMAL_PYTHON, "202312010001_b.sql": "-- migrate:up\nSELECT 1;"}
+    )
+    with pytest.raises(DiscoveryError) as caught:
+        discover([folder])
+    assert str(folder / "202312010001_a.py") in str(caught.value)
+    assert str(folder / "202312010001_b.sql") in str(caught.value)
+
+
+def test_a_version_used_in_two_directories_names_both_files(write: Write) -> None:
+    shipped = write({"202312010001_shipped.py": MINIMAL_PYTHON}, "shipped")
+    local = write({"202312010001_local.py": MINIMAL_PYTHON}, "local")
+    with pytest.raises(DiscoveryError, match="version 202312010001 is also used by") as caught:
+        discover([shipped, local])
+    assert str(shipped / "202312010001_shipped.py") in str(caught.value)
+    assert str(local / "202312010001_local.py") in str(caught.value)
+
+
+def test_a_thousand_migrations_are_discovered(write: Write) -> None:
+    files: dict[str, str | bytes] = {}
+    for n in range(1000):
+        version = 202300000000 + n
+        if n % 2:
+            body = f'"""Step {n}."""\ncomponent = "state"\ndepends_on = ["{version - 1}"]\n{UP}'
+            files[f"{version}_step_{n}.py"] = body
+        else:
+            files[f"{version}_step_{n}.sql"] = f"-- Step {n}.\n-- migrate:up\nSELECT {n};\n"
+    found = discover([write(files)])
+    assert len(found) == 1000
+    assert [m.version for m in found] == [str(202300000000 + n) for n in range(1000)]
+    assert found[999].description == "Step 999."
+
+
+def test_load_module_runs_a_migration_whose_file_was_deleted(write: Write) -> None:
+    folder = write({"202312010004_add_zone_services.py": PYTHON_MIGRATION})
+    [migration] = discover([folder])
+    (folder / "202312010004_add_zone_services.py").unlink()
+    module = load_module(migration)
+    config: dict[str, list[str]] = {}
+    module.up(None, config)
+    assert config == {"services": []}
+    assert module.__name__ == "flywall_migration_202312010004"
+    assert module.__file__ == migration.path
+    assert module.__name__ not in sys.modules
+
+
+def test_load_module_supports_dataclasses_with_postponed_annotations() -> None:
+    """Dataclasses look their module up in sys.modules while the class is created."""
+    source = (
+        "from __future__ import annotations\nimport dataclasses\n"
+        'component = "state"\n@dataclasses.dataclass\nclass Row:\n    id: int\n'
+        "def up(ctx, state):\n    return Row(1)\n"
+    )
+    module = load_module(from_source("202312010001_rows.py", source.encode()))
+    assert module.up(None, None).id == 1
+    assert "flywall_migration_202312010001" not in sys.modules
+
+
+def test_load_module_reports_an_error_in_the_module_body_with_the_file() -> None:
+    migration = from_source("gone/202312010001_boom.py", (MINIMAL_PYTHON + "1 / 0\n").encode())
+    with pytest.raises(DiscoveryError, match=r"^gone/202312010001_boom\.py: .*ZeroDivisionError"):
+        load_module(migration)
+
+
+def test_load_module_refuses_a_sql_migration() -> None:
+    migration = from_source("202312010001_sql.sql", b"-- migrate:up\nSELECT 1;")
+    with pytest.raises(ValueError, match="SQL migration"):
+        load_module(migration)
+
+
+def test_shipped_directory_is_the_flywall_migrations_package() -> None:
+    assert shipped_directory() == Path(flywall.migrations.__file__).parent
+    assert shipped_directory().resolve() == (Path(__file__).parents[1] / "migrations").resolve()
+
+
+def test_a_migration_is_a_frozen_value() -> None:
+    migration = from_source("202312010001_a.py", MINIMAL_PYTHON.encode())
+    with pytest.raises(AttributeError):
+        migration.slug = "b"  # type: ignore[misc]
+    assert isinstance(migration, Migration)
+    assert migration == from_source("202312010001_a.py", MINIMAL_PYTHON.encode())
