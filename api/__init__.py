@@ -1,0 +1,1 @@
+"""The HTTP API (litestar + uvicorn) over `flywall.core.commands`."""

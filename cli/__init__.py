@@ -1,0 +1,1 @@
+"""The `flywall` command line (click): thin over `flywall.core.commands`."""

@@ -41,24 +41,20 @@ class MigrationContext:
     def recreate_table(self, table: str, create_sql: str, columns: list[str]) -> None:
         """Change a table's shape the way SQLite documents (ALTER TABLE, "12 steps").
 
-        Creates the new table under a temporary name from `create_sql` (which names
-        `table`), copies `columns`, drops the old table, renames the new one, recreates
-        the old table's indexes and triggers whose columns still exist, and checks foreign
-        keys. Runs inside the engine's transaction, so a failure undoes all of it.
+        Copies `columns` aside, drops the table, creates it again from `create_sql`
+        exactly as written (so `sqlite_master` holds the vendor's text, not a rename's
+        quoted one), copies the rows back, and recreates the old indexes and triggers
+        whose columns still exist. Foreign keys are checked at commit (deferred). Runs
+        inside the engine's transaction, so a failure undoes all of it.
 
-        :raises ValueError: `create_sql` does not create `table`.
-        :raises apsw.ConstraintError: the rebuilt table breaks a foreign key.
+        :raises ValueError: `create_sql` does not create `table`, or a foreign key breaks.
         """
         if self.db is None:
             msg = "recreate_table is only available to database migrations"
             raise RuntimeError(msg)
         db = self.db
         pattern = rf'^\s*CREATE\s+TABLE\s+(?:"{re.escape(table)}"|{re.escape(table)})\b'
-        temp = f"_flywall_new_{table}"
-        new_sql, found = re.subn(
-            pattern, f'CREATE TABLE "{temp}"', create_sql, count=1, flags=re.IGNORECASE
-        )
-        if not found:
+        if not re.match(pattern, create_sql, flags=re.IGNORECASE):
             msg = f"create_sql must start with CREATE TABLE {table}"
             raise ValueError(msg)
         keep = db.execute(
@@ -66,12 +62,14 @@ class MigrationContext:
             "AND sql IS NOT NULL",
             (table,),
         ).fetchall()
-        db.execute("PRAGMA defer_foreign_keys = ON")
-        db.execute(new_sql)
+        aside = f"_flywall_old_{table}"
         cols = ", ".join(f'"{c}"' for c in columns)
-        db.execute(f'INSERT INTO "{temp}" ({cols}) SELECT {cols} FROM "{table}"')
+        db.execute("PRAGMA defer_foreign_keys = ON")
+        db.execute(f'CREATE TEMP TABLE "{aside}" AS SELECT {cols} FROM "{table}"')
         db.execute(f'DROP TABLE "{table}"')
-        db.execute(f'ALTER TABLE "{temp}" RENAME TO "{table}"')
+        db.execute(create_sql)
+        db.execute(f'INSERT INTO "{table}" ({cols}) SELECT {cols} FROM temp."{aside}"')
+        db.execute(f'DROP TABLE temp."{aside}"')
         remaining = {row[1] for row in db.execute(f'PRAGMA table_info("{table}")')}
         for (sql,) in keep:
             if all(_mentions_only(sql, remaining, table)):

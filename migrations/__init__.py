@@ -1,0 +1,1 @@
+"""The migrations Flywall itself ships; discovered as files, never imported as modules."""

@@ -1,0 +1,284 @@
+"""The `flywall` command line: parse, call `flywall.core.commands`, render (STYLE §3).
+
+Start-up matters (a fleet agent runs `status` every minute), so only click is imported at
+module level; each command imports the core it needs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from flywall.core.workspace import Workspace
+
+EXIT_CODES = """Exit codes: 0 ok; 1 a migration failed; 2 usage or invalid input;
+3 busy (another run holds the lock); 4 validation failed, drift, or tampered journal."""
+
+
+class _Group(click.Group):
+    """Turns every error a user can cause into one line and its documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from flywall.core.errors import FlywallError
+        from flywall.journal import JournalCorrupt, JournalError
+
+        try:
+            return super().invoke(ctx)
+        except (FlywallError, JournalError) as e:
+            if (ctx.obj or {}).get("traceback"):
+                raise
+            code = getattr(e, "exit_code", 4 if isinstance(e, JournalCorrupt) else 2)
+            if "--json" in sys.argv:
+                from flywall.cli.render import emit_json
+
+                emit_json({"error": str(e), "exit_code": code})
+            click.echo(f"FAILED: {e}", err=True)
+            ctx.exit(code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="flywall-migration", prog_name="flywall")
+def main() -> None:
+    """Flywall appliance tools."""
+
+
+@main.group(cls=_Group, epilog=EXIT_CODES)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="/",
+    show_default=True,
+    envvar="FLYWALL_ROOT",
+    help="Prefix of every default path: a whole appliance can live in a folder.",
+)
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The flywall.hcl to read [default: ROOT/etc/flywall/flywall.hcl].",
+)
+@click.option("--traceback", is_flag=True, hidden=True, help="Re-raise errors (debugging).")
+@click.pass_context
+def migration(ctx: click.Context, root: Path, config: Path | None, traceback: bool) -> None:
+    """Crash-safe, journaled migrations of state.db, flywall.hcl and api.json."""
+    ctx.obj = {"root": root, "config": config, "traceback": traceback}
+
+
+def _workspace() -> Workspace:
+    from flywall.core.workspace import Workspace
+
+    obj = click.get_current_context().obj
+    return Workspace.load(obj["root"], obj["config"])
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add `--json` to a command."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
+
+
+def events_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add `--events jsonl` to a writing command."""
+    return click.option(
+        "--events",
+        type=click.Choice(["jsonl"]),
+        default=None,
+        help="Stream every journal event as a JSON line on stdout, as it is written.",
+    )(f)
+
+
+def _hooks(events: str | None, as_json: bool) -> dict[str, Any]:
+    """Return the engine callbacks: JSON lines, or human progress on stderr."""
+    from flywall.core import commands
+    from flywall.core import events as ev
+
+    if events == "jsonl":
+        from flywall.cli.render import emit_json
+
+        return {"on_event": lambda row, event: emit_json(commands.event_dict(row, event))}
+    if as_json:
+        return {}
+
+    def narrate(row: Any, event: Any) -> None:
+        match event:
+            case ev.MigrationStarted(direction=direction, slug=slug):
+                verb = "applying" if direction == "up" else "rolling back"
+                click.echo(f"{verb} {row.migration} {slug}", err=True)
+            case ev.MigrationFailed(error_type=kind, message=message):
+                click.echo(f"  failed: {kind}: {message}", err=True)
+            case ev.Recovered(decision=decision):
+                click.echo(f"recovered {row.migration}: {decision}", err=True)
+
+    return {"on_event": narrate}
+
+
+@migration.command()
+@click.option("--verbose", "-v", is_flag=True, help="Also list every migration.")
+@json_option
+def status(verbose: bool, as_json: bool) -> None:
+    """Show component versions, migration counts, the journal head and interruptions."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    report = commands.status(_workspace(), verbose=verbose)
+    render.emit_json(report) if as_json else render.status(report)
+
+
+@migration.command("list")
+@click.option("--pending", is_flag=True, help="Only migrations still to apply.")
+@click.option("--applied", is_flag=True, help="Only applied migrations.")
+@json_option
+def list_(pending: bool, applied: bool, as_json: bool) -> None:
+    """List migrations with their state, checksum and time applied."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    rows = commands.list_migrations(_workspace(), pending=pending, applied=applied)
+    render.emit_json(rows) if as_json else render.migrations(rows)
+
+
+@migration.command()
+@click.option("--target", metavar="VERSION", help="Stop after this migration (or schema_version).")
+@json_option
+@events_option
+def migrate(target: str | None, as_json: bool, events: str | None) -> None:
+    """Apply pending migrations, recovering any interrupted run first."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    report = commands.migrate(_workspace(), target=target, **_hooks(events, as_json))
+    if events is None:
+        render.emit_json(report) if as_json else render.run(report)
+
+
+@migration.command()
+@click.argument("version", required=False)
+@click.option("--steps", type=click.IntRange(min=1), help="Roll back the newest N applied.")
+@click.option("--to", "to", metavar="VERSION", help="Roll back everything applied after VERSION.")
+@json_option
+@events_option
+def rollback(
+    version: str | None, steps: int | None, to: str | None, as_json: bool, events: str | None
+) -> None:
+    """Roll back VERSION, the newest --steps N, or everything after --to VERSION."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    report = commands.rollback(
+        _workspace(), version=version, steps=steps, to=to, **_hooks(events, as_json)
+    )
+    if events is None:
+        render.emit_json(report) if as_json else render.run(report)
+
+
+@migration.command()
+@json_option
+def recover(as_json: bool) -> None:
+    """Resolve interrupted migrations now, from the evidence in the targets."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    report = commands.recover(_workspace(), **_hooks(None, as_json))
+    render.emit_json(report) if as_json else render.run(report)
+
+
+@migration.command()
+@click.option("--migration", "version", metavar="VERSION", help="Only this migration's events.")
+@json_option
+def history(version: str | None, as_json: bool) -> None:
+    """Show every journal event, oldest first."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    items = commands.history(_workspace(), migration=version)
+    render.emit_json(items) if as_json else render.events(items)
+
+
+@migration.command()
+@click.argument("version")
+@json_option
+def log(version: str, as_json: bool) -> None:
+    """Show what migration VERSION logged with ctx.log(), run by run."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    lines = commands.log(_workspace(), version)
+    if as_json:
+        render.emit_json(lines)
+        return
+    for line in lines:
+        click.echo(f"{line['at']}  {line['run_id']}  {line['level']:<5} {line['message']}")
+
+
+@migration.command()
+@click.argument("name")
+@click.option(
+    "--component",
+    type=click.Choice(["database", "state", "config", "api"]),
+    default="database",
+    show_default=True,
+    help="What the migration changes.",
+)
+@click.option("--sql", is_flag=True, help="Write a .sql migration (database only).")
+@json_option
+def create(name: str, component: str, sql: bool, as_json: bool) -> None:
+    """Write a new migration file from a template into the migrations directory."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    path = commands.create(_workspace(), name, component=component, sql=sql)
+    render.emit_json({"path": str(path)}) if as_json else click.echo(f"created {path}")
+
+
+@migration.command()
+@json_option
+def checksums(as_json: bool) -> None:
+    """Compare each migration file's checksum with the one it was applied with."""
+    from flywall.cli import render
+    from flywall.core import commands
+    from flywall.core.errors import EXIT_VALIDATION
+
+    rows = commands.checksums(_workspace())
+    render.emit_json(rows) if as_json else render.checksums(rows)
+    if not all(r.match for r in rows):
+        sys.exit(EXIT_VALIDATION)
+
+
+@migration.group(cls=_Group)
+def journal() -> None:
+    """Inspect the journal itself."""
+
+
+@journal.command("verify")
+@json_option
+def journal_verify(as_json: bool) -> None:
+    """Walk the hash chain and replay every event; name the first bad seq (exit 4)."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    report = commands.journal_verify(_workspace())
+    if as_json:
+        render.emit_json(report)
+    else:
+        click.echo(f"ok: {report.events} events, head {report.head_hash[:16] or '-'}")
+
+
+@migration.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@json_option
+def demo(directory: Path, as_json: bool) -> None:
+    """Build a sample appliance tree in DIRECTORY to try every command on."""
+    from flywall.cli import render
+    from flywall.core import demo as demo_tree
+
+    made = demo_tree.build(directory)
+    if as_json:
+        render.emit_json(made)
+        return
+    click.echo(f"built a sample appliance in {directory}")
+    click.echo(f"try: flywall migration --root {directory} status")
