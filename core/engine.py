@@ -119,8 +119,13 @@ class Engine:
     def database(self) -> DatabaseTarget:
         """Open state.db once per run."""
         if self._db is None:
-            s = self.ws.settings
-            self._db = DatabaseTarget(self.ws.paths.state_db, s.version_table)
+            options = self.ws.sqlite
+            self._db = DatabaseTarget(
+                self.ws.paths.state_db,
+                self.ws.settings.version_table,
+                vfs=options.vfs,
+                synchronous=options.target_synchronous,
+            )
         return self._db
 
     def existing_database(self) -> DatabaseTarget | None:

@@ -10,6 +10,8 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from flywall.core.settings import load_settings
 
 if TYPE_CHECKING:
@@ -18,12 +20,26 @@ if TYPE_CHECKING:
     from flywall.journal import Journal
 
 
+class SqliteOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """How SQLite files are opened. The defaults are the product's; tests change them.
+
+    `vfs` lets the power-cut simulation sit under every SQLite file; the `*_synchronous`
+    overrides exist only for its negative controls (WAL + NORMAL must be caught losing
+    acknowledged commits), never for production use.
+    """
+
+    vfs: str | None = None
+    journal_synchronous: str = "FULL"
+    target_synchronous: str | None = None
+
+
 class Workspace:
     """The appliance under `root`, as described by its config's `migration { }` block."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, sqlite: SqliteOptions | None = None) -> None:
         self.settings = settings
         self.paths = settings.paths
+        self.sqlite = sqlite or SqliteOptions()
 
     @classmethod
     def load(cls, root: str | Path = "/", config: str | Path | None = None) -> Workspace:
@@ -61,7 +77,12 @@ class Workspace:
         from flywall.journal import Journal
 
         self.paths.journal.parent.mkdir(parents=True, exist_ok=True)
-        return Journal.open(self.paths.journal, key=self.device_key())
+        return Journal.open(
+            self.paths.journal,
+            key=self.device_key(),
+            synchronous=self.sqlite.journal_synchronous,
+            vfs=self.sqlite.vfs,
+        )
 
     def device_key(self) -> bytes | None:
         """Return the device key that turns the hash chain into a MAC, if configured."""

@@ -28,7 +28,13 @@ class DatabaseTarget:
     """One open connection to state.db for the length of a run."""
 
     def __init__(
-        self, path: Path, version_table: str, *, vfs: str | None = None, create: bool = True
+        self,
+        path: Path,
+        version_table: str,
+        *,
+        vfs: str | None = None,
+        create: bool = True,
+        synchronous: str | None = None,
     ) -> None:
         flags = apsw.SQLITE_OPEN_READWRITE
         if create:
@@ -40,7 +46,8 @@ class DatabaseTarget:
         self.db = apsw.Connection(str(path), flags=flags, **kwargs)
         self.db.set_busy_timeout(5000)
         mode = self.db.execute("PRAGMA journal_mode").fetchall()[0][0]
-        self.db.execute(f"PRAGMA synchronous = {'FULL' if mode == 'wal' else 'EXTRA'}")
+        durable = "FULL" if mode == "wal" else "EXTRA"
+        self.db.execute(f"PRAGMA synchronous = {synchronous or durable}")
 
     def close(self) -> None:
         """Close the connection."""

@@ -1,0 +1,96 @@
+"""Shared fixtures: a whole appliance tree in tmp_path, migrations written from strings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from flywall.core.workspace import Workspace
+
+FLYWALL = str(Path(sys.executable).with_name("flywall"))
+
+BASE_CONFIG = """\
+# test appliance
+schema_version = "1.0"
+
+migration {
+  include_shipped = false
+%s}
+"""
+
+
+@dataclass
+class Appliance:
+    """An appliance tree under `root`, with helpers to add migrations and run the CLI."""
+
+    root: Path
+
+    @property
+    def migrations_dir(self) -> Path:
+        return self.root / "etc/flywall/migrations"
+
+    @property
+    def state_db(self) -> Path:
+        return self.root / "var/lib/flywall/state.db"
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "var/lib/flywall/migration-journal.db"
+
+    def configure(self, extra: str = "") -> None:
+        """Rewrite flywall.hcl with `extra` lines inside the migration block."""
+        config = self.root / "etc/flywall/flywall.hcl"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(BASE_CONFIG % textwrap.indent(extra, "  "), encoding="utf-8")
+
+    def write(self, name: str, text: str) -> Path:
+        """Write a migration file from an inline (dedented) string."""
+        self.migrations_dir.mkdir(parents=True, exist_ok=True)
+        path = self.migrations_dir / name
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    def workspace(self) -> Workspace:
+        return Workspace.load(self.root)
+
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `flywall migration --root ROOT ARGS` as a real subprocess."""
+        return subprocess.run(
+            [FLYWALL, "migration", "--root", str(self.root), *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=timeout,
+            check=False,
+        )
+
+
+@pytest.fixture
+def appliance(tmp_path: Path) -> Appliance:
+    """An empty appliance (no shipped migrations) with a config file."""
+    app = Appliance(tmp_path / "appliance")
+    app.configure()
+    app.migrations_dir.mkdir(parents=True)
+    return app
+
+
+def create_table_migration(app: Appliance, version: str, table: str) -> Path:
+    """Write a SQL migration that creates (and drops) `table`."""
+    return app.write(
+        f"{version}_create_{table}.sql",
+        f"""\
+        -- Create {table}.
+        -- migrate:up
+        CREATE TABLE {table} (id INTEGER PRIMARY KEY, name TEXT);
+        -- migrate:down
+        DROP TABLE {table};
+        """,
+    )
