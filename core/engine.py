@@ -104,6 +104,7 @@ class Engine:
     ) -> None:
         try:
             if self.recorder.started:
+                crashpoint("before-snapshot")
                 projection.save_snapshot(self.journal, self.recorder.projection)
             if self._db is not None:
                 self._db.close()
@@ -220,7 +221,6 @@ class Engine:
             file=m.path.rsplit("/", 1)[-1],
         )
         self.recorder.append([(m.version, started)], sources=[(m.checksum, m.source)])
-        crashpoint("after-started")
         t0 = time.monotonic_ns()
         ctx = self._context(m, "up", db.db)
         try:
@@ -263,7 +263,6 @@ class Engine:
             file=m.path.rsplit("/", 1)[-1],
         )
         self.recorder.append([(m.version, started)])
-        crashpoint("after-started")
         t0 = time.monotonic_ns()
         ctx = self._context(m, "down", db.db)
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from flywall.core import events as ev
+from flywall.core.crash import crashpoint
 from flywall.core.lifecycle import trigger_for
 from flywall.journal import Entry
 
@@ -85,6 +86,7 @@ class Recorder:
         self._check([(v, e) for v, e, _ in batch])
         entries = [Entry(ev.kind_of(e), ev.encode(e), run_id, v) for v, e, run_id in batch]
         rows = self.journal.append(entries, sources)
+        crashpoint(f"after-{entries[-1].kind}")
         self.started = True
         self._deferred.clear()
         for row, (_, event, _) in zip(rows, batch, strict=True):
