@@ -20,6 +20,7 @@ import struct
 from typing import TYPE_CHECKING
 
 import blake3
+
 from flywall.journal.errors import JournalCorrupt
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ _HEADER = struct.Struct(">QQ")
 _LEN = struct.Struct(">I")
 
 
-def event_hash(  # noqa: PLR0917 - the hash covers exactly these fields
+def event_hash(
     prev_hash: bytes,
     seq: int,
     at_ns: int,

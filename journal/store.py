@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Self
 
 import apsw
+
 from flywall.journal import _schema
 from flywall.journal.chain import GENESIS, event_hash, verify_chain
 from flywall.journal.errors import JournalConflict, JournalError
