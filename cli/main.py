@@ -92,6 +92,15 @@ def events_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def drift_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add `--accept-drift` to a writing command."""
+    return click.option(
+        "--accept-drift",
+        is_flag=True,
+        help="Run even though state.db no longer matches the journal (journaled).",
+    )(f)
+
+
 def _hooks(events: str | None, as_json: bool) -> dict[str, Any]:
     """Return the engine callbacks: JSON lines, or human progress on stderr."""
     from flywall.core import commands
@@ -127,6 +136,10 @@ def status(verbose: bool, as_json: bool) -> None:
 
     report = commands.status(_workspace(), verbose=verbose)
     render.emit_json(report) if as_json else render.status(report)
+    if report.drift:
+        from flywall.core.errors import EXIT_VALIDATION
+
+        sys.exit(EXIT_VALIDATION)
 
 
 @migration.command("list")
@@ -144,14 +157,17 @@ def list_(pending: bool, applied: bool, as_json: bool) -> None:
 
 @migration.command()
 @click.option("--target", metavar="VERSION", help="Stop after this migration (or schema_version).")
+@drift_option
 @json_option
 @events_option
-def migrate(target: str | None, as_json: bool, events: str | None) -> None:
+def migrate(target: str | None, accept_drift: bool, as_json: bool, events: str | None) -> None:
     """Apply pending migrations, recovering any interrupted run first."""
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.migrate(_workspace(), target=target, **_hooks(events, as_json))
+    report = commands.migrate(
+        _workspace(), target=target, accept_drift=accept_drift, **_hooks(events, as_json)
+    )
     if events is None:
         render.emit_json(report) if as_json else render.run(report)
 
@@ -160,17 +176,28 @@ def migrate(target: str | None, as_json: bool, events: str | None) -> None:
 @click.argument("version", required=False)
 @click.option("--steps", type=click.IntRange(min=1), help="Roll back the newest N applied.")
 @click.option("--to", "to", metavar="VERSION", help="Roll back everything applied after VERSION.")
+@drift_option
 @json_option
 @events_option
 def rollback(
-    version: str | None, steps: int | None, to: str | None, as_json: bool, events: str | None
+    version: str | None,
+    steps: int | None,
+    to: str | None,
+    accept_drift: bool,
+    as_json: bool,
+    events: str | None,
 ) -> None:
     """Roll back VERSION, the newest --steps N, or everything after --to VERSION."""
     from flywall.cli import render
     from flywall.core import commands
 
     report = commands.rollback(
-        _workspace(), version=version, steps=steps, to=to, **_hooks(events, as_json)
+        _workspace(),
+        version=version,
+        steps=steps,
+        to=to,
+        accept_drift=accept_drift,
+        **_hooks(events, as_json),
     )
     if events is None:
         render.emit_json(report) if as_json else render.run(report)
@@ -246,6 +273,24 @@ def checksums(as_json: bool) -> None:
     rows = commands.checksums(_workspace())
     render.emit_json(rows) if as_json else render.checksums(rows)
     if not all(r.match for r in rows):
+        sys.exit(EXIT_VALIDATION)
+
+
+@migration.command()
+@json_option
+def validate(as_json: bool) -> None:
+    """Check the journal chain, checksums, state.db integrity and drift (exit 4 on a finding)."""
+    from flywall.cli import render
+    from flywall.core.errors import EXIT_VALIDATION
+    from flywall.core.validate import validate as run_checks
+
+    report = run_checks(_workspace())
+    if as_json:
+        render.emit_json(report)
+    else:
+        for name, result in report.checks.items():
+            click.echo(f"{'ok  ' if result == 'ok' else 'FAIL'}  {name}: {result}")
+    if not report.ok:
         sys.exit(EXIT_VALIDATION)
 
 

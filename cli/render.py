@@ -70,6 +70,8 @@ def status(report: StatusReport) -> None:
             f"INTERRUPTED {d.version} ({d.direction}, run {d.interrupted_run}): "
             f"recovery will decide {d.decision} ({evidence})"
         )
+    for finding in report.drift:
+        click.echo(f"DRIFT       {finding}")
     if report.migrations is not None:
         click.echo("")
         migrations(report.migrations)

@@ -68,6 +68,7 @@ class StatusReport(msgspec.Struct, kw_only=True):
     counts: dict[str, int]
     journal: JournalInfo
     interrupted: list[Decision] = []
+    drift: list[str] = []
     lock_holder: str | None = None
     last_run: dict[str, Any] | None = None
     current_version: str | None = None
@@ -134,9 +135,7 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
         for row in rows:
             counts[row.state] += 1
         holder = current_holder(ws.paths.lock)
-        interrupted: list[Decision] = []
-        if holder is None and any(r.state in ("running", "rolling_back") for r in rows):
-            interrupted = _pending_decisions(ws, state)
+        interrupted, drift = ([], []) if holder else _evidence(ws, state)
         last = state.last_run
         return StatusReport(
             components=state.components(),
@@ -145,6 +144,7 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
                 path=str(ws.paths.journal), events=state.seq, head_hash=state.head_hash.hex()
             ),
             interrupted=interrupted,
+            drift=drift,
             lock_holder=holder.describe() if holder else None,
             last_run=None
             if last is None
@@ -162,13 +162,17 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
             journal.close()
 
 
-def _pending_decisions(ws: Workspace, state: projection.Projection) -> list[Decision]:
-    from flywall.core import recovery
+def _evidence(ws: Workspace, state: projection.Projection) -> tuple[list[Decision], list[str]]:
+    """Read state.db (never creating it): pending recovery decisions and drift findings.
+
+    Skipped while a writer holds the lock: mid-run, the target is legitimately ahead.
+    """
+    from flywall.core import drift, recovery
     from flywall.core.targets.database import open_existing
 
     db = open_existing(ws.paths.state_db, ws.settings.version_table)
     try:
-        return recovery.pending(state, db)
+        return recovery.pending(state, db), drift.detect(state, db)
     finally:
         if db is not None:
             db.close()
@@ -282,6 +286,7 @@ def migrate(
     ws: Workspace,
     *,
     target: str | None = None,
+    accept_drift: bool = False,
     actor: ev.Actor | None = None,
     on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
@@ -290,7 +295,7 @@ def migrate(
     from flywall.core.engine import Engine
 
     with Engine(ws, "migrate", actor=actor, on_event=on_event, on_progress=on_progress) as e:
-        return e.migrate(target)
+        return e.migrate(target, accept_drift=accept_drift)
 
 
 def rollback(
@@ -299,6 +304,7 @@ def rollback(
     version: str | None = None,
     steps: int | None = None,
     to: str | None = None,
+    accept_drift: bool = False,
     actor: ev.Actor | None = None,
     on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
 ) -> RunReport:
@@ -306,7 +312,7 @@ def rollback(
     from flywall.core.engine import Engine
 
     with Engine(ws, "rollback", actor=actor, on_event=on_event) as e:
-        return e.rollback(version=version, steps=steps, to=to)
+        return e.rollback(version=version, steps=steps, to=to, accept_drift=accept_drift)
 
 
 def recover(

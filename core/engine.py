@@ -78,6 +78,7 @@ class Engine:
             ),
         )
         self._db: DatabaseTarget | None = None
+        self._accepted_drift: list[str] = []
         self.journal: Journal
         self.recorder: Recorder
 
@@ -141,10 +142,11 @@ class Engine:
         """Resolve whatever a previous run left interrupted."""
         return recovery.recover(self.recorder, self.existing_database())
 
-    def migrate(self, target: str | None = None) -> RunReport:
+    def migrate(self, target: str | None = None, *, accept_drift: bool = False) -> RunReport:
         """Apply every pending migration (up to `target`), in dependency order."""
         recovered = self.recover()
         self.check_checksums()
+        self.check_drift(accept=accept_drift)
         nodes = self.ws.migrations
         plan = planner.plan_up(nodes, self._states(), target)
         by_version = {m.version: m for m in nodes}
@@ -153,11 +155,17 @@ class Engine:
         )
 
     def rollback(
-        self, version: str | None = None, steps: int | None = None, to: str | None = None
+        self,
+        version: str | None = None,
+        steps: int | None = None,
+        to: str | None = None,
+        *,
+        accept_drift: bool = False,
     ) -> RunReport:
         """Roll back one version, the newest `steps`, or everything after `to`."""
         recovered = self.recover()
         self.check_checksums()
+        self.check_drift(accept=accept_drift)
         applied = [(r.version, r.applied_seq) for r in self.state.in_state(State.APPLIED)]
         dependents: dict[str, list[str]] = {}
         for m in self.ws.migrations:
@@ -185,7 +193,13 @@ class Engine:
         report = RunReport(command=self.command, run_id=None, outcome="nothing_to_do")
         report.recovered = recovered
         self.recorder.describe_run(
-            ev.RunStarted(command=self.command, actor=self.actor, planned=plan, target=target)
+            ev.RunStarted(
+                command=self.command,
+                actor=self.actor,
+                planned=plan,
+                target=target,
+                accepted_drift=self._accepted_drift,
+            )
         )
         try:
             for version in plan:
@@ -334,6 +348,23 @@ class Engine:
             m = self.ws.migration(record.version)
             if m is not None and m.checksum != record.checksum:
                 raise errors.ChecksumMismatch(record.version, m.path, record.checksum, m.checksum)
+
+    def check_drift(self, *, accept: bool) -> None:
+        """Refuse to run on a target that no longer matches the journal, unless accepted.
+
+        Accepting is journaled: the findings go into this run's RunStarted.
+
+        :raises ValidationFailed: naming every finding.
+        """
+        from flywall.core import drift
+
+        findings = drift.detect(self.state, self.existing_database())
+        if findings and not accept:
+            raise errors.ValidationFailed(
+                "drift: " + "; ".join(findings) + " (inspect with `validate`; "
+                "proceed anyway with --accept-drift, which is journaled)"
+            )
+        self._accepted_drift = findings
 
     def source_of(self, version: str) -> Migration:
         """Return the migration as it was applied: its file, or the journal's stored copy.

@@ -49,6 +49,7 @@ class RunStarted(Event):
     planned: list[str] = []
     target: str | None = None
     strategy: str = "incremental"
+    accepted_drift: list[str] = []
 
 
 class RunFinished(Event):

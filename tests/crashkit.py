@@ -1,0 +1,173 @@
+"""What the crash tests check after a kill (CRASH-TESTING.md, "Invariants checked").
+
+Shared by the crash-point suite and the random-kill soak: `snapshot` reads everything a
+run can leave behind, straight from the files (never through the engine's caches), and
+`check_consistent` states the invariants that must hold after any cut.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import apsw
+import blake3
+
+from flywall.core import commands, projection, recovery
+from flywall.core.lifecycle import Lifecycle, State
+from flywall.core.targets.database import (
+    MARKERS,
+    DatabaseTarget,
+    open_existing,
+    schema_fingerprint,
+)
+from flywall.core.workspace import Workspace
+from flywall.journal import Journal
+
+LONG = os.environ.get("FLYWALL_TORTURE") == "long"
+
+
+@dataclass
+class Observed:
+    """Everything that decides whether two appliances ended in the same state."""
+
+    states: dict[str, str] = field(default_factory=dict)
+    markers: set[str] = field(default_factory=set)
+    fingerprint: str = ""
+    data: str = ""
+
+
+def integrity_ok(path: Path) -> bool:
+    """Run PRAGMA integrity_check on an SQLite file, if it exists."""
+    if not path.exists():
+        return True
+    db = apsw.Connection(str(path))
+    try:
+        return db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        db.close()
+
+
+def data_digest(path: Path) -> str:
+    """Blake3 of every user table's rows, in primary-key order (not our bookkeeping)."""
+    if not path.exists():
+        return ""
+    db = apsw.Connection(str(path))
+    h = blake3.blake3()
+    try:
+        tables = [
+            name
+            for (name,) in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' AND name NOT IN (?, 'schema_versions') "
+                "ORDER BY name",
+                (MARKERS,),
+            )
+        ]
+        for table in tables:
+            h.update(table.encode())
+            for row in db.execute(f'SELECT * FROM "{table}" ORDER BY rowid'):
+                h.update(repr(row).encode())
+    finally:
+        db.close()
+    return h.hexdigest()
+
+
+def observe(root: Path) -> Observed:
+    """Read the appliance's final state from the journal (full replay) and state.db."""
+    ws = Workspace.load(root)
+    journal = Journal.open_existing(ws.paths.journal)
+    seen = Observed()
+    if journal is not None:
+        with journal:
+            journal.verify()
+            replayed = projection.replay(journal.read(), Lifecycle())
+        seen.states = {v: r.state.value for v, r in sorted(replayed.migrations.items())}
+    db = open_existing(ws.paths.state_db, ws.settings.version_table)
+    if db is not None:
+        seen.markers = set(db.markers())
+        seen.fingerprint = schema_fingerprint(db.db, (MARKERS, ws.settings.version_table))
+        db.close()
+    seen.data = data_digest(ws.paths.state_db)
+    return seen
+
+
+_EXPECTED = {
+    ("up", "present"): "applied",
+    ("up", "absent"): "failed",
+    ("down", "present"): "applied",
+    ("down", "absent"): "rolled_back",
+}
+
+
+def integrity_problems(ws: Workspace) -> list[str]:
+    """Name each SQLite file that fails PRAGMA integrity_check."""
+    return [
+        f"integrity_check failed for {path.name}"
+        for path in (ws.paths.journal, ws.paths.state_db)
+        if not integrity_ok(path)
+    ]
+
+
+def evidence_problems(replayed: projection.Projection, db: DatabaseTarget | None) -> list[str]:
+    """Compare the replayed journal with the marker rows of state.db."""
+    problems = [
+        f"decision {d} disagrees with evidence"
+        for d in recovery.pending(replayed, db)
+        if _EXPECTED.get((d.direction, d.evidence.get("marker", ""))) != d.decision
+    ]
+    applied = {v for v, r in replayed.migrations.items() if r.state is State.APPLIED}
+    markers = set(db.markers()) if db else set()
+    if applied - markers:
+        problems.append(f"journal says applied but no marker: {sorted(applied - markers)}")
+    in_flight = {v for v, r in replayed.migrations.items() if r.state in recovery.IN_FLIGHT}
+    if markers - in_flight - applied:
+        problems.append(f"marker without applied state: {sorted(markers - in_flight - applied)}")
+    return problems
+
+
+def check_after_cut(root: Path) -> list[str]:
+    """Return the violated invariants right after a kill, before anything recovers."""
+    ws = Workspace.load(root)
+    problems = integrity_problems(ws)
+    journal = Journal.open_existing(ws.paths.journal)
+    if journal is None:
+        return problems
+    with journal:
+        try:
+            journal.verify()
+        except Exception as e:
+            return [*problems, f"chain: {e}"]
+        replayed = projection.replay(journal.read(), Lifecycle())
+    db = open_existing(ws.paths.state_db, ws.settings.version_table)
+    try:
+        problems += evidence_problems(replayed, db)
+    finally:
+        if db is not None:
+            db.close()
+    status = commands.status(ws)
+    if replayed.in_state(*recovery.IN_FLIGHT) and not status.interrupted:
+        problems.append("status shows migrations in flight but no interrupted decision")
+    return problems
+
+
+def check_settled(root: Path, reference: Observed) -> list[str]:
+    """Return the violated invariants once a rerun finished, against an uninterrupted run."""
+    problems = integrity_problems(Workspace.load(root))
+    seen = observe(root)
+    problems += [
+        f"{name}: {getattr(seen, name)!r} != {getattr(reference, name)!r}"
+        for name in ("states", "markers", "fingerprint", "data")
+        if getattr(seen, name) != getattr(reference, name)
+    ]
+    applied = {v for v, s in seen.states.items() if s == "applied"}
+    if applied != seen.markers:
+        problems.append(f"applied {sorted(applied)} != markers {sorted(seen.markers)}")
+    return problems
+
+
+def killed(result: subprocess.CompletedProcess[str]) -> bool:
+    """Tell whether a CLI run died by SIGKILL (as FLYWALL_CRASH_AT does)."""
+    return result.returncode == -9

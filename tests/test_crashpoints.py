@@ -1,0 +1,201 @@
+"""Kill the CLI at every named crash point of every scenario, rerun, check the invariants.
+
+The points are enumerated from `FLYWALL_CRASH_LIST` (never hard-coded), so a side effect
+that gains a crash point joins this suite by itself. For each (point, occurrence) the
+scenario's command is run in a fresh copy of the prepared appliance and killed there with
+SIGKILL; the files left behind must satisfy the invariants, and rerunning the command
+must end exactly where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import apsw
+import pytest
+from conftest import Appliance
+from crashkit import check_after_cut, check_settled, killed, observe
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+ROWS_MIGRATION = '''\
+"""Seed the peers table with rows (a data change the crash must not lose or double)."""
+component = "database"
+depends_on = ["202401010001"]
+
+
+def up(ctx, db):
+    for i in range(50):
+        db.execute("INSERT INTO peers (name) VALUES (?)", (f"peer-{i}",))
+    ctx.log("inserted 50 peers")
+
+
+def down(ctx, db):
+    db.execute("DELETE FROM peers WHERE name LIKE 'peer-%'")
+'''
+
+CREATE_PEERS = """\
+-- Create the peers table.
+-- migrate:up
+CREATE TABLE peers (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+CREATE INDEX idx_peers_name ON peers(name);
+-- migrate:down
+DROP TABLE peers;
+"""
+
+FAILING = '''\
+"""A migration that fails after changing things: its transaction must be undone."""
+component = "database"
+
+
+def up(ctx, db):
+    db.execute("CREATE TABLE doomed (id INTEGER)")
+    db.execute("INSERT INTO peers (name) VALUES ('half-done')")
+    raise RuntimeError("vendor bug")
+'''
+
+
+def two_migrations(app: Appliance) -> None:
+    app.write("202401010001_create_peers.sql", CREATE_PEERS)
+    app.write("202401010002_seed_peers.py", ROWS_MIGRATION)
+
+
+def one_migration(app: Appliance) -> None:
+    app.write("202401010001_create_peers.sql", CREATE_PEERS)
+
+
+def applied_then_rollback(app: Appliance) -> None:
+    two_migrations(app)
+    assert app.cli("migrate").returncode == 0
+
+
+def with_failing(app: Appliance) -> None:
+    two_migrations(app)
+    app.write("202401010003_doomed.py", FAILING)
+
+
+def interrupted_mid_run(app: Appliance) -> None:
+    """Leave the first of two migrations committed but journaled as running."""
+    two_migrations(app)
+    result = app.cli("migrate", env={"FLYWALL_CRASH_AT": "database-after-commit:1"})
+    assert killed(result), result.stderr
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    prepare: Callable[[Appliance], None]
+    command: tuple[str, ...]
+    exit_code: int = 0
+
+
+SCENARIOS = [
+    Scenario("apply", one_migration, ("migrate",)),
+    Scenario("two-migration run", two_migrations, ("migrate",)),
+    Scenario("rollback", applied_then_rollback, ("rollback", "--to", "000000000000")),
+    Scenario("failing migration", with_failing, ("migrate",), exit_code=1),
+    Scenario("recovery interrupted", interrupted_mid_run, ("migrate",)),
+]
+
+
+def prepared(tmp_path: Path, scenario: Scenario) -> Appliance:
+    app = Appliance(tmp_path / "template")
+    app.configure()
+    app.migrations_dir.mkdir(parents=True)
+    scenario.prepare(app)
+    return app
+
+
+def copy_of(template: Appliance, where: Path) -> Appliance:
+    shutil.copytree(template.root, where)
+    return Appliance(where)
+
+
+def crash_points(template: Appliance, tmp_path: Path, command: tuple[str, ...]) -> list[str]:
+    """Run the command once with FLYWALL_CRASH_LIST; return every `name:n` it reached."""
+    app = copy_of(template, tmp_path / "enumerate")
+    listing = tmp_path / "points.txt"
+    app.cli(*command, env={"FLYWALL_CRASH_LIST": str(listing)})
+    return [line.replace(" ", ":") for line in listing.read_text().splitlines()]
+
+
+@pytest.mark.torture
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_a_kill_at_every_crash_point_recovers_to_the_uninterrupted_result(
+    tmp_path: Path, scenario: Scenario
+) -> None:
+    template = prepared(tmp_path, scenario)
+    reference_app = copy_of(template, tmp_path / "reference")
+    assert reference_app.cli(*scenario.command).returncode == scenario.exit_code
+    reference = observe(reference_app.root)
+
+    points = crash_points(template, tmp_path, scenario.command)
+    assert points, "the scenario reached no crash point"
+    violations: dict[str, list[str]] = {}
+    for i, point in enumerate(points):
+        app = copy_of(template, tmp_path / f"cut-{i}")
+        cut = app.cli(*scenario.command, env={"FLYWALL_CRASH_AT": point})
+        assert killed(cut), f"{point} was listed but not reached: {cut.stderr}"
+        problems = check_after_cut(app.root)
+        rerun = app.cli(*scenario.command)
+        if rerun.returncode not in (0, scenario.exit_code, 2):
+            problems.append(f"rerun exit {rerun.returncode}: {rerun.stderr.strip()}")
+        if rerun.returncode == 2:  # the cut came after the work was done: nothing left to roll back
+            assert "nothing to roll back" in rerun.stderr, rerun.stderr
+        problems += check_settled(app.root, reference)
+        if problems:
+            violations[point] = problems
+    print(f"\n{scenario.name}: {len(points)} crash points x 1 fate (SIGKILL), violations 0")
+    assert violations == {}
+
+
+def test_status_names_an_interrupted_migration_and_migrate_recovers_it(tmp_path: Path) -> None:
+    """The closing note's walk-through: kill mid-run, status shows it, migrate finishes."""
+    app = prepared(tmp_path, Scenario("i", interrupted_mid_run, ("migrate",)))
+    status = app.cli("status")
+    assert status.returncode == 0
+    assert "INTERRUPTED 202401010001 (up" in status.stdout
+    assert "recovery will decide applied" in status.stdout
+    assert "marker=present" in status.stdout
+
+    migrate = app.cli("migrate")
+    assert migrate.returncode == 0, migrate.stderr
+    assert "recovered 202401010001: applied" in migrate.stdout
+
+    history = app.cli("history", "--json")
+    recovered = [e for e in json.loads(history.stdout) if e["kind"] == "Recovered"]
+    assert len(recovered) == 1
+    assert recovered[0]["migration"] == "202401010001"
+    assert recovered[0]["decision"] == "applied"
+    assert recovered[0]["evidence"]["marker"] == "present"
+    finished = [e for e in json.loads(history.stdout) if e["kind"] == "RunFinished"]
+    assert [e["outcome"] for e in finished] == ["interrupted", "completed"]
+    assert observe(app.root).states == {"202401010001": "applied", "202401010002": "applied"}
+
+
+def test_recovery_is_idempotent(tmp_path: Path) -> None:
+    app = prepared(tmp_path, Scenario("i", interrupted_mid_run, ("migrate",)))
+    first = app.cli("recover", "--json")
+    second = app.cli("recover", "--json")
+    assert first.returncode == 0
+    assert second.returncode == 0
+    assert '"decision":"applied"' in first.stdout
+    assert '"outcome":"nothing_to_do"' in second.stdout
+
+
+def test_the_checker_catches_a_marker_removed_behind_the_journals_back(tmp_path: Path) -> None:
+    """The invariants must be able to fail: drift between journal and target is a finding."""
+    app = prepared(tmp_path, Scenario("a", applied_then_rollback, ("migrate",)))
+    assert check_after_cut(app.root) == []
+    db = apsw.Connection(str(app.state_db))
+    db.execute("DELETE FROM flywall_migration_markers WHERE version = '202401010002'")
+    db.close()
+    assert check_after_cut(app.root) == ["journal says applied but no marker: ['202401010002']"]
+    reference = observe(app.root)
+    reference.data = "something else"
+    assert any(p.startswith("data:") for p in check_settled(app.root, reference))
