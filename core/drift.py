@@ -9,14 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from flywall.core.lifecycle import State
-from flywall.core.recovery import IN_FLIGHT
+from flywall.core.recovery import IN_FLIGHT, MARKED
 
 if TYPE_CHECKING:
     from flywall.core.projection import Projection
     from flywall.core.targets.database import DatabaseTarget
-
-MARKED = ("database", "state")
-"""Components whose migrations leave a marker row in state.db."""
 
 
 def detect(state: Projection, db: DatabaseTarget | None) -> list[str]:

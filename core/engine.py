@@ -20,6 +20,7 @@ from flywall.core.crash import crashpoint
 from flywall.core.lifecycle import Lifecycle, State
 from flywall.core.lock import Holder, WriterLock
 from flywall.core.recorder import Recorder
+from flywall.core.recovery import MARKED
 from flywall.core.targets.database import DatabaseTarget
 
 if TYPE_CHECKING:
@@ -140,7 +141,8 @@ class Engine:
 
     def recover(self) -> list[recovery.Decision]:
         """Resolve whatever a previous run left interrupted."""
-        return recovery.recover(self.recorder, self.existing_database())
+        paths = (self.ws.paths.config, self.ws.paths.api_document)
+        return recovery.recover(self.recorder, self.existing_database(), paths)
 
     def migrate(self, target: str | None = None, *, accept_drift: bool = False) -> RunReport:
         """Apply every pending migration (up to `target`), in dependency order."""
@@ -219,86 +221,113 @@ class Engine:
         return report
 
     def _up(self, m: Migration, attempt: int) -> None:
-        db = self.database() if m.component in ("database", "state") else None
-        if db is None:
-            raise errors.UsageError(f"{m.path}: component {m.component!r} is not supported yet")
+        self._step(m, "up", attempt)
+
+    def _down(self, m: Migration) -> None:
+        self._step(m, "down", self.state.record(m.version).attempts)
+
+    def _step(self, m: Migration, direction: str, attempt: int) -> None:
+        """Run one migration in one direction: write-ahead, apply, then record the outcome."""
+        record = self.state.record(m.version)
+        component = m.component if direction == "up" else record.component
+        db = self.database() if component in MARKED else None
         started = ev.MigrationStarted(
-            direction="up",
-            component=m.component,
-            checksum=m.checksum,
+            direction=direction,  # type: ignore[arg-type]
+            component=component,
+            checksum=m.checksum if direction == "up" else record.checksum,
             attempt=attempt,
             slug=m.slug,
             description=m.description,
-            schema_version=m.schema_version,
-            fingerprint_before=db.fingerprint(),
+            schema_version=m.schema_version if direction == "up" else record.schema_version,
+            fingerprint_before=db.fingerprint() if db is not None else None,
             actor=self.actor,
-            file=m.path.rsplit("/", 1)[-1],
+            file=m.path.rsplit("/", 1)[-1].rsplit("#", 1)[-1],
         )
-        self.recorder.append([(m.version, started)], sources=[(m.checksum, m.source)])
+        sources = [(m.checksum, m.source)] if direction == "up" else []
+        self.recorder.append([(m.version, started)], sources=sources)
         t0 = time.monotonic_ns()
-        ctx = self._context(m, "up", db.db)
         try:
-            body = _body(m, "up", ctx)
-            fingerprint = db.run(
-                version=m.version,
-                component=m.component,
-                direction="up",
-                checksum=m.checksum,
-                body=body,
-                run_id=self.run_id,
-                schema_version=m.schema_version,
-                previous=None,
-            )
+            if db is not None:
+                fingerprint = self._in_database(db, m, direction, started)
+            else:
+                fingerprint = None
+                self._in_file(m, direction)
         except BaseException as e:
-            self._failed(m.version, "up", e, t0)
+            self._failed(m.version, direction, e, t0)
             raise
-        self.recorder.defer(
-            m.version,
+        took = time.monotonic_ns() - t0
+        outcome: ev.Event = (
             ev.MigrationApplied(
-                duration_ns=time.monotonic_ns() - t0,
-                fingerprint_after=fingerprint,
-                schema_version=m.schema_version,
-            ),
+                duration_ns=took, fingerprint_after=fingerprint, schema_version=m.schema_version
+            )
+            if direction == "up"
+            else ev.MigrationRolledBack(via="down", duration_ns=took, fingerprint_after=fingerprint)
+        )
+        self.recorder.defer(m.version, outcome)
+
+    def _in_database(
+        self, db: DatabaseTarget, m: Migration, direction: str, started: ev.MigrationStarted
+    ) -> str:
+        """Run the migration inside the target's transaction, with its marker."""
+        ctx = self._context(m, direction, db.db)
+        body = (
+            self._with_records(m, direction, ctx)
+            if started.component == "state"
+            else _body(m, direction, ctx)
+        )
+        return db.run(
+            version=m.version,
+            component=started.component,
+            direction=direction,
+            checksum=started.checksum,
+            body=body,
+            run_id=self.run_id,
+            schema_version=m.schema_version,
+            previous=None if direction == "up" else self._previous(started.component, m.version),
         )
 
-    def _down(self, m: Migration) -> None:
-        db = self.database()
-        record = self.state.record(m.version)
-        started = ev.MigrationStarted(
-            direction="down",
-            component=record.component,
-            checksum=record.checksum,
-            attempt=record.attempts,
-            slug=record.slug,
-            description=record.description,
-            schema_version=record.schema_version,
-            fingerprint_before=db.fingerprint(),
-            actor=self.actor,
-            file=m.path.rsplit("/", 1)[-1],
+    def _with_records(
+        self, m: Migration, direction: str, ctx: MigrationContext
+    ) -> Callable[[apsw.Connection], None]:
+        """Give a state migration the record helper; journal each committed batch."""
+        from flywall.core.targets.records import Records
+
+        function = _function(m, direction)
+
+        def on_batch(last_key: str, rows: int, total: int) -> None:
+            batch = ev.BatchCommitted(last_key=last_key, rows=rows, total_rows=total)
+            self.recorder.append([(m.version, batch)])
+
+        def body(db: apsw.Connection) -> None:
+            step = f"{m.version}:{direction}"
+            function(ctx, Records(db, step, on_batch=on_batch, progress=ctx.progress))
+
+        return body
+
+    def _in_file(self, m: Migration, direction: str) -> None:
+        """Edit the document in memory; journal the intent; then replace the file."""
+        from flywall.core import fileio
+        from flywall.core.targets.files import digest, target_for
+
+        paths = self.ws.paths
+        target = target_for(m.component, paths.config, paths.api_document)
+        before = fileio.read(target.path)
+        document = target.open(before)
+        _function(m, direction)(self._context(m, direction, None), document)
+        after = target.render(document, before)
+        if after is None or after == before:
+            return
+        intent = ev.WriteIntent(
+            direction=direction,  # type: ignore[arg-type]
+            path=str(target.path),
+            digest_before=digest(before),
+            digest_after=digest(after) or "",
         )
-        self.recorder.append([(m.version, started)])
-        t0 = time.monotonic_ns()
-        ctx = self._context(m, "down", db.db)
-        try:
-            fingerprint = db.run(
-                version=m.version,
-                component=record.component,
-                direction="down",
-                checksum=record.checksum,
-                body=_body(m, "down", ctx),
-                run_id=self.run_id,
-                schema_version=None,
-                previous=self._previous(record.component, m.version),
-            )
-        except BaseException as e:
-            self._failed(m.version, "down", e, t0)
-            raise
-        self.recorder.defer(
-            m.version,
-            ev.MigrationRolledBack(
-                via="down", duration_ns=time.monotonic_ns() - t0, fingerprint_after=fingerprint
-            ),
-        )
+        stored = [(intent.digest_after, after)]
+        if before is not None and intent.digest_before is not None:
+            stored.append((intent.digest_before, before))
+        self.recorder.append([(m.version, intent)], sources=stored)
+        fileio.replace(target.path, after)
 
     def _failed(self, version: str, direction: str, e: BaseException, t0: int) -> None:
         """Journal the failure; turn a vendor's exception into MigrationFailed."""
@@ -314,7 +343,9 @@ class Engine:
         if isinstance(e, Exception) and not isinstance(e, errors.FlywallError):
             raise errors.MigrationFailed(version, phase, failed.error_type, failed.message) from e
 
-    def _context(self, m: Migration, direction: str, db: apsw.Connection) -> MigrationContext:
+    def _context(
+        self, m: Migration, direction: str, db: apsw.Connection | None
+    ) -> MigrationContext:
         def log(message: str, level: str) -> None:
             self.recorder.defer(m.version, ev.MigrationLog(message=message, level=level))
 
@@ -395,8 +426,12 @@ def _body(m: Migration, direction: str, ctx: MigrationContext) -> Callable[[Any]
                 pass
 
         return run_sql
+    function = _function(m, direction)
+    return lambda db: function(ctx, db)
+
+
+def _function(m: Migration, direction: str) -> Callable[..., Any]:
+    """Load a Python migration's `up` or `down`."""
     from flywall.core.discovery import load_module
 
-    module = load_module(m)
-    function = getattr(module, direction)
-    return lambda db: function(ctx, db)
+    return getattr(load_module(m), direction)

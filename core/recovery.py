@@ -8,13 +8,17 @@ reads, so `status` can show what recovery will decide without writing anything.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from flywall.core import events as ev
+from flywall.core import fileio
 from flywall.core.crash import crashpoint
+from flywall.core.errors import ValidationFailed
 from flywall.core.lifecycle import State
+from flywall.core.targets.files import digest
 
 if TYPE_CHECKING:
     from flywall.core.projection import MigrationRecord, Projection
@@ -22,43 +26,97 @@ if TYPE_CHECKING:
     from flywall.core.targets.database import DatabaseTarget
 
 IN_FLIGHT = (State.RUNNING, State.ROLLING_BACK)
+MARKED = ("database", "state")
+"""Components whose migrations leave a marker row in state.db."""
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
-    """What recovery decides (or would decide) for one interrupted migration."""
+    """What recovery decides (or would decide) for one interrupted migration.
+
+    `action` names a side effect recovery must finish first: "roll_forward" (rename the
+    temp file that holds the intended content) or "rewrite" (the file is missing: write
+    the intended content from the journal's sources). Both complete a `WriteIntent`
+    that is already durable, so the journal explains them before they happen.
+    """
 
     version: str
     direction: str
     decision: str
     evidence: dict[str, str]
     interrupted_run: str
+    action: str | None = None
+
+
+def _outcome(direction: str, *, done: bool) -> str:
+    """The state a migration lands in: its step happened (`done`) or did not."""
+    if direction == "up":
+        return "applied" if done else "failed"
+    return "rolled_back" if done else "applied"
 
 
 def decide(record: MigrationRecord, db: DatabaseTarget | None) -> Decision:
-    """Read the target's evidence for `record` and decide its fate; writes nothing."""
+    """Read the target's evidence for `record` and decide its fate; writes nothing.
+
+    :raises ValidationFailed: a file target holds neither the before nor the after
+        content: someone else edited it, and only the operator can say which to keep.
+    """
     direction = record.direction or "up"
-    if record.component in ("database", "state"):
-        present = db is not None and db.has_marker(record.version)
-        evidence = {
-            "target": str(db.path) if db is not None else "state.db missing",
-            "marker": "present" if present else "absent",
-        }
-        if db is not None:
-            evidence["fingerprint"] = db.fingerprint()
-        committed = present if direction == "up" else not present
-        if direction == "up":
-            decision = "applied" if committed else "failed"
-        else:
-            decision = "rolled_back" if committed else "applied"
+    if record.component in MARKED:
+        done, evidence = _database_evidence(record, db, direction)
+        action = None
     else:
-        evidence = {"reason": f"no evidence rule for component {record.component!r}"}
-        decision = "failed" if direction == "up" else "applied"
+        done, evidence, action = _file_evidence(record)
     return Decision(
         version=record.version,
         direction=direction,
-        decision=decision,
+        decision=_outcome(direction, done=done),
         evidence=evidence,
         interrupted_run=record.last_run,
+        action=action,
+    )
+
+
+def _database_evidence(
+    record: MigrationRecord, db: DatabaseTarget | None, direction: str
+) -> tuple[bool, dict[str, str]]:
+    present = db is not None and db.has_marker(record.version)
+    evidence = {
+        "target": str(db.path) if db is not None else "state.db missing",
+        "marker": "present" if present else "absent",
+    }
+    if db is not None:
+        evidence["fingerprint"] = db.fingerprint()
+        evidence.update({f"checkpoint {k}": v for k, v in db.checkpoints(record.version).items()})
+    return (present if direction == "up" else not present), evidence
+
+
+def _file_evidence(record: MigrationRecord) -> tuple[bool, dict[str, str], str | None]:
+    """Apply DESIGN §7's decision table for a file target."""
+    intent = record.intent
+    if intent is None:
+        return False, {"write_intent": "none: the file was not touched"}, None
+    path = Path(intent.path)
+    current = digest(fileio.read(path))
+    evidence = {
+        "target": intent.path,
+        "digest_before": intent.digest_before or "(no file)",
+        "digest_after": intent.digest_after,
+        "digest_now": current or "(no file)",
+    }
+    if current == intent.digest_after:
+        return True, evidence, None
+    if current == intent.digest_before:
+        temp = digest(fileio.read(fileio.temp_path(fileio.resolve(path))))
+        evidence["temp_file"] = temp or "(none)"
+        if temp == intent.digest_after:
+            return True, evidence, "roll_forward"
+        return False, evidence, None
+    if current is None:
+        return True, evidence, "rewrite"
+    raise ValidationFailed(
+        f"{intent.path}: edited by someone else during an interrupted migration "
+        f"{record.version}: it is {current}, expected before {intent.digest_before} "
+        f"or after {intent.digest_after}; both contents are kept in the journal"
     )
 
 
@@ -67,7 +125,32 @@ def pending(projection: Projection, db: DatabaseTarget | None) -> list[Decision]
     return [decide(rec, db) for rec in projection.in_state(*IN_FLIGHT)]
 
 
-def recover(recorder: Recorder, db: DatabaseTarget | None) -> list[Decision]:
+def _finish_intent(recorder: Recorder, intent: ev.WriteIntent, action: str) -> None:
+    """Complete a durable WriteIntent: rename its temp file, or rewrite from sources."""
+    path = fileio.resolve(Path(intent.path))
+    if action == "roll_forward":
+        fileio.REAL.rename(fileio.temp_path(path), path)
+        fileio.REAL.fsync_dir(path.parent)
+    else:
+        content = recorder.journal.source(intent.digest_after)
+        if content is None:
+            raise ValidationFailed(f"{intent.path}: missing, and its content is not stored")
+        fileio.replace(path, content)
+    crashpoint("recovery-after-file-fix")
+
+
+def _remove_stale_temps(recorder: Recorder, paths: tuple[Path, ...]) -> None:
+    """Remove temp files no interrupted migration needs any more (DESIGN §7)."""
+    if recorder.projection.in_state(*IN_FLIGHT):
+        return
+    for path in paths:
+        if fileio.remove_stale_temp(path):
+            crashpoint("recovery-after-temp-removed")
+
+
+def recover(
+    recorder: Recorder, db: DatabaseTarget | None, paths: tuple[Path, ...] = ()
+) -> list[Decision]:
     """Resolve every interrupted migration and close every interrupted run.
 
     Idempotent: each decision moves its migration out of running, so a second call (or a
@@ -77,6 +160,8 @@ def recover(recorder: Recorder, db: DatabaseTarget | None) -> list[Decision]:
     for record in recorder.projection.in_state(*IN_FLIGHT):
         decision = decide(record, db)
         crashpoint("recovery-before-decision")
+        if decision.action is not None and record.intent is not None:
+            _finish_intent(recorder, record.intent, decision.action)
         recorder.append(
             [
                 (
@@ -84,7 +169,7 @@ def recover(recorder: Recorder, db: DatabaseTarget | None) -> list[Decision]:
                     ev.Recovered(
                         direction=decision.direction,  # type: ignore[arg-type]
                         decision=decision.decision,  # type: ignore[arg-type]
-                        evidence=decision.evidence,
+                        evidence={**decision.evidence, "action": decision.action or "none"},
                         interrupted_run=decision.interrupted_run,
                     ),
                 )
@@ -92,6 +177,7 @@ def recover(recorder: Recorder, db: DatabaseTarget | None) -> list[Decision]:
         )
         crashpoint("recovery-after-decision")
         decisions.append(decision)
+    _remove_stale_temps(recorder, paths)
     for run_id in list(recorder.projection.open_runs):
         if run_id != recorder.run_id:
             recorder.close_interrupted_run(run_id)

@@ -17,6 +17,7 @@ import apsw
 import blake3
 
 from flywall.core.crash import crashpoint
+from flywall.core.targets.records import CHECKPOINTS, clear_checkpoints
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,7 +56,7 @@ class DatabaseTarget:
 
     def fingerprint(self) -> str:
         """Return the blake3 of the normalised schema, our own bookkeeping tables left out."""
-        return schema_fingerprint(self.db, (MARKERS, self.version_table))
+        return schema_fingerprint(self.db, (MARKERS, CHECKPOINTS, self.version_table))
 
     def has_marker(self, version: str) -> bool:
         """Tell whether `version`'s marker row is committed: the recovery evidence."""
@@ -69,6 +70,24 @@ class DatabaseTarget:
         if not self._markers_exist():
             return {}
         return dict(self.db.execute(f"SELECT version, checksum FROM {MARKERS}").fetchall())
+
+    def checkpoints(self, version: str) -> dict[str, str]:
+        """Return a batched state migration's committed checkpoints: "step table" -> rows."""
+        if not self._table_exists(CHECKPOINTS):
+            return {}
+        rows = self.db.execute(
+            f"SELECT step, tbl, last_key, rows FROM {CHECKPOINTS} WHERE step LIKE ?",
+            (f"{version}:%",),
+        ).fetchall()
+        return {f"{step} {table}": f"{n} rows, last key {key}" for step, table, key, n in rows}
+
+    def _table_exists(self, name: str) -> bool:
+        return (
+            self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+            ).fetchone()
+            is not None
+        )
 
     def _markers_exist(self) -> bool:
         return (
@@ -107,6 +126,7 @@ class DatabaseTarget:
                 self._mark_applied(version, component, checksum, run_id, schema_version)
             else:
                 self._mark_rolled_back(version, component, previous)
+            clear_checkpoints(db, version)
             fingerprint = self.fingerprint()
             crashpoint(f"{component}-before-commit")
             db.execute("COMMIT")
