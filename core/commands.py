@@ -172,7 +172,7 @@ def _evidence(ws: Workspace, state: projection.Projection) -> tuple[list[Decisio
 
     db = open_existing(ws.paths.state_db, ws.settings.version_table)
     try:
-        return recovery.pending(state, db), drift.detect(state, db)
+        return recovery.pending(state, db, ws.file_targets()), drift.detect(state, db)
     finally:
         if db is not None:
             db.close()
@@ -353,8 +353,12 @@ def down(ctx, {arg}):
     ctx.log("{slug}: down")
 '''
 
+# Discovery refuses an empty up section, so the template's up holds a placeholder
+# (a comment: applying it unedited changes nothing). The down stays empty, meaning
+# irreversible, until the vendor writes one.
 _SQL_TEMPLATE = """-- {description}
 -- migrate:up
+-- CREATE TABLE example (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
 
 -- migrate:down
 

@@ -87,6 +87,7 @@ class Engine:
         self._lock.__enter__()
         try:
             self.journal = self.ws.write_journal()
+            self._preflight_chain()
             state = projection.load(self.journal)
             self.lifecycle = Lifecycle()
             started = ev.RunStarted(command=self.command, actor=self.actor)
@@ -113,6 +114,18 @@ class Engine:
             self.journal.close()
         finally:
             self._lock.__exit__(exc_type, exc, tb)
+
+    def _preflight_chain(self) -> None:
+        """Refuse to write on a journal whose hash chain is broken (DESIGN §7 pre-flight).
+
+        :raises JournalTampered: naming the first bad seq.
+        """
+        from flywall.journal import JournalCorrupt
+
+        try:
+            self.journal.verify()
+        except JournalCorrupt as e:
+            raise errors.JournalTampered(e.seq, e.detail) from e
 
     @property
     def state(self) -> projection.Projection:
@@ -141,8 +154,7 @@ class Engine:
 
     def recover(self) -> list[recovery.Decision]:
         """Resolve whatever a previous run left interrupted."""
-        paths = (self.ws.paths.config, self.ws.paths.api_document)
-        return recovery.recover(self.recorder, self.existing_database(), paths)
+        return recovery.recover(self.recorder, self.existing_database(), self.ws.file_targets())
 
     def migrate(self, target: str | None = None, *, accept_drift: bool = False) -> RunReport:
         """Apply every pending migration (up to `target`), in dependency order."""
@@ -207,7 +219,7 @@ class Engine:
             for version in plan:
                 step(version, self.state.record(version).attempts + 1)
                 done.append(version)
-        except errors.MigrationFailed as e:
+        except errors.FlywallError as e:  # e.g. a module that raises when loaded, too
             self.recorder.finish("failed", done, str(e))
             report.outcome, report.error = "failed", str(e)
             report.done, report.run_id = done, self.run_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import apsw
 import msgspec
 
 from flywall.core import events as ev
@@ -236,11 +237,17 @@ def load(journal: Journal | None, *, use_snapshot: bool = True) -> Projection:
 
 def _load_snapshot(journal: Journal) -> Projection | None:
     conn = journal.connection
-    row = conn.execute(
-        "SELECT s.seq, s.hash, s.body FROM snapshots s "
-        "JOIN events e ON e.seq = s.seq AND e.hash = s.hash WHERE s.name = ?",
-        (_SNAPSHOT,),
-    ).fetchone()
+    try:
+        row = conn.execute(
+            "SELECT s.seq, s.hash, s.body FROM snapshots s "
+            "JOIN events e ON e.seq = s.seq AND e.hash = s.hash WHERE s.name = ?",
+            (_SNAPSHOT,),
+        ).fetchone()
+    except apsw.SQLError:
+        # No snapshots table: a journal at schema version 1, written by an older release
+        # or left there by a power cut between the upgrade's steps. Readers never upgrade,
+        # and the cache is derived, so there is simply no snapshot.
+        return None
     if row is None:
         return None
     try:

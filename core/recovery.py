@@ -21,6 +21,8 @@ from flywall.core.lifecycle import State
 from flywall.core.targets.files import digest
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
     from flywall.core.projection import MigrationRecord, Projection
     from flywall.core.recorder import Recorder
     from flywall.core.targets.database import DatabaseTarget
@@ -54,8 +56,13 @@ def _outcome(direction: str, *, done: bool) -> str:
     return "rolled_back" if done else "applied"
 
 
-def decide(record: MigrationRecord, db: DatabaseTarget | None) -> Decision:
+def decide(
+    record: MigrationRecord, db: DatabaseTarget | None, files: Mapping[str, Path]
+) -> Decision:
     """Read the target's evidence for `record` and decide its fate; writes nothing.
+
+    `files` maps "config" and "api" to where those documents live now (from settings:
+    the journaled path is history, and an appliance tree may have moved since).
 
     :raises ValidationFailed: a file target holds neither the before nor the after
         content: someone else edited it, and only the operator can say which to keep.
@@ -65,7 +72,7 @@ def decide(record: MigrationRecord, db: DatabaseTarget | None) -> Decision:
         done, evidence = _database_evidence(record, db, direction)
         action = None
     else:
-        done, evidence, action = _file_evidence(record)
+        done, evidence, action = _file_evidence(record, files[record.component])
     return Decision(
         version=record.version,
         direction=direction,
@@ -90,15 +97,14 @@ def _database_evidence(
     return (present if direction == "up" else not present), evidence
 
 
-def _file_evidence(record: MigrationRecord) -> tuple[bool, dict[str, str], str | None]:
+def _file_evidence(record: MigrationRecord, path: Path) -> tuple[bool, dict[str, str], str | None]:
     """Apply DESIGN §7's decision table for a file target."""
     intent = record.intent
     if intent is None:
         return False, {"write_intent": "none: the file was not touched"}, None
-    path = Path(intent.path)
     current = digest(fileio.read(path))
     evidence = {
-        "target": intent.path,
+        "target": str(path),
         "digest_before": intent.digest_before or "(no file)",
         "digest_after": intent.digest_after,
         "digest_now": current or "(no file)",
@@ -114,20 +120,22 @@ def _file_evidence(record: MigrationRecord) -> tuple[bool, dict[str, str], str |
     if current is None:
         return True, evidence, "rewrite"
     raise ValidationFailed(
-        f"{intent.path}: edited by someone else during an interrupted migration "
+        f"{path}: edited by someone else during an interrupted migration "
         f"{record.version}: it is {current}, expected before {intent.digest_before} "
         f"or after {intent.digest_after}; both contents are kept in the journal"
     )
 
 
-def pending(projection: Projection, db: DatabaseTarget | None) -> list[Decision]:
+def pending(
+    projection: Projection, db: DatabaseTarget | None, files: Mapping[str, Path]
+) -> list[Decision]:
     """Return the decisions recovery would take now (for `status`; reads only)."""
-    return [decide(rec, db) for rec in projection.in_state(*IN_FLIGHT)]
+    return [decide(rec, db, files) for rec in projection.in_state(*IN_FLIGHT)]
 
 
-def _finish_intent(recorder: Recorder, intent: ev.WriteIntent, action: str) -> None:
+def _finish_intent(recorder: Recorder, intent: ev.WriteIntent, action: str, target: Path) -> None:
     """Complete a durable WriteIntent: rename its temp file, or rewrite from sources."""
-    path = fileio.resolve(Path(intent.path))
+    path = fileio.resolve(target)
     if action == "roll_forward":
         fileio.REAL.rename(fileio.temp_path(path), path)
         fileio.REAL.fsync_dir(path.parent)
@@ -139,7 +147,7 @@ def _finish_intent(recorder: Recorder, intent: ev.WriteIntent, action: str) -> N
     crashpoint("recovery-after-file-fix")
 
 
-def _remove_stale_temps(recorder: Recorder, paths: tuple[Path, ...]) -> None:
+def _remove_stale_temps(recorder: Recorder, paths: Iterable[Path]) -> None:
     """Remove temp files no interrupted migration needs any more (DESIGN §7)."""
     if recorder.projection.in_state(*IN_FLIGHT):
         return
@@ -149,7 +157,7 @@ def _remove_stale_temps(recorder: Recorder, paths: tuple[Path, ...]) -> None:
 
 
 def recover(
-    recorder: Recorder, db: DatabaseTarget | None, paths: tuple[Path, ...] = ()
+    recorder: Recorder, db: DatabaseTarget | None, files: Mapping[str, Path]
 ) -> list[Decision]:
     """Resolve every interrupted migration and close every interrupted run.
 
@@ -158,10 +166,10 @@ def recover(
     """
     decisions = []
     for record in recorder.projection.in_state(*IN_FLIGHT):
-        decision = decide(record, db)
+        decision = decide(record, db, files)
         crashpoint("recovery-before-decision")
         if decision.action is not None and record.intent is not None:
-            _finish_intent(recorder, record.intent, decision.action)
+            _finish_intent(recorder, record.intent, decision.action, files[record.component])
         recorder.append(
             [
                 (
@@ -177,7 +185,7 @@ def recover(
         )
         crashpoint("recovery-after-decision")
         decisions.append(decision)
-    _remove_stale_temps(recorder, paths)
+    _remove_stale_temps(recorder, files.values())
     for run_id in list(recorder.projection.open_runs):
         if run_id != recorder.run_id:
             recorder.close_interrupted_run(run_id)

@@ -84,6 +84,10 @@ class Workspace:
             vfs=self.sqlite.vfs,
         )
 
+    def file_targets(self) -> dict[str, Path]:
+        """Where the file components live: "config" and "api" to their paths."""
+        return {"config": self.paths.config, "api": self.paths.api_document}
+
     def device_key(self) -> bytes | None:
         """Return the device key that turns the hash chain into a MAC, if configured."""
         return None

@@ -15,7 +15,7 @@ from pathlib import Path
 import apsw
 import blake3
 
-from flywall.core import commands, projection, recovery
+from flywall.core import commands, fileio, projection, recovery
 from flywall.core.lifecycle import Lifecycle, State
 from flywall.core.targets.database import (
     MARKERS,
@@ -23,6 +23,7 @@ from flywall.core.targets.database import (
     open_existing,
     schema_fingerprint,
 )
+from flywall.core.targets.files import digest
 from flywall.core.workspace import Workspace
 from flywall.journal import Journal
 
@@ -37,6 +38,7 @@ class Observed:
     markers: set[str] = field(default_factory=set)
     fingerprint: str = ""
     data: str = ""
+    files: dict[str, str | None] = field(default_factory=dict)
 
 
 def integrity_ok(path: Path) -> bool:
@@ -91,6 +93,9 @@ def observe(root: Path) -> Observed:
         seen.fingerprint = schema_fingerprint(db.db, (MARKERS, ws.settings.version_table))
         db.close()
     seen.data = data_digest(ws.paths.state_db)
+    seen.files = {
+        path.name: digest(fileio.read(path)) for path in (ws.paths.config, ws.paths.api_document)
+    }
     return seen
 
 
@@ -111,20 +116,41 @@ def integrity_problems(ws: Workspace) -> list[str]:
     ]
 
 
-def evidence_problems(replayed: projection.Projection, db: DatabaseTarget | None) -> list[str]:
+def evidence_problems(
+    ws: Workspace, replayed: projection.Projection, db: DatabaseTarget | None
+) -> list[str]:
     """Compare the replayed journal with the marker rows of state.db."""
     problems = [
         f"decision {d} disagrees with evidence"
-        for d in recovery.pending(replayed, db)
-        if _EXPECTED.get((d.direction, d.evidence.get("marker", ""))) != d.decision
+        for d in recovery.pending(replayed, db, ws.file_targets())
+        if "marker" in d.evidence
+        and _EXPECTED.get((d.direction, d.evidence["marker"])) != d.decision
     ]
-    applied = {v for v, r in replayed.migrations.items() if r.state is State.APPLIED}
+    applied = {
+        v
+        for v, r in replayed.migrations.items()
+        if r.state is State.APPLIED and r.component in recovery.MARKED
+    }
     markers = set(db.markers()) if db else set()
     if applied - markers:
         problems.append(f"journal says applied but no marker: {sorted(applied - markers)}")
     in_flight = {v for v, r in replayed.migrations.items() if r.state in recovery.IN_FLIGHT}
     if markers - in_flight - applied:
         problems.append(f"marker without applied state: {sorted(markers - in_flight - applied)}")
+    return problems
+
+
+def file_problems(ws: Workspace, replayed: projection.Projection) -> list[str]:
+    """A file in the middle of a replace holds its before or its after bytes, nothing else."""
+    problems = []
+    for record in replayed.in_state(*recovery.IN_FLIGHT):
+        intent = record.intent
+        if intent is None:
+            continue
+        now = digest(fileio.read(ws.file_targets()[record.component]))
+        allowed = {intent.digest_before, intent.digest_after}
+        if now not in allowed and now is not None:
+            problems.append(f"{intent.path} is {now}: neither before nor after")
     return problems
 
 
@@ -143,10 +169,11 @@ def check_after_cut(root: Path) -> list[str]:
         replayed = projection.replay(journal.read(), Lifecycle())
     db = open_existing(ws.paths.state_db, ws.settings.version_table)
     try:
-        problems += evidence_problems(replayed, db)
+        problems += evidence_problems(ws, replayed, db)
     finally:
         if db is not None:
             db.close()
+    problems += file_problems(ws, replayed)
     status = commands.status(ws)
     if replayed.in_state(*recovery.IN_FLIGHT) and not status.interrupted:
         problems.append("status shows migrations in flight but no interrupted decision")
@@ -159,10 +186,10 @@ def check_settled(root: Path, reference: Observed) -> list[str]:
     seen = observe(root)
     problems += [
         f"{name}: {getattr(seen, name)!r} != {getattr(reference, name)!r}"
-        for name in ("states", "markers", "fingerprint", "data")
+        for name in ("states", "markers", "fingerprint", "data", "files")
         if getattr(seen, name) != getattr(reference, name)
     ]
-    applied = {v for v, s in seen.states.items() if s == "applied"}
+    applied = {v for v, s in seen.states.items() if s == "applied"} & reference.markers
     if applied != seen.markers:
         problems.append(f"applied {sorted(applied)} != markers {sorted(seen.markers)}")
     return problems

@@ -86,6 +86,73 @@ def interrupted_mid_run(app: Appliance) -> None:
     assert killed(result), result.stderr
 
 
+API_MIGRATION = '''\
+"""Rename the stored webhook route."""
+component = "api"
+
+
+def up(ctx, document):
+    for hook in document.setdefault("webhooks", []):
+        if hook.get("route") == "/v1/alerts":
+            hook["route"] = "/v2/alerts"
+
+
+def down(ctx, document):
+    for hook in document.get("webhooks", []):
+        if hook.get("route") == "/v2/alerts":
+            hook["route"] = "/v1/alerts"
+'''
+
+STATE_MIGRATION = '''\
+"""Reshape lease records, in batches."""
+component = "state"
+depends_on = ["202401010001"]
+
+
+def up(ctx, records):
+    records.transform("leases", lambda r: {"hw": r["mac"], "ttl": r["ttl"]}, batch_size=40)
+
+
+def down(ctx, records):
+    records.transform("leases", lambda r: {"mac": r["hw"], "ttl": r["ttl"]}, batch_size=40)
+'''
+
+LEASES = """\
+-- Lease records stored as JSON.
+-- migrate:up
+CREATE TABLE leases (id INTEGER PRIMARY KEY, data TEXT NOT NULL);
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)
+INSERT INTO leases (data) SELECT json_object('mac', printf('aa:%04d', i), 'ttl', i) FROM n;
+-- migrate:down
+DROP TABLE leases;
+"""
+
+
+def api_document(app: Appliance) -> None:
+    path = app.root / "var/lib/flywall/api.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"webhooks": [{"name": "pager", "route": "/v1/alerts"}]}\n')
+    app.write("202401010003_rename_route.py", API_MIGRATION)
+
+
+def batched_state(app: Appliance) -> None:
+    app.write("202401010001_leases.sql", LEASES)
+    assert app.cli("migrate").returncode == 0
+    app.write("202401010002_reshape_leases.py", STATE_MIGRATION)
+
+
+def api_cut_after_temp(app: Appliance) -> None:
+    """Leave api.json at its before bytes with the after bytes in the temp file."""
+    api_document(app)
+    result = app.cli("migrate", env={"FLYWALL_CRASH_AT": "file-temp-written:1"})
+    assert killed(result), result.stderr
+
+
+def api_applied(app: Appliance) -> None:
+    api_document(app)
+    assert app.cli("migrate").returncode == 0
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -100,6 +167,10 @@ SCENARIOS = [
     Scenario("rollback", applied_then_rollback, ("rollback", "--to", "000000000000")),
     Scenario("failing migration", with_failing, ("migrate",), exit_code=1),
     Scenario("recovery interrupted", interrupted_mid_run, ("migrate",)),
+    Scenario("api document", api_document, ("migrate",)),
+    Scenario("api rollback", api_applied, ("rollback", "--to", "000000000000")),
+    Scenario("batched state", batched_state, ("migrate",)),
+    Scenario("api recovery (roll forward) interrupted", api_cut_after_temp, ("migrate",)),
 ]
 
 

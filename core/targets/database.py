@@ -156,7 +156,13 @@ class DatabaseTarget:
             "VALUES (?, ?, ?, ?, ?)",
             (version, component, checksum, now, run_id),
         )
-        self._set_version(component, schema_version or version, checksum, now)
+        # The component's version is its newest applied migration's (as `_previous` and the
+        # journal's projection have it): re-applying an older one after a rollback keeps it.
+        (newest,) = self.db.execute(
+            f"SELECT max(version) FROM {MARKERS} WHERE component = ?", (component,)
+        ).fetchone()
+        if newest == version:
+            self._set_version(component, schema_version or version, checksum, now)
 
     def _mark_rolled_back(
         self, version: str, component: str, previous: tuple[str, str] | None

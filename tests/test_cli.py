@@ -1,0 +1,355 @@
+"""The CLI as a real subprocess: wiring, exit codes, exact output and JSON shapes."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from contextlib import closing
+from typing import TYPE_CHECKING
+
+import apsw
+import click
+import pytest
+from conftest import FLYWALL, create_table_migration
+
+from flywall.cli.main import main
+from flywall.core.discovery import checksum, discover
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from conftest import Appliance
+
+V1, V2 = "202401010001", "202401010002"
+RUN_ID = r"\d{8}T\d{6}-[0-9a-f]{6}"
+ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+def commands_of(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every command and sub-command under `group`, as the words that invoke it."""
+    for name, command in sorted(group.commands.items()):
+        yield (*path, name)
+        if isinstance(command, click.Group):
+            yield from commands_of(command, (*path, name))
+
+
+def lookup(path: tuple[str, ...]) -> click.Command:
+    command: click.Command = main
+    for name in path:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+    return command
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The user's error is one line on stderr with its exit code, never a traceback."""
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("FAILED: ")
+    assert result.stderr.count("\n") == 1
+    return result.stderr
+
+
+def applied_appliance(appliance: Appliance) -> Appliance:
+    create_table_migration(appliance, V1, "alpha")
+    create_table_migration(appliance, V2, "beta")
+    assert appliance.cli("migrate", "--target", V1).returncode == 0
+    return appliance
+
+
+# -- help and options -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [(), *commands_of(main)], ids=" ".join)
+def test_every_command_has_help_text_answers_help_and_takes_json(path):
+    """Every command is documented; every one that is not a group has --json (DESIGN §10)."""
+    command = lookup(path)
+    result = subprocess.run(
+        [FLYWALL, *path, "--help"], capture_output=True, text=True, check=False, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: flywall")
+    assert command.help
+    first_line = command.help.strip().splitlines()[0]
+    assert " ".join(first_line.split()) in " ".join(result.stdout.split())
+    if isinstance(command, click.Group):
+        assert all(name in result.stdout for name in command.commands)
+    else:
+        assert any("--json" in p.opts for p in command.params)
+        assert "--json" in result.stdout
+
+
+# -- exit codes and messages --------------------------------------------------------------
+
+
+def test_migrate_applies_and_reports_in_one_line(appliance):
+    create_table_migration(appliance, V1, "alpha")
+
+    result = appliance.cli("migrate")
+
+    assert result.returncode == 0
+    assert re.fullmatch(rf"applied 1 migration \(run {RUN_ID}\)\n", result.stdout)
+    assert result.stderr == f"applying {V1} create_alpha\n"
+    assert appliance.cli("migrate").stdout == "nothing to do\n"
+
+
+def test_list_filters_pending_and_applied(appliance):
+    applied_appliance(appliance)
+
+    pending = appliance.cli("list", "--pending")
+    applied = json.loads(appliance.cli("list", "--applied", "--json").stdout)
+
+    assert pending.returncode == 0
+    assert pending.stdout == (
+        "VERSION       COMPONENT  STATE    APPLIED AT  DESCRIPTION\n"
+        f"{V2}  database   pending  -           Create beta.\n"
+    )
+    assert [row["version"] for row in applied] == [V1]
+    assert [r["version"] for r in json.loads(appliance.cli("list", "--json").stdout)] == [V1, V2]
+
+
+@pytest.mark.parametrize("sql", [False, True], ids=["python", "sql"])
+def test_create_writes_a_migration_that_discovery_accepts_and_migrate_applies(appliance, sql):
+    result = appliance.cli("create", "add widgets", *(["--sql"] if sql else []))
+
+    assert result.returncode == 0, result.stderr
+    path = result.stdout.removeprefix("created ").removesuffix("\n")
+    assert result.stdout == f"created {path}\n"
+    [migration] = discover([appliance.migrations_dir])
+    assert (migration.path, migration.slug) == (path, "add_widgets")
+    assert migration.path.endswith(".sql" if sql else ".py")
+    assert migration.description == "Add widgets"
+    assert appliance.cli("migrate").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        (None, ["rollback"], "give exactly one of VERSION, --steps N or --to VERSION"),
+        (None, ["create", "x", "--component", "config", "--sql"], "--sql .+ database migrations"),
+        (None, ["migrate", "--target", "nope"], "unknown target 'nope': .+"),
+        (
+            lambda app: app.configure("bogus_key = 1\n"),
+            ["status"],
+            "etc/flywall/flywall.hcl: migration.bogus_key: unknown key",
+        ),
+        (
+            lambda app: app.write(f"{V2}_bad.py", "component = 'database'\ndef up(ctx, db)\n"),
+            ["migrate"],
+            rf"/.+/{V2}_bad\.py:2:\d+: syntax error: .+",
+        ),
+    ],
+    ids=["rollback alone", "create --sql config", "unknown target", "config key", "syntax"],
+)
+def test_a_user_error_exits_2_with_one_line_naming_its_cause(appliance, setup, args, message):
+    create_table_migration(appliance, V1, "alpha")
+    if setup is not None:
+        setup(appliance)
+
+    result = appliance.cli(*args)
+
+    assert re.fullmatch(f"FAILED: {message}\n", assert_one_line_error(result, 2))
+    assert result.stdout == ""
+
+
+def test_a_failing_migration_exits_1_and_lists_as_failed(appliance):
+    appliance.write(
+        f"{V1}_broken.sql",
+        """\
+        -- Broken.
+        -- migrate:up
+        CREATE TABLE beta (id INTEGER PRIMARY KEY);
+        CREATE TABLE oops (id INTEGER PRIMARY KEY,);
+        """,
+    )
+
+    result = appliance.cli("migrate")
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"applying {V1} broken\n"
+        '  failed: SQLError: near ")": syntax error\n'
+        f'FAILED: migration {V1} failed during up: SQLError: near ")": syntax error\n'
+    )
+    [row] = json.loads(appliance.cli("list", "--json").stdout)
+    assert (row["state"], row["last_error"]) == ("failed", 'SQLError: near ")": syntax error')
+
+
+def test_an_edited_applied_migration_is_refused_naming_both_digests(appliance):
+    path = create_table_migration(appliance, V1, "alpha")
+    assert appliance.cli("migrate").returncode == 0
+    recorded = checksum(path.read_bytes())[1]
+    path.write_text(path.read_text().replace("name TEXT", "name TEXT NOT NULL"))
+
+    result = appliance.cli("migrate")
+
+    stderr = assert_one_line_error(result, 4)
+    now = checksum(path.read_bytes())[1]
+    assert recorded != now
+    assert stderr.startswith(f"FAILED: {path}: ")
+    assert re.findall(r"\b[0-9a-f]{64}\b", stderr) == [recorded, now]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda raw: raw.replace(b"\n", b"\r\n"),
+        lambda raw: b"\xef\xbb\xbf" + raw,
+        lambda raw: b"\xef\xbb\xbf" + raw.replace(b"\n", b"\r\n"),
+    ],
+    ids=["crlf", "bom", "bom and crlf"],
+)
+def test_line_endings_and_a_bom_are_not_an_edit(appliance, edit):
+    path = create_table_migration(appliance, V1, "alpha")
+    assert appliance.cli("migrate").returncode == 0
+    path.write_bytes(edit(path.read_bytes()))
+
+    result = appliance.cli("migrate")
+
+    assert (result.returncode, result.stdout, result.stderr) == (0, "nothing to do\n", "")
+
+
+@pytest.mark.parametrize(
+    ("trigger", "tamper"),
+    [
+        ("events_refuse_update", "UPDATE events SET at_ns = at_ns + 1 WHERE seq = 3"),
+        ("events_refuse_update", "UPDATE events SET body = x'00' WHERE seq = 3"),
+        pytest.param(
+            "events_refuse_update",
+            "UPDATE events SET body = body || x'00' WHERE seq = 3",  # || makes TEXT
+            marks=pytest.mark.xfail(
+                reason="verify decodes a body rewritten as TEXT (invalid UTF-8) and crashes",
+                strict=True,
+            ),
+        ),
+        ("events_refuse_update", "UPDATE events SET migration = '202401019999' WHERE seq = 3"),
+        ("events_refuse_delete", "DELETE FROM events WHERE seq = 3"),
+    ],
+    ids=["time", "body", "body as text", "migration", "deleted"],
+)
+def test_journal_verify_names_the_first_tampered_seq(appliance, trigger, tamper):
+    applied_appliance(appliance)
+    assert appliance.cli("journal", "verify").returncode == 0
+    with closing(apsw.Connection(str(appliance.journal))) as raw:
+        raw.execute(f"DROP TRIGGER {trigger}")
+        raw.execute(tamper)
+
+    result = appliance.cli("journal", "verify")
+
+    stderr = assert_one_line_error(result, 4)
+    assert re.fullmatch(r"FAILED: journal is corrupt at seq 3: .+\n", stderr)
+
+
+def test_a_second_migrate_is_busy_and_names_the_run_and_pid_holding_the_lock(appliance, tmp_path):
+    """A migration that waits for a file holds the lock while the second process starts."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    appliance.write(
+        f"{V1}_hold_the_lock.py",
+        f'''\
+        """Hold the writer lock until the test releases it."""
+        import time
+        from pathlib import Path
+
+        component = "database"
+
+
+        def up(ctx, db):
+            Path({str(started)!r}).touch()
+            deadline = time.monotonic() + 30
+            while not Path({str(release)!r}).exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        ''',
+    )
+    command = [FLYWALL, "migration", "--root", str(appliance.root), "migrate"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert started.exists(), "the first migrate never reached its migration"
+        second = appliance.cli("migrate")
+    finally:
+        release.touch()
+        out, _ = first.communicate(timeout=60)
+
+    assert first.returncode == 0
+    run_id = re.fullmatch(rf"applied 1 migration \(run ({RUN_ID})\)\n", out)[1]
+    lock = appliance.journal.with_name(appliance.journal.name + ".lock")
+    busy = (
+        rf"FAILED: busy: run {run_id} \(migrate\) by pid {first.pid} \(.+\) "
+        rf"since \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ holds {re.escape(str(lock))}\n"
+    )
+    assert re.fullmatch(busy, assert_one_line_error(second, 3))
+    assert second.stdout == ""
+
+
+def test_demo_builds_a_tree_that_migrates(tmp_path):
+    directory = tmp_path / "demo"
+    demo = subprocess.run(
+        [FLYWALL, "migration", "demo", str(directory)], capture_output=True, text=True, check=False
+    )
+    assert demo.returncode == 0
+    assert demo.stdout == (
+        f"built a sample appliance in {directory}\n"
+        f"try: flywall migration --root {directory} status\n"
+    )
+    migrate = [FLYWALL, "migration", "--root", str(directory), "migrate"]
+    result = subprocess.run(migrate, capture_output=True, text=True, check=False)
+    assert re.fullmatch(rf"applied 2 migrations \(run {RUN_ID}\)\n", result.stdout)
+
+
+# -- JSON shapes --------------------------------------------------------------------------
+
+
+def cli_json(app: Appliance, *args: str) -> object:
+    result = app.cli(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_status_list_and_history_json_have_the_documented_shapes(appliance):
+    applied_appliance(appliance)
+
+    status = cli_json(appliance, "status")
+    assert status["components"] == {"database": V1}
+    counts = ("pending", "running", "applied", "failed", "rolling_back", "rolled_back")
+    assert status["counts"] == {**dict.fromkeys(counts, 0), "pending": 1, "applied": 1}
+    assert status["journal"]["events"] == 4
+    assert re.fullmatch(r"[0-9a-f]{64}", status["journal"]["head_hash"])
+    assert status["journal"]["head_hash"] == cli_json(appliance, "journal", "verify")["head_hash"]
+
+    applied, pending = cli_json(appliance, "list")
+    source = (appliance.migrations_dir / f"{V1}_create_alpha.sql").read_bytes()
+    keys = ("version", "component", "description", "state", "checksum")
+    assert {key: applied[key] for key in keys} == {
+        "version": V1,
+        "component": "database",
+        "description": "Create alpha.",
+        "state": "applied",
+        "checksum": checksum(source)[1],
+    }
+    assert re.fullmatch(ISO, applied["applied_at"])
+    assert (pending["version"], pending["state"], pending["applied_at"]) == (V2, "pending", None)
+
+    items = cli_json(appliance, "history")
+    kinds = ["RunStarted", "MigrationStarted", "MigrationApplied", "RunFinished"]
+    assert [(i["seq"], i["kind"]) for i in items] == list(enumerate(kinds, start=1))
+    assert all(re.fullmatch(ISO, i["at"]) and re.fullmatch(RUN_ID, i["run_id"]) for i in items)
+    run_started, started, done, finished = items
+    assert (run_started["migration"], run_started["command"]) == (None, "migrate")
+    assert (started["migration"], started["direction"], started["attempt"]) == (V1, "up", 1)
+    assert done["migration"] == V1
+    assert done["fingerprint_after"] != started["fingerprint_before"]
+    assert (finished["outcome"], finished["done"]) == ("completed", [V1])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("log", V1), ("checksums",), ("journal", "verify"), ("recover",), ("rollback", V1)],
+    ids=" ".join,
+)
+def test_other_commands_print_json_too(appliance, args):
+    cli_json(applied_appliance(appliance), *args)

@@ -1,0 +1,288 @@
+"""The engine, through the commands API: replay, append-only journal, failures, rollback, time."""
+
+from __future__ import annotations
+
+from contextlib import closing
+from typing import TYPE_CHECKING
+
+import apsw
+import freezegun
+import pytest
+from conftest import create_table_migration
+
+from flywall.core import commands, demo, errors, projection
+from flywall.core.engine import Engine
+from flywall.core.targets.database import MARKERS, schema_fingerprint
+from flywall.core.workspace import Workspace
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from conftest import Appliance
+
+V1, V2 = "202401010001", "202401010002"
+LEASES = "202312010003"  # the shipped migration that adds hostname and vendor_class
+
+SEED_ALPHA = """\
+    -- Create alpha with two rows.
+    -- migrate:up
+    CREATE TABLE alpha (id INTEGER PRIMARY KEY, name TEXT);
+    INSERT INTO alpha (name) VALUES ('one'), ('two');
+    -- migrate:down
+    DROP TABLE alpha;
+    """
+
+BROKEN_SQL = """\
+    -- Create beta, then stumble on a syntax error.
+    -- migrate:up
+    CREATE TABLE beta (id INTEGER PRIMARY KEY);
+    CREATE TABLE oops (id INTEGER PRIMARY KEY,);  -- FAULT
+    -- migrate:down
+    DROP TABLE beta;
+    """
+
+BROKEN_PYTHON = '''\
+    """Create and fill beta, change alpha, then raise."""
+    component = "database"
+
+
+    def up(ctx, db):
+        db.execute("CREATE TABLE beta (id INTEGER PRIMARY KEY)")
+        db.execute("INSERT INTO beta VALUES (1), (2)")
+        db.execute("UPDATE alpha SET name = 'changed'")
+        raise RuntimeError("boom after writing")  # FAULT
+
+
+    def down(ctx, db):
+        db.execute("DROP TABLE beta")
+    '''
+BROKEN = {"sql": (f"{V2}_broken.sql", BROKEN_SQL), "python": (f"{V2}_broken.py", BROKEN_PYTHON)}
+
+
+def remove_fault(path: Path) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if "FAULT" not in line), encoding="utf-8")
+
+
+def dump(path: Path) -> tuple[str, dict[str, list[tuple[object, ...]]]]:
+    """Return the schema fingerprint (our bookkeeping tables included) and every table's rows."""
+    with closing(apsw.Connection(str(path))) as db:
+        names = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        tables = [name for (name,) in names]
+        rows = {t: sorted(db.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
+        return schema_fingerprint(db), rows
+
+
+def user_schema(path: Path) -> str:
+    """The fingerprint the engine records: the schema without the migration bookkeeping."""
+    with closing(apsw.Connection(str(path))) as db:
+        return schema_fingerprint(db, (MARKERS, "schema_versions"))
+
+
+def leases(path: Path) -> list[tuple[object, ...]]:
+    with closing(apsw.Connection(str(path))) as db:
+        return db.execute("SELECT * FROM dhcp_leases ORDER BY mac_address").fetchall()
+
+
+def events(ws: Workspace, kind: str, migration: str | None = None) -> list[dict[str, object]]:
+    return [e for e in commands.history(ws, migration=migration) if e["kind"] == kind]
+
+
+def engine_run(app: Appliance, command: str, *, fails: bool = False, **kwargs: object):
+    """Run one writing command through the Engine; return its live projection at the end."""
+    with Engine(app.workspace(), command) as engine:
+        if fails:
+            with pytest.raises(errors.MigrationFailed):
+                getattr(engine, command)(**kwargs)
+        else:
+            getattr(engine, command)(**kwargs)
+    return engine.state
+
+
+def replayed(app: Appliance) -> tuple[projection.Projection, projection.Projection]:
+    """Return (full replay through the lifecycle, snapshot plus tail) of the journal."""
+    journal = app.workspace().read_journal()
+    assert journal is not None
+    with journal:
+        return projection.load(journal, use_snapshot=False), projection.load(journal)
+
+
+# -- replay ---------------------------------------------------------------------------
+
+
+def test_replaying_the_journal_reproduces_the_live_state_and_status(appliance):
+    """After apply, a failure, a rollback and a re-apply, every path to the state agrees.
+
+    The live engine, a full replay, the snapshot, and an old snapshot plus the events after
+    it all give the same projection; status is the same with or without the snapshot row.
+    """
+    create_table_migration(appliance, V1, "alpha")
+    broken = appliance.write(f"{V2}_broken.sql", BROKEN_SQL)
+
+    live = engine_run(appliance, "migrate", target=V1)
+    assert replayed(appliance) == (live, live)
+    journal = appliance.workspace().read_journal()
+    with journal:
+        old_snapshot = journal.connection.execute("SELECT * FROM snapshots").fetchall()
+    assert len(old_snapshot) == 1
+
+    live = engine_run(appliance, "migrate", fails=True)
+    assert replayed(appliance) == (live, live)
+    live = engine_run(appliance, "rollback", steps=1)
+    assert replayed(appliance) == (live, live)
+    remove_fault(broken)
+    live = engine_run(appliance, "migrate")
+    assert replayed(appliance) == (live, live)
+    assert {v: r.state for v, r in live.migrations.items()} == {V1: "applied", V2: "applied"}
+    assert (live.migrations[V1].attempts, live.migrations[V2].attempts) == (2, 2)
+
+    ws = appliance.workspace()
+    before = commands.status(ws, verbose=True)
+    with ws.read_journal() as journal:
+        journal.connection.execute("DELETE FROM snapshots")
+        assert projection.load(journal) == live
+        # An old snapshot is only a head start: the events after it are replayed on top.
+        journal.connection.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?)", old_snapshot[0])
+        assert projection.load(journal) == live
+        journal.connection.execute("DELETE FROM snapshots")
+    assert commands.status(ws, verbose=True) == before
+    assert before.counts["applied"] == 2
+
+
+def test_the_database_refuses_to_change_or_delete_journal_rows(appliance):
+    create_table_migration(appliance, V1, "alpha")
+    commands.migrate(appliance.workspace())
+    with closing(apsw.Connection(str(appliance.journal))) as raw:
+        for sql in (
+            "UPDATE events SET at_ns = 0 WHERE seq = 2",
+            "DELETE FROM events WHERE seq = 2",
+            "DELETE FROM events",
+            "UPDATE sources SET body = x'00'",
+        ):
+            with pytest.raises(apsw.ConstraintError, match="append-only"):
+                raw.execute(sql)
+    assert commands.journal_verify(appliance.workspace()).events == 4
+
+
+# -- failures ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("form", "error_type", "message"),
+    [
+        ("sql", "SQLError", 'near ")": syntax error'),
+        ("python", "RuntimeError", "boom after writing"),
+    ],
+    ids=["sql", "python"],
+)
+def test_a_failing_migration_leaves_the_database_exactly_as_before(
+    appliance, form, error_type, message
+):
+    appliance.write(f"{V1}_alpha.sql", SEED_ALPHA)
+    commands.migrate(appliance.workspace())
+    path = appliance.write(*BROKEN[form])
+    before = dump(appliance.state_db)
+
+    with pytest.raises(errors.MigrationFailed) as failure:
+        commands.migrate(appliance.workspace())
+
+    assert failure.value.exit_code == 1
+    assert dump(appliance.state_db) == before
+    ws = appliance.workspace()
+    row = commands.list_migrations(ws)[1]
+    assert (row.version, row.state, row.last_error) == (V2, "failed", f"{error_type}: {message}")
+    [failed] = events(ws, "MigrationFailed")
+    assert (failed["migration"], failed["phase"]) == (V2, "up")
+    assert (failed["error_type"], failed["message"]) == (error_type, message)
+
+    remove_fault(path)
+    report = commands.migrate(appliance.workspace())
+
+    assert (report.outcome, report.done) == ("completed", [V2])
+    ws = appliance.workspace()
+    assert [e["attempt"] for e in events(ws, "MigrationStarted", V2)] == [1, 2]
+    row = commands.list_migrations(ws)[1]
+    assert (row.state, row.last_error) == ("applied", None)
+
+
+# -- rollback ---------------------------------------------------------------------------
+
+
+def test_rollback_then_reapply_returns_to_the_same_schema_fingerprint(appliance):
+    create_table_migration(appliance, V1, "alpha")
+    create_table_migration(appliance, V2, "beta")
+    commands.migrate(appliance.workspace())
+    applied = dump(appliance.state_db)[0]
+
+    commands.rollback(appliance.workspace(), steps=2)
+    with closing(apsw.Connection(":memory:")) as nothing:
+        assert user_schema(appliance.state_db) == schema_fingerprint(nothing)
+    commands.migrate(appliance.workspace())
+
+    assert dump(appliance.state_db)[0] == applied
+
+
+def test_the_shipped_migrations_roll_back_and_reapply_to_the_same_schema(tmp_path):
+    """On the demo tree: down restores the pristine schema, and up again the migrated one.
+
+    The fingerprint the journal records after each step is the one on disk.
+    """
+    demo.build(tmp_path)
+    state_db = Workspace.load(tmp_path).paths.state_db
+    pristine = user_schema(state_db)
+
+    commands.migrate(Workspace.load(tmp_path))
+    migrated = user_schema(state_db)
+    commands.rollback(Workspace.load(tmp_path), steps=2)
+    assert user_schema(state_db) == pristine
+    commands.migrate(Workspace.load(tmp_path))
+
+    assert user_schema(state_db) == migrated != pristine
+    last = events(Workspace.load(tmp_path), "MigrationApplied")[-1]
+    assert last["fingerprint_after"] == migrated
+
+
+def test_lease_rows_survive_rolling_back_and_reapplying_the_lease_migration(tmp_path):
+    demo.build(tmp_path)
+    state_db = Workspace.load(tmp_path).paths.state_db
+    pristine = leases(state_db)
+
+    commands.migrate(Workspace.load(tmp_path))
+    migrated = leases(state_db)
+    assert sum(1 for lease in migrated if lease[6] is not None) == demo.HOSTS
+    assert [lease[:6] for lease in migrated] == pristine
+    commands.rollback(Workspace.load(tmp_path), steps=1)
+    assert leases(state_db) == pristine
+    report = commands.migrate(Workspace.load(tmp_path))
+
+    assert report.done == [LEASES]
+    assert leases(state_db) == migrated
+
+
+# -- time -------------------------------------------------------------------------------
+
+
+def test_journal_times_follow_the_clock_and_history_is_in_time_order(appliance):
+    create_table_migration(appliance, V1, "alpha")
+    create_table_migration(appliance, V2, "beta")
+
+    with freezegun.freeze_time("2026-01-02 03:04:05") as clock:
+        first = commands.migrate(appliance.workspace(), target=V1)
+        # Whole seconds: freezegun derives time_ns from a float (int(time() * 1e9)), so a
+        # frozen 06.250 reads back as 06.249999872 and renders, truncated, as 06.249.
+        clock.move_to("2026-01-02 03:04:07")
+        second = commands.migrate(appliance.workspace())
+
+    ws = appliance.workspace()
+    applied_at = {r.version: r.applied_at for r in commands.list_migrations(ws)}
+    assert applied_at == {V1: "2026-01-02T03:04:05.000Z", V2: "2026-01-02T03:04:07.000Z"}
+    assert first.run_id.startswith("20260102T030405-")
+    assert second.run_id.startswith("20260102T030407-")
+    history = commands.history(ws)
+    assert [e["seq"] for e in history] == list(range(1, 9))
+    assert [e["at"] for e in history] == sorted(e["at"] for e in history)
+    times = {(e["run_id"], e["at"]) for e in history}
+    assert times == {
+        (first.run_id, "2026-01-02T03:04:05.000Z"),
+        (second.run_id, "2026-01-02T03:04:07.000Z"),
+    }
