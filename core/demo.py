@@ -1,8 +1,9 @@
 """`flywall migration demo DIR`: a sample appliance tree to try every command on.
 
 The tree is what a Flywall box looks like before the shipped migrations: a realistic
-flywall.hcl with a `migration { }` block, an empty vendor migrations folder, and a
-state.db at the pre-migration schema holding a few hundred DHCP leases and hosts.
+pre-1.1 flywall.hcl (comments throughout) with a `migration { }` block, an empty vendor
+migrations folder, an api.json, and a state.db at the pre-migration schema holding a few
+hundred DHCP leases, hosts and JSON lease records: all four components have work to do.
 Deterministic (a seeded generator), so two demos are byte-for-byte comparable.
 """
 
@@ -12,11 +13,14 @@ import random
 from pathlib import Path
 
 import apsw
+import msgspec
 
 from flywall.core.errors import UsageError
 
 CONFIG = """\
 # Flywall appliance configuration (demo tree built by `flywall migration demo`).
+# A pre-1.1 layout: zone membership on interfaces, the legacy dns_server block,
+# listeners inside api { }, and vpn_link groups.
 schema_version = "1.0"
 
 # How firmware upgrades migrate this box. Paths are placed under --root.
@@ -35,22 +39,61 @@ migration {
 }
 
 interface "eth0" {
-  description = "Uplink"
-  zone        = "wan"
+  description = "Uplink to the ISP"
+  zone        = "wan" # moves to zone "wan" { match { } } in 1.3
   dhcp        = true
 }
 
 interface "eth1" {
-  description = "Office LAN"
-  zone        = "lan"
-  ipv4        = ["192.168.1.1/24"]
+  description   = "Office LAN"
+  zone          = "lan"
+  ipv4          = ["192.168.1.1/24"]
+  access_web_ui = true
 }
 
-zone "wan" {}
+interface "eth2" {
+  description = "Servers"
+  ipv4        = ["10.0.20.1/24"]
+}
+
+zone "wan" {
+  # Untrusted.
+}
 
 zone "lan" {
   # Trusted devices.
-  interfaces = ["eth1"]
+  description = "Office"
+}
+
+zone "dmz" {
+  interface = "eth2"
+}
+
+// Legacy resolver block (replaced by dns { } in 1.4).
+dns_server {
+  enabled      = true
+  listen_on    = ["192.168.1.1"]
+  forwarders   = ["1.1.1.1", "9.9.9.9"]
+  local_domain = "office.lan"
+}
+
+api {
+  listen                = ":8080"
+  tls_listen            = ":8443"
+  tls_cert              = "/etc/flywall/tls/cert.pem"
+  tls_key               = "/etc/flywall/tls/key.pem"
+  disable_http_redirect = false
+  require_auth          = true
+}
+
+/* Site-to-site links, grouped for failover. */
+vpn_link_group "hq" {
+  vpn_link "primary" {
+    peer = "hq.example.net"
+  }
+  vpn_link "backup" {
+    peer = "hq-backup.example.net"
+  }
 }
 
 dhcp {
@@ -59,9 +102,23 @@ dhcp {
     range_start = "192.168.1.100"
     range_end   = "192.168.1.250"
     lease_time  = "24h"
+    domain      = "${LOCAL_DOMAIN}"
   }
 }
 """
+
+API_DOCUMENT = {
+    "schema_version": "1.0",
+    "clients": [
+        {"name": "fleet-agent", "scopes": ["status", "migrate"]},
+        {"name": "dashboard", "scopes": ["status"]},
+    ],
+    "webhooks": [
+        {"name": "pager", "route": "/api/v1/alerts", "events": ["failure"]},
+        {"name": "audit", "route": "/api/v1/audit", "events": ["start", "complete"]},
+    ],
+    "route_versions": {"/api/v1/alerts": "v1", "/api/v1/audit": "v1"},
+}
 
 SCHEMA = """
 CREATE TABLE dhcp_leases (
@@ -76,6 +133,10 @@ CREATE INDEX idx_dhcp_leases_expires ON dhcp_leases(expires_at);
 CREATE TABLE dhcp_hosts (
     mac_address TEXT PRIMARY KEY,
     hostname TEXT NOT NULL
+);
+CREATE TABLE lease_records (
+    mac TEXT PRIMARY KEY,
+    data TEXT NOT NULL
 );
 """
 
@@ -96,11 +157,14 @@ def build(directory: Path) -> dict[str, str]:
     (directory / "etc/flywall/migrations").mkdir(parents=True, exist_ok=True)
     state.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(CONFIG, encoding="utf-8")
+    api = directory / "var/lib/flywall/api.json"
+    api.write_bytes(msgspec.json.format(msgspec.json.encode(API_DOCUMENT), indent=2) + b"\n")
     _state_db(state)
     return {
         "root": str(directory),
         "config": str(config),
         "state_db": str(state),
+        "api_document": str(api),
         "migrations": str(directory / "etc/flywall/migrations"),
     }
 
@@ -120,5 +184,17 @@ def _state_db(path: Path) -> None:
                 )
             for i, mac in enumerate(macs[:HOSTS]):
                 db.execute("INSERT INTO dhcp_hosts VALUES (?, ?)", (mac, f"device-{i:03d}"))
+            for i, mac in enumerate(macs):
+                record = {
+                    "ip": f"192.168.{1 + i // 200}.{10 + i % 200}",
+                    "scope": "lan",
+                    "mac": mac,
+                    "hostname": f"device-{i:03d}" if i < HOSTS else None,
+                    "expires": _EPOCH + 86_400 + i,
+                }
+                db.execute(
+                    "INSERT INTO lease_records VALUES (?, ?)",
+                    (mac, msgspec.json.encode(record).decode()),
+                )
     finally:
         db.close()
