@@ -8,13 +8,13 @@ and line endings of their neighbours.
 
 How it works, and why this way: the document keeps its current text and python-hcl2's raw Lark
 tree of that text, whose tokens carry `start_pos`/`end_pos`. Each edit computes one or a few
-`(start, end, replacement)` splices against the current offsets, applies them at once and
-re-parses the whole text. The alternative, queueing splices against the original offsets until
-`text()`, cannot address a block added earlier in the same session (it has no offsets yet), so
-`zone.setdefault_block("services").set("dhcp", True)` would need a second, shadow model.
-Re-parsing costs about a millisecond on a real config and buys two things: every later edit
-sees exact offsets, and an edit that would leave the file unparseable is refused on the spot,
-with the document unchanged.
+`(start, end, replacement)` splices against the current offsets, refuses them if they overlap,
+applies them at once and re-parses the whole text. The alternative, queueing splices against
+the original offsets until `text()`, cannot address a block added earlier in the same session
+(it has no offsets yet), so `zone.setdefault_block("services").set("dhcp", True)` would need a
+second, shadow model. Re-parsing costs about a millisecond per kilobyte of config and buys two
+things: every later edit sees exact offsets, and an edit that would leave the file unparseable
+is refused on the spot, with the document unchanged.
 
 `Block` handles stay valid across edits because they are keyed by the offset of the block's
 first token: after each splice the document shifts every handle that lies after it, drops the
@@ -23,8 +23,10 @@ loop that removes blocks one by one still holds the right blocks, which an (type
 index) path would not.
 
 Limitations: `remove_block` removes the block's lines and one adjacent blank line, not the
-comment lines above it; a one-line body (`match { interface = "eth1" }`) is expanded to one
-item per line before anything is added to it; new values are written on one line.
+comment lines above it, and `delete` leaves the blank lines around an attribute alone; a
+one-line body (`match { interface = "eth1" }`) is expanded to one item per line before
+anything is added to it; new values are written on one line; `${` and `%{` in a string are
+always written as templates, never escaped.
 """
 
 from __future__ import annotations
@@ -315,7 +317,8 @@ class Body:
         if attribute is None:
             return False
         start, end = _span(attribute)
-        self._document._edit([_item_removal(self._document._text, start, end)])  # noqa: SLF001
+        start, end = _item_removal(self._document._text, start, end)  # noqa: SLF001
+        self._document._edit([(start, end, "")])  # noqa: SLF001
         return True
 
     def add_block(self, block_type: str, /, *labels: str, **attributes: Value) -> Block:
@@ -373,6 +376,7 @@ class Body:
     def rename_block(self, block: Block, new_type: str, /, *new_labels: str) -> None:
         """Rewrite the block's type and labels, splicing only the tokens that change.
 
+        Given no labels, the block keeps its own: renaming a type is the common migration.
         With as many labels as before, each label keeps its quoting and the spaces between
         them stay; otherwise the whole header before the `{` is rewritten.
 
@@ -382,6 +386,7 @@ class Body:
         _check_name(new_type)
         document = self._document
         self._check_child(block)
+        new_labels = new_labels or block.labels
         tree = document._block_tree(block)  # noqa: SLF001
         parts = _header_parts(tree)
         text = document._text  # noqa: SLF001
@@ -461,7 +466,9 @@ class Body:
             start, end = _span(attributes[-1])
             _, line_end = _rest_of_line(text, end)
             assert line_end is not None, "one-line bodies are expanded first"
-            return line_end, _line_indent(text, start) or self._child_indent(), ""
+            indent = _line_indent(text, start)
+            return line_end, self._child_indent() if indent is None else indent, ""
+        following: Node | None
         if self._owner is None:
             if not items:
                 return len(text), "", ""
@@ -935,15 +942,15 @@ def _rest_of_line(text: str, position: int) -> tuple[int, int | None]:
     return len(text), len(text)
 
 
-def _item_removal(text: str, start: int, end: int) -> tuple[int, int, str]:
-    """The splice that removes an attribute or block: its whole line when it has one."""
+def _item_removal(text: str, start: int, end: int) -> tuple[int, int]:
+    """What to cut to remove an attribute or block: its whole line when it has one."""
     content_end, line_end = _rest_of_line(text, end)
     if _line_indent(text, start) is not None and line_end is not None:
-        return _line_start(text, start), line_end, ""
+        return _line_start(text, start), line_end
     if line_end is not None:  # something precedes it on the line: keep that line break
         while start > 0 and text[start - 1] in " \t":
             start -= 1
-    return start, content_end, ""
+    return start, content_end
 
 
 def _moved(offset: int, splices: list[tuple[int, int, str]], *, keep: bool) -> int | None:

@@ -31,6 +31,11 @@ class Node(Protocol):
 UP_FROM = (State.PENDING, State.FAILED, State.ROLLED_BACK)
 
 
+def order_key(version: str) -> tuple[int, str]:
+    """Versions compare as numbers (a 14-digit version is newer than a 12-digit one)."""
+    return (int(version), version)
+
+
 def resolve_target(nodes: Sequence[Node], target: str) -> str:
     """Turn `--target` (a migration version or a schema_version) into a migration version.
 
@@ -56,9 +61,10 @@ def plan_up(
     wanted = {
         n.version
         for n in nodes
-        if states.get(n.version, State.PENDING) in UP_FROM and (limit is None or n.version <= limit)
+        if states.get(n.version, State.PENDING) in UP_FROM
+        and (limit is None or order_key(n.version) <= order_key(limit))
     }
-    for version in sorted(wanted):
+    for version in sorted(wanted, key=order_key):
         for dep in by_version[version].depends_on:
             if dep not in by_version and states.get(dep) is not State.APPLIED:
                 raise GraphError(f"migration {version} depends on unknown migration {dep}")
@@ -72,19 +78,19 @@ def plan_up(
 
 def _topological(wanted: set[str], deps: Mapping[str, Sequence[str]]) -> list[str]:
     waiting = {v: {d for d in deps[v] if d in wanted} for v in wanted}
-    ready = [v for v, d in waiting.items() if not d]
+    ready = [order_key(v) for v, d in waiting.items() if not d]
     heapq.heapify(ready)
     order: list[str] = []
     while ready:
-        version = heapq.heappop(ready)
+        _, version = heapq.heappop(ready)
         order.append(version)
         for other, needs in waiting.items():
             if version in needs:
                 needs.discard(version)
                 if not needs:
-                    heapq.heappush(ready, other)
+                    heapq.heappush(ready, order_key(other))
     if len(order) != len(wanted):
-        stuck = sorted(set(wanted) - set(order))
+        stuck = sorted(set(wanted) - set(order), key=order_key)
         raise GraphError(f"dependency cycle among migrations {', '.join(stuck)}")
     return order
 
@@ -118,7 +124,9 @@ def plan_down(
             raise UsageError("--steps must be at least 1")
         chosen = newest_first[:steps]
     else:
-        chosen = [v for v in newest_first if v > str(to)]
+        if not str(to).isdigit():
+            raise UsageError(f"--to {to!r}: expected a migration version (digits)")
+        chosen = [v for v in newest_first if order_key(v) > order_key(str(to))]
     if not chosen:
         raise NothingToDo("nothing to roll back")
     for v in chosen:

@@ -39,18 +39,21 @@ def event_hash(
     prev_hash: bytes,
     seq: int,
     at_ns: int,
-    kind: str,
-    run_id: str,
-    migration: str,
+    kind: str | bytes,
+    run_id: str | bytes,
+    migration: str | bytes,
     body: bytes,
     key: bytes | None = None,
 ) -> bytes:
-    """Return the 32-byte chain hash (or MAC, with `key`) of one event."""
+    """Return the 32-byte chain hash (or MAC, with `key`) of one event.
+
+    The text fields may also be given as their stored UTF-8 bytes (as `verify` reads them).
+    """
     h = blake3.blake3(key=key) if key else blake3.blake3()
     h.update(prev_hash)
     h.update(_HEADER.pack(seq, at_ns))
     for text in (kind, run_id, migration):
-        raw = text.encode()
+        raw = text if isinstance(text, bytes) else text.encode()
         h.update(_LEN.pack(len(raw)))
         h.update(raw)
     h.update(body)
@@ -71,9 +74,12 @@ def verify_chain(
             raise JournalCorrupt(seq + 1, f"expected seq {seq + 1}, found {row.seq} (gap)")
         if row.prev_hash != prev:
             raise JournalCorrupt(row.seq, "prev_hash does not link to the previous event")
-        expected = event_hash(
-            prev, row.seq, row.at_ns, row.kind, row.run_id, row.migration, row.body, key
-        )
+        try:
+            expected = event_hash(
+                prev, row.seq, row.at_ns, row.kind, row.run_id, row.migration, row.body, key
+            )
+        except struct.error as e:  # at_ns outside u64: no event was ever stored like that
+            raise JournalCorrupt(row.seq, f"at_ns {row.at_ns} is out of range") from e
         if row.hash != expected:
             raise JournalCorrupt(row.seq, "hash does not match the event's content")
         seq, prev = row.seq, row.hash

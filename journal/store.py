@@ -17,13 +17,19 @@ import apsw
 
 from flywall.journal import _schema
 from flywall.journal.chain import GENESIS, event_hash, verify_chain
-from flywall.journal.errors import JournalConflict, JournalError
+from flywall.journal.errors import JournalConflict, JournalError, JournalTooNew
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
     from types import TracebackType
 
 _COLUMNS = "seq, at_ns, run_id, migration, kind, body, prev_hash, hash"
+# What `verify` hashes: the text columns as their stored bytes, so a tampered byte that is
+# not valid UTF-8 is a hash mismatch at its seq rather than a decoding error.
+_STORED_BYTES = (
+    "seq, at_ns, CAST(run_id AS BLOB), CAST(migration AS BLOB), CAST(kind AS BLOB), "
+    "CAST(body AS BLOB), CAST(prev_hash AS BLOB), CAST(hash AS BLOB)"
+)
 
 
 class Entry(NamedTuple):
@@ -91,9 +97,16 @@ class Journal:
         if not Path(path).exists():
             return None
         conn = _connect(path, apsw.SQLITE_OPEN_READWRITE, None)
-        if _schema.version(conn) == 0:
+        found = _schema.version(conn)
+        if found == 0:
             conn.close()
             return None
+        if found > _schema.CURRENT:
+            conn.close()
+            raise JournalTooNew(
+                f"{path}: journal schema version {found} is newer than this program's "
+                f"{_schema.CURRENT}"
+            )
         return cls(conn, path, key)
 
     def close(self) -> None:
@@ -187,9 +200,13 @@ class Journal:
     def verify(self) -> tuple[int, bytes]:
         """Walk the whole chain; return its head.
 
+        Every stored row is walked, whatever its seq (a row renumbered below 1 must not
+        drop out of sight), with its text columns as stored bytes.
+
         :raises JournalCorrupt: naming the first bad seq.
         """
-        return verify_chain(self.read(), self._key)
+        rows = self._conn.execute(f"SELECT {_STORED_BYTES} FROM events ORDER BY seq")
+        return verify_chain((StoredEvent(*row) for row in rows), self._key)
 
 
 def _connect(path: str, flags: int, vfs: str | None) -> apsw.Connection:

@@ -20,6 +20,7 @@ from flywall.core.lifecycle import Lifecycle, State
 from flywall.core.targets.database import (
     MARKERS,
     DatabaseTarget,
+    bookkeeping,
     open_existing,
     schema_fingerprint,
 )
@@ -90,7 +91,7 @@ def observe(root: Path) -> Observed:
     db = open_existing(ws.paths.state_db, ws.settings.version_table)
     if db is not None:
         seen.markers = set(db.markers())
-        seen.fingerprint = schema_fingerprint(db.db, (MARKERS, ws.settings.version_table))
+        seen.fingerprint = schema_fingerprint(db.db, bookkeeping(ws.settings.version_table))
         db.close()
     seen.data = data_digest(ws.paths.state_db)
     seen.files = {
