@@ -142,6 +142,8 @@ class Engine:
                 vfs=options.vfs,
                 synchronous=options.target_synchronous,
             )
+            if options.exec_trace is not None:
+                self._db.db.exec_trace = options.exec_trace
         return self._db
 
     def existing_database(self) -> DatabaseTarget | None:

@@ -15,6 +15,9 @@ import msgspec
 from flywall.core.settings import load_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
     from flywall.core.discovery import Migration
     from flywall.core.settings import Settings
     from flywall.journal import Journal
@@ -31,6 +34,8 @@ class SqliteOptions(msgspec.Struct, frozen=True, kw_only=True):
     vfs: str | None = None
     journal_synchronous: str = "FULL"
     target_synchronous: str | None = None
+    exec_trace: Callable[[Any, str, Any], bool] | None = None
+    """APSW exec tracer set on state.db's connection (dry run prints the SQL it sees)."""
 
 
 class Workspace:
