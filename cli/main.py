@@ -157,19 +157,47 @@ def list_(pending: bool, applied: bool, as_json: bool) -> None:
 
 @migration.command()
 @click.option("--target", metavar="VERSION", help="Stop after this migration (or schema_version).")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Run the plan on copies: print the SQL and diffs; change nothing but one audit event.",
+)
 @drift_option
 @json_option
 @events_option
-def migrate(target: str | None, accept_drift: bool, as_json: bool, events: str | None) -> None:
+def migrate(
+    target: str | None, dry_run: bool, accept_drift: bool, as_json: bool, events: str | None
+) -> None:
     """Apply pending migrations, recovering any interrupted run first."""
     from flywall.cli import render
     from flywall.core import commands
 
+    ws = _workspace()
+    if commands.wants_dry_run(ws, dry_run=dry_run):
+        _dry_run(ws, target, accept_drift, as_json, events)
+        return
     report = commands.migrate(
-        _workspace(), target=target, accept_drift=accept_drift, **_hooks(events, as_json)
+        ws, target=target, accept_drift=accept_drift, **_hooks(events, as_json)
     )
     if events is None:
         render.emit_json(report) if as_json else render.run(report)
+
+
+def _dry_run(
+    ws: Workspace, target: str | None, accept_drift: bool, as_json: bool, events: str | None
+) -> None:
+    """`migrate --dry-run` (or `dry_run = true`): exit 1 when a migration failed."""
+    from flywall.cli import render
+    from flywall.core import commands
+    from flywall.core.errors import EXIT_MIGRATION_FAILED
+
+    report = commands.dry_run(
+        ws, target=target, accept_drift=accept_drift, **_hooks(events, as_json)
+    )
+    if events is None:
+        render.emit_json(report) if as_json else render.dry_run(report)
+    if not report.ok:
+        sys.exit(EXIT_MIGRATION_FAILED)
 
 
 @migration.command()
@@ -201,6 +229,30 @@ def rollback(
     )
     if events is None:
         render.emit_json(report) if as_json else render.run(report)
+
+
+@migration.command("test")
+@click.option("--with-data", is_flag=True, help="Apply everything pending to a copy; validate.")
+@click.option("--rollback", is_flag=True, help="Up, down, up each pending migration on a copy.")
+@click.option("--performance", is_flag=True, help="Time each migration on a copy; rows/s.")
+@click.option("--isolation", metavar="VERSION", help="VERSION up and down on a fresh database.")
+@json_option
+def test(
+    with_data: bool, rollback: bool, performance: bool, isolation: str | None, as_json: bool
+) -> None:
+    """Rehearse pending migrations on a copy (exit 4 if a down is lossy, 1 if one fails)."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    modes = {"with-data": with_data, "rollback": rollback, "performance": performance}
+    chosen = [m for m, on in {**modes, "isolation": isolation is not None}.items() if on]
+    if len(chosen) != 1:
+        raise click.UsageError(
+            "give exactly one of --with-data, --rollback, --performance, --isolation V"
+        )
+    report = commands.test(_workspace(), chosen[0], isolation)
+    render.emit_json(report) if as_json else render.trial(report)
+    sys.exit(report.exit_code)
 
 
 @migration.command()
@@ -279,9 +331,10 @@ def checksums(as_json: bool) -> None:
 @migration.command()
 @json_option
 def validate(as_json: bool) -> None:
-    """Check the journal chain, checksums, state.db integrity and drift (exit 4 on a finding)."""
+    """Check the journal, checksums, config, state.db and drift (exit 4; deprecations only warn)."""
     from flywall.cli import render
     from flywall.core.errors import EXIT_VALIDATION
+    from flywall.core.validate import WARNING_CHECKS
     from flywall.core.validate import validate as run_checks
 
     report = run_checks(_workspace())
@@ -289,7 +342,10 @@ def validate(as_json: bool) -> None:
         render.emit_json(report)
     else:
         for name, result in report.checks.items():
-            click.echo(f"{'ok  ' if result == 'ok' else 'FAIL'}  {name}: {result}")
+            label = "ok  " if result == "ok" else "warn" if name in WARNING_CHECKS else "FAIL"
+            click.echo(f"{label}  {name}: {result}")
+        for warning in report.warnings:
+            click.echo(f"warn  {warning}")
     if not report.ok:
         sys.exit(EXIT_VALIDATION)
 
@@ -327,3 +383,6 @@ def demo(directory: Path, as_json: bool) -> None:
         return
     click.echo(f"built a sample appliance in {directory}")
     click.echo(f"try: flywall migration --root {directory} status")
+
+
+from flywall.cli import repair as _repair  # noqa: E402, F401 - registers backup/force/debug

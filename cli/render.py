@@ -11,7 +11,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from flywall.core.commands import ChecksumRow, MigrationRow, StatusReport
+    from flywall.core.dryrun import DryRunReport
     from flywall.core.engine import RunReport
+    from flywall.core.trial import TrialReport, TrialStep
 
 
 def emit_json(value: Any) -> None:
@@ -70,6 +72,8 @@ def status(report: StatusReport) -> None:
             f"INTERRUPTED {d.version} ({d.direction}, run {d.interrupted_run}): "
             f"recovery will decide {d.decision} ({evidence})"
         )
+    for run_id, deadline in report.awaiting_confirmation.items():
+        click.echo(f"CONFIRM     run {run_id} by {deadline}, or it is rolled back (`confirm`)")
     for finding in report.drift:
         click.echo(f"DRIFT       {finding}")
     if report.migrations is not None:
@@ -117,3 +121,71 @@ def events(items: Sequence[dict[str, Any]]) -> None:
         )
         who = e.get("migration") or ""
         click.echo(f"{e['seq']:>6}  {e['at']}  {e['kind']:<19} {who:<14} {detail}".rstrip())
+
+
+def dry_run(report: DryRunReport) -> None:
+    """Render `migrate --dry-run`: per migration its SQL (indented), then the diffs."""
+    if not report.planned:
+        click.echo("dry run: nothing to do")
+    for step in report.steps:
+        state = "ok" if step.ok else "FAILED"
+        click.echo(
+            f"== {step.version} {step.component} ({step.duration_ms:.1f} ms, {state}) "
+            f"{step.description}".rstrip()
+        )
+        for statement in step.sql:
+            lines = f"{statement.sql};".splitlines()
+            if statement.times > 1:
+                lines[-1] += f"  -- x{statement.times}"
+            click.echo("\n".join(f"    {line}" for line in lines))
+        if not step.sql and step.ok and step.component in ("database", "state"):
+            click.echo("    (no SQL)")
+        for line in step.log:
+            click.echo(f"    log: {line}")
+        if step.error:
+            click.echo(f"    error: {step.error}")
+    for title, diff in (
+        ("schema", report.schema_diff),
+        ("config", report.config_diff),
+        ("api", report.api_diff),
+    ):
+        click.echo(f"-- {title} diff" + ("" if diff else ": no change"))
+        if diff:
+            click.echo(diff, nl=False)
+    outcome = "ok" if report.ok else f"FAILED: {report.error or 'a migration failed'}"
+    click.echo(
+        f"dry run {outcome}; nothing changed (journaled as seq {report.journal_seq}, "
+        f"run {report.run_id})"
+    )
+
+
+def trial(report: TrialReport) -> None:
+    """Render `test`: one line per migration, then its problems and the checks."""
+    if report.prepared:
+        prepared = ", ".join(report.prepared)
+        click.echo(f"fresh database built up to just before {report.version}: {prepared}")
+    if not report.steps:
+        click.echo("nothing pending to test")
+    for step in report.steps:
+        _trial_step(step)
+    for name, result in report.checks.items():
+        click.echo(f"{'ok  ' if result == 'ok' else 'FAIL'}  {name}: {result}")
+    if report.error:
+        click.echo(f"FAILED: {report.error}")
+    for outcome in ("irreversible", "lossy", "verify_failed", "failed"):
+        if named := report.named(outcome):
+            click.echo(f"{outcome}: {', '.join(named)}")
+    click.echo(f"test --{report.mode}: {'ok' if report.ok else 'FAILED'}")
+
+
+def _trial_step(s: TrialStep) -> None:
+    took = f"{s.duration_ms:.1f} ms" if s.duration_ms is not None else "-"
+    rows = f", {s.rows} rows" if s.rows is not None else ""
+    rate = f", {s.rows_per_s:.0f} rows/s" if s.rows_per_s is not None else ""
+    click.echo(f"{s.version}  {s.component:<8}  {s.outcome:<12}  {took}{rows}{rate}")
+    for problem in s.problems:
+        click.echo(f"    {problem}")
+        for line in s.diffs.get(problem, "").splitlines():
+            click.echo(f"      {line}")
+    if s.error:
+        click.echo(f"    {s.error}")

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from flywall.core.dryrun import DryRunReport
     from flywall.core.engine import RunReport
     from flywall.core.recovery import Decision
+    from flywall.core.trial import TrialReport
     from flywall.core.workspace import Workspace
     from flywall.journal import Journal, StoredEvent
 
@@ -69,6 +71,7 @@ class StatusReport(msgspec.Struct, kw_only=True):
     journal: JournalInfo
     interrupted: list[Decision] = []
     drift: list[str] = []
+    awaiting_confirmation: dict[str, str | None] = {}
     lock_holder: str | None = None
     last_run: dict[str, Any] | None = None
     current_version: str | None = None
@@ -145,6 +148,9 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
             ),
             interrupted=interrupted,
             drift=drift,
+            awaiting_confirmation={
+                run_id: iso(run.confirm_by_ns) for run_id, run in state.unconfirmed.items()
+            },
             lock_holder=holder.describe() if holder else None,
             last_run=None
             if last is None
@@ -315,6 +321,45 @@ def rollback(
         return e.rollback(version=version, steps=steps, to=to, accept_drift=accept_drift)
 
 
+def dry_run(
+    ws: Workspace,
+    *,
+    target: str | None = None,
+    accept_drift: bool = False,
+    actor: ev.Actor | None = None,
+    on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
+) -> DryRunReport:
+    """Run the plan against copies; show its SQL and diffs; journal one DryRunPerformed.
+
+    `migrate` does this instead when `dry_run = true` in settings (see `wants_dry_run`).
+    """
+    from flywall.core.dryrun import dry_run as rehearse
+
+    return rehearse(ws, target=target, accept_drift=accept_drift, actor=actor, on_event=on_event)
+
+
+def wants_dry_run(ws: Workspace, *, dry_run: bool = False) -> bool:
+    """Tell whether a `migrate` request is a dry run: asked for, or `dry_run = true`."""
+    return dry_run or ws.settings.dry_run
+
+
+# Named as its CLI subcommand (STYLE §2), not a pytest test: hence the PT028 noqa.
+def test(
+    ws: Workspace,
+    mode: str,
+    version: str | None = None,  # noqa: PT028
+    *,
+    actor: ev.Actor | None = None,  # noqa: PT028
+) -> TrialReport:
+    """Rehearse pending migrations on a copy: with-data, rollback, performance, isolation."""
+    from flywall.core import trial
+
+    return trial.run(ws, mode, version, actor=actor)
+
+
+test.__test__ = False  # type: ignore[attr-defined]  # pytest must never collect it
+
+
 def recover(
     ws: Workspace,
     *,
@@ -399,3 +444,166 @@ def create(ws: Workspace, name: str, *, component: str = "database", sql: bool =
     with path.open("x", encoding="utf-8") as out:
         out.write(text)
     return path
+
+
+# -- backups and repair -------------------------------------------------------------
+
+
+class BackupRow(msgspec.Struct, kw_only=True):
+    """One backup as `backup list` shows it."""
+
+    backup_id: str
+    created_at: str | None
+    reason: str
+    journal_seq: int
+    size: int
+    items: list[str]
+    ok: bool
+
+
+def backup_list(ws: Workspace) -> list[BackupRow]:
+    """List complete backups, oldest first, each verified against its manifest."""
+    from flywall.core import backup
+
+    return [
+        BackupRow(
+            backup_id=m.backup_id,
+            created_at=iso(m.created_ns),
+            reason=m.reason,
+            journal_seq=m.journal_seq,
+            size=m.size,
+            items=[item.name for item in m.items],
+            ok=not backup.verify(ws, m),
+        )
+        for m in backup.list_backups(ws)
+    ]
+
+
+def backup_restore(
+    ws: Workspace,
+    backup_id: str,
+    *,
+    actor: ev.Actor | None = None,
+    on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
+) -> RunReport:
+    """Verify a backup, take a safety backup, restore it, journal what it rolled back."""
+    from flywall.core.engine import Engine
+
+    with Engine(ws, "backup restore", actor=actor, on_event=on_event) as e:
+        recovered = e.recover()
+        undone = e.restore_backup(backup_id, safety=True)
+        e.recorder.finish("completed", undone)
+        report = _recovery_report(e.run_id, recovered)
+        report.command, report.outcome, report.undone = "backup restore", "completed", undone
+        return report
+
+
+def backup_prune(ws: Workspace, *, keep: int = 1, actor: ev.Actor | None = None) -> list[str]:
+    """Remove all but the newest `keep` backups (never the newest); return the removed ids."""
+    from flywall.core import backup
+    from flywall.core.engine import Engine
+
+    if keep < 1:
+        raise errors.UsageError("--keep must be at least 1: the newest backup is never pruned")
+    with Engine(ws, "backup prune", actor=actor) as e:
+        e.recover()
+        needed = {run.backup_id for run in e.state.unconfirmed.values()}
+        doomed = [
+            m.backup_id
+            for m in backup.list_backups(ws)[:-keep]
+            if m.backup_id not in needed  # a confirmation window may still need it
+        ]
+        for backup_id in doomed:
+            e.prune(backup_id, f"operator kept the newest {keep}")
+        if e.recorder.started:
+            e.recorder.finish("completed", [])
+        return doomed
+
+
+def confirm(
+    ws: Workspace,
+    *,
+    actor: ev.Actor | None = None,
+    on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
+) -> RunReport:
+    """Confirm the runs awaiting confirmation (`confirm_within`), so they are kept."""
+    from flywall.core.engine import Engine
+
+    with Engine(ws, "confirm", actor=actor, on_event=on_event) as e:
+        recovered = e.recover()  # an expired window is rolled back first, not confirmed
+        confirmed = e.confirm()
+        e.recorder.finish("completed", [])
+        report = _recovery_report(e.run_id, recovered)
+        report.command, report.outcome, report.done = "confirm", "completed", confirmed
+        return report
+
+
+def force(
+    ws: Workspace,
+    version: str,
+    state: str,
+    reason: str,
+    *,
+    actor: ev.Actor | None = None,
+) -> RunReport:
+    """Set a migration's state by hand, journaled with actor and reason (StateForced)."""
+    from flywall.core.engine import Engine
+
+    if not reason.strip():
+        raise errors.UsageError("force needs --reason: the journal records why")
+    try:
+        target = State(state)
+    except ValueError:
+        names = ", ".join(s.value for s in State)
+        raise errors.UsageError(f"unknown state {state!r}: use one of {names}") from None
+    with Engine(ws, "force", actor=actor) as e:
+        known = e.state.migrations.get(version) is not None or ws.migration(version) is not None
+        if not known:
+            raise errors.UsageError(f"unknown migration {version}")
+        current = e.state.state_of(version)
+        e.recorder.append(
+            [
+                (
+                    version,
+                    ev.StateForced(
+                        from_state=current.value,
+                        to_state=target.value,
+                        reason=reason,
+                        actor=e.actor,
+                    ),
+                )
+            ]
+        )
+        e.recorder.finish("completed", [version])
+        report = _recovery_report(e.run_id, [])
+        report.command, report.outcome, report.done = "force", "completed", [version]
+        return report
+
+
+def debug(ws: Workspace, version: str) -> dict[str, Any]:
+    """Everything known about one migration: file, checksums, state, events, log, backups."""
+    from flywall.core import backup
+
+    state, journal = _read_state(ws)
+    m = ws.migration(version)
+    rec = state.migrations.get(version)
+    if m is None and rec is None:
+        raise errors.UsageError(f"unknown migration {version}")
+    items = history(ws, migration=version) if journal is not None else []
+    if journal is not None:
+        journal.close()
+    return {
+        "version": version,
+        "file": m.path if m else None,
+        "component": m.component if m else rec.component if rec else None,
+        "description": m.description if m else rec.description if rec else "",
+        "checksum_on_disk": m.checksum if m else None,
+        "checksum_recorded": rec.checksum if rec else None,
+        "state": (rec.state if rec else State.PENDING).value,
+        "last_error": rec.last_error if rec else None,
+        "sql": {"up": m.up_sql, "down": m.down_sql, "verify": m.verify_sql} if m else None,
+        "has_down": m.has_down if m else None,
+        "events": items,
+        "log": [e for e in items if e["kind"] == "MigrationLog"],
+        "backups": [b.backup_id for b in backup.list_backups(ws) if version not in b.applied],
+    }

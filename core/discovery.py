@@ -40,7 +40,8 @@ _VERSION = re.compile(r"^\d{12,}$")
 _BOM = b"\xef\xbb\xbf"
 _SQL_MARKERS = {f"-- migrate:{section}": section for section in ("up", "down", "verify")}
 _SQL_HEADER = re.compile(r"^(schema_version|depends_on):(.*)$")
-_PY_METADATA = ("component", "schema_version", "depends_on")
+_PY_METADATA = ("component", "schema_version", "depends_on", "deprecations")
+_CONFIG_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
 
 
 class Migration(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +49,10 @@ class Migration(msgspec.Struct, frozen=True, kw_only=True):
 
     `checksum` is the blake3 digest of `source`, the normalized bytes, so a source stored
     in the journal verifies by hashing it as it is, never by normalizing it again.
+
+    `deprecations` maps a flywall.hcl key the migration retires (a dotted path of block
+    types from the top of the file, ending in a block type or an attribute name, such as
+    ``api.listen``) to what replaces it; `validate` warns about each one still present.
     """
 
     version: str
@@ -65,6 +70,7 @@ class Migration(msgspec.Struct, frozen=True, kw_only=True):
     up_sql: str | None = None
     down_sql: str | None = None
     verify_sql: str | None = None
+    deprecations: dict[str, str] = {}
 
     @property
     def name(self) -> str:
@@ -198,7 +204,21 @@ def _parse_python(path: str, text: str) -> dict[str, Any]:
         "depends_on": _versions(path, values.get("depends_on", [])),
         "has_down": "down" in functions,
         "has_verify": "verify" in functions,
+        "deprecations": _deprecations(path, values.get("deprecations", {})),
     }
+
+
+def _deprecations(path: str, value: Any) -> dict[str, str]:
+    """Check a `deprecations` value: a dict of dotted config paths to their replacements."""
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise DiscoveryError(path, f"deprecations must map str to str, got {value!r}")
+    for key in value:
+        if not _CONFIG_PATH.match(key):
+            detail = f"deprecations: {key!r} is not a dotted path of HCL names (e.g. api.listen)"
+            raise DiscoveryError(path, detail)
+    return value
 
 
 def _module_names(path: str, tree: ast.Module) -> tuple[dict[str, Any], set[str]]:

@@ -8,9 +8,11 @@ target together with its marker → MigrationApplied → RunFinished.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Self
 
+import apsw
 import msgspec
 
 from flywall.core import errors, planner, projection, recovery
@@ -27,9 +29,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
-    import apsw
-
     from flywall.core.discovery import Migration
+    from flywall.core.projection import MigrationRecord
     from flywall.core.workspace import Workspace
     from flywall.journal import Journal, StoredEvent
 
@@ -41,8 +42,17 @@ class RunReport(msgspec.Struct, kw_only=True):
     run_id: str | None
     outcome: str
     done: list[str] = []
+    undone: list[str] = []
+    confirm_by: str | None = None
     recovered: list[recovery.Decision] = []
     error: str | None = None
+
+
+def iso_ns(at_ns: int | None) -> str | None:
+    """Render a wall-clock time in ns as UTC ISO-8601 (seconds)."""
+    if at_ns is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at_ns / 1e9))
 
 
 def new_run_id() -> str:
@@ -80,6 +90,9 @@ class Engine:
         )
         self._db: DatabaseTarget | None = None
         self._accepted_drift: list[str] = []
+        self._backup_id: str | None = None
+        self._inherited: list[str] = []
+        self._inherited_backup: str | None = None
         self.journal: Journal
         self.recorder: Recorder
 
@@ -156,7 +169,72 @@ class Engine:
 
     def recover(self) -> list[recovery.Decision]:
         """Resolve whatever a previous run left interrupted."""
-        return recovery.recover(self.recorder, self.existing_database(), self.ws.file_targets())
+        from flywall.core import backup
+
+        def restore(backup_id: str) -> None:
+            backup.restore_items(self.ws, backup.read_manifest(self.ws, backup_id))
+
+        backup.remove_partials(self.ws)
+        interrupted = [
+            run
+            for run in self.state.open_runs.values()
+            if run.command == "migrate" and run.run_id != self.run_id
+        ]
+        decisions = recovery.recover(
+            self.recorder, self.existing_database(), self.ws.file_targets(), restore
+        )
+        for run in interrupted:
+            recovered = [
+                d.version
+                for d in decisions
+                if d.interrupted_run == run.run_id
+                and d.direction == "up"
+                and d.decision == "applied"
+            ]
+            still = [
+                v for v in [*run.applied, *recovered] if self.state.state_of(v) is State.APPLIED
+            ]
+            if run.failed:  # a failed run cut off in the middle of its auto_rollback
+                self._backup_id = run.backup_id
+                self._auto_rollback(still)
+            else:  # this run completes that run's plan: its undo covers both
+                self._inherited += still
+                self._inherited_backup = self._inherited_backup or run.backup_id
+        self._expire_unconfirmed()
+        self._backup_id = None
+        self.recorder.flush()  # planning reads the live projection: no event may wait
+        return decisions
+
+    def _expire_unconfirmed(self) -> None:
+        """Roll back runs whose confirmation window closed unconfirmed (also after a reboot)."""
+        now = time.time_ns()
+        for run in list(self.state.unconfirmed.values()):
+            if run.confirm_by_ns is not None and now > run.confirm_by_ns:
+                self.recorder.append_for_run(
+                    run.run_id, ev.ConfirmationExpired(confirm_by_ns=run.confirm_by_ns)
+                )
+        for run in self.state.expired.values():  # also one whose undo a cut interrupted
+            still = [  # applied by that run still: not re-applied by a later one
+                v
+                for v in run.applied
+                if self.state.state_of(v) is State.APPLIED
+                and self.state.record(v).applied_seq < run.expired_seq
+            ]
+            if still:
+                self._backup_id = run.backup_id
+                self._undo(still)
+
+    def confirm(self) -> list[str]:
+        """Confirm every run awaiting confirmation; return their ids.
+
+        :raises NothingToDo: no run awaits confirmation.
+        """
+        waiting = list(self.state.unconfirmed)
+        if not waiting:
+            raise errors.NothingToDo("no run awaits confirmation")
+        for run_id in waiting:
+            self.recorder.append_for_run(run_id, ev.RunConfirmed(actor=self.actor))
+        return waiting
 
     def migrate(self, target: str | None = None, *, accept_drift: bool = False) -> RunReport:
         """Apply every pending migration (up to `target`), in dependency order."""
@@ -218,21 +296,198 @@ class Engine:
             )
         )
         try:
+            if plan and self.command == "migrate" and self.ws.settings.backup_before:
+                self.backup_before_run()
             for version in plan:
                 step(version, self.state.record(version).attempts + 1)
                 done.append(version)
         except errors.FlywallError as e:  # e.g. a module that raises when loaded, too
+            if self.command == "migrate":
+                # The upgrade began in an interrupted run whose plan this run completes:
+                # undo all of it, and fall back to the backup taken before all of it.
+                self._backup_id = self._inherited_backup or self._backup_id
+                report.undone = self._auto_rollback([*self._inherited, *done])
             self.recorder.finish("failed", done, str(e))
             report.outcome, report.error = "failed", str(e)
             report.done, report.run_id = done, self.run_id
             raise
         if self.recorder.started:
-            self.recorder.finish("completed", done)
-            report.run_id = self.run_id
+            window = self.ws.settings.confirm_within
+            confirm_by = (
+                time.time_ns() + int(window * 1e9)
+                if window and done and self.command == "migrate"
+                else None
+            )
+            self.recorder.finish("completed", done, confirm_by_ns=confirm_by)
+            report.run_id, report.confirm_by = self.run_id, iso_ns(confirm_by)
         if plan:
             report.outcome = "completed"
+            self._prune_backups()
         report.done = done
         return report
+
+    # -- the safety net -----------------------------------------------------------------
+
+    def backup_before_run(self) -> None:
+        """Back up every target into backup_location/<run id>/ before the first change.
+
+        :raises BackupFailed: the run stops before anything changed.
+        """
+        from flywall.core import backup
+
+        applied = [r.version for r in self.state.in_state(State.APPLIED)]
+        manifest = backup.create(
+            self.ws,
+            self.run_id,
+            journal_seq=self.state.seq,
+            applied=applied,
+            reason=f"before {self.command} run {self.run_id}",
+        )
+        self._backup_id = manifest.backup_id
+        self.recorder.defer(
+            "",
+            ev.BackupCreated(
+                backup_id=manifest.backup_id,
+                location=str(self.ws.paths.backups / manifest.backup_id),
+                items=[item.name for item in manifest.items],
+                size=manifest.size,
+            ),
+        )
+
+    def _auto_rollback(self, done: list[str]) -> list[str]:
+        """Undo what this run applied, newest first: by `down`, else by the run's backup.
+
+        Bounded by `max_rollback_attempts` and `rollback_timeout` (settings). Returns the
+        versions undone; what could not be undone stays applied and is named in the log.
+        """
+        if not self.ws.settings.auto_rollback:
+            return []
+        return self._undo(done)
+
+    def _undo(self, done: list[str]) -> list[str]:
+        """Undo `done` newest first by down, falling back to `self._backup_id`'s restore."""
+        settings = self.ws.settings
+        if not done:
+            return []
+        deadline = time.monotonic() + settings.rollback_timeout
+        undone: list[str] = []
+        for version in reversed(done):
+            if time.monotonic() > deadline:
+                break
+            m = self.source_of(version)
+            if not m.has_down or not self._try_down(m, settings.max_rollback_attempts, deadline):
+                break
+            undone.append(version)
+        left = [v for v in reversed(done) if v not in undone]
+        if left and self._backup_id is not None:
+            self.restore_backup(self._backup_id)
+            undone += left
+        return undone
+
+    def _try_down(self, m: Migration, attempts: int, deadline: float) -> bool:
+        for _ in range(max(attempts, 1)):
+            try:
+                self._down(m)
+            except errors.FlywallError:
+                if time.monotonic() > deadline:
+                    return False
+                continue
+            return True
+        return False
+
+    def restore_backup(self, backup_id: str, *, safety: bool = False) -> list[str]:
+        """Restore a backup; journal every migration it rolls back (`via backup`).
+
+        Write-ahead like any step: each affected migration's MigrationStarted (direction
+        down, backup_id) is durable before a file changes, so recovery can finish an
+        interrupted restore by doing it again.
+
+        :raises ValidationFailed: a backup file does not match its manifest.
+        :raises UsageError: the backup holds migrations that are not applied now.
+        """
+        from flywall.core import backup
+
+        manifest = backup.read_manifest(self.ws, backup_id)
+        problems = backup.verify(self.ws, manifest)
+        if problems:
+            raise errors.ValidationFailed(f"backup {backup_id}: " + "; ".join(problems))
+        applied = {r.version: r for r in self.state.in_state(State.APPLIED)}
+        missing = sorted(set(manifest.applied) - set(applied))
+        if missing:
+            raise errors.UsageError(
+                f"backup {backup_id} holds migrations not applied now ({', '.join(missing)}); "
+                "restoring it would make the targets disagree with the journal"
+            )
+        if safety:
+            self._safety_backup(backup_id)
+        undo = sorted(set(applied) - set(manifest.applied), key=lambda v: -applied[v].applied_seq)
+        self.recorder.append([(v, self._restore_started(applied[v], backup_id)) for v in undo])
+        backup.restore_items(self.ws, manifest)
+        db = self.existing_database()
+        fingerprint = db.fingerprint() if db is not None else None
+        restored = ev.BackupRestored(
+            backup_id=backup_id, actor=self.actor, fingerprint_after=fingerprint
+        )
+        self.recorder.append(
+            [(v, ev.MigrationRolledBack(via="backup")) for v in undo] + [("", restored)]
+        )
+        return undo
+
+    def _restore_started(self, record: MigrationRecord, backup_id: str) -> ev.MigrationStarted:
+        return ev.MigrationStarted(
+            direction="down",
+            component=record.component,
+            checksum=record.checksum,
+            attempt=record.attempts,
+            slug=record.slug,
+            description=record.description,
+            schema_version=record.schema_version,
+            actor=self.actor,
+            file=record.file,
+            backup_id=backup_id,
+        )
+
+    def _safety_backup(self, backup_id: str) -> None:
+        from flywall.core import backup
+
+        safety = backup.create(
+            self.ws,
+            f"{self.run_id}-safety",
+            journal_seq=self.state.seq,
+            applied=[r.version for r in self.state.in_state(State.APPLIED)],
+            reason=f"safety backup before restoring {backup_id}",
+        )
+        self.recorder.append(
+            [
+                (
+                    "",
+                    ev.BackupCreated(
+                        backup_id=safety.backup_id,
+                        location=str(self.ws.paths.backups / safety.backup_id),
+                        items=[item.name for item in safety.items],
+                        size=safety.size,
+                    ),
+                )
+            ]
+        )
+
+    def _prune_backups(self) -> None:
+        """Apply backup_retention: never the newest backup, never one still needed."""
+        from flywall.core import backup
+
+        keep_after = time.time_ns() - int(self.ws.settings.backup_retention * 1e9)
+        backups = backup.list_backups(self.ws)
+        needed = {run.backup_id for run in self.state.unconfirmed.values()}
+        for manifest in backups[:-1]:
+            if manifest.created_ns < keep_after and manifest.backup_id not in needed:
+                self.prune(manifest.backup_id, "retention")
+
+    def prune(self, backup_id: str, reason: str) -> None:
+        """Journal, then remove, one backup."""
+        from flywall.core import backup
+
+        self.recorder.append([("", ev.BackupPruned(backup_id=backup_id, reason=reason))])
+        backup.remove(self.ws, backup_id)
 
     def _up(self, m: Migration, attempt: int) -> None:
         self._step(m, "up", attempt)
@@ -289,16 +544,29 @@ class Engine:
             if started.component == "state"
             else _body(m, direction, ctx)
         )
-        return db.run(
-            version=m.version,
-            component=started.component,
-            direction=direction,
-            checksum=started.checksum,
-            body=body,
-            run_id=self.run_id,
-            schema_version=m.schema_version,
-            previous=None if direction == "up" else self._previous(started.component, m.version),
-        )
+        limit = self.ws.settings.timeout if direction == "up" else self.ws.settings.rollback_timeout
+        watchdog = threading.Timer(limit, db.db.interrupt)  # SQLite stops at its next step
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return db.run(
+                version=m.version,
+                component=started.component,
+                direction=direction,
+                checksum=started.checksum,
+                body=body,
+                run_id=self.run_id,
+                schema_version=m.schema_version,
+                previous=None
+                if direction == "up"
+                else self._previous(started.component, m.version),
+            )
+        except apsw.InterruptError as e:
+            raise errors.MigrationFailed(
+                m.version, "timeout", "Timeout", f"exceeded {limit:g} s; its transaction was undone"
+            ) from e
+        finally:
+            watchdog.cancel()
 
     def _with_records(
         self, m: Migration, direction: str, ctx: MigrationContext
@@ -326,9 +594,14 @@ class Engine:
         paths = self.ws.paths
         target = target_for(m.component, paths.config, paths.api_document)
         before = fileio.read(target.path)
-        document = target.open(before)
-        _function(m, direction)(self._context(m, direction, None), document)
-        after = target.render(document, before)
+        ctx = self._context(m, direction, None)
+        after = self._exact_undo(m.version, before) if direction == "down" else None
+        if after is not None:
+            ctx.log("file unchanged since up: restored its exact bytes from before up")
+        else:
+            document = target.open(before)
+            _function(m, direction)(ctx, document)
+            after = target.render(document, before)
         if after is None or after == before:
             return
         intent = ev.WriteIntent(
@@ -343,14 +616,34 @@ class Engine:
         self.recorder.append([(m.version, intent)], sources=stored)
         fileio.replace(target.path, after)
 
+    def _exact_undo(self, version: str, current: bytes | None) -> bytes | None:
+        """Return the file's bytes from before `up`, if nobody changed it since up wrote it.
+
+        Then a down gives back the original file to the byte (comments, alignment and all)
+        instead of rebuilding it structurally; after an operator's edit, `down` runs.
+        """
+        from flywall.core.targets.files import digest
+
+        written = self.state.record(version).written
+        if (
+            written is None
+            or written.digest_before is None
+            or digest(current) != written.digest_after
+        ):
+            return None
+        return self.journal.source(written.digest_before)
+
     def _failed(self, version: str, direction: str, e: BaseException, t0: int) -> None:
         """Journal the failure; turn a vendor's exception into MigrationFailed."""
         phase = direction if isinstance(e, Exception) else "interrupted"
+        error_type, message = type(e).__name__, str(e).splitlines()[0] if str(e) else ""
+        if isinstance(e, errors.MigrationFailed):  # already classified (e.g. a timeout)
+            phase, error_type, message = e.phase, e.error_type, e.detail
         failed = ev.MigrationFailed(
             direction=direction,  # type: ignore[arg-type]
             phase=phase,
-            error_type=type(e).__name__,
-            message=str(e).splitlines()[0] if str(e) else "",
+            error_type=error_type,
+            message=message,
             duration_ns=time.monotonic_ns() - t0,
         )
         self.recorder.append([(version, failed)])

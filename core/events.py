@@ -58,6 +58,20 @@ class RunFinished(Event):
     outcome: Literal["completed", "failed", "interrupted"]
     done: list[str] = []
     error: str | None = None
+    confirm_by_ns: int | None = None
+    """With `confirm_within`: the run is rolled back unless confirmed by then."""
+
+
+class RunConfirmed(Event):
+    """The appliance (or an operator) confirmed a run within its confirmation window."""
+
+    actor: Actor
+
+
+class ConfirmationExpired(Event):
+    """A run was not confirmed in time; recovery rolls back what it applied."""
+
+    confirm_by_ns: int
 
 
 class MigrationStarted(Event):
@@ -73,6 +87,8 @@ class MigrationStarted(Event):
     fingerprint_before: str | None = None
     actor: Actor | None = None
     file: str = ""
+    backup_id: str | None = None
+    """Set when the step is a backup restore rather than the migration's own code."""
 
 
 class WriteIntent(Event):
@@ -141,6 +157,7 @@ class BackupRestored(Event):
     backup_id: str
     actor: Actor | None = None
     safety_backup_id: str | None = None
+    fingerprint_after: str | None = None
 
 
 class BackupPruned(Event):
@@ -202,6 +219,8 @@ class NotificationFailed(Event):
 AnyEvent = (
     RunStarted
     | RunFinished
+    | RunConfirmed
+    | ConfirmationExpired
     | MigrationStarted
     | WriteIntent
     | MigrationApplied

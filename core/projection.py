@@ -45,6 +45,9 @@ class MigrationRecord(msgspec.Struct, kw_only=True):
     last_error: str | None = None
     fingerprint: str | None = None
     intent: ev.WriteIntent | None = None
+    restoring: str | None = None
+    written: ev.WriteIntent | None = None
+    """The file write of the applied `up`: a down can return to its exact `before` bytes."""
     last_batch: ev.BatchCommitted | None = None
 
 
@@ -58,6 +61,11 @@ class RunRecord(msgspec.Struct, kw_only=True):
     user: str
     outcome: str | None = None
     finished_ns: int | None = None
+    applied: list[str] = []
+    failed: bool = False
+    backup_id: str | None = None
+    confirm_by_ns: int | None = None
+    expired_seq: int = 0
 
 
 class Projection(msgspec.Struct, kw_only=True):
@@ -68,6 +76,9 @@ class Projection(msgspec.Struct, kw_only=True):
     migrations: dict[str, MigrationRecord] = {}
     open_runs: dict[str, RunRecord] = {}
     last_run: RunRecord | None = None
+    unconfirmed: dict[str, RunRecord] = {}
+    expired: dict[str, RunRecord] = {}
+    """Runs whose window closed: recovery undoes what they applied, across any cut."""
     fingerprints: dict[str, str] = {}
 
     def record(self, version: str) -> MigrationRecord:
@@ -132,6 +143,12 @@ class Projection(msgspec.Struct, kw_only=True):
             raise JournalTampered(row.seq, f"{row.kind} is not allowed here: {e}") from e
         self.migrations[row.migration] = rec
         _fold(rec, row, event)
+        run = self.open_runs.get(row.run_id)
+        if run is not None:
+            if isinstance(event, ev.MigrationApplied):
+                run.applied.append(row.migration)
+            elif isinstance(event, ev.MigrationFailed) and event.direction == "up":
+                run.failed = True
         fingerprint = _fingerprint_of(event)
         if fingerprint is not None and rec.component == "database":
             self.fingerprints["database"] = fingerprint
@@ -147,40 +164,59 @@ class Projection(msgspec.Struct, kw_only=True):
                     pid=actor.pid,
                     user=actor.user,
                 )
-            case ev.RunFinished(outcome=outcome):
+            case ev.BackupCreated(backup_id=backup_id) if row.run_id in self.open_runs:
+                run = self.open_runs[row.run_id]
+                run.backup_id = run.backup_id or backup_id
+            case ev.BackupRestored(fingerprint_after=fingerprint) if fingerprint:
+                self.fingerprints["database"] = fingerprint
+            case ev.RunFinished(outcome=outcome, confirm_by_ns=confirm_by):
                 run = self.open_runs.pop(row.run_id, None)
                 if run is not None:
                     run.outcome, run.finished_ns = outcome, row.at_ns
                     self.last_run = run
+                    if confirm_by is not None and outcome == "completed":
+                        run.confirm_by_ns = confirm_by
+                        self.unconfirmed[row.run_id] = run
+            case ev.RunConfirmed():
+                self.unconfirmed.pop(row.run_id, None)
+            case ev.ConfirmationExpired():
+                run = self.unconfirmed.pop(row.run_id, None)
+                if run is not None:
+                    run.expired_seq = row.seq
+                    self.expired[row.run_id] = run
 
 
-def _fold(rec: MigrationRecord, row: StoredEvent, event: ev.Event) -> None:  # noqa: C901
+def _fold(rec: MigrationRecord, row: StoredEvent, event: ev.Event) -> None:  # noqa: C901, PLR0912
     """Copy the facts an event carries into the migration's record."""
     match event:
         case ev.MigrationStarted():
             rec.component, rec.checksum = event.component, event.checksum
             rec.slug, rec.description, rec.file = event.slug, event.description, event.file
             rec.direction, rec.last_run, rec.started_seq = event.direction, row.run_id, row.seq
-            rec.intent = None
+            rec.intent, rec.restoring = None, event.backup_id
             if event.direction == "up":
                 rec.attempts += 1
                 rec.schema_version = event.schema_version
-                rec.last_batch = None
+                rec.last_batch, rec.written = None, None
         case ev.MigrationApplied():
             rec.applied_at_ns, rec.applied_seq, rec.last_error = row.at_ns, row.seq, None
         case ev.MigrationFailed(error_type=error_type, message=message):
             rec.last_error = f"{error_type}: {message}"
         case ev.MigrationRolledBack():
-            rec.applied_at_ns, rec.last_error = None, None
+            rec.applied_at_ns, rec.last_error, rec.written = None, None, None
         case ev.WriteIntent():
             rec.intent = event
+            if event.direction == "up":
+                rec.written = event
         case ev.BatchCommitted():
             rec.last_batch = event
+        case ev.Recovered(direction="down", decision="applied"):
+            pass  # the interrupted down did not happen: still applied as before
         case ev.Recovered(decision=decision) | ev.StateForced(to_state=decision):
             if decision == State.APPLIED:
                 rec.applied_at_ns, rec.applied_seq = rec.applied_at_ns or row.at_ns, row.seq
             elif decision in (State.ROLLED_BACK, State.PENDING):
-                rec.applied_at_ns = None
+                rec.applied_at_ns, rec.written = None, None
     if rec.state is not State.RUNNING and rec.state is not State.ROLLING_BACK:
         rec.intent = None
 

@@ -67,14 +67,34 @@ class Recorder:
         """
         return self._write([(v, e, self.run_id) for v, e in items], sources)
 
+    def flush(self) -> None:
+        """Write the deferred events now, so the live projection includes them."""
+        if self._deferred:
+            self._write([], ())
+
     def close_interrupted_run(self, run_id: str) -> None:
         """Write the RunFinished that a run killed mid-way never wrote (recovery only)."""
-        self._write([("", ev.RunFinished(outcome="interrupted"), run_id)], ())
+        self.append_for_run(run_id, ev.RunFinished(outcome="interrupted"))
 
-    def finish(self, outcome: str, done: list[str], error: str | None = None) -> None:
+    def append_for_run(self, run_id: str, event: ev.Event) -> None:
+        """Write an event about another run (its closing, confirmation or expiry)."""
+        self._write([("", event, run_id)], ())
+
+    def finish(
+        self,
+        outcome: str,
+        done: list[str],
+        error: str | None = None,
+        confirm_by_ns: int | None = None,
+    ) -> None:
         """Write RunFinished (with anything deferred), if the run wrote anything at all."""
         if self.started or self._deferred:
-            finished = ev.RunFinished(outcome=outcome, done=done, error=error)  # type: ignore[arg-type]
+            finished = ev.RunFinished(
+                outcome=outcome,  # type: ignore[arg-type]
+                done=done,
+                error=error,
+                confirm_by_ns=confirm_by_ns,
+            )
             self.append([("", finished)])
 
     def _write(
@@ -85,6 +105,8 @@ class Recorder:
         batch += items
         self._check([(v, e) for v, e, _ in batch])
         entries = [Entry(ev.kind_of(e), ev.encode(e), run_id, v) for v, e, run_id in batch]
+        if not entries:
+            return []
         rows = self.journal.append(entries, sources)
         crashpoint(f"after-{entries[-1].kind}")
         self.started = True

@@ -21,7 +21,7 @@ from flywall.core.lifecycle import State
 from flywall.core.targets.files import digest
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from flywall.core.projection import MigrationRecord, Projection
     from flywall.core.recorder import Recorder
@@ -68,6 +68,15 @@ def decide(
         content: someone else edited it, and only the operator can say which to keep.
     """
     direction = record.direction or "up"
+    if record.restoring is not None:
+        return Decision(
+            version=record.version,
+            direction=direction,
+            decision="rolled_back",
+            evidence={"backup": record.restoring, "restore": "redone from the backup"},
+            interrupted_run=record.last_run,
+            action="restore",
+        )
     if record.component in MARKED:
         done, evidence = _database_evidence(record, db, direction)
         action = None
@@ -133,6 +142,14 @@ def pending(
     return [decide(rec, db, files) for rec in projection.in_state(*IN_FLIGHT)]
 
 
+def _evidence_after(decision: Decision, db: DatabaseTarget | None) -> dict[str, str]:
+    """The decision's evidence, plus what recovery did and (after a restore) the schema."""
+    evidence = {**decision.evidence, "action": decision.action or "none"}
+    if decision.action == "restore" and db is not None:
+        evidence["fingerprint"] = db.fingerprint()
+    return evidence
+
+
 def _finish_intent(recorder: Recorder, intent: ev.WriteIntent, action: str, target: Path) -> None:
     """Complete a durable WriteIntent: rename its temp file, or rewrite from sources."""
     path = fileio.resolve(target)
@@ -157,7 +174,10 @@ def _remove_stale_temps(recorder: Recorder, paths: Iterable[Path]) -> None:
 
 
 def recover(
-    recorder: Recorder, db: DatabaseTarget | None, files: Mapping[str, Path]
+    recorder: Recorder,
+    db: DatabaseTarget | None,
+    files: Mapping[str, Path],
+    restore: Callable[[str], None],
 ) -> list[Decision]:
     """Resolve every interrupted migration and close every interrupted run.
 
@@ -165,10 +185,14 @@ def recover(
     call after a crash half-way through) only does what is left.
     """
     decisions = []
+    restored: set[str] = set()
     for record in recorder.projection.in_state(*IN_FLIGHT):
         decision = decide(record, db, files)
         crashpoint("recovery-before-decision")
-        if decision.action is not None and record.intent is not None:
+        if decision.action == "restore" and record.restoring not in restored:
+            restore(record.restoring or "")  # idempotent: finishes an interrupted restore
+            restored.add(record.restoring or "")
+        elif decision.action is not None and record.intent is not None:
             _finish_intent(recorder, record.intent, decision.action, files[record.component])
         recorder.append(
             [
@@ -177,7 +201,7 @@ def recover(
                     ev.Recovered(
                         direction=decision.direction,  # type: ignore[arg-type]
                         decision=decision.decision,  # type: ignore[arg-type]
-                        evidence={**decision.evidence, "action": decision.action or "none"},
+                        evidence=_evidence_after(decision, db),
                         interrupted_run=decision.interrupted_run,
                     ),
                 )

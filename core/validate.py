@@ -1,7 +1,8 @@
 """Validation: named checks of the journal and the targets, each "ok" or a finding.
 
 `validate` only reads. Each check is a small function returning findings, so the report
-says exactly which check failed and where.
+says exactly which check failed and where. Some checks only warn: a config key a migration
+has deprecated still works, so it is reported (`warnings`) but does not fail validation.
 """
 
 from __future__ import annotations
@@ -11,18 +12,26 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from flywall.core import drift, projection
-from flywall.core.errors import FlywallError
+from flywall.core.errors import ConfigParseError, FlywallError
 from flywall.core.lifecycle import Lifecycle, State
 
 if TYPE_CHECKING:
+    from flywall.core.hcl import Block, Body, Document
     from flywall.core.workspace import Workspace
+
+WARNING_CHECKS = frozenset({"deprecations"})
+"""Checks whose findings are warnings: reported, but `ok` stays true."""
 
 
 class ValidationReport(msgspec.Struct, kw_only=True):
-    """Each check's name mapped to "ok" or its findings; `ok` when all passed."""
+    """Each check's name mapped to "ok" or its findings; `ok` when all but warnings passed.
+
+    `warnings` lists each warning on its own, e.g. one line per deprecated config key.
+    """
 
     checks: dict[str, str]
     ok: bool
+    warnings: list[str] = []
 
 
 def validate(ws: Workspace) -> ValidationReport:
@@ -47,6 +56,7 @@ def validate(ws: Workspace) -> ValidationReport:
         checks["checksums"] = "; ".join(_changed_files(ws, state)) or "ok"
     except FlywallError as e:
         checks["checksums"] = str(e)
+    document, checks["config"] = _config(ws)
     db = open_existing(ws.paths.state_db, ws.settings.version_table)
     try:
         if db is not None:
@@ -58,7 +68,9 @@ def validate(ws: Workspace) -> ValidationReport:
     finally:
         if db is not None:
             db.close()
-    return ValidationReport(checks=checks, ok=all(v == "ok" for v in checks.values()))
+    checks["deprecations"], warnings = _deprecations(ws, document)
+    ok = all(v == "ok" for name, v in checks.items() if name not in WARNING_CHECKS)
+    return ValidationReport(checks=checks, ok=ok, warnings=warnings)
 
 
 def _changed_files(ws: Workspace, state: projection.Projection) -> list[str]:
@@ -69,3 +81,75 @@ def _changed_files(ws: Workspace, state: projection.Projection) -> list[str]:
         for r in state.in_state(State.APPLIED)
         if (m := on_disk.get(r.version)) is not None and m.checksum != r.checksum
     ]
+
+
+def _config(ws: Workspace) -> tuple[Document | None, str]:
+    """Parse the config as a migration would see it; a file that does not exist is empty."""
+    from flywall.core.hcl import Document
+
+    path = ws.paths.config
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"{path}: cannot read: {e}"
+    try:
+        return Document.parse(text, str(path)), "ok"
+    except ConfigParseError as e:
+        return None, str(e)
+
+
+def _deprecations(ws: Workspace, document: Document | None) -> tuple[str, list[str]]:
+    """The check's summary, and a warning per deprecated key in the config, in file order."""
+    if document is None:
+        return "skipped: the config could not be read", []
+    found = []
+    try:
+        for m in ws.migrations:
+            since = m.schema_version or m.version
+            for key, replacement in m.deprecations.items():
+                message = f"{key} is deprecated since {since}; use {replacement}"
+                lines = _lines(document, key)
+                found += [(line, f"{document.path}:{line}: {message}") for line in lines]
+    except FlywallError as e:  # a migration file that does not describe itself
+        return f"skipped: {e}", []
+    warnings = [warning for _, warning in sorted(found)]
+    return (f"{len(warnings)} deprecated key(s) in use" if warnings else "ok"), warnings
+
+
+def _lines(document: Document, key: str) -> list[int]:
+    """The lines where `key` occurs in the document.
+
+    `key` is a dotted path of block types from the top of the file, then a block type or an
+    attribute name; labels are not part of it (`interface.zone` matches every interface).
+    """
+    *parents, last = key.split(".")
+    containers: list[Block | None] = [None]
+    for block_type in parents:
+        containers = [b for c in containers for b in _body(document, c).blocks(block_type)]
+    lines = []
+    for container in containers:
+        body = _body(document, container)
+        lines += [block.line for block in body.blocks(last)]
+        if body.has(last):
+            lines.append(_attribute_line(body, last))
+    return lines
+
+
+def _body(document: Document, block: Block | None) -> Body:
+    return document.body if block is None else block.body
+
+
+def _attribute_line(body: Body, name: str) -> int:
+    """The line an attribute starts on.
+
+    hcl.py gives blocks a `line` but attributes none, so this reads its tree; finding the
+    line through edits on a copy would re-parse the file once per deprecated attribute.
+    """
+    from lark import Token
+
+    node = body._attribute(name)  # noqa: SLF001 - no public accessor yet (see above)
+    assert node is not None
+    first = next(node.scan_values(lambda value: isinstance(value, Token)))
+    return int(first.line)

@@ -18,7 +18,6 @@ import blake3
 from flywall.core import commands, fileio, projection, recovery
 from flywall.core.lifecycle import Lifecycle, State
 from flywall.core.targets.database import (
-    MARKERS,
     DatabaseTarget,
     bookkeeping,
     open_existing,
@@ -64,12 +63,12 @@ def data_digest(path: Path) -> str:
             name
             for (name,) in db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' "
-                "AND name NOT LIKE 'sqlite_%' AND name NOT IN (?, 'schema_versions') "
-                "ORDER BY name",
-                (MARKERS,),
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
             )
         ]
         for table in tables:
+            if table in bookkeeping("schema_versions"):
+                continue
             h.update(table.encode())
             for row in db.execute(f'SELECT * FROM "{table}" ORDER BY rowid'):
                 h.update(repr(row).encode())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -153,6 +154,34 @@ def api_applied(app: Appliance) -> None:
     assert app.cli("migrate").returncode == 0
 
 
+def auto_rollback(app: Appliance) -> None:
+    """A run that fails on its third migration and undoes the first two by down."""
+    app.configure("auto_rollback = true\n")
+    with_failing(app)
+
+
+def no_down_then_failing(app: Appliance) -> None:
+    """A run whose undo must fall back to restoring the run's backup."""
+    app.configure("auto_rollback = true\n")
+    app.write("202401010001_create_peers.sql", CREATE_PEERS.split("-- migrate:down", maxsplit=1)[0])
+    app.write("202401010003_doomed.py", FAILING)
+
+
+def backed_up(app: Appliance) -> None:
+    """Two migrations applied by a run that took a backup first (backup_before)."""
+    applied_then_rollback(app)
+    (backup_id,) = [p.name for p in (app.root / "var/lib/flywall/migration-backups").iterdir()]
+    (app.root / "backup-id").write_text(backup_id)
+
+
+def confirmation_expired(app: Appliance) -> None:
+    """A run whose confirm_within window has closed: the next command rolls it back."""
+    app.configure('confirm_within = "1s"\n')
+    two_migrations(app)
+    assert app.cli("migrate").returncode == 0
+    time.sleep(1.2)
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -171,7 +200,16 @@ SCENARIOS = [
     Scenario("api rollback", api_applied, ("rollback", "--to", "000000000000")),
     Scenario("batched state", batched_state, ("migrate",)),
     Scenario("api recovery (roll forward) interrupted", api_cut_after_temp, ("migrate",)),
+    Scenario("auto rollback by down", auto_rollback, ("migrate",), exit_code=1),
+    Scenario("auto rollback by backup", no_down_then_failing, ("migrate",), exit_code=1),
+    Scenario("backup restore", backed_up, ("backup", "restore", "@backup-id", "--yes")),
+    Scenario("confirmation window expired", confirmation_expired, ("recover",)),
 ]
+
+
+def resolved(app: Appliance, command: tuple[str, ...]) -> tuple[str, ...]:
+    """Replace `@file` arguments with that file's content in the appliance (ids made at setup)."""
+    return tuple((app.root / a[1:]).read_text() if a.startswith("@") else a for a in command)
 
 
 def prepared(tmp_path: Path, scenario: Scenario) -> Appliance:
@@ -202,18 +240,21 @@ def test_a_kill_at_every_crash_point_recovers_to_the_uninterrupted_result(
 ) -> None:
     template = prepared(tmp_path, scenario)
     reference_app = copy_of(template, tmp_path / "reference")
-    assert reference_app.cli(*scenario.command).returncode == scenario.exit_code
+    assert reference_app.cli(*resolved(reference_app, scenario.command)).returncode == (
+        scenario.exit_code
+    )
     reference = observe(reference_app.root)
 
-    points = crash_points(template, tmp_path, scenario.command)
+    points = crash_points(template, tmp_path, resolved(template, scenario.command))
     assert points, "the scenario reached no crash point"
     violations: dict[str, list[str]] = {}
     for i, point in enumerate(points):
         app = copy_of(template, tmp_path / f"cut-{i}")
-        cut = app.cli(*scenario.command, env={"FLYWALL_CRASH_AT": point})
+        command = resolved(app, scenario.command)
+        cut = app.cli(*command, env={"FLYWALL_CRASH_AT": point})
         assert killed(cut), f"{point} was listed but not reached: {cut.stderr}"
         problems = check_after_cut(app.root)
-        rerun = app.cli(*scenario.command)
+        rerun = app.cli(*command)
         if rerun.returncode not in (0, scenario.exit_code, 2):
             problems.append(f"rerun exit {rerun.returncode}: {rerun.stderr.strip()}")
         if rerun.returncode == 2:  # the cut came after the work was done: nothing left to roll back
@@ -221,7 +262,9 @@ def test_a_kill_at_every_crash_point_recovers_to_the_uninterrupted_result(
         problems += check_settled(app.root, reference)
         if problems:
             violations[point] = problems
-    print(f"\n{scenario.name}: {len(points)} crash points x 1 fate (SIGKILL), violations 0")
+    print(
+        f"\n{scenario.name}: {len(points)} crash points x 1 fate (SIGKILL), violations {len(violations)}"
+    )
     assert violations == {}
 
 

@@ -161,7 +161,9 @@ def test_the_database_refuses_to_change_or_delete_journal_rows(appliance):
         ):
             with pytest.raises(apsw.ConstraintError, match="append-only"):
                 raw.execute(sql)
-    assert commands.journal_verify(appliance.workspace()).events == 4
+    assert (
+        commands.journal_verify(appliance.workspace()).events == 5
+    )  # with BackupCreated (backup_before defaults to true)
 
 
 # -- failures ---------------------------------------------------------------------------
@@ -280,7 +282,9 @@ def test_journal_times_follow_the_clock_and_history_is_in_time_order(appliance):
     assert first.run_id.startswith("20260102T030405-")
     assert second.run_id.startswith("20260102T030407-")
     history = commands.history(ws)
-    assert [e["seq"] for e in history] == list(range(1, 9))
+    assert [e["seq"] for e in history] == list(
+        range(1, 11)
+    )  # two runs of five events (one is BackupCreated)
     assert [e["at"] for e in history] == sorted(e["at"] for e in history)
     times = {(e["run_id"], e["at"]) for e in history}
     assert times == {

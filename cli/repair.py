@@ -1,0 +1,135 @@
+"""Backup and repair commands: `backup list|restore|prune`, `force`, `debug`.
+
+Registered on the `migration` group by importing this module (see the end of main.py).
+"""
+
+from __future__ import annotations
+
+import click
+
+from flywall.cli.main import _workspace, json_option, migration
+
+
+@migration.group(name="backup")
+def backup_group() -> None:
+    """List, restore and prune backups of state.db, flywall.hcl and api.json."""
+
+
+@backup_group.command("list")
+@json_option
+def backup_list(as_json: bool) -> None:
+    """List complete backups, oldest first, each checked against its manifest."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    rows = commands.backup_list(_workspace())
+    if as_json:
+        render.emit_json(rows)
+        return
+    if not rows:
+        click.echo("no backups")
+        return
+    render.table(
+        [
+            (r.backup_id, r.created_at or "-", str(r.size), "ok" if r.ok else "CORRUPT", r.reason)
+            for r in rows
+        ],
+        ("BACKUP", "CREATED AT", "BYTES", "CHECK", "REASON"),
+    )
+
+
+@backup_group.command("restore")
+@click.argument("backup_id")
+@click.option("--yes", is_flag=True, help="Restore without asking (unattended use).")
+@json_option
+def backup_restore(backup_id: str, yes: bool, as_json: bool) -> None:
+    """Restore BACKUP_ID (after a safety backup); journals what it rolls back."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    if not yes and not as_json:
+        click.confirm(f"Restore backup {backup_id} over the live targets?", abort=True)
+    report = commands.backup_restore(_workspace(), backup_id)
+    if as_json:
+        render.emit_json(report)
+    else:
+        undone = ", ".join(report.undone) or "none"
+        click.echo(f"restored {backup_id} (run {report.run_id}); rolled back: {undone}")
+
+
+@backup_group.command("prune")
+@click.option("--keep", type=click.IntRange(min=1), default=1, show_default=True)
+@json_option
+def backup_prune(keep: int, as_json: bool) -> None:
+    """Remove all but the newest --keep backups (the newest is never removed)."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    removed = commands.backup_prune(_workspace(), keep=keep)
+    if as_json:
+        render.emit_json({"removed": removed})
+    else:
+        click.echo(
+            f"removed {len(removed)} backup(s)" + (f": {', '.join(removed)}" if removed else "")
+        )
+
+
+@migration.command()
+@click.option("--version", "version", required=True, help="The migration to set.")
+@click.option(
+    "--state",
+    required=True,
+    type=click.Choice(["pending", "applied", "failed", "rolled_back"]),
+    help="The state to record.",
+)
+@click.option("--reason", required=True, help="Why: journaled with who did it.")
+@json_option
+def force(version: str, state: str, reason: str, as_json: bool) -> None:
+    """Record a migration's state by hand (journaled with actor and reason)."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    report = commands.force(_workspace(), version, state, reason)
+    if as_json:
+        render.emit_json(report)
+    else:
+        click.echo(f"forced {version} to {state} (run {report.run_id})")
+
+
+@migration.command()
+@click.argument("version")
+@json_option
+def debug(version: str, as_json: bool) -> None:
+    """Show everything about VERSION: file, checksums, state, events, log, SQL, backups."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    info = commands.debug(_workspace(), version)
+    if as_json:
+        render.emit_json(info)
+        return
+    for key in ("version", "file", "component", "description", "state", "last_error"):
+        click.echo(f"{key:<18}{info[key]}")
+    click.echo(f"{'checksum on disk':<18}{info['checksum_on_disk']}")
+    click.echo(f"{'checksum recorded':<18}{info['checksum_recorded']}")
+    click.echo(f"{'backups before it':<18}{', '.join(info['backups']) or '-'}")
+    if info["sql"]:
+        for section, sql in info["sql"].items():
+            if sql:
+                click.echo(f"-- {section}\n{sql.strip()}")
+    click.echo("events:")
+    render.events(info["events"])
+
+
+@migration.command()
+@json_option
+def confirm(as_json: bool) -> None:
+    """Confirm the last run is healthy, within its confirm_within window."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    report = commands.confirm(_workspace())
+    if as_json:
+        render.emit_json(report)
+    else:
+        click.echo(f"confirmed run(s) {', '.join(report.done)}")
