@@ -7,7 +7,9 @@ target together with its marker → MigrationApplied → RunFinished.
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Self
@@ -27,6 +29,7 @@ from flywall.core.targets.database import DatabaseTarget
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
     from types import TracebackType
 
     from flywall.core.discovery import Migration
@@ -46,6 +49,13 @@ class RunReport(msgspec.Struct, kw_only=True):
     confirm_by: str | None = None
     recovered: list[recovery.Decision] = []
     error: str | None = None
+
+
+def _existing_parent(path: Path) -> Path:
+    """The nearest folder of `path` that exists (settings may name folders not made yet)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def iso_ns(at_ns: int | None) -> str | None:
@@ -71,11 +81,12 @@ class Engine:
         actor: ev.Actor | None = None,
         on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
         on_progress: Callable[[str, int, int], None] | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.ws = workspace
         self.command = command
         self.actor = actor or ev.current_actor()
-        self.run_id = new_run_id()
+        self.run_id = run_id or new_run_id()  # the API picks it, to answer 202 at once
         self._on_event = on_event
         self._on_progress = on_progress
         self._lock = WriterLock(
@@ -240,6 +251,7 @@ class Engine:
         """Apply every pending migration (up to `target`), in dependency order."""
         recovered = self.recover()
         self.check_checksums()
+        self.ws.check_signatures()
         self.check_drift(accept=accept_drift)
         nodes = self.ws.migrations
         plan = planner.plan_up(nodes, self._states(), target)
@@ -255,10 +267,16 @@ class Engine:
         to: str | None = None,
         *,
         accept_drift: bool = False,
+        yes: bool = False,
     ) -> RunReport:
-        """Roll back one version, the newest `steps`, or everything after `to`."""
+        """Roll back one version, the newest `steps`, or everything after `to`.
+
+        A migration without `down` can only be rolled back by restoring a backup taken
+        before it, which rolls back everything applied since too: that needs `yes`.
+        """
         recovered = self.recover()
         self.check_checksums()
+        self.ws.check_signatures()
         self.check_drift(accept=accept_drift)
         applied = [(r.version, r.applied_seq) for r in self.state.in_state(State.APPLIED)]
         dependents: dict[str, list[str]] = {}
@@ -267,14 +285,50 @@ class Engine:
                 dependents.setdefault(dep, []).append(m.version)
         plan = planner.plan_down(applied, dependents, version=version, steps=steps, to=to)
         sources = {v: self.source_of(v) for v in plan}
-        for v, m in sources.items():
-            if not m.has_down:
-                raise errors.UsageError(
-                    f"migration {v} is irreversible (it has no down); restore a backup instead"
-                )
+        irreversible = [v for v, m in sources.items() if not m.has_down]
+        if irreversible:
+            return self._rollback_by_backup(irreversible, recovered, yes=yes)
         return self._execute(plan, lambda v, _: self._down(sources[v]), recovered, None)
 
     # -- steps ------------------------------------------------------------------------
+
+    def _rollback_by_backup(
+        self, irreversible: list[str], recovered: list[recovery.Decision], *, yes: bool
+    ) -> RunReport:
+        """Restore the newest backup taken before every irreversible migration of the plan.
+
+        :raises UsageError: without `yes` (naming the backup and all it would roll back),
+            or when no such backup exists.
+        """
+        from flywall.core import backup
+
+        names = ", ".join(irreversible)
+        applied = {r.version for r in self.state.in_state(State.APPLIED)}
+        usable = [
+            m
+            for m in backup.list_backups(self.ws)
+            if set(m.applied) <= applied and not set(irreversible) & set(m.applied)
+        ]
+        if not usable:
+            raise errors.UsageError(f"{names} is irreversible (no down) and no backup predates it")
+        chosen = usable[-1]
+        also = sorted(applied - set(chosen.applied))
+        if not yes:
+            raise errors.UsageError(
+                f"{names} is irreversible (no down); restoring backup {chosen.backup_id} "
+                f"would roll back {', '.join(also)}: run again with --yes to do that"
+            )
+        self.recorder.describe_run(ev.RunStarted(command=self.command, actor=self.actor))
+        undone = self.restore_backup(chosen.backup_id, safety=True)
+        self.recorder.finish("completed", undone)
+        return RunReport(
+            command=self.command,
+            run_id=self.run_id,
+            outcome="completed",
+            done=undone,
+            undone=undone,
+            recovered=recovered,
+        )
 
     def _execute(
         self,
@@ -296,11 +350,12 @@ class Engine:
             )
         )
         try:
-            if plan and self.command == "migrate" and self.ws.settings.backup_before:
-                self.backup_before_run()
-            for version in plan:
-                step(version, self.state.record(version).attempts + 1)
-                done.append(version)
+            if plan and self.command == "migrate":
+                self._upgrade(plan, step, done)
+            else:
+                for version in plan:
+                    step(version, self.state.record(version).attempts + 1)
+                    done.append(version)
         except errors.FlywallError as e:  # e.g. a module that raises when loaded, too
             if self.command == "migrate":
                 # The upgrade began in an interrupted run whose plan this run completes:
@@ -326,7 +381,161 @@ class Engine:
         report.done = done
         return report
 
+    def _upgrade(self, plan: list[str], step: Callable[[str, int], None], done: list[str]) -> None:
+        """A migrate run: pre-flight, validate_before, backup, the strategy, validate_after."""
+        settings = self.ws.settings
+        self.preflight()
+        if settings.validate_before:
+            self._validate("before", [r.version for r in self.state.in_state(State.APPLIED)])
+        if settings.backup_before:
+            self.backup_before_run()
+        if settings.strategy == "full":
+            self._run_full(plan, done)
+        else:
+            for version in self._ordered(plan):
+                step(version, self.state.record(version).attempts + 1)
+                done.append(version)
+        if settings.validate_after:
+            self._validate("after", done)
+
+    # -- strategies -----------------------------------------------------------------------
+
+    def _ordered(self, plan: list[str]) -> list[str]:
+        """`custom` strategy: the vendor's `_strategy.py` (in the migrations directory) orders.
+
+        Its `order(plan, migrations)` gets the planned versions and the Migration of each and
+        returns the same versions in the order to run; every dependency must stay first.
+
+        :raises GraphError: the order is not a permutation of the plan or breaks a dependency.
+        """
+        if self.ws.settings.strategy != "custom":
+            return plan
+        path = self.ws.paths.migrations_dir / "_strategy.py"
+        if not path.exists():
+            raise errors.UsageError(
+                f'strategy = "custom" needs {path} with order(plan, migrations)'
+            )
+        namespace: dict[str, Any] = {}
+        code = compile(path.read_bytes(), str(path), "exec")
+        exec(code, namespace)  # noqa: S102 - vendor code, trusted like a migration
+        migrations = {v: m for v in plan if (m := self.ws.migration(v)) is not None}
+        order = list(namespace["order"](list(plan), migrations))
+        if sorted(order) != sorted(plan):
+            raise errors.GraphError(f"{path}: order() must return the planned versions, once each")
+        seen: set[str] = set()
+        for version in order:
+            late = [d for d in migrations[version].depends_on if d in plan and d not in seen]
+            if late:
+                raise errors.GraphError(f"{path}: order() runs {version} before {', '.join(late)}")
+            seen.add(version)
+        return order
+
+    def _run_full(self, plan: list[str], done: list[str]) -> None:
+        """`full` strategy: every database/state migration in one transaction, files after.
+
+        All their MigrationStarted events are durable before the transaction begins; a
+        failure undoes all of them (each journaled as failed), and recovery decides all of
+        them from the same marker evidence: together or not at all.
+        """
+        migrations = [self.ws.migration(v) for v in plan]
+        in_db = [m for m in migrations if m is not None and m.component in MARKED]
+        in_files = [m for m in migrations if m is not None and m.component not in MARKED]
+        if in_db:
+            db = self.database()
+            attempts = {m.version: self.state.record(m.version).attempts + 1 for m in in_db}
+            self.recorder.append(
+                [(m.version, self._started(m, "up", attempts[m.version], db)) for m in in_db],
+                sources=[(m.checksum, m.source) for m in in_db],
+            )
+            t0 = time.monotonic_ns()
+            current = in_db[0]
+            try:
+                with db.transaction("database"):
+                    for current in in_db:
+                        ctx = self._context(current, "up", db.db)
+                        body = (
+                            self._with_records(current, "up", ctx, atomic=True)
+                            if current.component == "state"
+                            else _body(current, "up", ctx)
+                        )
+                        fingerprint = db.apply(
+                            version=current.version,
+                            component=current.component,
+                            direction="up",
+                            checksum=current.checksum,
+                            body=body,
+                            run_id=self.run_id,
+                            schema_version=current.schema_version,
+                            previous=None,
+                        )
+            except BaseException as e:
+                for m in in_db:
+                    if m is not current:
+                        undone = errors.MigrationFailed(
+                            m.version, "up", "RolledBack", f"undone with {current.version}"
+                        )
+                        self._failed(m.version, "up", undone, t0)
+                self._failed(current.version, "up", e, t0)
+                raise
+            took = time.monotonic_ns() - t0
+            for m in in_db:
+                self.recorder.defer(
+                    m.version,
+                    ev.MigrationApplied(
+                        duration_ns=took,
+                        fingerprint_after=fingerprint,
+                        schema_version=m.schema_version,
+                    ),
+                )
+                done.append(m.version)
+        for m in in_files:
+            self._step(m, "up", self.state.record(m.version).attempts + 1)
+            done.append(m.version)
+
     # -- the safety net -----------------------------------------------------------------
+
+    def preflight(self) -> None:
+        """Refuse to start without room for the backup and a table rebuild, or write access.
+
+        :raises ValidationFailed: naming the path and what is missing.
+        """
+        paths = self.ws.paths
+        db_size = paths.state_db.stat().st_size if paths.state_db.exists() else 0
+        files = sum(p.stat().st_size for p in (paths.config, paths.api_document) if p.exists())
+        needs = [(paths.state_db.parent, db_size + (1 << 20))]  # the largest rebuild: a copy
+        if self.ws.settings.backup_before:
+            needs.append((_existing_parent(paths.backups), db_size + files + (1 << 20)))
+        for where, size in needs:
+            free = shutil.disk_usage(_existing_parent(where)).free
+            if free < size:
+                raise errors.ValidationFailed(
+                    f"pre-flight: {where} has {free} bytes free, the run needs {size}; "
+                    "nothing was changed"
+                )
+        for target in (paths.state_db, paths.config, paths.api_document):
+            folder = _existing_parent(target.parent)
+            if target.exists() and not os.access(target, os.W_OK):
+                raise errors.ValidationFailed(f"pre-flight: {target} is not writable")
+            if not os.access(folder, os.W_OK):
+                raise errors.ValidationFailed(f"pre-flight: {folder} is not writable")
+
+    def _validate(self, phase: str, versions: list[str]) -> None:
+        """validate_before / validate_after: journal the checks; stop (and undo) on a failure.
+
+        :raises ValidationFailed: naming the failed checks.
+        """
+        from flywall.core import validate
+
+        db = self.existing_database()
+        checks = validate.target_checks(self.state, db)
+        checks.update(validate.verify_migrations(self.ws, versions, db))
+        ok = all(result == "ok" for result in checks.values())
+        self.recorder.append(
+            [("", ev.ValidationPerformed(checks=checks, ok=ok, phase=f"validate_{phase}"))]
+        )
+        if not ok:
+            failed = "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
+            raise errors.ValidationFailed(f"validate_{phase} failed: {failed}")
 
     def backup_before_run(self) -> None:
         """Back up every target into backup_location/<run id>/ before the first change.
@@ -495,23 +704,31 @@ class Engine:
     def _down(self, m: Migration) -> None:
         self._step(m, "down", self.state.record(m.version).attempts)
 
+    def _started(
+        self, m: Migration, direction: str, attempt: int, db: DatabaseTarget | None
+    ) -> ev.MigrationStarted:
+        """The write-ahead event of one step (up from the file, down as it was applied)."""
+        record = self.state.record(m.version)
+        up = direction == "up"
+        return ev.MigrationStarted(
+            direction=direction,  # type: ignore[arg-type]
+            component=m.component if up else record.component,
+            checksum=m.checksum if up else record.checksum,
+            attempt=attempt,
+            slug=m.slug,
+            description=m.description,
+            schema_version=m.schema_version if up else record.schema_version,
+            fingerprint_before=db.fingerprint() if db is not None else None,
+            actor=self.actor,
+            file=m.path.rsplit("/", 1)[-1].rsplit("#", 1)[-1],
+        )
+
     def _step(self, m: Migration, direction: str, attempt: int) -> None:
         """Run one migration in one direction: write-ahead, apply, then record the outcome."""
         record = self.state.record(m.version)
         component = m.component if direction == "up" else record.component
         db = self.database() if component in MARKED else None
-        started = ev.MigrationStarted(
-            direction=direction,  # type: ignore[arg-type]
-            component=component,
-            checksum=m.checksum if direction == "up" else record.checksum,
-            attempt=attempt,
-            slug=m.slug,
-            description=m.description,
-            schema_version=m.schema_version if direction == "up" else record.schema_version,
-            fingerprint_before=db.fingerprint() if db is not None else None,
-            actor=self.actor,
-            file=m.path.rsplit("/", 1)[-1].rsplit("#", 1)[-1],
-        )
+        started = self._started(m, direction, attempt, db)
         sources = [(m.checksum, m.source)] if direction == "up" else []
         self.recorder.append([(m.version, started)], sources=sources)
         t0 = time.monotonic_ns()
@@ -569,7 +786,7 @@ class Engine:
             watchdog.cancel()
 
     def _with_records(
-        self, m: Migration, direction: str, ctx: MigrationContext
+        self, m: Migration, direction: str, ctx: MigrationContext, *, atomic: bool = False
     ) -> Callable[[apsw.Connection], None]:
         """Give a state migration the record helper; journal each committed batch."""
         from flywall.core.targets.records import Records
@@ -582,7 +799,8 @@ class Engine:
 
         def body(db: apsw.Connection) -> None:
             step = f"{m.version}:{direction}"
-            function(ctx, Records(db, step, on_batch=on_batch, progress=ctx.progress))
+            records = Records(db, step, on_batch=on_batch, progress=ctx.progress, atomic=atomic)
+            function(ctx, records)
 
         return body
 

@@ -16,7 +16,9 @@ from flywall.core.errors import ConfigParseError, FlywallError
 from flywall.core.lifecycle import Lifecycle, State
 
 if TYPE_CHECKING:
+    from flywall.core.discovery import Migration
     from flywall.core.hcl import Block, Body, Document
+    from flywall.core.targets.database import DatabaseTarget
     from flywall.core.workspace import Workspace
 
 WARNING_CHECKS = frozenset({"deprecations"})
@@ -59,12 +61,9 @@ def validate(ws: Workspace) -> ValidationReport:
     document, checks["config"] = _config(ws)
     db = open_existing(ws.paths.state_db, ws.settings.version_table)
     try:
-        if db is not None:
-            integrity = [row[0] for row in db.db.execute("PRAGMA integrity_check")]
-            checks["integrity"] = "ok" if integrity == ["ok"] else "; ".join(integrity)
-            fk = db.db.execute("PRAGMA foreign_key_check").fetchall()
-            checks["foreign keys"] = "ok" if not fk else f"{len(fk)} violation(s), first {fk[0]}"
-        checks["drift"] = "; ".join(drift.detect(state, db)) or "ok"
+        checks.update(target_checks(state, db))
+        applied = [r.version for r in state.in_state(State.APPLIED)]
+        checks.update(verify_migrations(ws, applied, db))
     finally:
         if db is not None:
             db.close()
@@ -153,3 +152,60 @@ def _attribute_line(body: Body, name: str) -> int:
     assert node is not None
     first = next(node.scan_values(lambda value: isinstance(value, Token)))
     return int(first.line)
+
+
+def target_checks(state: projection.Projection, db: DatabaseTarget | None) -> dict[str, str]:
+    """The data checks of state.db: integrity, foreign keys, drift against the journal."""
+    checks: dict[str, str] = {}
+    if db is not None:
+        integrity = [row[0] for row in db.db.execute("PRAGMA integrity_check")]
+        checks["integrity"] = "ok" if integrity == ["ok"] else "; ".join(integrity)
+        fk = db.db.execute("PRAGMA foreign_key_check").fetchall()
+        checks["foreign keys"] = "ok" if not fk else f"{len(fk)} violation(s), first {fk[0]}"
+    checks["drift"] = "; ".join(drift.detect(state, db)) or "ok"
+    return checks
+
+
+def verify_migrations(
+    ws: Workspace, versions: list[str], db: DatabaseTarget | None
+) -> dict[str, str]:
+    """Run each migration's own post-condition (`-- migrate:verify` or `verify()`).
+
+    SQL runs inside a savepoint that is always rolled back, and documents are parsed
+    fresh, so a verify can look but never change anything.
+    """
+    results: dict[str, str] = {}
+    for m in (m for m in ws.migrations if m.version in versions and m.has_verify):
+        try:
+            _verify(ws, m, db)
+            results[f"verify {m.version}"] = "ok"
+        except Exception as e:  # a vendor's check may raise anything: that is the finding
+            results[f"verify {m.version}"] = f"{type(e).__name__}: {e}".strip()
+    return results
+
+
+def _verify(ws: Workspace, m: Migration, db: DatabaseTarget | None) -> None:
+    from flywall.core import fileio
+    from flywall.core.context import MigrationContext
+    from flywall.core.discovery import load_module
+    from flywall.core.targets.files import target_for
+
+    ctx = MigrationContext(m.version, "verify", ws.settings, lambda *_: None, lambda *_: None)
+    if m.component not in ("database", "state"):
+        target = target_for(m.component, ws.paths.config, ws.paths.api_document)
+        load_module(m).verify(ctx, target.open(fileio.read(target.path)))
+        return
+    if db is None:
+        msg = "state.db does not exist"
+        raise FlywallError(msg)
+    conn = db.db
+    conn.execute("SAVEPOINT flywall_verify")
+    try:
+        if m.kind == "sql":
+            for _ in conn.execute(m.verify_sql or ""):
+                pass
+        else:
+            load_module(m).verify(ctx, conn)
+    finally:
+        conn.execute("ROLLBACK TO flywall_verify")
+        conn.execute("RELEASE flywall_verify")

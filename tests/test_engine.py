@@ -161,9 +161,9 @@ def test_the_database_refuses_to_change_or_delete_journal_rows(appliance):
         ):
             with pytest.raises(apsw.ConstraintError, match="append-only"):
                 raw.execute(sql)
-    assert (
-        commands.journal_verify(appliance.workspace()).events == 5
-    )  # with BackupCreated (backup_before defaults to true)
+    # A run's seven events: Run Started/Finished, two ValidationPerformed, BackupCreated,
+    # Migration Started/Applied (validate_before/after and backup_before default to true).
+    assert commands.journal_verify(appliance.workspace()).events == 7
 
 
 # -- failures ---------------------------------------------------------------------------
@@ -282,9 +282,7 @@ def test_journal_times_follow_the_clock_and_history_is_in_time_order(appliance):
     assert first.run_id.startswith("20260102T030405-")
     assert second.run_id.startswith("20260102T030407-")
     history = commands.history(ws)
-    assert [e["seq"] for e in history] == list(
-        range(1, 11)
-    )  # two runs of five events (one is BackupCreated)
+    assert [e["seq"] for e in history] == list(range(1, 15))  # two runs of seven events
     assert [e["at"] for e in history] == sorted(e["at"] for e in history)
     times = {(e["run_id"], e["at"]) for e in history}
     assert times == {

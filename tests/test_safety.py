@@ -11,7 +11,7 @@ import pytest
 from conftest import Appliance
 from crashkit import data_digest, observe
 
-from flywall.core import commands, demo
+from flywall.core import backup, commands, demo
 from flywall.core.errors import FlywallError, MigrationFailed
 
 FAILING = '''\
@@ -77,7 +77,7 @@ def test_auto_rollback_returns_every_target_to_its_bytes_before_the_run(tmp_path
     assert states["299912310001"] == "failed"
     assert {states[v] for v in shipped} == {"rolled_back"}
     kinds = [e["kind"] for e in commands.history(app.workspace())]
-    assert kinds[:2] == ["RunStarted", "BackupCreated"]
+    assert kinds[:3] == ["RunStarted", "ValidationPerformed", "BackupCreated"]
     assert kinds.count("MigrationRolledBack") == len(shipped)
     assert kinds[-1] == "RunFinished"
 
@@ -129,12 +129,33 @@ def test_a_full_disk_during_the_backup_stops_the_run_before_any_change(tmp_path:
     try:
         before = digests(app)
         result = app.cli("migrate")
-        assert result.returncode == 1, result.stderr
-        assert "No space left on device" in result.stderr or "full" in result.stderr.lower()
+        assert result.returncode == 4, result.stderr  # pre-flight: stopped before any change
+        assert f"pre-flight: {mount} has" in result.stderr
+        assert "nothing was changed" in result.stderr
         assert digests(app) == before
         assert not any(mount.iterdir()), "a partial backup was left behind"
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_disk_that_fills_while_the_backup_is_written_leaves_no_partial_backup(
+    tmp_path: Path,
+) -> None:
+    """Simulated through the I/O layer: the manifest write hits ENOSPC."""
+    import errno
+
+    from flywall.core import fileio
+
+    class FullDisk(fileio.IO):
+        def write_new(self, path: Path, data: bytes, mode: int) -> None:
+            if path.name == "manifest.json":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            super().write_new(path, data, mode)
+
+    app = demo_appliance(tmp_path, extra="")
+    with pytest.raises(backup.BackupFailed, match="No space left on device; nothing was changed"):
+        backup.create(app.workspace(), "b1", journal_seq=0, applied=[], reason="t", io=FullDisk())
+    assert list((app.root / "var/lib/flywall/migration-backups").iterdir()) == []
 
 
 def test_backup_restore_verifies_takes_a_safety_backup_and_journals_it(tmp_path: Path) -> None:
@@ -300,3 +321,144 @@ def test_migrations_reapplied_after_an_expired_window_are_not_undone_again(tmp_p
         clock.move_to("2026-03-01 12:00:00")
         commands.recover(app.workspace())
     assert set(observe(app.root).states.values()) == {"applied"}
+
+
+def three_tables(app: Appliance) -> None:
+    for i, name in enumerate(("alpha", "beta", "gamma"), start=1):
+        app.write(
+            f"20240101000{i}_{name}.sql",
+            f"-- migrate:up\nCREATE TABLE {name} (id INTEGER PRIMARY KEY);\n"
+            f"-- migrate:down\nDROP TABLE {name};\n",
+        )
+
+
+def test_the_full_strategy_applies_all_database_migrations_in_one_transaction(
+    appliance: Appliance,
+) -> None:
+    appliance.configure('strategy = "full"\n')
+    three_tables(appliance)
+    assert appliance.cli("migrate").returncode == 0
+    assert set(observe(appliance.root).states.values()) == {"applied"}
+    fingerprints = {
+        e["fingerprint_after"]
+        for e in commands.history(appliance.workspace())
+        if e["kind"] == "MigrationApplied"
+    }
+    assert len(fingerprints) == 1, "one transaction: one schema after all of them"
+
+
+def test_under_the_full_strategy_one_failure_undoes_them_all(appliance: Appliance) -> None:
+    appliance.configure('strategy = "full"\n')
+    three_tables(appliance)
+    appliance.write("202401010004_boom.py", FAILING)
+    empty = blake3.blake3().hexdigest()
+
+    result = appliance.cli("migrate")
+
+    assert result.returncode == 1
+    assert observe(appliance.root).fingerprint == empty
+    assert set(observe(appliance.root).states.values()) == {"failed"}
+    errors = {
+        e["migration"]: e["error_type"]
+        for e in commands.history(appliance.workspace())
+        if e["kind"] == "MigrationFailed"
+    }
+    assert errors == {
+        "202401010001": "RolledBack",
+        "202401010002": "RolledBack",
+        "202401010003": "RolledBack",
+        "202401010004": "RuntimeError",
+    }
+
+
+def test_the_custom_strategy_runs_the_vendors_order(appliance: Appliance) -> None:
+    appliance.configure('strategy = "custom"\n')
+    three_tables(appliance)
+    appliance.write(
+        "_strategy.py", "def order(plan, migrations):\n    return sorted(plan, reverse=True)\n"
+    )
+    assert appliance.cli("migrate").returncode == 0
+    started = [
+        e["migration"]
+        for e in commands.history(appliance.workspace())
+        if e["kind"] == "MigrationStarted"
+    ]
+    assert started == ["202401010003", "202401010002", "202401010001"]
+
+
+def test_a_custom_order_that_breaks_a_dependency_is_refused(appliance: Appliance) -> None:
+    appliance.configure('strategy = "custom"\n')
+    three_tables(appliance)
+    appliance.write(
+        "202401010005_needs_alpha.py",
+        '"""Needs alpha."""\ncomponent = "database"\ndepends_on = ["202401010001"]\n\n\n'
+        "def up(ctx, db):\n    pass\n",
+    )
+    appliance.write(
+        "_strategy.py", "def order(plan, migrations):\n    return sorted(plan, reverse=True)\n"
+    )
+    result = appliance.cli("migrate")
+    assert result.returncode == 2
+    assert "order() runs 202401010005 before 202401010001" in result.stderr
+
+
+BAD_VERIFY = '''\
+"""Creates a table its own verify then finds wanting."""
+component = "database"
+
+
+def up(ctx, db):
+    db.execute("CREATE TABLE checked (x)")
+
+
+def down(ctx, db):
+    db.execute("DROP TABLE checked")
+
+
+def verify(ctx, db):
+    (count,) = db.execute("SELECT count(*) FROM checked").fetchone()
+    if count == 0:
+        raise AssertionError("checked is empty")
+'''
+
+
+def test_a_failed_validate_after_with_auto_rollback_rolls_the_run_back(
+    appliance: Appliance,
+) -> None:
+    appliance.configure("auto_rollback = true\n")
+    appliance.write("202401010001_checked.py", BAD_VERIFY)
+
+    result = appliance.cli("migrate")
+
+    assert result.returncode == 4
+    assert "validate_after failed: verify 202401010001: AssertionError: checked is empty" in (
+        result.stderr
+    )
+    assert observe(appliance.root).states == {"202401010001": "rolled_back"}
+    checks = [
+        e for e in commands.history(appliance.workspace()) if e["kind"] == "ValidationPerformed"
+    ]
+    assert [(c["phase"], c["ok"]) for c in checks] == [
+        ("validate_before", True),
+        ("validate_after", False),
+    ]
+
+
+def test_an_irreversible_migration_rolls_back_only_by_backup_and_only_with_yes(
+    tmp_path: Path,
+) -> None:
+    app = demo_appliance(tmp_path, extra="")
+    commands.migrate(app.workspace())
+    before = digests(app)
+    app.write("299912310001_one_way.py", NO_DOWN)
+    commands.migrate(app.workspace())
+
+    refused = app.cli("rollback", "299912310001")
+    assert refused.returncode == 2
+    assert "299912310001 is irreversible (no down); restoring backup" in refused.stderr
+    assert "run again with --yes" in refused.stderr
+
+    done = app.cli("rollback", "299912310001", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert digests(app) == before
+    assert observe(app.root).states["299912310001"] == "rolled_back"

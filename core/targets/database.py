@@ -8,10 +8,11 @@ commit when the journal's unlink is not yet on disk); NORMAL is never used.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import apsw
 import blake3
@@ -20,7 +21,7 @@ from flywall.core.crash import crashpoint
 from flywall.core.targets.records import CHECKPOINTS, clear_checkpoints
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 MARKERS = "flywall_migration_markers"
 
@@ -97,7 +98,31 @@ class DatabaseTarget:
             is not None
         )
 
-    def run(
+    def run(self, *, component: str, **step: Any) -> str:
+        """Run one migration step and move its markers, in one transaction.
+
+        Returns the new fingerprint. Any exception leaves the database exactly as before
+        (SQLite undoes the transaction). `step` is what `apply` takes.
+        """
+        with self.transaction(component):
+            return self.apply(component=component, **step)
+
+    @contextlib.contextmanager
+    def transaction(self, component: str) -> Iterator[None]:
+        """One write transaction, committed (with crash points around) or undone."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            crashpoint(f"{component}-before-commit")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        crashpoint(f"{component}-after-commit")
+
+    def apply(
         self,
         *,
         version: str,
@@ -109,33 +134,22 @@ class DatabaseTarget:
         schema_version: str | None,
         previous: tuple[str, str] | None,
     ) -> str:
-        """Run `body` and move the markers, in one transaction; return the new fingerprint.
+        """Inside the open transaction: run `body`, move the markers; return the fingerprint.
 
         `previous` is the (version, checksum) the component returns to after a down.
-        Any exception leaves the database exactly as before (SQLite undoes the transaction).
         """
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            self._ensure_tables()
-            body(db)
-            if db.in_transaction is False:
-                msg = "the migration ended the engine's transaction (no BEGIN/COMMIT inside)"
-                raise RuntimeError(msg)
-            if direction == "up":
-                self._mark_applied(version, component, checksum, run_id, schema_version)
-            else:
-                self._mark_rolled_back(version, component, previous)
-            clear_checkpoints(db, version)
-            fingerprint = self.fingerprint()
-            crashpoint(f"{component}-before-commit")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        crashpoint(f"{component}-after-commit")
-        return fingerprint
+        self._ensure_tables()
+        body(db)
+        if db.in_transaction is False:
+            msg = "the migration ended the engine's transaction (no BEGIN/COMMIT inside)"
+            raise RuntimeError(msg)
+        if direction == "up":
+            self._mark_applied(version, component, checksum, run_id, schema_version)
+        else:
+            self._mark_rolled_back(version, component, previous)
+        clear_checkpoints(db, version)
+        return self.fingerprint()
 
     def _ensure_tables(self) -> None:
         self.db.execute(

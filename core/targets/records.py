@@ -37,8 +37,10 @@ class Records:
         *,
         on_batch: Callable[[str, int, int], None],
         progress: Callable[[int, int], None],
+        atomic: bool = False,
     ) -> None:
         self.db = db
+        self._atomic = atomic  # the `full` strategy: one transaction, batches ignored
         self._step = step  # "VERSION:up" or "VERSION:down": checkpoints per direction
         self._on_batch = on_batch
         self._progress = progress
@@ -59,6 +61,8 @@ class Records:
         `key` order. With `batch_size`, each batch commits with its checkpoint.
         """
         self._ensure_checkpoints()
+        if self._atomic:
+            batch_size = None
         condition = f" AND ({where})" if where else ""
         total = self.db.execute(f'SELECT count(*) FROM "{table}" WHERE 1{condition}').fetchone()[0]
         last_key, done = self._checkpoint(table)
