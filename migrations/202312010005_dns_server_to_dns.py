@@ -32,6 +32,7 @@ def up(ctx, config):
                 ctx.log(f"dns_server was disabled: dropped {', '.join(serving)}", "warning")
         elif _exact(dns, "serve", "*") is None:
             dns.add_block("serve", "*", **serving)
+        ctx.log("dns_server is now dns" + (' serving "*"' if enabled else ", not serving"))
     config.schema_version = schema_version
 
 

@@ -39,8 +39,11 @@ def up(ctx, config):
                 web.set(MOVED[name], value)
     for name in moving:  # an api block that only held the listener stays, empty: down refills it
         api.delete(name)
+    if moving:
+        ctx.log(f"moved {', '.join(moving)} from api to web")
     if allowed:
         _allow(ctx, web, allowed)
+        ctx.log(f"web UI allowed on {', '.join(allowed)}")
     for interface in interfaces:  # `false` was the default: there is nothing to carry over
         interface.delete("access_web_ui")
     config.schema_version = schema_version

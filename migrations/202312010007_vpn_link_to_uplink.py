@@ -16,7 +16,9 @@ RENAMED = {"vpn_link_group": "uplink_group", "vpn_link": "uplink"}
 def up(ctx, config):
     if not _older(config.schema_version, schema_version):
         return  # a config at this version or newer has this shape already
-    _rename(config.body, RENAMED)
+    renamed = _rename(config.body, RENAMED)
+    if renamed:
+        ctx.log(f"renamed {renamed} block(s) to uplink_group / uplink")
     config.schema_version = schema_version
 
 
@@ -27,11 +29,17 @@ def down(ctx, config):
 
 
 def _rename(body, names):
-    """Rename block types through the parsed document: never text in comments or strings."""
+    """Rename block types through the parsed document, never text in comments or strings.
+
+    Returns how many blocks were renamed.
+    """
+    renamed = 0
     for block in body.blocks():
         if block.type in names:
             body.rename_block(block, names[block.type])
-        _rename(block.body, names)
+            renamed += 1
+        renamed += _rename(block.body, names)
+    return renamed
 
 
 def _older(current, version):

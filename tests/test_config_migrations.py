@@ -9,8 +9,10 @@ it. The contract checked here, for every config and every migration (and the who
   touch alone; it returns the original *bytes* wherever the new form still holds the old
   layout. Where it does not (INEXACT: an attribute that sat mid-block, padded, or with an
   inline comment; a one-line block; a heredoc), the exact test is a strict xfail naming why;
-- the engine runs them with journaled writes, and a config that does not parse is refused
-  with file:line:col before anything is written.
+- the engine runs them with journaled writes. Its rollback returns the original bytes even
+  where down cannot, while the file is as up left it (it restores what it journaled before
+  up); once someone edited the file, the downs run. A config that does not parse is
+  refused with file:line:col before anything is written.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from flywall.core.workspace import Workspace
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from flywall.core.hcl import Body
 
 EBPF, SERVICES, MEMBERSHIP, DNS, WEB, UPLINK = VERSIONS = [
     "202311300001",
@@ -442,8 +446,8 @@ CONFIGS = {
     "nested_uplinks": NESTED_UPLINKS,
 }
 
-# Where down cannot return the bytes, because 1.x's new form no longer says where or how a
-# moved line was written (hcl.py adds an attribute after the last one, `name = value`).
+# Where down alone cannot return the bytes, because the new form no longer says where or how
+# a moved line was written (hcl.py adds an attribute after the last one, as `name = value`).
 INEXACT = {
     ("demo", MEMBERSHIP): "zone lines sat mid-block, padded, one with an inline comment",
     ("demo", DNS): "enabled and listen_on sat before forwarders, padded",
@@ -534,16 +538,16 @@ def meaning(text: str) -> tuple[set[tuple[str, str]], list[object]]:
     return members, _shape(root, "")
 
 
-def _shape(body: object, path: str) -> list[object]:
+def _shape(body: Body, path: str) -> list[object]:
     said = {("interface", "zone"), ("zone", "interface")}
     items: list[object] = [
         ("=", name, repr(value))
-        for name, value in body.attributes.items()  # type: ignore[attr-defined]
+        for name, value in body.attributes.items()
         if (path, name) not in said and not (name == "access_web_ui" and value is False)
     ]
     items += [
         (block.type, block.labels, _shape(block.body, f"{path}.{block.type}".lstrip(".")))
-        for block in body.blocks()  # type: ignore[attr-defined]
+        for block in body.blocks()
     ]
     return sorted(items, key=repr)
 
@@ -1251,7 +1255,10 @@ def test_a_disabled_dns_server_serves_nothing_and_its_serving_settings_are_logge
     ctx = Context()
 
     assert step(DNS, "up", config, ctx) == 'schema_version = "1.4"\n\ndns {\n}\n'
-    assert ctx.logged == [("warning", "dns_server was disabled: dropped listen_on")]
+    assert ctx.logged == [
+        ("warning", "dns_server was disabled: dropped listen_on"),
+        ("info", "dns_server is now dns, not serving"),
+    ]
 
 
 def test_an_existing_web_block_wins_and_its_allow_list_gains_the_interfaces():
