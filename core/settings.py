@@ -7,10 +7,13 @@ no other module needs the rule: relative to the config's folder, absolute ones u
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
+import blake3
 import msgspec
 
 from flywall.core.errors import ConfigParseError, SettingsError
@@ -173,7 +176,7 @@ def load_settings(root: Path, config_path: Path | None = None) -> Settings:
         text = ""
     except (OSError, UnicodeDecodeError) as e:
         raise SettingsError(f"{shown}: cannot read: {e}") from e
-    raw = _migration_block(text, shown)
+    raw = _cached_block(text, shown, root)
     try:
         block = msgspec.convert(raw, MigrationSettings, dec_hook=_decode)
     except msgspec.ValidationError as e:
@@ -190,6 +193,35 @@ def load_settings(root: Path, config_path: Path | None = None) -> Settings:
         config_path=config,
         paths=_resolve(block, config, root),
     )
+
+
+_CACHE_FORMAT = 1
+
+
+def _cached_block(text: str, shown: str, root: Path) -> dict[str, Any]:
+    """Return the parsed `migration { }` block, from a cache keyed by the file's digest.
+
+    Parsing HCL costs ~140 ms per process (python-hcl2 builds a Lark parser), more than
+    all the rest of `status`; a fleet agent asks every minute while the file changes a few
+    times a year. The cache is derived data under `var/cache/flywall/`: a miss, a stale
+    entry or an unwritable folder only costs the parse. Only a file that parsed is cached,
+    so errors are always reported.
+    """
+    digest = blake3.blake3(text.encode()).hexdigest()
+    cache = root / "var/cache/flywall/settings.msgpack"
+    with contextlib.suppress(OSError, msgspec.DecodeError, AttributeError, TypeError):
+        stored = msgspec.msgpack.decode(cache.read_bytes())
+        if stored.get("format") == _CACHE_FORMAT and stored.get("digest") == digest:
+            return stored["block"]
+    block = _migration_block(text, shown)
+    with contextlib.suppress(OSError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        temp.write_bytes(
+            msgspec.msgpack.encode({"format": _CACHE_FORMAT, "digest": digest, "block": block})
+        )
+        temp.replace(cache)
+    return block
 
 
 def _resolve(block: MigrationSettings, config: Path, root: Path) -> Paths:

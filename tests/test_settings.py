@@ -420,3 +420,28 @@ def test_a_single_string_where_a_list_belongs_is_an_error_in_hcl_words(tmp_path)
     message = settings_error(tmp_path, 'migration {\n  notification_channels = "email"\n}\n')
 
     assert message == f"{CONFIG}: migration.notification_channels: expected list, got str"
+
+
+def test_the_parsed_block_is_cached_by_the_files_digest_and_never_hides_an_error(tmp_path):
+    config = tmp_path / "etc/flywall/flywall.hcl"
+    config.parent.mkdir(parents=True)
+    config.write_text('migration {\n  timeout = "5m"\n}\n')
+    cache = tmp_path / "var/cache/flywall/settings.msgpack"
+
+    assert load_settings(tmp_path).timeout == 300
+    assert cache.exists()
+    assert load_settings(tmp_path).timeout == 300  # from the cache
+
+    config.write_text('migration {\n  timeout = "7m"\n}\n')
+    assert load_settings(tmp_path).timeout == 420  # a new digest: parsed again
+
+    config.write_text("migration {\n  timeout = \n}\n")
+    with pytest.raises(ConfigParseError):
+        load_settings(tmp_path)
+    config.write_text('migration {\n  timeout = "7m"\n}\n')
+    cache.unlink()
+    cache.parent.chmod(0o500)
+    try:
+        assert load_settings(tmp_path).timeout == 420  # an unwritable cache costs a parse
+    finally:
+        cache.parent.chmod(0o700)
