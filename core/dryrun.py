@@ -218,6 +218,8 @@ class EngineStatements:
         """Return True when the engine, not the migration, issued `sql`."""
         if _TRANSACTION.match(sql) or sql in _fingerprint_sql() or self._mentions_own.search(sql):
             return True
+        if sql == "PRAGMA schema_version":  # the fingerprint cache's cookie check
+            return True
         values = bindings if isinstance(bindings, tuple) else ()
         return any(isinstance(v, str) and v in self._own_tables for v in values)
 

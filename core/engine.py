@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import threading
 import time
 from typing import TYPE_CHECKING, Any, Self
 
@@ -26,6 +25,7 @@ from flywall.core.lock import Holder, WriterLock
 from flywall.core.recorder import Recorder
 from flywall.core.recovery import MARKED
 from flywall.core.targets.database import DatabaseTarget
+from flywall.core.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -103,6 +103,7 @@ class Engine:
         self._accepted_drift: list[str] = []
         self._backup_id: str | None = None
         self._inherited: list[str] = []
+        self._watchdog = Watchdog()
         self._inherited_backup: str | None = None
         self.journal: Journal
         self.recorder: Recorder
@@ -449,6 +450,7 @@ class Engine:
             )
             t0 = time.monotonic_ns()
             current = in_db[0]
+            self._watchdog.arm(db.db, self.ws.settings.timeout)
             try:
                 with db.transaction("database"):
                     for current in in_db:
@@ -477,6 +479,8 @@ class Engine:
                         self._failed(m.version, "up", undone, t0)
                 self._failed(current.version, "up", e, t0)
                 raise
+            finally:
+                self._watchdog.disarm()
             took = time.monotonic_ns() - t0
             for m in in_db:
                 self.recorder.defer(
@@ -762,9 +766,7 @@ class Engine:
             else _body(m, direction, ctx)
         )
         limit = self.ws.settings.timeout if direction == "up" else self.ws.settings.rollback_timeout
-        watchdog = threading.Timer(limit, db.db.interrupt)  # SQLite stops at its next step
-        watchdog.daemon = True
-        watchdog.start()
+        self._watchdog.arm(db.db, limit)
         try:
             return db.run(
                 version=m.version,
@@ -783,7 +785,7 @@ class Engine:
                 m.version, "timeout", "Timeout", f"exceeded {limit:g} s; its transaction was undone"
             ) from e
         finally:
-            watchdog.cancel()
+            self._watchdog.disarm()
 
     def _with_records(
         self, m: Migration, direction: str, ctx: MigrationContext, *, atomic: bool = False

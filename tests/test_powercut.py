@@ -163,10 +163,12 @@ class Bench:
 
     def _prepare(self) -> None:
         self.var.mkdir(parents=True)
-        if self.scenario.state_journal == "wal":
-            db = apsw.Connection(str(self.normal.paths.state_db))
-            db.execute("PRAGMA journal_mode = WAL")
-            db.close()
+        # The appliance's state.db exists before any migration, in the mode under test (the
+        # engine creates a missing one in WAL, so DELETE must be made here to be tested).
+        db = apsw.Connection(str(self.normal.paths.state_db))
+        db.execute(f"PRAGMA journal_mode = {self.scenario.state_journal.upper()}").fetchall()
+        db.execute("CREATE TABLE IF NOT EXISTS appliance_settings (k TEXT PRIMARY KEY, v TEXT)")
+        db.close()
         if self.scenario.command == "rollback":
             commands.migrate(self.normal)
         if self.scenario.command == "recover":

@@ -265,7 +265,7 @@ def test_a_migration_over_its_timeout_is_interrupted_and_undone(appliance: Appli
         e for e in commands.history(appliance.workspace()) if e["kind"] == "MigrationFailed"
     ]
     assert failed["phase"] == "timeout"
-    assert observe(appliance.root).fingerprint == blake3.blake3().hexdigest()  # no table left
+    assert observe(appliance.root).fingerprint == "0" * 64  # no table left
 
 
 def test_an_unconfirmed_run_is_rolled_back_when_its_window_closes(tmp_path: Path) -> None:
@@ -351,7 +351,7 @@ def test_under_the_full_strategy_one_failure_undoes_them_all(appliance: Applianc
     appliance.configure('strategy = "full"\n')
     three_tables(appliance)
     appliance.write("202401010004_boom.py", FAILING)
-    empty = blake3.blake3().hexdigest()
+    empty = "0" * 64  # the fingerprint of a schema with no table
 
     result = appliance.cli("migrate")
 

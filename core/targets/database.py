@@ -9,7 +9,6 @@ commit when the journal's unlink is not yet on disk); NORMAL is never used.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,8 +44,14 @@ class DatabaseTarget:
         kwargs = {"vfs": vfs} if vfs else {}
         self.path = path
         self.version_table = version_table
+        self._fingerprint: tuple[int, str] | None = None
+        self._rows: dict[tuple[str, str, str, str], int] = {}
+        self._tables_ready = False
+        new = create and not path.exists()
         self.db = apsw.Connection(str(path), flags=flags, **kwargs)
         self.db.set_busy_timeout(5000)
+        if new:  # ours to choose: WAL commits with one fsync, durable with FULL
+            self.db.execute("PRAGMA journal_mode = WAL").fetchall()
         mode = self.db.execute("PRAGMA journal_mode").fetchall()[0][0]
         durable = "FULL" if mode == "wal" else "EXTRA"
         self.db.execute(f"PRAGMA synchronous = {synchronous or durable}")
@@ -56,8 +61,17 @@ class DatabaseTarget:
         self.db.close()
 
     def fingerprint(self) -> str:
-        """Return the blake3 of the normalised schema, our own bookkeeping tables left out."""
-        return schema_fingerprint(self.db, bookkeeping(self.version_table))
+        """Return the blake3 of the normalised schema, our own bookkeeping tables left out.
+
+        Cached by SQLite's schema cookie (`PRAGMA schema_version`, bumped by every schema
+        change, in any connection): the fingerprint before a migration is then free, and
+        each row's digest is reused while its SQL is unchanged.
+        """
+        cookie = self.db.execute("PRAGMA schema_version").fetchall()[0][0]
+        if self._fingerprint is None or self._fingerprint[0] != cookie:
+            value = schema_fingerprint(self.db, bookkeeping(self.version_table), self._rows)
+            self._fingerprint = (cookie, value)
+        return self._fingerprint[1]
 
     def has_marker(self, version: str) -> bool:
         """Tell whether `version`'s marker row is committed: the recovery evidence."""
@@ -119,6 +133,7 @@ class DatabaseTarget:
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            self._tables_ready = False  # the ROLLBACK may have undone their creation
             raise
         crashpoint(f"{component}-after-commit")
 
@@ -152,6 +167,9 @@ class DatabaseTarget:
         return self.fingerprint()
 
     def _ensure_tables(self) -> None:
+        if self._tables_ready:
+            return
+        self._tables_ready = True  # a rolled-back create is re-checked: see `transaction`
         self.db.execute(
             f"CREATE TABLE IF NOT EXISTS {self.version_table} ("
             "component TEXT PRIMARY KEY, version TEXT NOT NULL, "
@@ -202,25 +220,35 @@ def bookkeeping(version_table: str) -> tuple[str, ...]:
     return (MARKERS, CHECKPOINTS, version_table)
 
 
-_SPACE = re.compile(r"\s+")
+def schema_fingerprint(
+    db: apsw.Connection,
+    exclude: tuple[str, ...] = (),
+    cache: dict[tuple[str, str, str, str], int] | None = None,
+) -> str:
+    """Return a blake3 fingerprint of `sqlite_master`, normalised (whitespace folded).
 
-
-def schema_fingerprint(db: apsw.Connection, exclude: tuple[str, ...] = ()) -> str:
-    """Return the blake3 of `sqlite_master`, normalised: sorted rows, whitespace folded.
-
+    Each row (type, name, table, SQL) is hashed on its own and the digests are added
+    modulo 2**256: the result depends on the set of rows, not their order, and a `cache`
+    of row digests makes a fingerprint after a small change cost one read of the catalog.
     Internal `sqlite_%` objects and the `exclude`d tables (with their indexes) are left out.
     """
-    h = blake3.blake3()
+    cache = {} if cache is None else cache
+    total = 0
     rows = db.execute(
-        "SELECT type, name, tbl_name, sql FROM sqlite_master "
-        "WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
-    )
-    for kind, name, table, sql in rows:
-        if table in exclude:
+        "SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_master "
+        "WHERE name NOT LIKE 'sqlite_%'"
+    ).fetchall()
+    for row in rows:
+        if row[2] in exclude:
             continue
-        text = _SPACE.sub(" ", sql or "").strip()
-        h.update(f"{kind}\0{name}\0{table}\0{text}\n".encode())
-    return h.hexdigest()
+        digest = cache.get(row)
+        if digest is None:
+            kind, name, table, sql = row
+            text = " ".join(sql.split())
+            raw = blake3.blake3(f"{kind}\0{name}\0{table}\0{text}".encode()).digest()
+            digest = cache[row] = int.from_bytes(raw, "big")
+        total += digest
+    return (total % (1 << 256)).to_bytes(32, "big").hex()
 
 
 def open_existing(path: Path, version_table: str) -> DatabaseTarget | None:
