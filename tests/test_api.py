@@ -1,0 +1,469 @@
+"""The HTTP API, served by a real `flywall migration serve` (uvicorn) and spoken to with httpx."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+from conftest import FLYWALL, Appliance, create_table_migration
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+V1, V2 = "202401010001", "202401010002"
+TOKEN, FLEET_TOKEN = "ops-token-0123456789abcdef", "fleet-token-0123456789abcdef"
+RUN_ID = r"\d{8}T\d{6}-[0-9a-f]{6}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_tokens(app: Appliance, mode: int = 0o600) -> Path:
+    path = app.root / "etc/flywall/migration-api.tokens"
+    path.write_text(f"# name token\nops {TOKEN}\nfleet {FLEET_TOKEN}  # the fleet agent\n")
+    path.chmod(mode)
+    return path
+
+
+@dataclass
+class Server:
+    """A running `serve` subprocess and a client that carries the ops token."""
+
+    url: str
+    client: httpx.Client
+    log: Path
+
+    def as_(self, token: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10)
+
+    def wait_run(self, run_id: str, timeout: float = 30) -> dict[str, Any]:
+        """Poll GET /api/runs/{id} until the run is no longer running (bounded)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.client.get(f"/api/runs/{run_id}")
+            assert run.status_code == 200, run.text
+            if run.json()["state"] != "running":
+                return run.json()
+            time.sleep(0.05)
+        pytest.fail(f"run {run_id} still running after {timeout} s")
+
+
+@contextlib.contextmanager
+def serving(appliance: Appliance, log: Path) -> Iterator[Server]:
+    """Run `flywall migration serve` on a free loopback port until the block ends."""
+    write_tokens(appliance)
+    port = free_port()
+    listen = f"127.0.0.1:{port}"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [FLYWALL, "migration", "--root", str(appliance.root), "serve", "--listen", listen],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "serve did not come up"
+            time.sleep(0.05)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
+            yield Server(url, client, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.fixture
+def server(appliance: Appliance, tmp_path: Path) -> Iterator[Server]:
+    with serving(appliance, tmp_path / "serve.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Appliance, Server]]:
+    """One server for the read-only refusals (an appliance with one pending migration)."""
+    tmp = tmp_path_factory.mktemp("shared")
+    app = Appliance(tmp / "appliance")
+    app.configure()
+    create_table_migration(app, V1, "alpha")
+    with serving(app, tmp / "serve.log") as running:
+        yield app, running
+
+
+def cli_json(app: Appliance, *args: str) -> Any:
+    result = app.cli(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def assert_json_error(response: httpx.Response, status: int) -> str:
+    """A refusal is a JSON `{error, status}` with the status, never a traceback."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error", "status"}
+    assert body["status"] == status
+    assert "Traceback" not in response.text
+    return body["error"]
+
+
+def hold_lock_migration(app: Appliance, started: Path, release: Path) -> None:
+    app.write(
+        f"{V1}_hold_the_lock.py",
+        f'''\
+        """Hold the writer lock until the test releases it."""
+        import time
+        from pathlib import Path
+
+        component = "database"
+
+
+        def up(ctx, db):
+            Path({str(started)!r}).touch()
+            deadline = time.monotonic() + 30
+            while not Path({str(release)!r}).exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        ''',
+    )
+
+
+# -- auth and the server's own refusals -----------------------------------------------------
+
+ROUTES = [
+    ("GET", "/api/migration/status"),
+    ("GET", "/api/migrations"),
+    ("GET", f"/api/migrations/{V1}"),
+    ("GET", "/api/migrations/history"),
+    ("GET", f"/api/migrations/{V1}/details"),
+    ("GET", f"/api/migrations/{V1}/log"),
+    ("POST", "/api/migrations/apply"),
+    ("POST", "/api/migrations/rollback"),
+    ("POST", "/api/migrations/confirm"),
+    ("GET", "/api/runs/20240101T000000-abcdef"),
+    ("GET", "/api/events"),
+    ("GET", "/schema/openapi.json"),
+]
+
+
+def test_healthz_answers_without_a_token(server):
+    assert httpx.get(f"{server.url}/healthz", timeout=10).json() == {"status": "ok"}
+
+
+def test_every_other_route_refuses_a_missing_or_wrong_token_with_401(server):
+    for token in (None, "wrong-token-0123456789abcdef", TOKEN[:-1]):
+        with server.as_(token) as client:
+            for method, path in ROUTES:
+                response = client.request(method, path, json={})
+                error = assert_json_error(response, 401)
+                assert error == "missing or wrong bearer token"
+                assert response.headers["www-authenticate"] == "Bearer"
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        basic = client.get("/api/migrations", headers={"Authorization": f"Basic {TOKEN}"})
+        assert_json_error(basic, 401)
+
+
+def test_serve_refuses_a_tokens_file_others_can_read(appliance):
+    path = write_tokens(appliance, 0o644)
+
+    result = appliance.cli("serve", "--listen", f"127.0.0.1:{free_port()}", timeout=30)
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"FAILED: {path}: mode 0644 lets others read the API tokens; "
+        f"it must be 0600 (chmod 600 {path})\n"
+    )
+
+
+def test_serve_refuses_a_remote_address_without_allow_remote(appliance):
+    write_tokens(appliance)
+
+    result = appliance.cli("serve", "--listen", "0.0.0.0:8080", timeout=30)
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "FAILED: --listen 0.0.0.0:8080: 0.0.0.0 is not a loopback address; "
+        "add --allow-remote to serve the API beyond this machine\n"
+    )
+
+
+# -- the same JSON as the CLI ---------------------------------------------------------------
+
+
+def test_read_endpoints_answer_the_json_the_cli_prints(appliance, server):
+    create_table_migration(appliance, V1, "alpha")
+    create_table_migration(appliance, V2, "beta")
+    assert appliance.cli("migrate", "--target", V1).returncode == 0
+    get = server.client.get
+
+    assert get("/api/migration/status").json() == cli_json(appliance, "status")
+    assert get("/api/migration/status?verbose=true").json() == cli_json(
+        appliance, "status", "--verbose"
+    )
+    rows = cli_json(appliance, "list")
+    assert get("/api/migrations").json() == rows
+    assert get("/api/migrations?pending=true").json() == cli_json(appliance, "list", "--pending")
+    assert get(f"/api/migrations/{V1}").json() == rows[0]
+    history = cli_json(appliance, "history")
+    assert get("/api/migrations/history").json() == history
+    assert get(f"/api/migrations/history?migration={V1}").json() == cli_json(
+        appliance, "history", "--migration", V1
+    )
+    finished = get("/api/migrations/history?kind=RunFinished").json()
+    assert finished == [item for item in history if item["kind"] == "RunFinished"]
+    assert get(f"/api/migrations/{V1}/details").json() == cli_json(appliance, "debug", V1)
+    log = get(f"/api/migrations/{V1}/log")
+    assert log.headers["content-type"].startswith("text/plain")
+    assert log.text == appliance.cli("log", V1).stdout
+
+
+def test_unknown_versions_and_runs_answer_404(appliance, server):
+    create_table_migration(appliance, V1, "alpha")
+    unknown = "202499999999"
+    for path in (f"/api/migrations/{unknown}", f"/api/migrations/{unknown}/details"):
+        assert assert_json_error(server.client.get(path), 404) == f"unknown migration {unknown}"
+    assert_json_error(server.client.get(f"/api/migrations/{unknown}/log"), 404)
+    rollback = server.client.post("/api/migrations/rollback", json={"version": unknown})
+    assert_json_error(rollback, 404)
+    assert_json_error(server.client.get("/api/runs/20240101T000000-abcdef"), 404)
+
+
+# -- writing: runs, the lock, confirmation --------------------------------------------------
+
+
+def test_apply_answers_202_with_a_run_that_completes(appliance, server):
+    create_table_migration(appliance, V1, "alpha")
+    create_table_migration(appliance, V2, "beta")
+
+    accepted = server.client.post("/api/migrations/apply", json={"target_version": V1})
+
+    assert accepted.status_code == 202
+    run_id = accepted.json()["run_id"]
+    assert re.fullmatch(RUN_ID, run_id)
+    run = server.wait_run(run_id)
+    assert (run["state"], run["command"], run["error"]) == ("completed", "migrate", None)
+    assert run["report"]["run_id"] == run_id
+    assert (run["report"]["outcome"], run["report"]["done"]) == ("completed", [V1])
+    assert [r["state"] for r in cli_json(appliance, "list")] == ["applied", "pending"]
+    assert cli_json(appliance, "status")["last_run"]["run_id"] == run_id
+
+
+def test_rollback_answers_202_with_a_run_that_undoes_the_migration(appliance, server):
+    create_table_migration(appliance, V1, "alpha")
+    assert appliance.cli("migrate").returncode == 0
+
+    accepted = server.client.post("/api/migrations/rollback", json={"version": V1})
+
+    assert accepted.status_code == 202
+    run = server.wait_run(accepted.json()["run_id"])
+    assert (run["state"], run["report"]["done"]) == ("completed", [V1])
+    assert cli_json(appliance, "list")[0]["state"] == "rolled_back"
+
+
+def test_a_run_that_fails_after_taking_the_lock_reports_failed(appliance, server):
+    create_table_migration(appliance, V1, "alpha")
+
+    accepted = server.client.post("/api/migrations/apply", json={"target_version": "nope"})
+
+    assert accepted.status_code == 202
+    run = server.wait_run(accepted.json()["run_id"])
+    assert (run["state"], run["report"]) == ("failed", None)
+    assert run["error"].startswith("unknown target 'nope'")
+
+
+def test_apply_as_a_dry_run_answers_200_with_the_report(appliance, server):
+    create_table_migration(appliance, V1, "alpha")
+
+    response = server.client.post("/api/migrations/apply", json={"dry_run": True})
+
+    assert response.status_code == 200
+    report = response.json()
+    assert (report["planned"], report["ok"]) == ([V1], True)
+    assert "CREATE TABLE alpha" in report["schema_diff"]
+    assert cli_json(appliance, "list")[0]["state"] == "pending"
+
+
+def test_confirm_keeps_the_run_awaiting_confirmation(appliance, server):
+    appliance.configure('confirm_within = "10m"\n')
+    create_table_migration(appliance, V1, "alpha")
+    assert_json_error(server.client.post("/api/migrations/confirm"), 400)
+    run_id = server.client.post("/api/migrations/apply", json={}).json()["run_id"]
+    assert server.wait_run(run_id)["state"] == "completed"
+
+    response = server.client.post("/api/migrations/confirm")
+
+    assert response.status_code == 200
+    assert (response.json()["command"], response.json()["done"]) == ("confirm", [run_id])
+    assert cli_json(appliance, "status")["awaiting_confirmation"] == {}
+
+
+def test_a_busy_writer_answers_409_at_once_naming_the_holder(appliance, server, tmp_path):
+    started, release = tmp_path / "started", tmp_path / "release"
+    hold_lock_migration(appliance, started, release)
+    command = [FLYWALL, "migration", "--root", str(appliance.root), "migrate"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert started.exists(), "the CLI migrate never reached its migration"
+        t0 = time.monotonic()
+        apply = server.client.post("/api/migrations/apply", json={})
+        took = time.monotonic() - t0
+        rollback = server.client.post("/api/migrations/rollback", json={"version": V1})
+    finally:
+        release.touch()
+        first.communicate(timeout=60)
+
+    assert first.returncode == 0
+    for response in (apply, rollback):
+        error = assert_json_error(response, 409)
+        assert re.fullmatch(rf"busy: run {RUN_ID} \(migrate\) by pid {first.pid} .+", error)
+    assert took < 5  # the lock's own retry is half a second: a 409 never waits for the run
+
+
+def test_the_journal_records_the_token_name_as_the_actor(appliance, server):
+    create_table_migration(appliance, V1, "alpha")
+    with server.as_(FLEET_TOKEN) as fleet:
+        run_id = fleet.post("/api/migrations/apply", json={}).json()["run_id"]
+        assert server.wait_run(run_id)["state"] == "completed"
+
+    history = cli_json(appliance, "history")
+    actors = [item["actor"] for item in history if item.get("actor")]
+    assert actors
+    assert all((a["user"], a["via"]) == ("fleet", "api") for a in actors)
+
+
+# -- the event stream -----------------------------------------------------------------------
+
+
+def sse_messages(response: httpx.Response) -> Iterator[dict[str, str]]:
+    """Parse server-sent events: fields until a blank line."""
+    fields: dict[str, str] = {}
+    for line in response.iter_lines():
+        if not line:
+            if fields:
+                yield fields
+            fields = {}
+            continue
+        name, _, value = line.partition(":")
+        fields[name] = value.removeprefix(" ")
+
+
+def read_until(response: httpx.Response, kind: str, timeout: float = 30) -> list[dict[str, str]]:
+    messages, deadline = [], time.monotonic() + timeout
+    for message in sse_messages(response):
+        messages.append(message)
+        if message["event"] == kind:
+            return messages
+        assert time.monotonic() < deadline, "the stream did not deliver in time"
+    pytest.fail("the stream ended")
+
+
+def test_the_event_stream_delivers_a_runs_events_as_they_are_appended(appliance, server):
+    create_table_migration(appliance, V1, "alpha")
+    with (
+        server.as_(TOKEN) as streaming,
+        streaming.stream("GET", "/api/events", timeout=httpx.Timeout(10, read=30)) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        run_id = server.client.post("/api/migrations/apply", json={}).json()["run_id"]
+        messages = read_until(response, "RunFinished")
+
+    history = cli_json(appliance, "history")
+    assert [json.loads(m["data"]) for m in messages] == history
+    assert [(m["id"], m["event"]) for m in messages] == [
+        (str(item["seq"]), item["kind"]) for item in history
+    ]
+    assert {item["run_id"] for item in history} == {run_id}
+
+
+def test_the_event_stream_starts_after_the_given_seq(appliance, server):
+    create_table_migration(appliance, V1, "alpha")
+    assert appliance.cli("migrate").returncode == 0
+    with server.client.stream(
+        "GET", "/api/events?after=2", timeout=httpx.Timeout(10, read=30)
+    ) as response:
+        messages = read_until(response, "RunFinished")
+
+    assert [int(m["id"]) for m in messages] == list(range(3, len(messages) + 3))
+
+
+# -- the OpenAPI document and bad input -----------------------------------------------------
+
+
+def test_the_openapi_document_describes_every_route(server):
+    response = server.client.get("/schema/openapi.json")
+
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"].startswith("3.")
+    paths = {path for _, path in ROUTES if not path.startswith("/schema")}
+    documented = set(document["paths"])
+    assert {"/api/migrations/{version}", "/api/runs/{run_id}", "/healthz"} <= documented
+    assert {p for p in paths if V1 not in p and "/runs/" not in p} <= documented
+    assert "RollbackRequest" in document["components"]["schemas"]
+
+
+BAD = [
+    ("malformed JSON", "POST", "/api/migrations/apply", b'{"dry_run": tru', 400),
+    ("not JSON", "POST", "/api/migrations/apply", b"apply please", 400),
+    ("empty body", "POST", "/api/migrations/apply", b"", 400),
+    ("unknown field", "POST", "/api/migrations/apply", b'{"force": true}', 400),
+    ("wrong type", "POST", "/api/migrations/apply", b'{"dry_run": "yes"}', 400),
+    ("oversized body", "POST", "/api/migrations/apply", b" " * (65 * 1024) + b"{}", 413),
+    ("bad version in body", "POST", "/api/migrations/rollback", b'{"version": "../etc"}', 400),
+    ("missing version", "POST", "/api/migrations/rollback", b"{}", 400),
+    ("bad version", "GET", "/api/migrations/abc", None, 400),
+    ("short version", "GET", "/api/migrations/2024/details", None, 400),
+    ("long version", "GET", f"/api/migrations/{'1' * 100}", None, 400),
+    ("path traversal", "GET", "/api/migrations/..%2F..%2Fetc", None, 404),
+    ("path traversal to log", "GET", "/api/migrations/..%2Flog", None, 400),
+    ("dot dot", "GET", "/api/migrations/../../etc/passwd", None, 404),
+    ("bad history filter", "GET", "/api/migrations/history?migration=x", None, 400),
+    ("unknown kind", "GET", "/api/migrations/history?kind=Nope", None, 400),
+    ("negative after", "GET", "/api/events?after=-1", None, 400),
+    ("wrong method", "DELETE", "/api/migrations/apply", None, 405),
+    ("GET on a POST route", "GET", "/api/migrations/apply", None, 405),
+    ("unknown route", "GET", "/api/nothing", None, 404),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"), [b[1:] for b in BAD], ids=[b[0] for b in BAD]
+)
+def test_bad_input_answers_4xx_with_a_json_error(shared, method, path, body, status):
+    app, server = shared
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+
+    response = server.client.request(method, path, content=body, headers=headers)
+
+    assert_json_error(response, status)
+    assert cli_json(app, "list")[0]["state"] == "pending"
+    assert not app.journal.exists()  # nothing was journaled, not even a refused run
