@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
 import sys
 import types
@@ -114,14 +115,21 @@ def from_source(path: str, raw: bytes) -> Migration:
     )
 
 
-def discover(directories: Sequence[Path]) -> list[Migration]:
+def discover(directories: Sequence[Path], cache: Path | None = None) -> list[Migration]:
     """Describe every migration file in `directories`, ordered by version.
 
     A configured directory that does not exist yet holds no migrations; that is not an
     error, because a fresh appliance has only the shipped ones.
 
+    With `cache` (read-only listings: `status`, `list`), a file whose size, mtime and inode
+    are those recorded is taken from the cache instead of read and parsed again, the way
+    `git status` trusts its index. Writing commands never pass a cache: before a migration
+    runs, every file is read and its checksum computed.
+
     :raises DiscoveryError: a file is invalid, or two files share a version.
     """
+    known = _load_cache(cache) if cache is not None else {}
+    seen: dict[str, tuple[tuple[int, int, int], Migration]] = {}
     found: dict[str, Migration] = {}
     for directory in directories:
         if not directory.exists():
@@ -134,12 +142,44 @@ def discover(directories: Sequence[Path]) -> list[Migration]:
                 continue
             if not entry.is_file():
                 continue
-            migration = from_source(str(entry), entry.read_bytes())
+            stat = entry.stat()
+            key = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+            hit = known.get(str(entry))
+            migration = (
+                hit[1]
+                if hit is not None and hit[0] == key
+                else from_source(str(entry), entry.read_bytes())
+            )
+            seen[str(entry)] = (key, migration)
             other = found.setdefault(migration.version, migration)
             if other is not migration:
                 detail = f"version {migration.version} is also used by {other.path}"
                 raise DiscoveryError(migration.path, detail)
+    if cache is not None and seen != known:
+        _save_cache(cache, seen)
     return sorted(found.values(), key=lambda m: (int(m.version), m.version))
+
+
+_CacheEntries = dict[str, tuple[tuple[int, int, int], Migration]]
+_cache_decoder = msgspec.msgpack.Decoder(dict[str, tuple[tuple[int, int, int], Migration]])
+
+
+def _load_cache(path: Path) -> _CacheEntries:
+    try:
+        return _cache_decoder.decode(path.read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return {}
+
+
+def _save_cache(path: Path, entries: _CacheEntries) -> None:
+    """Best effort: a listing cache that cannot be written only costs the next parse."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}")
+        temp.write_bytes(msgspec.msgpack.encode(entries))
+        temp.replace(path)
+    except OSError:
+        pass
 
 
 def shipped_directory() -> Path:

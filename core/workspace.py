@@ -45,6 +45,7 @@ class Workspace:
         self.settings = settings
         self.paths = settings.paths
         self.sqlite = sqlite or SqliteOptions()
+        self._device_key: bytes | None = None
 
     @classmethod
     def load(cls, root: str | Path = "/", config: str | Path | None = None) -> Workspace:
@@ -60,12 +61,16 @@ class Workspace:
             dirs.append(shipped_directory())
         return dirs
 
+    listing_cache = False
+    """Read-only listings (status, list) may trust the discovery cache; writers never do."""
+
     @functools.cached_property
     def migrations(self) -> list[Migration]:
         """Return every migration file found, sorted by version (read once per command)."""
         from flywall.core.discovery import discover
 
-        return discover(self.directories())
+        cache = self.settings.root / "var/cache/flywall/migrations.msgpack"
+        return discover(self.directories(), cache if self.listing_cache else None)
 
     def migration(self, version: str) -> Migration | None:
         """Return the migration file with `version`, if one is on disk."""
@@ -94,5 +99,46 @@ class Workspace:
         return {"config": self.paths.config, "api": self.paths.api_document}
 
     def device_key(self) -> bytes | None:
-        """Return the device key that turns the hash chain into a MAC, if configured."""
-        return None
+        """Return the device key that turns the hash chain into a MAC, if configured.
+
+        `device_key_file` holds 32 raw bytes or 64 hex characters, and must be mode 0600.
+
+        :raises SettingsError: the file is missing, readable by others, or malformed.
+        """
+        path = self.paths.device_key_file
+        if path is None:
+            return None
+        if self._device_key is None:
+            self._device_key = _read_device_key(path)
+        return self._device_key
+
+    def check_signatures(self) -> None:
+        """With `require_signatures`, refuse migrations not signed by a trusted key.
+
+        :raises SignatureRefused: naming the unsigned, modified or untrusted file.
+        """
+        if self.settings.require_signatures:
+            from flywall.core.signing import check
+
+            check(self)
+
+
+def _read_device_key(path: Path) -> bytes:
+    from flywall.core.errors import SettingsError
+
+    try:
+        mode = path.stat().st_mode & 0o777
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SettingsError(f"{path}: device key file: cannot read: {e.strerror}") from e
+    if mode & 0o077:
+        raise SettingsError(f"{path}: device key file must be mode 0600 (it is {mode:04o})")
+    if len(raw) == 32:  # noqa: PLR2004 - a blake3 key is 32 bytes
+        return raw
+    text = raw.strip()
+    if len(text) == 64:  # noqa: PLR2004 - 32 bytes in hex
+        try:
+            return bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            pass
+    raise SettingsError(f"{path}: device key file must hold 32 raw bytes or 64 hex characters")

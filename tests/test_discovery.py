@@ -371,3 +371,30 @@ def test_a_migration_is_a_frozen_value() -> None:
         migration.slug = "b"  # type: ignore[misc]
     assert isinstance(migration, Migration)
     assert migration == from_source("202312010001_a.py", MINIMAL_PYTHON.encode())
+
+
+def test_the_listing_cache_is_used_only_while_size_mtime_and_inode_match(tmp_path):
+    """`status` may trust (size, mtime, inode) like git's index; a changed file is re-read."""
+    import os
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = folder / "202401010001_a.sql"
+    path.write_text("-- One.\n-- migrate:up\nSELECT 1;\n")
+    cache = tmp_path / "cache.msgpack"
+    first = discover([folder], cache)
+    assert cache.exists()
+    assert discover([folder], cache) == first
+
+    stat = path.stat()
+    path.write_text("-- Two.\n-- migrate:up\nSELECT 2;\n")  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert discover([folder], cache)[0].description == "Two."
+
+    # An edit that keeps size and mtime fools only the cache; without it (every writer),
+    # the file is read and its checksum computed.
+    stat = path.stat()
+    path.write_text("-- Tri.\n-- migrate:up\nSELECT 3;\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert discover([folder], cache)[0].description == "Two."
+    assert discover([folder])[0].description == "Tri."
