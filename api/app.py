@@ -363,7 +363,7 @@ def create_app(workspace: Callable[[], Workspace], tokens: Sequence[tuple[str, s
 def _state(workspace: Callable[[], Workspace], tokens: Sequence[tuple[str, str]]) -> Any:
     from litestar.datastructures import State
 
-    return State({"workspace": workspace, "tokens": list(tokens), "runs": Runs()})
+    return State({"workspace": workspace, "tokens": list(tokens), "runs": Runs(workspace)})
 
 
 def serve(app: Litestar, host: str, port: int) -> None:

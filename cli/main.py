@@ -204,6 +204,7 @@ def _dry_run(
 @click.argument("version", required=False)
 @click.option("--steps", type=click.IntRange(min=1), help="Roll back the newest N applied.")
 @click.option("--to", "to", metavar="VERSION", help="Roll back everything applied after VERSION.")
+@click.option("--yes", is_flag=True, help="Allow a backup restore for irreversible ones.")
 @drift_option
 @json_option
 @events_option
@@ -211,6 +212,7 @@ def rollback(
     version: str | None,
     steps: int | None,
     to: str | None,
+    yes: bool,
     accept_drift: bool,
     as_json: bool,
     events: str | None,
@@ -225,6 +227,7 @@ def rollback(
         steps=steps,
         to=to,
         accept_drift=accept_drift,
+        yes=yes,
         **_hooks(events, as_json),
     )
     if events is None:
@@ -268,13 +271,26 @@ def recover(as_json: bool) -> None:
 
 @migration.command()
 @click.option("--migration", "version", metavar="VERSION", help="Only this migration's events.")
+@click.option("--kind", "kinds", multiple=True, help="Only events of this kind (repeatable).")
+@click.option("--actor", help="Only events caused by this user, user@host or API client.")
+@click.option("--since", metavar="SEQ|TIME", help="From this seq or ISO-8601 time (inclusive).")
+@click.option("--until", metavar="SEQ|TIME", help="Up to this seq or ISO-8601 time (inclusive).")
 @json_option
-def history(version: str | None, as_json: bool) -> None:
-    """Show every journal event, oldest first."""
+def history(
+    version: str | None,
+    kinds: tuple[str, ...],
+    actor: str | None,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+) -> None:
+    """Show journal events, oldest first (filtered by migration, kind, actor, time)."""
     from flywall.cli import render
     from flywall.core import commands
 
-    items = commands.history(_workspace(), migration=version)
+    items = commands.history(
+        _workspace(), migration=version, kinds=kinds, actor=actor, since=since, until=until
+    )
     render.emit_json(items) if as_json else render.events(items)
 
 
@@ -385,4 +401,6 @@ def demo(directory: Path, as_json: bool) -> None:
     click.echo(f"try: flywall migration --root {directory} status")
 
 
+from flywall.cli import audit as _audit  # noqa: E402, F401 - registers notify/replay/sign
 from flywall.cli import repair as _repair  # noqa: E402, F401 - registers backup/force/debug
+from flywall.cli import serve as _serve  # noqa: E402, F401 - registers serve

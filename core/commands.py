@@ -21,7 +21,10 @@ from flywall.core.lock import current_holder
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+    from typing import TextIO
 
+    from flywall.core import audit, signing
+    from flywall.core import notify as notify_
     from flywall.core.dryrun import DryRunReport
     from flywall.core.engine import RunReport
     from flywall.core.recovery import Decision
@@ -87,6 +90,7 @@ def list_migrations(
     ws: Workspace, *, pending: bool = False, applied: bool = False
 ) -> list[MigrationRow]:
     """List every migration with its state (files on disk, plus journal-only ones)."""
+    ws.listing_cache = True
     state, journal = _read_state(ws)
     if journal is not None:
         journal.close()
@@ -131,6 +135,7 @@ def _rows(
 
 def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
     """Summarise the appliance: component versions, counts, journal head, interruptions."""
+    ws.listing_cache = True
     state, journal = _read_state(ws)
     try:
         rows = _rows(ws, state, pending=False, applied=False)
@@ -200,13 +205,29 @@ def event_dict(row: StoredEvent, event: ev.Event | None = None) -> dict[str, Any
     }
 
 
-def history(ws: Workspace, *, migration: str | None = None) -> list[dict[str, Any]]:
-    """Every journal event (of one migration, if given), oldest first."""
+def history(
+    ws: Workspace,
+    *,
+    migration: str | None = None,
+    kinds: tuple[str, ...] = (),
+    actor: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> list[dict[str, Any]]:
+    """Every journal event, oldest first; filtered by migration, kind, actor, seq or time.
+
+    `since` and `until` are each a seq or an ISO-8601 time (inclusive); see `EventFilter`.
+    """
+    from flywall.core.audit import EventFilter
+
+    keep = EventFilter(kinds=kinds, actor=actor, since=since, until=until)
     journal = ws.read_journal()
     if journal is None:
         return []
     with journal:
-        return [event_dict(row) for row in journal.read(migration=migration)]
+        keep.prepare(journal)
+        items = ((row, event_dict(row)) for row in journal.read(migration=migration))
+        return [fields for row, fields in items if keep(row, fields)]
 
 
 def log(ws: Workspace, version: str) -> list[dict[str, Any]]:
@@ -296,11 +317,21 @@ def migrate(
     actor: ev.Actor | None = None,
     on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    run_id: str | None = None,
+    on_locked: Callable[[], None] | None = None,
 ) -> RunReport:
-    """Apply pending migrations (up to `target`); recovers interrupted work first."""
+    """Apply pending migrations (up to `target`); recovers interrupted work first.
+
+    :param run_id: the run's id (the API chooses it to answer before the run ends).
+    :param on_locked: called once the writer lock is held (the API answers 202 then).
+    """
     from flywall.core.engine import Engine
 
-    with Engine(ws, "migrate", actor=actor, on_event=on_event, on_progress=on_progress) as e:
+    with Engine(
+        ws, "migrate", actor=actor, on_event=on_event, on_progress=on_progress, run_id=run_id
+    ) as e:
+        if on_locked is not None:
+            on_locked()
         return e.migrate(target, accept_drift=accept_drift)
 
 
@@ -311,14 +342,23 @@ def rollback(
     steps: int | None = None,
     to: str | None = None,
     accept_drift: bool = False,
+    yes: bool = False,
     actor: ev.Actor | None = None,
     on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
+    run_id: str | None = None,
+    on_locked: Callable[[], None] | None = None,
 ) -> RunReport:
-    """Roll back `version`, the newest `steps`, or everything after `to`, via `down`."""
+    """Roll back `version`, the newest `steps`, or everything after `to`, via `down`.
+
+    An irreversible migration (no down) is rolled back only by restoring a backup taken
+    before it, with `yes`. `run_id` and `on_locked` as for `migrate`.
+    """
     from flywall.core.engine import Engine
 
-    with Engine(ws, "rollback", actor=actor, on_event=on_event) as e:
-        return e.rollback(version=version, steps=steps, to=to, accept_drift=accept_drift)
+    with Engine(ws, "rollback", actor=actor, on_event=on_event, run_id=run_id) as e:
+        if on_locked is not None:
+            on_locked()
+        return e.rollback(version=version, steps=steps, to=to, accept_drift=accept_drift, yes=yes)
 
 
 def dry_run(
@@ -607,3 +647,41 @@ def debug(ws: Workspace, version: str) -> dict[str, Any]:
         "log": [e for e in items if e["kind"] == "MigrationLog"],
         "backups": [b.backup_id for b in backup.list_backups(ws) if version not in b.applied],
     }
+
+
+# -- notifications, audit and signatures ----------------------------------------------
+
+
+def notify(ws: Workspace) -> list[notify_.ChannelResult]:
+    """Deliver pending start/complete/failure notices to every channel (at least once)."""
+    from flywall.core import notify as outbox
+
+    return outbox.deliver(ws)
+
+
+def replay(ws: Workspace, until: str) -> audit.ReplayReport:
+    """Show the state as it was at seq or ISO-8601 time `until`, replayed from the journal."""
+    from flywall.core import audit as forensics
+
+    return forensics.replay(ws, until)
+
+
+def journal_export(ws: Workspace, out: TextIO) -> int:
+    """Write every journal event to `out` as JSON lines; return how many."""
+    from flywall.core import audit as forensics
+
+    return forensics.export(ws, out)
+
+
+def journal_verify_export(ws: Workspace, path: Path) -> audit.ExportReport:
+    """Re-hash an exported journal offline; name the first altered line."""
+    from flywall.core import audit as forensics
+
+    return forensics.verify_export(ws, path)
+
+
+def sign(ws: Workspace, key: Path) -> signing.SignReport:
+    """Write signatures.json for the migrations directory, signed with Ed25519 `key`."""
+    from flywall.core import signing as signer
+
+    return signer.sign(ws, key)

@@ -61,6 +61,18 @@ CREATE TABLE snapshots (
 """
 
 
+_V3 = """
+-- Facts about the journal itself, written once: `chain` is "keyed" when its hashes are
+-- device-key MACs, else "plain" (recorded with seq 1), so verify can tell a keyed journal
+-- read without its key from a tampered one.
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TRIGGER meta_refuse_update BEFORE UPDATE ON meta
+BEGIN SELECT RAISE(ABORT, 'journal meta is write-once: UPDATE refused'); END;
+CREATE TRIGGER meta_refuse_delete BEFORE DELETE ON meta
+BEGIN SELECT RAISE(ABORT, 'journal meta is write-once: DELETE refused'); END;
+"""
+
+
 def _sql_step(sql: str) -> Callable[[apsw.Connection], None]:
     def step(conn: apsw.Connection) -> None:
         conn.execute(sql)
@@ -68,7 +80,11 @@ def _sql_step(sql: str) -> Callable[[apsw.Connection], None]:
     return step
 
 
-STEPS: tuple[Callable[[apsw.Connection], None], ...] = (_sql_step(_V1), _sql_step(_V2))
+STEPS: tuple[Callable[[apsw.Connection], None], ...] = (
+    _sql_step(_V1),
+    _sql_step(_V2),
+    _sql_step(_V3),
+)
 """Step n (1-based) brings the journal from version n-1 to n."""
 
 CURRENT = len(STEPS)

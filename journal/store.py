@@ -17,7 +17,7 @@ import apsw
 
 from flywall.journal import _schema
 from flywall.journal.chain import GENESIS, event_hash, verify_chain
-from flywall.journal.errors import JournalConflict, JournalError, JournalTooNew
+from flywall.journal.errors import JournalConflict, JournalCorrupt, JournalError, JournalTooNew
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -141,6 +141,11 @@ class Journal:
         conn.execute("BEGIN IMMEDIATE")
         try:
             seq, prev = self._head()
+            if seq == 0 and entries:  # the chain's kind is fixed by its first event
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (name, value) VALUES ('chain', ?)",
+                    ("keyed" if self._key else "plain",),
+                )
             for entry in entries:
                 seq += 1
                 at_ns = time.time_ns() if entry.at_ns is None else entry.at_ns
@@ -197,14 +202,30 @@ class Journal:
         row = self._conn.execute("SELECT body FROM sources WHERE digest = ?", (digest,)).fetchone()
         return None if row is None else row[0]
 
+    def chain_kind(self) -> str | None:
+        """Return "keyed" or "plain" as recorded with seq 1; None if not recorded."""
+        try:
+            row = self._conn.execute("SELECT value FROM meta WHERE name = 'chain'").fetchone()
+        except apsw.SQLError:  # a journal at schema version 2 or older, opened to read
+            return None
+        return None if row is None else str(row[0])
+
     def verify(self) -> tuple[int, bytes]:
         """Walk the whole chain; return its head.
 
         Every stored row is walked, whatever its seq (a row renumbered below 1 must not
-        drop out of sight), with its text columns as stored bytes.
+        drop out of sight), with its text columns as stored bytes. A chain recorded as
+        keyed, read without a key (or plain, read with one), fails at seq 1 saying so.
 
         :raises JournalCorrupt: naming the first bad seq.
         """
+        kind = self.chain_kind()
+        if kind == "keyed" and not self._key:
+            raise JournalCorrupt(1, "this journal is keyed (device key MAC); no key given")
+        if kind == "plain" and self._key:
+            raise JournalCorrupt(
+                1, "this journal was written without a device key, but a key is given"
+            )
         rows = self._conn.execute(f"SELECT {_STORED_BYTES} FROM events ORDER BY seq")
         return verify_chain((StoredEvent(*row) for row in rows), self._key)
 

@@ -311,7 +311,7 @@ def test_status_list_and_history_json_have_the_documented_shapes(appliance):
     assert status["components"] == {"database": V1}
     counts = ("pending", "running", "applied", "failed", "rolling_back", "rolled_back")
     assert status["counts"] == {**dict.fromkeys(counts, 0), "pending": 1, "applied": 1}
-    assert status["journal"]["events"] == 5  # RunStarted, BackupCreated, Started, Applied, Finished
+    assert status["journal"]["events"] == 7  # the seven kinds below
     assert re.fullmatch(r"[0-9a-f]{64}", status["journal"]["head_hash"])
     assert status["journal"]["head_hash"] == cli_json(appliance, "journal", "verify")["head_hash"]
 
@@ -329,10 +329,18 @@ def test_status_list_and_history_json_have_the_documented_shapes(appliance):
     assert (pending["version"], pending["state"], pending["applied_at"]) == (V2, "pending", None)
 
     items = cli_json(appliance, "history")
-    kinds = ["RunStarted", "BackupCreated", "MigrationStarted", "MigrationApplied", "RunFinished"]
+    kinds = [
+        "RunStarted",
+        "ValidationPerformed",  # validate_before
+        "BackupCreated",  # backup_before
+        "MigrationStarted",
+        "MigrationApplied",
+        "ValidationPerformed",  # validate_after
+        "RunFinished",
+    ]
     assert [(i["seq"], i["kind"]) for i in items] == list(enumerate(kinds, start=1))
     assert all(re.fullmatch(ISO, i["at"]) and re.fullmatch(RUN_ID, i["run_id"]) for i in items)
-    run_started, _, started, done, finished = items
+    run_started, _, _, started, done, _, finished = items
     assert (run_started["migration"], run_started["command"]) == (None, "migrate")
     assert (started["migration"], started["direction"], started["attempt"]) == (V1, "up", 1)
     assert done["migration"] == V1

@@ -1,0 +1,196 @@
+"""Notification, audit and signing commands, and delivery after every writing command.
+
+`notify`, `replay`, `journal export`, `journal verify-export` and `sign`; `migrate`,
+`rollback`, `recover`, `confirm` and `backup restore` deliver pending notices when done.
+
+Registered on the `migration` group by importing this module (see the end of main.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from flywall.cli.main import _workspace, journal, json_option, migration
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+@migration.command()
+@json_option
+def notify(as_json: bool) -> None:
+    """Deliver pending notices to every channel now (exit 1 if one is unreachable)."""
+    from flywall.cli import render
+    from flywall.core import commands
+    from flywall.core.errors import EXIT_MIGRATION_FAILED
+
+    results = commands.notify(_workspace())
+    if as_json:
+        render.emit_json(results)
+    elif not results:
+        click.echo("no notification channels configured")
+    for r in results if not as_json else ():
+        if r.error is None:
+            sent = f"sent {r.sent} notice(s) to {r.target}"
+            click.echo(f"{r.channel}: {sent}; through seq {r.through_seq}")
+        else:
+            click.echo(f"{r.channel}: {r.target}: FAILED: {r.error}; {r.waiting} notice(s) waiting")
+    if any(r.error for r in results):
+        sys.exit(EXIT_MIGRATION_FAILED)
+
+
+@migration.command()
+@click.option("--until", required=True, metavar="SEQ|TIME", help="A seq, or an ISO-8601 time.")
+@json_option
+def replay(until: str, as_json: bool) -> None:
+    """Show the status as it was at seq or time UNTIL, replayed from the journal."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    report = commands.replay(_workspace(), until)
+    if as_json:
+        render.emit_json(report)
+        return
+    at = report.at or "empty journal"
+    click.echo(f"as of seq {report.seq} ({at}), head {report.head_hash[:16] or '-'}")
+    comps = ", ".join(f"{k} {v}" for k, v in report.components.items()) or "none applied"
+    click.echo(f"components  {comps}")
+    counts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in report.counts.items() if n)
+    click.echo(f"migrations  {counts or 'none'}")
+    if report.last_run:
+        r = report.last_run
+        click.echo(f"last run    {r['run_id']} {r['command']} {r['outcome']} at {r['finished_at']}")
+    for r in report.running:
+        click.echo(f"running     {r['run_id']} {r['command']} by {r['user']} since {r['since']}")
+    if report.migrations:
+        render.table(
+            [
+                (m["version"], m["component"], m["state"], m["applied_at"] or "-")
+                for m in report.migrations
+            ],
+            ("VERSION", "COMPONENT", "STATE", "APPLIED AT"),
+        )
+
+
+@journal.command("export")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to FILE instead of stdout.",
+)
+@json_option
+def journal_export(output: Path | None, as_json: bool) -> None:
+    """Write every journal event as one JSON line, each verifiable offline.
+
+    The lines are JSON either way; with --output, --json prints the summary as JSON.
+    """
+    from flywall.cli import render
+    from flywall.core import commands
+
+    ws = _workspace()
+    if output is None:
+        commands.journal_export(ws, sys.stdout)
+        return
+    with output.open("w", encoding="utf-8") as out:
+        count = commands.journal_export(ws, out)
+    if as_json:
+        render.emit_json({"path": str(output), "events": count})
+    else:
+        click.echo(f"exported {count} events to {output}")
+
+
+@journal.command("verify-export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def journal_verify_export(file: Path, as_json: bool) -> None:
+    """Check an exported journal offline; name the first altered line and seq (exit 4)."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    report = commands.journal_verify_export(_workspace(), file)
+    if as_json:
+        render.emit_json(report)
+    else:
+        keyed = " (device key MAC)" if report.keyed else ""
+        click.echo(f"ok: {report.events} events, head {report.head_hash[:16] or '-'}{keyed}")
+
+
+@migration.command()
+@click.option(
+    "--key",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ed25519 private key: 32 raw bytes, 64 hex characters or PEM.",
+)
+@json_option
+def sign(key: Path, as_json: bool) -> None:
+    """Write signatures.json: every migration file's checksum, signed with Ed25519 KEY."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    report = commands.sign(_workspace(), key)
+    if as_json:
+        render.emit_json(report)
+        return
+    click.echo(f"signed {len(report.files)} migration(s) in {report.path} with key {report.key_id}")
+    click.echo(f"public key (for trusted_keys): {report.public_key}")
+
+
+# -- deliver notices after every writing command -------------------------------------------
+
+
+def _deliver_quietly() -> None:
+    """Deliver notices; a dead channel is a warning on stderr, never the command's failure."""
+    from flywall.core import commands
+    from flywall.core.errors import FlywallError
+    from flywall.journal import JournalError
+
+    try:
+        ws = _workspace()
+    except FlywallError:
+        return  # the command itself has already said what is wrong with the settings
+    try:
+        results = commands.notify(ws)
+    except (FlywallError, JournalError, OSError) as e:
+        click.echo(f"warning: notifications not delivered: {e}", err=True)
+        return
+    for r in results:
+        if r.error is not None:
+            click.echo(
+                f"warning: notification to {r.channel} failed: {r.error} "
+                "(retry with `flywall migration notify`)",
+                err=True,
+            )
+
+
+def _delivering(callback: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(callback)
+    def run_then_deliver(*args: Any, **kwargs: Any) -> Any:
+        interrupted = False
+        try:
+            return callback(*args, **kwargs)
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:  # also after a failed run: failures are what operators must hear of
+            if not interrupted:
+                _deliver_quietly()
+
+    return run_then_deliver
+
+
+def _wrap(command: click.Command | None) -> None:
+    if command is not None and command.callback is not None:
+        command.callback = _delivering(command.callback)
+
+
+for _name in ("migrate", "rollback", "recover", "confirm"):
+    _wrap(migration.commands.get(_name))
+_backup = migration.commands.get("backup")
+if isinstance(_backup, click.Group):
+    _wrap(_backup.commands.get("restore"))

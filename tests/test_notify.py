@@ -1,0 +1,360 @@
+"""Notifications: an outbox read from the journal, delivered at least once (DESIGN §10).
+
+Real servers on 127.0.0.1 only: aiosmtpd for email, http.server for the Slack webhook.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+from conftest import Appliance, create_table_migration
+
+from flywall.core import commands, notify
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+SECRET_PATH = "T000/B000/SeCrEtWeBhOoKtOkEn"
+PASSWORD = "hunter2-SeCrEt-pw"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps every message it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802
+        self.messages.append(envelope.content.decode("utf-8", "replace"))
+        return "250 OK"
+
+
+class SmtpServer:
+    """A real SMTP server on 127.0.0.1:port that can be started late and stopped."""
+
+    def __init__(self, port: int, *, password: str | None = None) -> None:
+        self.port = port
+        self.inbox = Inbox()
+        self._password = password
+        self._controller: Controller | None = None
+
+    def _auth(self, *args: Any) -> AuthResult:
+        data = args[-1]  # (server, session, envelope, mechanism, auth_data)
+        ok = data.login == b"flywall" and data.password == (self._password or "").encode()
+        return AuthResult(success=ok, handled=False)  # False: the server answers 535
+
+    def start(self) -> None:
+        extra: dict[str, Any] = {}
+        if self._password is not None:
+            extra = {"authenticator": self._auth, "auth_require_tls": False}
+        self._controller = Controller(
+            self.inbox, hostname="127.0.0.1", port=self.port, ready_timeout=5, **extra
+        )
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def subjects(self) -> list[str]:
+        return [
+            line.removeprefix("Subject: ")
+            for m in self.inbox.messages
+            for line in m.splitlines()
+            if line.startswith("Subject: ")
+        ]
+
+
+class Webhook:
+    """A local HTTP server standing in for Slack's incoming webhook."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.paths: list[str] = []
+        self.status = 200
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                if hook.status != 200:
+                    # Echo the secret path in the reason: the client must redact it.
+                    self.send_response(hook.status, f"refused {self.path}")
+                    self.end_headers()
+                    return
+                hook.posts.append(json.loads(body))
+                hook.paths.append(self.path)
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/services/{SECRET_PATH}"
+
+    def texts(self) -> list[str]:
+        return [p["text"] for p in self.posts]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer(free_port(), password=PASSWORD)
+    yield server
+    server.stop()
+
+
+def configure(
+    app: Appliance,
+    *,
+    smtp_port: int | None = None,
+    webhook_url: str | None = None,
+    start: bool = True,
+    complete: bool = True,
+) -> None:
+    channels = [c for c, on in (("email", smtp_port), ("slack", webhook_url)) if on]
+    lines = [
+        f"notify_on_start = {str(start).lower()}",
+        f"notify_on_complete = {str(complete).lower()}",
+        "notification_channels = [" + ", ".join(f'"{c}"' for c in channels) + "]",
+    ]
+    if smtp_port:
+        lines += [
+            "email {",
+            '  host = "127.0.0.1"',
+            f"  port = {smtp_port}",
+            '  from = "flywall@appliance.test"',
+            '  to = ["ops@example.test"]',
+            '  credentials_file = "smtp.credentials"',
+            "}",
+        ]
+        creds = app.root / "etc/flywall/smtp.credentials"
+        creds.parent.mkdir(parents=True, exist_ok=True)
+        creds.write_text(f"flywall {PASSWORD}\n", encoding="utf-8")
+        creds.chmod(0o600)
+    if webhook_url:
+        lines += ["slack {", f'  webhook_url = "{webhook_url}"', "}"]
+    app.configure("\n".join(lines) + "\n")
+
+
+def kinds(app: Appliance, kind: str) -> list[dict[str, Any]]:
+    return commands.history(app.workspace(), kinds=(kind,))
+
+
+def assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        assert "SeCrEt" not in text
+
+
+def test_start_complete_and_failure_reach_email_and_slack(
+    appliance: Appliance, smtp: SmtpServer, webhook: Webhook
+) -> None:
+    smtp.start()
+    configure(appliance, smtp_port=smtp.port, webhook_url=webhook.url)
+    create_table_migration(appliance, "202401010001", "hosts")
+
+    ok = appliance.cli("migrate")
+    assert ok.returncode == 0, ok.stderr
+
+    assert [t.split(" (run")[0] for t in webhook.texts()] == [
+        f"[flywall {socket.gethostname()}] migrate started",
+        f"[flywall {socket.gethostname()}] migrate completed",
+    ]
+    assert "planned: 202401010001" in webhook.texts()[0]
+    assert "applied: 202401010001" in webhook.texts()[1]
+    assert webhook.paths == [f"/services/{SECRET_PATH}"] * 2
+    assert [s.split(" (run")[0].rsplit(" ", 1)[1] for s in smtp.subjects()] == [
+        "started",
+        "completed",
+    ]
+
+    appliance.write("202401010002_broken.sql", "-- migrate:up\nCREATE TABLE hosts (id INTEGER);\n")
+    failed = appliance.cli("migrate")
+    assert failed.returncode == 1
+    assert "FAILED (run" in webhook.texts()[-1]
+    assert "202401010002" in webhook.texts()[-1]
+    assert "FAILED (run" in smtp.subjects()[-1]
+
+    delivered = kinds(appliance, "NotificationDelivered")
+    assert {d["channel"] for d in delivered} == {"email", "slack"}
+    history = appliance.cli("history", "--json")
+    assert_no_secret(ok.stdout, ok.stderr, failed.stdout, failed.stderr, history.stdout)
+
+    again = appliance.cli("notify")
+    assert again.returncode == 0
+    assert "sent 0 notice(s)" in again.stdout
+    assert len(webhook.posts) == 4
+
+
+def test_a_dead_smtp_server_never_fails_the_run_and_notify_delivers_later(
+    appliance: Appliance, smtp: SmtpServer
+) -> None:
+    configure(appliance, smtp_port=smtp.port)  # the server is not running yet
+    create_table_migration(appliance, "202401010001", "hosts")
+
+    run = appliance.cli("migrate")
+
+    assert run.returncode == 0, run.stderr
+    assert "warning: notification to email failed" in run.stderr
+    failed = kinds(appliance, "NotificationFailed")
+    assert [f["channel"] for f in failed] == ["email"]
+    assert "after 3 tries" in failed[0]["error"]
+    assert_no_secret(run.stderr, json.dumps(failed))
+    assert commands.list_migrations(appliance.workspace())[0].state == "applied"
+
+    smtp.start()
+    retry = appliance.cli("notify")
+
+    assert retry.returncode == 0, retry.stdout + retry.stderr
+    assert len(smtp.inbox.messages) == 2
+    assert "migrate started" in smtp.subjects()[0]
+    assert "migrate completed" in smtp.subjects()[1]
+    assert "To: ops@example.test" in smtp.inbox.messages[0]
+
+
+def test_notify_exits_1_naming_the_channel_while_it_is_unreachable(
+    appliance: Appliance, smtp: SmtpServer
+) -> None:
+    configure(appliance, smtp_port=smtp.port)
+    create_table_migration(appliance, "202401010001", "hosts")
+    assert appliance.cli("migrate").returncode == 0
+
+    result = appliance.cli("notify")
+
+    assert result.returncode == 1
+    assert "email: smtp://127.0.0.1:" in result.stdout
+    assert "2 notice(s) waiting" in result.stdout
+
+
+def test_a_crash_between_send_and_cursor_sends_at_most_one_duplicate(
+    appliance: Appliance, webhook: Webhook
+) -> None:
+    """At least once: the cursor is journaled after the send, so a cut there resends one."""
+    configure(appliance, webhook_url=webhook.url)
+    create_table_migration(appliance, "202401010001", "hosts")
+
+    killed = appliance.cli("migrate", env={"FLYWALL_CRASH_AT": "notify-sent"})
+
+    assert killed.returncode == -9
+    assert len(webhook.posts) == 1  # "started" was sent; its cursor never written
+    assert commands.list_migrations(appliance.workspace())[0].state == "applied"
+
+    assert appliance.cli("notify").returncode == 0
+    assert appliance.cli("notify").returncode == 0
+
+    texts = [t.split(" (run")[0].rsplit(" ", 1)[1] for t in webhook.texts()]
+    assert texts == ["started", "started", "completed"]
+
+
+def test_webhook_errors_are_journaled_without_the_secret_url(
+    appliance: Appliance, webhook: Webhook
+) -> None:
+    webhook.status = 500
+    configure(appliance, webhook_url=webhook.url)
+    create_table_migration(appliance, "202401010001", "hosts")
+
+    run = appliance.cli("migrate")
+
+    assert run.returncode == 0
+    failed = kinds(appliance, "NotificationFailed")
+    assert "HTTP Error 500" in failed[0]["error"]
+    assert "***" in failed[0]["error"]  # the reason echoed the path; it was redacted
+    assert_no_secret(run.stdout, run.stderr, json.dumps(failed))
+    listed = appliance.cli("notify", "--json")
+    assert_no_secret(listed.stdout, listed.stderr)
+    assert json.loads(listed.stdout)[0]["target"] == "http://127.0.0.1/***"
+
+
+def test_smtp_credentials_must_be_private_and_never_leak(
+    appliance: Appliance, smtp: SmtpServer
+) -> None:
+    smtp.start()
+    configure(appliance, smtp_port=smtp.port)
+    creds = appliance.root / "etc/flywall/smtp.credentials"
+    creds.chmod(0o644)
+    create_table_migration(appliance, "202401010001", "hosts")
+
+    assert appliance.cli("migrate").returncode == 0
+    error = kinds(appliance, "NotificationFailed")[0]["error"]
+    assert "must be mode 0600" in error
+    assert smtp.inbox.messages == []
+
+    creds.chmod(0o600)
+    creds.write_text(f"flywall wrong-{PASSWORD}\n", encoding="utf-8")
+    assert appliance.cli("notify").returncode == 1
+    error = kinds(appliance, "NotificationFailed")[-1]["error"]
+    assert "Authentication" in error or "535" in error
+    assert_no_secret(error)
+
+    creds.write_text(f"flywall {PASSWORD}\n", encoding="utf-8")
+    assert appliance.cli("notify").returncode == 0
+    assert len(smtp.inbox.messages) == 2
+
+
+def test_only_the_events_the_settings_ask_for_are_sent(
+    appliance: Appliance, webhook: Webhook
+) -> None:
+    configure(appliance, webhook_url=webhook.url, start=False, complete=False)
+    create_table_migration(appliance, "202401010001", "hosts")
+
+    assert appliance.cli("migrate").returncode == 0
+
+    assert webhook.posts == []
+    assert kinds(appliance, "NotificationDelivered") == []  # nothing sent, nothing written
+
+
+def test_deliver_retries_a_bounded_number_of_times_then_gives_up(
+    appliance: Appliance, smtp: SmtpServer
+) -> None:
+    configure(appliance, smtp_port=smtp.port)
+    create_table_migration(appliance, "202401010001", "hosts")
+    commands.migrate(appliance.workspace())
+
+    results = notify.deliver(appliance.workspace(), tries=2, backoff=(0.01,), timeout=1)
+
+    assert results[0].error is not None
+    assert results[0].error.endswith("(after 2 tries)")
+    assert results[0].sent == 0
+    assert results[0].waiting == 2
+
+
+def test_no_channels_means_nothing_is_read_or_written(appliance: Appliance) -> None:
+    create_table_migration(appliance, "202401010001", "hosts")
+    commands.migrate(appliance.workspace())
+    before = len(commands.history(appliance.workspace()))
+
+    assert notify.deliver(appliance.workspace()) == []
+    assert len(commands.history(appliance.workspace())) == before
