@@ -77,18 +77,23 @@ def plan_up(
 
 
 def _topological(wanted: set[str], deps: Mapping[str, Sequence[str]]) -> list[str]:
+    """Kahn's algorithm with a min-heap: dependencies first, then the lowest version."""
     waiting = {v: {d for d in deps[v] if d in wanted} for v in wanted}
+    dependents: dict[str, list[str]] = {}
+    for version, needs in waiting.items():
+        for dep in needs:
+            dependents.setdefault(dep, []).append(version)
     ready = [order_key(v) for v, d in waiting.items() if not d]
     heapq.heapify(ready)
     order: list[str] = []
     while ready:
         _, version = heapq.heappop(ready)
         order.append(version)
-        for other, needs in waiting.items():
-            if version in needs:
-                needs.discard(version)
-                if not needs:
-                    heapq.heappush(ready, order_key(other))
+        for other in dependents.get(version, ()):
+            needs = waiting[other]
+            needs.discard(version)
+            if not needs:
+                heapq.heappush(ready, order_key(other))
     if len(order) != len(wanted):
         stuck = sorted(set(wanted) - set(order), key=order_key)
         raise GraphError(f"dependency cycle among migrations {', '.join(stuck)}")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 CHECKPOINTS = "flywall_batches"
 
+_CHUNK = 10_000
 _decode = msgspec.json.Decoder()
 _encode = msgspec.json.Encoder()
 
@@ -72,21 +73,23 @@ class Records:
             f'ORDER BY "{key}" LIMIT ?'
         )
         update = f'UPDATE "{table}" SET "{column}" = ? WHERE "{key}" = ?'
-        limit = batch_size or -1
+        # Atomic runs read in chunks too (bounded memory) but commit only at the end.
+        limit = batch_size or _CHUNK
         while True:
             rows = self.db.execute(select, (last_key, limit)).fetchall()
             if not rows:
                 break
+            updates = []
             for row_key, raw in rows:
                 new = fn(_decode.decode(raw) if raw is not None else None)
                 if new is not None:
-                    self.db.execute(update, (_encode.encode(new).decode(), row_key))
-                    changed += 1
+                    updates.append((_encode.encode(new).decode(), row_key))
+            self.db.executemany(update, updates)
+            changed += len(updates)
             last_key, done = rows[-1][0], done + len(rows)
             self._progress(done, total)
-            if batch_size is None:
-                break
-            self._commit_batch(table, last_key, done, total)
+            if batch_size is not None:
+                self._commit_batch(table, last_key, done, total)
         return changed
 
     def _ensure_checkpoints(self) -> None:
