@@ -22,7 +22,7 @@ import msgspec
 
 from flywall.core import errors, projection
 from flywall.core import events as ev
-from flywall.core.commands import iso
+from flywall.core.commands import iso, run_summary
 from flywall.journal import GENESIS, JournalCorrupt, event_hash, verify_chain
 
 if TYPE_CHECKING:
@@ -115,7 +115,6 @@ def replay(ws: Workspace, until: str) -> ReplayReport:
         except JournalCorrupt as e:
             raise errors.JournalTampered(e.seq, e.detail) from e
         state = projection.replay(rows, Lifecycle())
-    last = state.last_run
     return ReplayReport(
         seq=state.seq,
         at=iso(rows[-1].at_ns) if rows else None,
@@ -137,14 +136,7 @@ def replay(ws: Workspace, until: str) -> ReplayReport:
             {"run_id": r.run_id, "command": r.command, "user": r.user, "since": iso(r.started_ns)}
             for r in state.open_runs.values()
         ],
-        last_run=None
-        if last is None
-        else {
-            "run_id": last.run_id,
-            "command": last.command,
-            "outcome": last.outcome,
-            "finished_at": iso(last.finished_ns),
-        },
+        last_run=run_summary(state.last_run),
     )
 
 

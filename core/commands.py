@@ -157,20 +157,25 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
                 run_id: iso(run.confirm_by_ns) for run_id, run in state.unconfirmed.items()
             },
             lock_holder=holder.describe() if holder else None,
-            last_run=None
-            if last is None
-            else {
-                "run_id": last.run_id,
-                "command": last.command,
-                "outcome": last.outcome,
-                "finished_at": iso(last.finished_ns),
-            },
+            last_run=run_summary(last),
             current_version=ws.settings.current_version,
             migrations=rows if verbose else None,
         )
     finally:
         if journal is not None:
             journal.close()
+
+
+def run_summary(run: projection.RunRecord | None) -> dict[str, Any] | None:
+    """The last finished run as status shows it (also `replay`)."""
+    if run is None:
+        return None
+    return {
+        "run_id": run.run_id,
+        "command": run.command,
+        "outcome": run.outcome,
+        "finished_at": iso(run.finished_ns),
+    }
 
 
 def _evidence(ws: Workspace, state: projection.Projection) -> tuple[list[Decision], list[str]]:
