@@ -25,12 +25,15 @@ class _Group(click.Group):
     """Turns every error a user can cause into one line and its documented exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from flywall.core.errors import FlywallError
-        from flywall.journal import JournalCorrupt, JournalError
-
         try:
             return super().invoke(ctx)
-        except (FlywallError, JournalError) as e:
+        except Exception as e:
+            # Imported here, not above: `--help` and `--version` never need them.
+            from flywall.core.errors import FlywallError
+            from flywall.journal import JournalCorrupt, JournalError
+
+            if not isinstance(e, (FlywallError, JournalError)):
+                raise
             if (ctx.obj or {}).get("traceback"):
                 raise
             code = getattr(e, "exit_code", 4 if isinstance(e, JournalCorrupt) else 2)
