@@ -32,5 +32,11 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Benchmarks against yoyo, alembic and dbmate (bench/run.sh; never part of `make test`).
+# Ours runs from .venv; the peers get their own venv and npm prefix under bench/.work/.
+# BENCH_QUICK=1 for a smoke run (fewer runs, smaller sizes); other knobs: see bench/run.sh.
+bench: $(STAMP)
+	FLYWALL=$(abspath $(BIN))/flywall PYTHON=$(PYTHON) bash bench/run.sh
+
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info

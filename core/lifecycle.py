@@ -47,6 +47,10 @@ _TRANSITIONS = [
 ] + [{"trigger": f"force_{s.value}", "source": "*", "dest": s} for s in State]
 
 
+_REFUSED = object()
+"""The machine's answer to a trigger it refuses."""
+
+
 class _Cursor:
     """The model the machine moves; it only ever holds one migration's state at a time."""
 
@@ -89,6 +93,7 @@ class Lifecycle:
     """The rule book: which trigger may move a migration from which state to which."""
 
     def __init__(self) -> None:
+        self._answers: dict[tuple[State, str], State | object] = {}
         self._cursor = _Cursor()
         self._machine = Machine(
             model=self._cursor,
@@ -101,13 +106,27 @@ class Lifecycle:
     def step(self, version: str, state: State, trigger: str) -> State:
         """Return the state after `trigger`.
 
+        Each (state, trigger) is asked of the machine once and its answer remembered:
+        the machine stays the only rule book, and a replay of 100,000 events costs
+        dictionary lookups instead of ~30 µs of `transitions` dispatch each.
+
         :raises IllegalTransition: the trigger is not allowed from `state`.
         """
+        key = (state, trigger)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._answers[key] = self._ask(state, trigger)
+        if answer is _REFUSED:
+            raise IllegalTransition(version, state.value, trigger)
+        return answer
+
+    def _ask(self, state: State, trigger: str) -> State | object:
+        """Fire `trigger` from `state` on the machine; the new state, or _REFUSED."""
         self._machine.set_state(state, model=self._cursor)
         try:
             self._cursor.trigger(trigger)  # type: ignore[attr-defined]
-        except (MachineError, AttributeError) as e:
-            raise IllegalTransition(version, state.value, trigger) from e
+        except (MachineError, AttributeError):
+            return _REFUSED
         return State(self._cursor.state)
 
     def allows(self, state: State, trigger: str) -> bool:

@@ -46,6 +46,7 @@ class Recorder:
         self._run_started = run_started
         self._on_event = on_event
         self._deferred: list[Item] = []
+        self._deferred_states: dict[str, State] = {}  # each deferred item checked once
         self.started = False
 
     def describe_run(self, run_started: ev.RunStarted) -> None:
@@ -55,7 +56,7 @@ class Recorder:
 
     def defer(self, version: str, event: ev.Event) -> None:
         """Queue an event that may wait for the next write (never one recovery needs)."""
-        self._check([*self._deferred, (version, event)])
+        self._deferred_states = self._check([(version, event)], self._deferred_states)
         self._deferred.append((version, event))
 
     def append(
@@ -111,17 +112,25 @@ class Recorder:
         crashpoint(f"after-{entries[-1].kind}")
         self.started = True
         self._deferred.clear()
+        self._deferred_states = {}
         for row, (_, event, _) in zip(rows, batch, strict=True):
             self.projection.apply(row, self.lifecycle)
             if self._on_event is not None:
                 self._on_event(row, event)
         return rows
 
-    def _check(self, items: Sequence[Item]) -> None:
-        states: dict[str, State] = {}
+    def _check(
+        self, items: Sequence[Item], start: dict[str, State] | None = None
+    ) -> dict[str, State]:
+        """Step each item's trigger from the projected (or `start`) state; return the states.
+
+        :raises IllegalTransition: before anything is written.
+        """
+        states: dict[str, State] = dict(start or {})
         for version, event in items:
             trigger = trigger_for(event)
             if trigger is None:
                 continue
             current = states.get(version, self.projection.state_of(version))
             states[version] = self.lifecycle.step(version, current, trigger)
+        return states

@@ -74,7 +74,11 @@ class Workspace:
 
     def migration(self, version: str) -> Migration | None:
         """Return the migration file with `version`, if one is on disk."""
-        return next((m for m in self.migrations if m.version == version), None)
+        return self._by_version.get(version)
+
+    @functools.cached_property
+    def _by_version(self) -> dict[str, Migration]:
+        return {m.version: m for m in self.migrations}
 
     def read_journal(self) -> Journal | None:
         """Open the journal for reading; None when nothing was ever journaled."""
