@@ -93,9 +93,7 @@ def create(
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(mode=0o700)
-        items = [
-            _copy(name, component, path, partial, io) for name, component, path in _sources(ws)
-        ]
+        items = [_copy(name, kind, path, partial, io) for name, kind, path in _sources(ws)]
         manifest = Manifest(
             backup_id=backup_id,
             created_ns=time.time_ns(),
@@ -148,10 +146,23 @@ def file_digest(path: Path) -> str:
     return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(path).hexdigest()
 
 
+def _connect(path: str, vfs: str | None, flags: int | None = None) -> apsw.Connection:
+    """Open through the workspace's VFS (the power-cut simulation sits there in tests)."""
+    kwargs: dict[str, object] = {"vfs": vfs} if vfs else {}
+    if flags is not None:
+        kwargs["flags"] = flags
+    return apsw.Connection(path, **kwargs)  # type: ignore[arg-type]
+
+
 def _sqlite_copy(source: Path, target: Path) -> None:
-    """Copy a live SQLite database with the online backup API, then fsync the copy."""
-    src = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READONLY)
-    dest = apsw.Connection(str(target))
+    """Copy a live SQLite database with the online backup API, then fsync the copy.
+
+    The copy is a plain file of the backup folder (fsynced, then the folder renamed and
+    fsynced), so it never goes through the workspace's VFS; the restore writes a target
+    and does.
+    """
+    src = _connect(str(source), None, apsw.SQLITE_OPEN_READONLY)
+    dest = _connect(str(target), None)
     try:
         with dest.backup("main", src, "main") as job:
             while not job.done:
@@ -227,11 +238,11 @@ def restore_items(ws: Workspace, manifest: Manifest) -> None:
         elif item.component == "database":
             if item.absent and not live[item.name].exists():
                 continue
-            dest = apsw.Connection(str(live[item.name]))
+            dest = _connect(str(live[item.name]), ws.sqlite.vfs)
             # An absent state.db is restored as an empty one: deleting a live database
             # (and its -wal or -journal) is not atomic; emptying it in one transaction is.
             source = ":memory:" if item.absent else str(folder / item.name)
-            src = apsw.Connection(source, flags=apsw.SQLITE_OPEN_READONLY)
+            src = _connect(source, ws.sqlite.vfs, apsw.SQLITE_OPEN_READONLY)
             try:
                 mode = dest.execute("PRAGMA journal_mode").fetchall()[0][0]
                 dest.execute(f"PRAGMA synchronous = {'FULL' if mode == 'wal' else 'EXTRA'}")

@@ -30,7 +30,7 @@ import pytest
 from crashsim import vfs
 from crashsim.invariants import AckLog, Observed, check_after_cut, observe
 
-from flywall.core import commands, errors
+from flywall.core import backup, commands, errors
 from flywall.core.settings import load_settings
 from flywall.core.workspace import SqliteOptions, Workspace
 
@@ -85,7 +85,7 @@ class Scenario:
     """A command, the journal mode of state.db, and how the interrupted run opens SQLite."""
 
     name: str
-    command: str  # migrate (a fresh appliance), rollback (to FIRST, all applied), recover (*)
+    command: str  # migrate (fresh), rollback (to FIRST), recover (*), restore (the first backup)
     state_journal: str  # "delete" (SQLite's default: the product uses EXTRA) or "wal" (FULL)
     journal_synchronous: str = "FULL"
     target_synchronous: str | None = None
@@ -106,6 +106,8 @@ SCENARIOS = [
     Scenario("rollback, state.db WAL+FULL", "rollback", "wal"),
     Scenario("recover, state.db DELETE+EXTRA", "recover", "delete"),
     Scenario("recover, state.db WAL+FULL", "recover", "wal"),
+    Scenario("backup restore, state.db DELETE+EXTRA", "restore", "delete"),
+    Scenario("backup restore, state.db WAL+FULL", "restore", "wal"),
 ]
 """(*) recover starts where a power cut at SECOND's commit left a migrate: see Bench."""
 CONTROLS = [
@@ -169,8 +171,8 @@ class Bench:
         db.execute(f"PRAGMA journal_mode = {self.scenario.state_journal.upper()}").fetchall()
         db.execute("CREATE TABLE IF NOT EXISTS appliance_settings (k TEXT PRIMARY KEY, v TEXT)")
         db.close()
-        if self.scenario.command == "rollback":
-            commands.migrate(self.normal)
+        if self.scenario.command in ("rollback", "restore"):
+            commands.migrate(self.normal)  # backup_before: the backup a restore goes back to
         if self.scenario.command == "recover":
             self._interrupt_second_migration()
         shutil.copytree(self.var, self.template)
@@ -226,6 +228,9 @@ class Bench:
             return commands.rollback(ws, to=FIRST, on_event=on_event)
         if self.scenario.command == "recover":
             return commands.recover(ws, on_event=on_event)
+        if self.scenario.command == "restore":
+            (first, *_) = backup.list_backups(ws)  # the one taken before the migrate run
+            return commands.backup_restore(ws, first.backup_id, on_event=on_event)
         return commands.migrate(ws, on_event=on_event)
 
     def redo(self, ws: Workspace) -> None:
