@@ -87,7 +87,11 @@ class Workspace:
         return Journal.open_existing(self.paths.journal, key=self.device_key())
 
     def write_journal(self) -> Journal:
-        """Open (creating) the journal for writing; only under the writer lock."""
+        """Open (creating) the journal for writing: under the writer lock, or the outbox's own lock.
+
+        Appends are safe from either: SQLite serialises writers and the chain trigger refuses
+        an event that does not extend the head.
+        """
         from flywall.journal import Journal
 
         self.paths.journal.parent.mkdir(parents=True, exist_ok=True)
