@@ -48,7 +48,6 @@ from flywall.core import events as ev
 from flywall.core.commands import MigrationRow, StatusReport
 from flywall.core.dryrun import DryRunReport
 from flywall.core.engine import RunReport
-from flywall.core.recovery import Decision
 from flywall.core.workspace import Workspace
 from flywall.journal import JournalCorrupt, JournalError
 
@@ -61,11 +60,6 @@ POLL_SECONDS = 0.15
 _VERSION = re.compile(r"\d{12,}")
 Version = Annotated[str, msgspec.Meta(pattern=r"^\d{12,}$", max_length=64)]
 KINDS = frozenset(t.__name__ for t in ev.AnyEvent.__args__)  # type: ignore[attr-defined]
-
-# commands.py imports Decision for type checking only (CLI start-up, issue 7); the OpenAPI
-# generator evaluates StatusReport's annotations in that module, so it needs the name there.
-vars(commands).setdefault("Decision", Decision)
-
 
 # -- bodies -------------------------------------------------------------------------------
 

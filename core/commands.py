@@ -17,6 +17,7 @@ from flywall.core import errors, projection
 from flywall.core import events as ev
 from flywall.core.lifecycle import State
 from flywall.core.lock import current_holder
+from flywall.core.recovery import Decision  # noqa: TC001 - at runtime: msgspec and OpenAPI read annotations
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from flywall.core import notify as notify_
     from flywall.core.dryrun import DryRunReport
     from flywall.core.engine import RunReport
-    from flywall.core.recovery import Decision
     from flywall.core.trial import TrialReport
     from flywall.core.workspace import Workspace
     from flywall.journal import Journal, StoredEvent

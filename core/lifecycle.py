@@ -11,8 +11,6 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from transitions import Machine, MachineError
-
 from flywall.core import events as ev
 from flywall.core.errors import IllegalTransition
 
@@ -95,6 +93,8 @@ class Lifecycle:
     def __init__(self) -> None:
         self._answers: dict[tuple[State, str], State | object] = {}
         self._cursor = _Cursor()
+        from transitions import Machine  # only replay and writers pay for it, not `status`
+
         self._machine = Machine(
             model=self._cursor,
             states=State,
@@ -122,6 +122,8 @@ class Lifecycle:
 
     def _ask(self, state: State, trigger: str) -> State | object:
         """Fire `trigger` from `state` on the machine; the new state, or _REFUSED."""
+        from transitions import MachineError
+
         self._machine.set_state(state, model=self._cursor)
         try:
             self._cursor.trigger(trigger)  # type: ignore[attr-defined]
