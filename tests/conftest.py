@@ -94,3 +94,25 @@ def create_table_migration(app: Appliance, version: str, table: str) -> Path:
         DROP TABLE {table};
         """,
     )
+
+
+HOLD_THE_LOCK = '''\
+"""Hold the writer lock until the test releases it."""
+import time
+from pathlib import Path
+
+component = "database"
+
+
+def up(ctx, db):
+    Path({started!r}).touch()
+    deadline = time.monotonic() + 30
+    while not Path({release!r}).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+'''
+
+
+def hold_lock_migration(app: Appliance, version: str, started: Path, release: Path) -> Path:
+    """Write a migration that touches `started`, then holds the lock until `release` exists."""
+    text = HOLD_THE_LOCK.format(started=str(started), release=str(release))
+    return app.write(f"{version}_hold_the_lock.py", text)

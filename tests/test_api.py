@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from conftest import FLYWALL, Appliance, create_table_migration
+from conftest import FLYWALL, Appliance, create_table_migration, hold_lock_migration
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -131,26 +131,6 @@ def assert_json_error(response: httpx.Response, status: int) -> str:
     assert body["status"] == status
     assert "Traceback" not in response.text
     return body["error"]
-
-
-def hold_lock_migration(app: Appliance, started: Path, release: Path) -> None:
-    app.write(
-        f"{V1}_hold_the_lock.py",
-        f'''\
-        """Hold the writer lock until the test releases it."""
-        import time
-        from pathlib import Path
-
-        component = "database"
-
-
-        def up(ctx, db):
-            Path({str(started)!r}).touch()
-            deadline = time.monotonic() + 30
-            while not Path({str(release)!r}).exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
-        ''',
-    )
 
 
 # -- auth and the server's own refusals -----------------------------------------------------
@@ -324,7 +304,7 @@ def test_confirm_keeps_the_run_awaiting_confirmation(appliance, server):
 
 def test_a_busy_writer_answers_409_at_once_naming_the_holder(appliance, server, tmp_path):
     started, release = tmp_path / "started", tmp_path / "release"
-    hold_lock_migration(appliance, started, release)
+    hold_lock_migration(appliance, V1, started, release)
     command = [FLYWALL, "migration", "--root", str(appliance.root), "migrate"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

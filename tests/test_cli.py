@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import apsw
 import click
 import pytest
-from conftest import FLYWALL, create_table_migration
+from conftest import FLYWALL, create_table_migration, hold_lock_migration
 
 from flywall.cli.main import main
 from flywall.core.discovery import checksum, discover, shipped_directory
@@ -239,23 +239,7 @@ def test_journal_verify_names_the_first_tampered_seq(appliance, trigger, tamper)
 def test_a_second_migrate_is_busy_and_names_the_run_and_pid_holding_the_lock(appliance, tmp_path):
     """A migration that waits for a file holds the lock while the second process starts."""
     started, release = tmp_path / "started", tmp_path / "release"
-    appliance.write(
-        f"{V1}_hold_the_lock.py",
-        f'''\
-        """Hold the writer lock until the test releases it."""
-        import time
-        from pathlib import Path
-
-        component = "database"
-
-
-        def up(ctx, db):
-            Path({str(started)!r}).touch()
-            deadline = time.monotonic() + 30
-            while not Path({str(release)!r}).exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
-        ''',
-    )
+    hold_lock_migration(appliance, V1, started, release)
     command = [FLYWALL, "migration", "--root", str(appliance.root), "migrate"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
