@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-appliance
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench cli-texts clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ format: $(STAMP)
 # BENCH_QUICK=1 for a smoke run (fewer runs, smaller sizes); other knobs: see bench/run.sh.
 bench: $(STAMP)
 	FLYWALL=$(abspath $(BIN))/flywall PYTHON=$(PYTHON) bash bench/run.sh
+
+# The help/version texts `flywall` serves without importing click (cli/_texts.py); a test
+# fails until they are regenerated after a change to a command's options or docstring.
+cli-texts: $(STAMP)
+	$(BIN)/python -m flywall.cli.gentexts
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info

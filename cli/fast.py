@@ -1,0 +1,198 @@
+"""The `flywall` entry point: the hot command lines without importing click (issue 7).
+
+A fleet agent runs `status` every minute and people type `--help`; importing click and
+every command module costs more than the answer. So this module serves, with nothing but
+the standard library at import time:
+
+- the help, usage and version texts of `flywall` and every `flywall migration` command,
+  rendered by click itself into `flywall.cli._texts` (regenerate with `make cli-texts`;
+  a test re-renders them and compares, so they cannot drift from the click definitions);
+- `flywall migration [--root R] [--config C] [--traceback] status [-v|--verbose] [--json]`
+  and `... list [--pending] [--applied] [--json]`, parsed here and answered by the same
+  `commands` and `render` functions the click commands call.
+
+Anything else, anything it does not recognise exactly, and every error goes to click
+(`flywall.cli.main`), so behaviour and messages stay click's: `status` and `list` only read
+(their caches aside), so when they fail here they simply run again under click, which
+prints the error as it always has. FLYWALL_NO_FAST_PATH=1 turns this module off (the
+equivalence tests compare both paths byte for byte).
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import stat
+import sys
+from typing import Any
+
+PROG = "flywall"
+HELP_WIDTH = 80  # click's HelpFormatter: max(min(columns, 80) - 2, 50); _texts assume 80+
+
+
+def main() -> None:
+    """Run `flywall`: answer the hot command lines here, hand the rest to click."""
+    if not os.environ.get("FLYWALL_NO_FAST_PATH"):
+        code = fast(sys.argv)
+        if code is not None:
+            sys.exit(code)
+    from flywall.cli.main import main as click_main
+
+    click_main()
+
+
+def fast(argv: list[str]) -> int | None:
+    """Answer `argv` without click and return the exit code; None means "ask click".
+
+    Only taken when the output would be exactly click's: the program is called `flywall`
+    (click names it after argv[0]), the streams are not ASCII-only (click re-wraps those).
+    """
+    # os.path, not pathlib: pathlib costs an import this path otherwise avoids
+    if os.path.basename(argv[0]) != PROG or not (_plain(sys.stdout) and _plain(sys.stderr)):  # noqa: PTH119
+        return None
+    args = tuple(argv[1:])
+    from flywall.cli._texts import TEXTS
+
+    text = TEXTS.get(args)
+    if text is not None:
+        if _columns() < HELP_WIDTH:
+            return None
+        return _write(*text)
+    if args[:1] == ("migration",):
+        parsed = _parse_read_only(args[1:])
+        if parsed is not None:
+            return _read_only(*parsed)
+    return None
+
+
+def _plain(stream: Any) -> bool:
+    """True if click.echo would write to `stream` as it is (it re-wraps ASCII streams)."""
+    encoding = getattr(stream, "encoding", None)
+    if stream is None or not encoding:
+        return False
+    try:
+        return codecs.lookup(encoding).name != "ascii"
+    except LookupError:
+        return False
+
+
+def _columns() -> int:
+    """The terminal width as `shutil.get_terminal_size()` (which click uses) reports it."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    try:
+        lines = int(os.environ["LINES"])
+    except (KeyError, ValueError):
+        lines = 0
+    if columns <= 0 or lines <= 0:
+        try:
+            size = os.get_terminal_size(sys.__stdout__.fileno())  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            size = os.terminal_size((80, 24))
+        if columns <= 0:
+            columns = size.columns or 80
+    return columns
+
+
+def _write(out: str, err: str, code: int) -> int:
+    try:
+        if out:
+            sys.stdout.write(out)
+            sys.stdout.flush()
+        if err:
+            sys.stderr.write(err)
+            sys.stderr.flush()
+    except BrokenPipeError:
+        # as click does on EPIPE: exit 1, and keep the interpreter's final flush quiet
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: PTH123, SIM115
+        return 1
+    return code
+
+
+_GROUP_OPTIONS = {"--root": "root", "--config": "config"}
+_COMMAND_FLAGS = {
+    "status": {"--verbose": "verbose", "-v": "verbose", "--json": "as_json"},
+    "list": {"--pending": "pending", "--applied": "applied", "--json": "as_json"},
+}
+
+
+def _parse_read_only(args: tuple[str, ...]) -> tuple[str, dict[str, str], dict[str, bool]] | None:
+    """Parse `[group options] status|list [flags]`; None for anything else."""
+    values: dict[str, str] = {}
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        name, eq, value = args[i].partition("=")
+        if name == "--traceback" and not eq:
+            i += 1
+            continue
+        if name not in _GROUP_OPTIONS:
+            return None
+        if not eq:
+            i += 1
+            if i >= len(args):
+                return None
+            value = args[i]
+        if not value or value.startswith("-"):
+            return None  # click's own reading of these is subtle; let it decide
+        values[_GROUP_OPTIONS[name]] = value
+        i += 1
+    if i >= len(args) or args[i] not in _COMMAND_FLAGS:
+        return None
+    command, known = args[i], _COMMAND_FLAGS[args[i]]
+    flags = dict.fromkeys(known.values(), False)
+    for arg in args[i + 1 :]:
+        if arg not in known:
+            return None
+        flags[known[arg]] = True
+    return command, values, flags
+
+
+def _path_ok(value: str, *, file_okay: bool, dir_okay: bool) -> bool:
+    """Mirror click.Path's checks; False sends the command line to click for its error."""
+    try:
+        st = os.stat(value)  # noqa: PTH116 - as click.Path does, on the string given
+    except OSError:
+        return True
+    if (not file_okay and stat.S_ISREG(st.st_mode)) or (not dir_okay and stat.S_ISDIR(st.st_mode)):
+        return False
+    return os.access(value, os.R_OK)
+
+
+def _read_only(command: str, values: dict[str, str], flags: dict[str, bool]) -> int | None:
+    """Run `status` or `list` as the click commands do; None (ask click) on any error."""
+    root = values.get("root") or os.environ.get("FLYWALL_ROOT") or "/"
+    config = values.get("config")
+    if not _path_ok(root, file_okay=False, dir_okay=True):
+        return None
+    if config is not None and not _path_ok(config, file_okay=True, dir_okay=False):
+        return None
+    from pathlib import Path
+
+    from flywall.cli import render
+    from flywall.core import commands
+    from flywall.core.errors import EXIT_VALIDATION
+    from flywall.core.workspace import Workspace
+
+    code = 0
+    try:
+        with render.captured() as out:
+            ws = Workspace.load(Path(root), Path(config) if config is not None else None)
+            if command == "status":
+                report = commands.status(ws, verbose=flags["verbose"])
+                render.emit_json(report) if flags["as_json"] else render.status(report)
+                code = EXIT_VALIDATION if report.drift else 0
+            else:
+                rows = commands.list_migrations(
+                    ws, pending=flags["pending"], applied=flags["applied"]
+                )
+                render.emit_json(rows) if flags["as_json"] else render.migrations(rows)
+    except KeyboardInterrupt:
+        return _write("", "\nAborted!\n", 1)
+    except Exception:
+        return None  # read-only: click runs it again and reports the error its way
+    text = "".join(out)
+    if "\x1b" in text:
+        return None  # click.echo strips ANSI escapes when stdout is not a terminal
+    return _write(text, "", code)

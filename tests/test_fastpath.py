@@ -1,0 +1,235 @@
+"""The click-free entry point (flywall.cli.fast) answers exactly as click does.
+
+Every comparison runs the real `flywall` script twice as a subprocess, once as installed
+and once with FLYWALL_NO_FAST_PATH=1 (straight to click), and demands byte-identical
+stdout, stderr and exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+import apsw
+import pytest
+from conftest import FLYWALL, Appliance, create_table_migration
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flywall.cli import fast
+from flywall.cli._texts import TEXTS
+from flywall.cli.gentexts import render
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], *, env: dict[str, str] | None = None, slow: bool = False):
+    environ = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    environ.pop("FLYWALL_ROOT", None)
+    environ.update(env or {})
+    if slow:
+        environ["FLYWALL_NO_FAST_PATH"] = "1"
+    p = subprocess.run([FLYWALL, *args], capture_output=True, env=environ, timeout=60, check=False)
+    return p.stdout, p.stderr, p.returncode
+
+
+@pytest.fixture(autouse=True)
+def _elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--root ""` means the current directory: keep its caches out of the project."""
+    monkeypatch.chdir(tmp_path)
+
+
+def assert_same(args: list[str], env: dict[str, str] | None = None) -> tuple[bytes, bytes, int]:
+    quick = run(args, env=env)
+    slow = run(args, env=env, slow=True)
+    assert quick == slow, f"flywall {args} env={env}"
+    return quick
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Appliance:
+    """Three migrations, two applied."""
+    app = Appliance(tmp_path_factory.mktemp("fast") / "appliance")
+    app.configure()
+    for i, table in enumerate(("hosts", "zones", "rules"), start=1):
+        create_table_migration(app, f"20240101000{i}", table)
+    p = app.cli("migrate", "--target", "202401010002")
+    assert p.returncode == 0, p.stderr
+    return app
+
+
+def test_texts_are_what_click_renders_now() -> None:
+    """_texts.py is stale when this fails: run `make cli-texts`."""
+    assert render() == TEXTS
+
+
+def test_version_is_the_installed_and_declared_one() -> None:
+    declared = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["version"]
+    expected = f"flywall, version {version('flywall-migration')}\n"
+    assert TEXTS[("--version",)] == (expected, "", 0)
+    assert version("flywall-migration") == declared
+
+
+def test_the_script_runs_the_fast_entry_point() -> None:
+    script = Path(FLYWALL).read_text()
+    assert "from flywall.cli.fast import main" in script
+    declared = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert declared["flywall"] == "flywall.cli.fast:main"
+
+
+@pytest.mark.parametrize("args", sorted(TEXTS), ids=" ".join)
+def test_every_text_is_served_as_click_serves_it(args: tuple[str, ...]) -> None:
+    out, err, code = assert_same(list(args))
+    assert (out.decode(), err.decode(), code) == TEXTS[args]
+
+
+@pytest.mark.parametrize("columns", ["60", "79", "80", "200", "x", "0"])
+def test_help_follows_the_terminal_width_like_click(columns: str) -> None:
+    assert_same(["migration", "--help"], env={"COLUMNS": columns})
+
+
+def test_help_under_another_program_name_is_clicks() -> None:
+    link = Path(FLYWALL).with_name("flywall-renamed-for-test")
+    code = f"import sys; sys.argv[0] = {str(link)!r}; from flywall.cli.fast import main; main()"
+    env = {**os.environ, "COLUMNS": "80"}
+    quick = subprocess.run(
+        [sys.executable, "-c", code, "--help"], capture_output=True, env=env, check=False
+    )
+    assert b"Usage: flywall-renamed-for-test" in quick.stdout
+    assert fast.fast([str(link), "--help"]) is None
+
+
+def status_lines(root: str) -> list[list[str]]:
+    g = ["migration", "--root", root]
+    return [
+        [*g, "status"],
+        [*g, "status", "--json"],
+        [*g, "status", "-v"],
+        [*g, "status", "--verbose", "--json"],
+        ["migration", f"--root={root}", "--traceback", "status", "-v", "-v"],
+        [*g, "list"],
+        [*g, "list", "--json"],
+        [*g, "list", "--pending"],
+        [*g, "list", "--applied", "--json"],
+        [*g, "list", "--pending", "--applied"],
+        [*g, "--config", f"{root}/etc/flywall/flywall.hcl", "status"],
+        [*g, "status", "--bogus"],
+        [*g, "status", "-vh"],
+        [*g, "status", "--help"],
+        [*g, "list", "extra"],
+        [*g, "--bogus", "status"],
+        ["migration", "--root", "status"],
+        ["migration", "--root"],
+        ["migration", "--root", "", "status"],
+        ["migration", "--root", f"{root}/etc/flywall/flywall.hcl", "status"],
+        ["migration", "--root", f"{root}/missing", "status", "--json"],
+        [*g, "--config", f"{root}/etc", "status"],
+        [*g, "--config", f"{root}/nope.hcl", "status", "--json"],
+        [*g, "--config", f"{root}/nope.hcl", "list", "--traceback"],
+        [*g, "statu"],
+        ["migration", "status", "--json"],
+    ]
+
+
+def test_status_and_list_are_served_as_click_serves_them(box: Appliance) -> None:
+    for args in status_lines(str(box.root)):
+        assert_same(args)
+    out, _, code = run(["migration", "--root", str(box.root), "list"])
+    assert code == 0
+    assert b"pending" in out
+    assert b"applied" in out
+
+
+def test_flywall_root_from_the_environment(box: Appliance, tmp_path: Path) -> None:
+    assert_same(["migration", "status"], env={"FLYWALL_ROOT": str(box.root)})
+    assert_same(["migration", "list", "--json"], env={"FLYWALL_ROOT": ""})
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert_same(["migration", "status"], env={"FLYWALL_ROOT": str(a_file)})
+    assert_same(["migration", "--help"], env={"FLYWALL_ROOT": str(a_file)})
+
+
+def test_drift_exits_4_on_both_paths(box: Appliance, tmp_path: Path) -> None:
+    import shutil
+
+    copy = Appliance(tmp_path / "copy")
+    shutil.copytree(box.root, copy.root)
+    db = apsw.Connection(str(copy.state_db))
+    db.execute("CREATE TABLE sneaky (id INTEGER)")
+    db.close()
+    for args in (["status"], ["status", "--json"], ["list"]):
+        out, _, code = assert_same(["migration", "--root", str(copy.root), *args])
+        if args[0] == "status":
+            assert code == 4
+            assert b"DRIFT" in out or b"drift" in out
+
+
+def test_an_edited_description_with_an_escape_is_left_to_click(
+    box: Appliance, tmp_path: Path
+) -> None:
+    import shutil
+
+    copy = Appliance(tmp_path / "copy")
+    shutil.copytree(box.root, copy.root)
+    create_table_migration(copy, "202401010009", "later")
+    path = copy.migrations_dir / "202401010009_create_later.sql"
+    path.write_text(path.read_text().replace("-- Create later.", "-- \x1b[31mred\x1b[0m"))
+    out, _, code = assert_same(["migration", "--root", str(copy.root), "list"])
+    assert code == 0
+    assert b"\x1b" not in out  # click strips escapes when stdout is a pipe
+
+
+TOKENS = [
+    "migration",
+    "status",
+    "list",
+    "--root",
+    "ROOT",
+    "--root=ROOT",
+    "--config",
+    "CONFIG",
+    "--traceback",
+    "-v",
+    "--verbose",
+    "--json",
+    "--pending",
+    "--applied",
+    "-h",
+    "--help",
+    "--version",
+    "bogus",
+    "--bogus",
+    "",
+]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.sampled_from(TOKENS), max_size=7))
+def test_any_command_line_of_these_words_answers_as_click(box: Appliance, words: list[str]) -> None:
+    root = str(box.root)
+    config = f"{root}/etc/flywall/flywall.hcl"
+    args = [w.replace("ROOT", root).replace("CONFIG", config) for w in words]
+    assert_same(args)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--version"], ["migration", "--help"], ["status"], ["status", "--json"], ["list"]],
+    ids=" ".join,
+)
+def test_the_hot_command_lines_never_import_click(box: Appliance, args: list[str]) -> None:
+    if args[0] in ("status", "list"):
+        args = ["migration", "--root", str(box.root), *args]
+    probe = (
+        "import sys; from flywall.cli import fast; "
+        f"code = fast.fast(['flywall', *{args!r}]); "
+        "print('', code, 'click' in sys.modules, file=sys.stderr)"
+    )
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert p.stderr.splitlines()[-1] == " 0 False"
