@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/run.sh - time flywall migration against yoyo, alembic and dbmate in one run.
 #
-# Run by `make bench` (which passes FLYWALL=<project .venv>/bin/flywall). Adapted from
+# Run by `make bench`. Ours is timed as an appliance gets it: a non-editable `pip install` of
+# this tree into its own venv (BENCH_WORK/venv-ours), not the editable dev .venv. Adapted from
 # ../shared/peers/run_anchors.sh: same generated migrations, same whole-process timer
 # (benchtime.py: wall, cpu, peak RSS; median of RUNS runs after 1 warm-up, min-max kept).
 # Mutating scenarios run as  sh -c '<reset> && exec tool ...'; the reset alone is timed too
@@ -29,7 +30,9 @@
 #   BENCH_QUIET_WAIT=20: before each measurement wait up to that many seconds for the other
 #     processes on the machine to use < 0.3 cores (each row records what they used anyway)
 #   BENCH_WORK=bench/.work  BENCH_RESULTS=bench/RESULTS.md [BENCH_WORK/RESULTS-quick.md]
-#   FLYWALL=path of our `flywall` (default: .venv/bin/flywall)   PYTHON=python for the bench venv
+#   FLYWALL=path of our `flywall` (default: BENCH_WORK/venv-ours/bin/flywall, (re)installed from
+#     this tree each run; set it to time another install, e.g. the dev .venv/bin/flywall)
+#   PYTHON=python for the bench venvs
 #   BENCH_PROFILE=1: afterwards, profile ours (bench/profile.sh -> BENCH_WORK/profile/)
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -52,9 +55,9 @@ TOOLS=${BENCH_TOOLS:-"flywall yoyo alembic dbmate sql"}
 INSTALL=${BENCH_INSTALL:-1}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-20}
 RESULTS=${BENCH_RESULTS:-$d_res}
-FLYWALL=${FLYWALL:-$ROOT/.venv/bin/flywall}
-FLYWALL=$(cd "$(dirname "$FLYWALL")" && pwd)/$(basename "$FLYWALL")
-OURPY=$(dirname "$FLYWALL")/python
+OURVENV=$WORK/venv-ours
+FLYWALL_GIVEN=${FLYWALL:-}
+FLYWALL=${FLYWALL:-$OURVENV/bin/flywall}
 VENV=$WORK/venv
 NPMDIR=$WORK/npm
 DBMATE=$NPMDIR/node_modules/@dbmate/linux-x64/bin/dbmate   # the native binary, not the node shim
@@ -69,10 +72,9 @@ log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 want() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
 has_tool() { case " $TOOLS " in *" $1 "*) return 0 ;; esac; return 1; }
 
-[ -x "$FLYWALL" ] || { log "no flywall at $FLYWALL (run make bench, or set FLYWALL)"; exit 2; }
-# Every Python tool runs as installed software does: with bytecode caches (our editable
-# source tree has none, and PYTHONDONTWRITEBYTECODE would make each run recompile it, and
-# alembic recompile every revision). The caches live in the work dir, not in the sources.
+# Every Python tool runs as installed software does: with bytecode caches (PYTHONDONTWRITEBYTECODE
+# would make each run recompile, and alembic recompile every revision). The caches live in
+# the work dir (the warm-up run fills them), for every tool alike.
 unset PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX=$WORK/pycache
 mkdir -p "$WORK" "$LOGS"
@@ -80,6 +82,18 @@ rm -f "$RES" "$WORK/failed_checks.txt" "$WORK/notes.txt"
 : >"$LOGS/setup.log"
 
 # ---------------------------------------------------------------- installs (idempotent)
+if [ "$INSTALL" = 1 ] && [ -z "$FLYWALL_GIVEN" ]; then
+  # Ours as an appliance gets it: a regular (non-editable) install of this tree, reinstalled
+  # every run so the timed code is the working tree's. An editable install would add its
+  # import finder (~8 ms at every start-up) and time a layout no appliance has.
+  log "ours: pip install $ROOT (non-editable) into $OURVENV"
+  # (a current pip: older ones write console scripts that import `re`, ~5 ms per start)
+  { [ -x "$OURVENV/bin/python" ] || { "${PYTHON:-python3}" -m venv "$OURVENV" &&
+    "$OURVENV/bin/python" -m pip install -q --upgrade pip >"$LOGS/pip-ours.log" 2>&1; }; } &&
+    "$OURVENV/bin/pip" install -q --no-deps --force-reinstall "$ROOT" >>"$LOGS/pip-ours.log" 2>&1 &&
+    "$OURVENV/bin/pip" install -q "$ROOT" >>"$LOGS/pip-ours.log" 2>&1 ||
+    log "pip install of ours failed (see $LOGS/pip-ours.log)"
+fi
 if [ "$INSTALL" = 1 ]; then
   if [ ! -x "$VENV/bin/alembic" ] || [ ! -x "$VENV/bin/yoyo" ]; then
     log "bench venv + $PIN_PY"
@@ -107,6 +121,14 @@ if [ "$INSTALL" = 1 ]; then
 fi
 PY=$VENV/bin/python
 [ -x "$PY" ] || PY=$(command -v python3)
+[ -x "$FLYWALL" ] || { log "no flywall at $FLYWALL (run make bench, or set FLYWALL)"; exit 2; }
+FLYWALL=$(cd "$(dirname "$FLYWALL")" && pwd)/$(basename "$FLYWALL")
+OURPY=$(dirname "$FLYWALL")/python
+if ls "$("$OURPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"/__editable__*flywall* >/dev/null 2>&1; then
+  OURKIND="editable ($(dirname "$(dirname "$FLYWALL")"))"
+else
+  OURKIND="non-editable pip install ($(dirname "$(dirname "$FLYWALL")"))"
+fi
 command -v sqlite3 >/dev/null || { log "sqlite3 CLI required"; exit 2; }
 
 # ---------------------------------------------------------------- machine and versions
@@ -123,6 +145,7 @@ command -v sqlite3 >/dev/null || { log "sqlite3 CLI required"; exit 2; }
 } >"$WORK/machine.txt"
 {
   echo "flywall-migration|$("$OURPY" -c 'from importlib.metadata import version; print(version("flywall-migration"))') ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet HEAD -- core journal cli migrations 2>/dev/null || echo ', with uncommitted changes'))"
+  echo "flywall install|$OURKIND"
   echo "python (ours)|$("$OURPY" -c 'import sys, apsw; print(sys.version.split()[0], "/ apsw", apsw.apsw_version(), "/ sqlite", apsw.sqlite_lib_version())')"
   echo "python (peers)|$("$PY" -c 'import sys, sqlite3; print(sys.version.split()[0], "/ sqlite", sqlite3.sqlite_version)')"
   echo "sqlite3 CLI|$(sqlite3 --version | cut -d' ' -f1)"

@@ -24,7 +24,6 @@ import codecs
 import os
 import stat
 import sys
-from typing import Any
 
 PROG = "flywall"
 HELP_WIDTH = 80  # click's HelpFormatter: max(min(columns, 80) - 2, 50); _texts assume 80+
@@ -65,7 +64,7 @@ def fast(argv: list[str]) -> int | None:
     return None
 
 
-def _plain(stream: Any) -> bool:
+def _plain(stream: object) -> bool:
     """True if click.echo would write to `stream` as it is (it re-wraps ASCII streams)."""
     encoding = getattr(stream, "encoding", None)
     if stream is None or not encoding:
