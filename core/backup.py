@@ -4,13 +4,16 @@ A backup is a folder `backup_location/<id>/` (mode 0700) holding the three files
 and a manifest (msgspec JSON: items, sizes, blake3 digests, the journal seq it belongs
 to, what was applied then). It is written as `.<id>.partial`, every file fsynced, then
 renamed into place and the folder fsynced: a folder without the dot is always complete.
-state.db is copied with SQLite's online backup API, consistent while readers run.
+state.db is copied byte for byte under its write lock (readers go on), in the kernel; only
+a database kept busy past the timeout falls back to SQLite's online backup API.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -93,7 +96,7 @@ def create(
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(mode=0o700)
-        items = [_copy(name, kind, path, partial, io) for name, kind, path in _sources(ws)]
+        items = [_copy(ws, source, partial, io) for source in _sources(ws)]
         manifest = Manifest(
             backup_id=backup_id,
             created_ns=time.time_ns(),
@@ -115,35 +118,53 @@ def create(
     return manifest
 
 
-def _copy(name: str, component: str, path: Path, folder: Path, io: fileio.IO) -> BackupItem:
+def _copy(ws: Workspace, source: tuple[str, str, Path], folder: Path, io: fileio.IO) -> BackupItem:
     """Copy one target into the backup folder (an absent target is recorded as absent)."""
+    name, component, path = source
     if not path.exists():
         return BackupItem(
             name=name, component=component, source=str(path), size=0, digest="", absent=True
         )
     copy = folder / name
     if component == "database":
-        _sqlite_copy(path, copy)
+        size, digest = _copy_database(path, copy, ws.sqlite.vfs, io)
         crashpoint("backup-state-copied")
     else:
-        io.write_new(copy, fileio.read(path) or b"", 0o600)
-    return BackupItem(
-        name=name,
-        component=component,
-        source=str(path),
-        size=copy.stat().st_size,
-        digest=file_digest(copy),
-    )
+        data = fileio.read(path) or b""
+        io.write_new(copy, data, 0o600)
+        size, digest = len(data), blake3.blake3(data).hexdigest()
+    return BackupItem(name=name, component=component, source=str(path), size=size, digest=digest)
 
 
 def file_digest(path: Path) -> str:
-    """Return the blake3 of a file, memory-mapped and multithreaded.
+    """Return the blake3 of a file, streamed through one bounded buffer.
 
-    A 1 GB state.db is never read into memory at once.
+    Neither read whole nor memory-mapped: a mapping of a 1 GB state.db counts in full
+    against the process's resident memory. One thread: at these buffer sizes blake3's own
+    threads measured slower than one core here (0.19 s against 0.16 s for 1 GiB).
     """
-    if path.stat().st_size == 0:
-        return blake3.blake3().hexdigest()
-    return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(path).hexdigest()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _digest(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _digest(fd: int, size: int, patch: tuple[int, bytes] | None = None) -> str:
+    """The blake3 of bytes [0, size) of fd, with `patch` = (offset, bytes) laid over them."""
+    hasher = blake3.blake3()
+    buffer = bytearray(min(size, fileio.CHUNK))
+    offset = 0
+    while offset < size:
+        n = os.preadv(fd, [memoryview(buffer)[: min(len(buffer), size - offset)]], offset)
+        if n == 0:
+            raise OSError(errno.EIO, f"file ended at byte {offset} of {size}")
+        if patch is not None and offset <= patch[0] < offset + n:
+            at = patch[0] - offset
+            buffer[at : at + len(patch[1])] = patch[1]
+        hasher.update(memoryview(buffer)[:n])
+        offset += n
+    return hasher.hexdigest()
 
 
 def _connect(path: str, vfs: str | None, flags: int | None = None) -> apsw.Connection:
@@ -154,13 +175,112 @@ def _connect(path: str, vfs: str | None, flags: int | None = None) -> apsw.Conne
     return apsw.Connection(path, **kwargs)  # type: ignore[arg-type]
 
 
-def _sqlite_copy(source: Path, target: Path) -> None:
-    """Copy a live SQLite database with the online backup API, then fsync the copy.
+WAL_HEADER = (18, b"\x02\x02")
+"""Bytes 18-19 of an SQLite header in WAL mode (file format versions); rollback mode is 1, 1."""
+
+
+def _copy_database(source: Path, target: Path, vfs: str | None, io: fileio.IO) -> tuple[int, str]:
+    """Copy state.db byte for byte while no one can change it; return (size, digest).
+
+    The write lock (`BEGIN IMMEDIATE`) stops every writer, and in WAL mode a checkpoint
+    (with the lock held) first moves every committed frame into the main file: from then
+    on no connection can change that file, readers go on reading, and the file is the
+    whole database. The copy moves in the kernel; a WAL header is rewritten to rollback
+    mode, so the copy is a plain self-contained database file, as `PRAGMA journal_mode =
+    DELETE` after the online backup API left it. The digest is taken of the locked source
+    with that same header, in a second thread while the copy is written and fsynced, in one
+    bounded buffer: it is what the copy must hold, and `verify` compares the copy with it
+    before a restore (so a faulty copy is caught too, not enshrined).
+
+    A reader that keeps an old snapshot can stop the checkpoint from reaching the end of
+    the WAL, and a writer can hold the lock past the busy timeout: then the online backup
+    API copies instead (page by page, restarting when a writer commits), as it always did.
+    """
+    lock = _connect(str(source), vfs, apsw.SQLITE_OPEN_READWRITE)
+    try:
+        lock.set_busy_timeout(BUSY_MS)
+        if _freeze(lock, str(source), vfs):
+            (page_size,) = lock.execute("PRAGMA page_size").fetchone()
+            (pages,) = lock.execute("PRAGMA page_count").fetchone()
+            copied = _copy_frozen(source, page_size * pages, target, io)
+            if copied is not None:
+                return copied
+        return _online_copy(source, target, lock)
+    finally:
+        if lock.in_transaction:
+            lock.execute("ROLLBACK")
+        lock.close()
+
+
+def _copy_frozen(source: Path, size: int, target: Path, io: fileio.IO) -> tuple[int, str] | None:
+    """Copy the first `size` bytes (the whole database) and digest them in parallel.
+
+    None if the main file is shorter than the database (never seen: the freeze put every
+    page there; then the online backup API copies instead).
+    """
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        if os.fstat(fd).st_size < size:
+            return None
+        patch = (WAL_HEADER[0], b"\x01\x01")
+        if os.pread(fd, 2, WAL_HEADER[0]) != WAL_HEADER[1]:
+            patch = None
+        digest: list[str | BaseException] = []
+        hashing = threading.Thread(target=_digest_into, args=(digest, fd, size, patch))
+        hashing.start()
+        try:
+            io.copy_new(fd, size, target, 0o600, patch)
+        finally:
+            hashing.join()
+    finally:
+        os.close(fd)
+    if isinstance(digest[0], BaseException):
+        raise digest[0]
+    return size, digest[0]
+
+
+BUSY_MS = 5000
+"""How long the backup waits for another writer before copying with the online backup API."""
+
+
+def _freeze(lock: apsw.Connection, source: str, vfs: str | None) -> bool:
+    """Take the write lock; in WAL mode checkpoint everything. False: state.db stays busy."""
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        lock.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # the read snapshot
+    except apsw.BusyError:
+        return False
+    if lock.execute("PRAGMA journal_mode").fetchall()[0][0] != "wal":
+        return True  # rollback mode: with RESERVED held, no one writes the main file
+    # The lock's own connection cannot checkpoint inside its transaction: a second one can
+    # (PASSIVE needs no writer lock), and nothing can append to the WAL meanwhile.
+    other = _connect(source, vfs, apsw.SQLITE_OPEN_READWRITE)
+    try:
+        other.execute("PRAGMA schema_version").fetchall()  # opens the WAL (else: -1, -1)
+        frames, copied = other.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+    except apsw.BusyError:
+        return False
+    finally:
+        other.close()
+    crashpoint("backup-state-checkpointed")
+    return 0 <= frames == copied
+
+
+def _digest_into(out: list[str | BaseException], *args: object) -> None:
+    try:
+        out.append(_digest(*args))  # type: ignore[arg-type]
+    except BaseException as e:  # handed to the main thread, raised there
+        out.append(e)
+
+
+def _online_copy(source: Path, target: Path, lock: apsw.Connection) -> tuple[int, str]:
+    """Copy a database others keep busy with SQLite's online backup API; fsync; digest.
 
     The copy is a plain file of the backup folder (fsynced, then the folder renamed and
-    fsynced), so it never goes through the workspace's VFS; the restore writes a target
-    and does.
+    fsynced), so it never goes through the workspace's VFS.
     """
+    if lock.in_transaction:
+        lock.execute("ROLLBACK")
     src = _connect(str(source), None, apsw.SQLITE_OPEN_READONLY)
     dest = _connect(str(target), None)
     try:
@@ -175,6 +295,7 @@ def _sqlite_copy(source: Path, target: Path) -> None:
     fd = os.open(target, os.O_RDONLY)
     try:
         os.fsync(fd)
+        return os.fstat(fd).st_size, _digest(fd, os.fstat(fd).st_size)
     finally:
         os.close(fd)
 
