@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -396,6 +398,12 @@ def test_a_nested_attribute_where_a_block_belongs_is_an_error(tmp_path):
     assert message == f"{CONFIG}: migration.state: expected block, got int"
 
 
+def test_an_attribute_and_a_block_of_the_same_name_is_an_error_naming_the_file(tmp_path):
+    message = settings_error(tmp_path, "migration = 1\nmigration {\n}\n")
+
+    assert message == f"{CONFIG}: Attribute migration is already defined."
+
+
 def test_an_hcl_syntax_error_names_the_file_line_and_column(tmp_path):
     write_config(tmp_path, 'migration {\n  enabled = true\n  timeout = = "30m"\n}\n')
 
@@ -422,26 +430,43 @@ def test_a_single_string_where_a_list_belongs_is_an_error_in_hcl_words(tmp_path)
     assert message == f"{CONFIG}: migration.notification_channels: expected list, got str"
 
 
-def test_the_parsed_block_is_cached_by_the_files_digest_and_never_hides_an_error(tmp_path):
+def test_a_file_only_hcl2_can_read_is_cached_by_its_digest_and_never_hides_an_error(tmp_path):
+    # The function call sends the file to python-hcl2 (plainhcl declines expressions).
+    hcl2_only = 'x = max(1, 2)\nmigration {\n  timeout = "%s"\n}\n'
     config = tmp_path / "etc/flywall/flywall.hcl"
     config.parent.mkdir(parents=True)
-    config.write_text('migration {\n  timeout = "5m"\n}\n')
+    config.write_text(hcl2_only % "5m")
     cache = tmp_path / "var/cache/flywall/settings.msgpack"
 
     assert load_settings(tmp_path).timeout == 300
     assert cache.exists()
     assert load_settings(tmp_path).timeout == 300  # from the cache
 
-    config.write_text('migration {\n  timeout = "7m"\n}\n')
+    config.write_text(hcl2_only % "7m")
     assert load_settings(tmp_path).timeout == 420  # a new digest: parsed again
 
-    config.write_text("migration {\n  timeout = \n}\n")
+    config.write_text("x = max(1, 2)\nmigration {\n  timeout = \n}\n")
     with pytest.raises(ConfigParseError):
         load_settings(tmp_path)
-    config.write_text('migration {\n  timeout = "7m"\n}\n')
+    config.write_text(hcl2_only % "7m")
     cache.unlink()
     cache.parent.chmod(0o500)
     try:
         assert load_settings(tmp_path).timeout == 420  # an unwritable cache costs a parse
     finally:
         cache.parent.chmod(0o700)
+
+
+def test_a_plain_file_is_read_without_the_cache_and_without_importing_hcl2(tmp_path):
+    write_config(tmp_path, 'api {\n  enabled = true\n}\n\nmigration {\n  timeout = "5m"\n}\n')
+    probe = (
+        "import sys; from pathlib import Path; "
+        "from flywall.core.settings import load_settings; "
+        f"assert load_settings(Path({str(tmp_path)!r})).timeout == 300; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hcl2', 'lark')))"
+    )
+
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+
+    assert done.stdout.strip() == "[]"
+    assert not (tmp_path / "var").exists()
