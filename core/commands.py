@@ -90,7 +90,6 @@ def list_migrations(
     ws: Workspace, *, pending: bool = False, applied: bool = False
 ) -> list[MigrationRow]:
     """List every migration with its state (files on disk, plus journal-only ones)."""
-    ws.listing_cache = True
     state, journal = _read_state(ws)
     if journal is not None:
         journal.close()
@@ -135,7 +134,6 @@ def _rows(
 
 def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
     """Summarise the appliance: component versions, counts, journal head, interruptions."""
-    ws.listing_cache = True
     state, journal = _read_state(ws)
     try:
         rows = _rows(ws, state, pending=False, applied=False)

@@ -7,11 +7,11 @@ only; their code runs solely through `load_module`, when the engine applies them
 
 from __future__ import annotations
 
-import ast
 import importlib
 import os
 import re
 import sys
+import time
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,6 +22,7 @@ import msgspec
 from flywall.core.errors import DiscoveryError
 
 if TYPE_CHECKING:
+    import ast
     from collections.abc import Sequence
 
 __all__ = [
@@ -35,14 +36,16 @@ __all__ = [
 ]
 
 COMPONENTS = ("database", "state", "config", "api")
-_FILE_NAME = re.compile(r"^(\d{12,})_([a-z0-9][a-z0-9_]*)\.(py|sql)$")
+# Patterns, not compiled ones: `status` and the writers mostly take files from the cache,
+# and re compiles (and keeps) a pattern on its first use only.
+_FILE_NAME = r"^(\d{12,})_([a-z0-9][a-z0-9_]*)\.(py|sql)$"
 _EXPECTED_NAME = "expected NNNNNNNNNNNN_slug.py or .sql, version of at least 12 digits"
-_VERSION = re.compile(r"^\d{12,}$")
+_VERSION = r"^\d{12,}$"
 _BOM = b"\xef\xbb\xbf"
 _SQL_MARKERS = {f"-- migrate:{section}": section for section in ("up", "down", "verify")}
-_SQL_HEADER = re.compile(r"^(schema_version|depends_on):(.*)$")
+_SQL_HEADER = r"^(schema_version|depends_on):(.*)$"
 _PY_METADATA = ("component", "schema_version", "depends_on", "deprecations")
-_CONFIG_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
+_CONFIG_PATH = r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$"
 
 
 class Migration(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,7 +98,7 @@ def from_source(path: str, raw: bytes) -> Migration:
     :param path: where the bytes came from; its file name gives version and slug.
     :raises DiscoveryError: the name, encoding or content is not a valid migration.
     """
-    match = _FILE_NAME.match(Path(path).name)
+    match = re.match(_FILE_NAME, Path(path).name)
     if match is None:
         raise DiscoveryError(path, _EXPECTED_NAME)
     version, slug, extension = match.groups()
@@ -115,69 +118,110 @@ def from_source(path: str, raw: bytes) -> Migration:
     )
 
 
-def discover(directories: Sequence[Path], cache: Path | None = None) -> list[Migration]:
+RACY_NS = 3_000_000_000
+"""A file changed this recently (before the scan began) is read, never cached.
+
+A file's timestamps have a granularity (a clock tick; a second or two on some
+filesystems): a write right after the scan read a file could leave every stat field as it
+was. Files older than this cannot be rewritten with their old ctime, since ctime is set
+by the kernel to "now" on every change (git's "racily clean" entries, done the safe way)."""
+
+
+def discover(
+    directories: Sequence[Path], cache: Path | None = None, *, key: bytes | None = None
+) -> list[Migration]:
     """Describe every migration file in `directories`, ordered by version.
 
     A configured directory that does not exist yet holds no migrations; that is not an
     error, because a fresh appliance has only the shipped ones.
 
-    With `cache` (read-only listings: `status`, `list`), a file whose size, mtime and inode
-    are those recorded is taken from the cache instead of read and parsed again, the way
-    `git status` trusts its index. Writing commands never pass a cache: before a migration
-    runs, every file is read and its checksum computed.
+    With `cache`, a file whose (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) are
+    those recorded is taken from the cache (its source, checksum and metadata) instead of
+    read, hashed and parsed again. That is sound for the reason git trusts its index: any
+    write to a file, and any `touch` or `os.utime` putting its mtime back, sets its ctime
+    to the current time, which no process can choose; so equal stat fields mean the bytes
+    cached are the bytes on disk. Files changed within `RACY_NS` of the scan are never
+    cached. The cache file carries a blake3 digest of its contents, keyed with `key` (the
+    device key) when there is one, so a cache edited or damaged on disk is ignored.
 
     :raises DiscoveryError: a file is invalid, or two files share a version.
     """
-    known = _load_cache(cache) if cache is not None else {}
-    seen: dict[str, tuple[tuple[int, int, int], Migration]] = {}
+    known = _load_cache(cache, key) if cache is not None else {}
+    fresh_before = time.time_ns() - RACY_NS
+    seen: _CacheEntries = {}
     found: dict[str, Migration] = {}
     for directory in directories:
-        if not directory.exists():
+        try:
+            # scandir: one stat per file (entry.stat()); its type comes with the listing
+            with os.scandir(directory) as listing:
+                entries = sorted(
+                    (e for e in listing if e.name.endswith((".py", ".sql"))),
+                    key=lambda e: e.name,
+                )
+        except FileNotFoundError:
             continue
-        if not directory.is_dir():
-            raise DiscoveryError(str(directory), "is not a directory")
-        for entry in sorted(directory.iterdir()):
+        except NotADirectoryError:
+            raise DiscoveryError(str(directory), "is not a directory") from None
+        base = str(directory)
+        prefix = "" if base == "." else base.rstrip("/") + "/"  # as str(directory / name)
+        for entry in entries:
             # Packages, caches, hidden files and anything else that is not a migration.
-            if entry.name.startswith(("_", ".")) or entry.suffix not in {".py", ".sql"}:
-                continue
-            if not entry.is_file():
+            if entry.name.startswith(("_", ".")) or not entry.is_file():
                 continue
             stat = entry.stat()
-            key = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
-            hit = known.get(str(entry))
-            migration = (
-                hit[1]
-                if hit is not None and hit[0] == key
-                else from_source(str(entry), entry.read_bytes())
-            )
-            seen[str(entry)] = (key, migration)
+            stamp = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+            path = prefix + entry.name
+            hit = known.get(path)
+            if hit is not None and hit[0] == stamp:
+                migration = hit[1]
+            else:
+                with open(path, "rb") as f:  # noqa: PTH123 - no Path object per file
+                    migration = from_source(path, f.read())
+            if max(stat.st_ctime_ns, stat.st_mtime_ns) < fresh_before:
+                seen[path] = (stamp, migration)
             other = found.setdefault(migration.version, migration)
             if other is not migration:
                 detail = f"version {migration.version} is also used by {other.path}"
                 raise DiscoveryError(migration.path, detail)
     if cache is not None and seen != known:
-        _save_cache(cache, seen)
+        _save_cache(cache, seen, key)
     return sorted(found.values(), key=lambda m: (int(m.version), m.version))
 
 
-_CacheEntries = dict[str, tuple[tuple[int, int, int], Migration]]
-_cache_decoder = msgspec.msgpack.Decoder(dict[str, tuple[tuple[int, int, int], Migration]])
+_Stamp = tuple[int, int, int, int, int]
+_CacheEntries = dict[str, tuple[_Stamp, Migration]]
+_cache_decoder = msgspec.msgpack.Decoder(_CacheEntries)
+_DIGEST = 32
 
 
-def _load_cache(path: Path) -> _CacheEntries:
+def _cache_digest(body: bytes, key: bytes | None) -> bytes:
+    return blake3.blake3(body, key=key).digest() if key else blake3.blake3(body).digest()
+
+
+def _load_cache(path: Path, key: bytes | None) -> _CacheEntries:
+    """The cached entries; none if the file is missing, damaged, altered or of another key."""
     try:
-        return _cache_decoder.decode(path.read_bytes())
+        data = path.read_bytes()
+        digest, body = data[:_DIGEST], data[_DIGEST:]
+        if len(digest) != _DIGEST or digest != _cache_digest(body, key):
+            return {}
+        return _cache_decoder.decode(body)
     except (OSError, msgspec.DecodeError):
         return {}
 
 
-def _save_cache(path: Path, entries: _CacheEntries) -> None:
-    """Best effort: a listing cache that cannot be written only costs the next parse."""
+def _save_cache(path: Path, entries: _CacheEntries, key: bytes | None) -> None:
+    """Best effort: a cache that cannot be written only costs the next read of every file."""
+    from flywall.core.crash import crashpoint
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(f".{path.name}.{os.getpid()}")
-        temp.write_bytes(msgspec.msgpack.encode(entries))
+        body = msgspec.msgpack.encode(entries)
+        temp.write_bytes(_cache_digest(body, key) + body)
+        crashpoint("discovery-cache-before-replace")  # a stray temp file; no cache yet
         temp.replace(path)
+        crashpoint("discovery-cache-after-replace")
     except OSError:
         pass
 
@@ -217,6 +261,8 @@ def load_module(migration: Migration) -> types.ModuleType:
 
 def _parse_python(path: str, text: str) -> dict[str, Any]:
     """Read metadata from the module's syntax tree; nothing in the file is executed."""
+    import ast  # only when a file is not in the discovery cache
+
     try:
         tree = ast.parse(text, filename=path)
     except SyntaxError as e:
@@ -255,7 +301,7 @@ def _deprecations(path: str, value: Any) -> dict[str, str]:
     ):
         raise DiscoveryError(path, f"deprecations must map str to str, got {value!r}")
     for key in value:
-        if not _CONFIG_PATH.match(key):
+        if not re.match(_CONFIG_PATH, key):
             detail = f"deprecations: {key!r} is not a dotted path of HCL names (e.g. api.listen)"
             raise DiscoveryError(path, detail)
     return value
@@ -263,6 +309,8 @@ def _deprecations(path: str, value: Any) -> dict[str, str]:
 
 def _module_names(path: str, tree: ast.Module) -> tuple[dict[str, Any], set[str]]:
     """Collect the module-level metadata values and the names of module-level functions."""
+    import ast
+
     values: dict[str, Any] = {}
     functions: set[str] = set()
     for node in tree.body:
@@ -278,6 +326,8 @@ def _module_names(path: str, tree: ast.Module) -> tuple[dict[str, Any], set[str]
 
 def _literal(path: str, variable: str, node: ast.expr) -> Any:
     """Evaluate a metadata value that must be a literal, since the file is not run."""
+    import ast
+
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError) as e:
@@ -287,7 +337,7 @@ def _literal(path: str, variable: str, node: ast.expr) -> Any:
 def _versions(path: str, value: Any) -> tuple[str, ...]:
     """Check a `depends_on` value: a list of versions, each of at least 12 digits."""
     if not isinstance(value, list | tuple) or not all(
-        isinstance(item, str) and _VERSION.match(item) for item in value
+        isinstance(item, str) and re.match(_VERSION, item) for item in value
     ):
         raise DiscoveryError(path, f"depends_on must list versions of 12+ digits, got {value!r}")
     return tuple(value)
@@ -342,7 +392,7 @@ def _sql_preamble(path: str, lines: list[str]) -> tuple[dict[str, str], str]:
         if stripped and not stripped.startswith("--"):
             raise DiscoveryError(path, f"line {number}: SQL before the first marker is never run")
         comment = stripped.removeprefix("--").strip()
-        header = _SQL_HEADER.match(comment)
+        header = re.match(_SQL_HEADER, comment)
         if header is not None:
             headers[header[1]] = header[2].strip()
         elif comment and not description:

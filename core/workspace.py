@@ -61,16 +61,24 @@ class Workspace:
             dirs.append(shipped_directory())
         return dirs
 
-    listing_cache = False
-    """Read-only listings (status, list) may trust the discovery cache; writers never do."""
-
     @functools.cached_property
     def migrations(self) -> list[Migration]:
-        """Return every migration file found, sorted by version (read once per command)."""
-        from flywall.core.discovery import discover
+        """Return every migration file found, sorted by version (read once per command).
 
-        cache = self.settings.root / "var/cache/flywall/migrations.msgpack"
-        return discover(self.directories(), cache if self.listing_cache else None)
+        Every command, writers included, trusts the discovery cache for files whose stat
+        fields (ctime among them) are unchanged: see `discover` for why that is sound.
+        The cache is authenticated with the device key; an unreadable key file means no
+        cache here (the commands that need the key report that error themselves).
+        """
+        from flywall.core.discovery import discover
+        from flywall.core.errors import SettingsError
+
+        cache: Path | None = self.settings.root / "var/cache/flywall/migrations.msgpack"
+        try:
+            key = self.device_key()
+        except SettingsError:
+            cache = key = None
+        return discover(self.directories(), cache, key=key)
 
     def migration(self, version: str) -> Migration | None:
         """Return the migration file with `version`, if one is on disk."""

@@ -373,10 +373,27 @@ def test_a_migration_is_a_frozen_value() -> None:
     assert migration == from_source("202312010001_a.py", MINIMAL_PYTHON.encode())
 
 
-def test_the_listing_cache_is_used_only_while_size_mtime_and_inode_match(tmp_path):
-    """`status` may trust (size, mtime, inode) like git's index; a changed file is re-read."""
+def _cache_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let files written a moment ago be cached (they are "racy" otherwise)."""
+    from flywall.core import discovery
+
+    monkeypatch.setattr(discovery, "RACY_NS", -(10**18))
+
+
+def _never_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flywall.core import discovery
+
+    def refuse(path, raw):
+        raise AssertionError(f"{path} was read, not taken from the cache")
+
+    monkeypatch.setattr(discovery, "from_source", refuse)
+
+
+def test_the_cache_is_used_only_while_every_stat_field_matches(tmp_path, monkeypatch):
+    """Trusted like git's index; an edit, even one that restores size and mtime, is re-read."""
     import os
 
+    _cache_everything(monkeypatch)
     folder = tmp_path / "m"
     folder.mkdir()
     path = folder / "202401010001_a.sql"
@@ -384,17 +401,146 @@ def test_the_listing_cache_is_used_only_while_size_mtime_and_inode_match(tmp_pat
     cache = tmp_path / "cache.msgpack"
     first = discover([folder], cache)
     assert cache.exists()
-    assert discover([folder], cache) == first
+    with monkeypatch.context() as m:
+        _never_parse(m)
+        assert discover([folder], cache) == first
 
     stat = path.stat()
     path.write_text("-- Two.\n-- migrate:up\nSELECT 2;\n")  # same size
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-    assert discover([folder], cache)[0].description == "Two."
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the old mtime
+    assert path.stat().st_size == stat.st_size
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert discover([folder], cache)[0].description == "Two."  # ctime gave it away
+    assert discover([folder], cache)[0].checksum == discover([folder])[0].checksum
 
-    # An edit that keeps size and mtime fools only the cache; without it (every writer),
-    # the file is read and its checksum computed.
+
+def test_a_file_changed_just_now_is_never_cached(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "202401010001_a.sql").write_text("-- One.\n-- migrate:up\nSELECT 1;\n")
+    cache = tmp_path / "cache.msgpack"
+    assert discover([folder], cache)[0].description == "One."
+    from flywall.core.discovery import _load_cache
+
+    assert _load_cache(cache, None) == {}
+
+
+def test_an_altered_or_foreign_cache_is_ignored(tmp_path, monkeypatch):
+    """The cache carries a (keyed) digest: forged entries or another key's cache are not read."""
+    import msgspec
+
+    from flywall.core.discovery import _load_cache
+
+    _cache_everything(monkeypatch)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = folder / "202401010001_a.sql"
+    path.write_text("-- One.\n-- migrate:up\nSELECT 1;\n")
+    cache = tmp_path / "cache.msgpack"
+    key = bytes(range(32))
+    discover([folder], cache, key=key)
+    assert _load_cache(cache, key) != {}
+    assert _load_cache(cache, None) == {}
+    assert _load_cache(cache, bytes(32)) == {}
+
+    # forge: the cached migration says "Forged." for the file's real stat fields
+    data = cache.read_bytes()
+    entries = _load_cache(cache, key)
+    stamp, m = entries[str(path)]
+    forged = {str(path): (stamp, msgspec.structs.replace(m, description="Forged."))}
+    cache.write_bytes(data[:32] + msgspec.msgpack.encode(forged))
+    assert _load_cache(cache, key) == {}
+    assert discover([folder], cache, key=key)[0].description == "One."
+    cache.write_bytes(b"garbage")
+    assert discover([folder], cache, key=key)[0].description == "One."
+
+
+def test_the_cache_gives_the_same_answer_as_reading(tmp_path, monkeypatch):
+    """Across adds, removals, renames and edits, cached and uncached discovery agree."""
+    _cache_everything(monkeypatch)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    cache = tmp_path / "cache.msgpack"
+    steps = [
+        ("202401010001_a.sql", "-- A.\n-- migrate:up\nSELECT 1;\n"),
+        ("202401010002_b.py", MINIMAL_PYTHON),
+        ("202401010001_a.sql", "-- A2.\n-- migrate:up\nSELECT 1;\n"),
+        ("202401010003_c.sql", "-- C.\n-- migrate:up\nSELECT 3;\n"),
+    ]
+    for name, text in steps:
+        (folder / name).write_text(text)
+        assert discover([folder], cache) == discover([folder])
+    (folder / "202401010002_b.py").rename(folder / "202401010004_b.py")
+    assert discover([folder], cache) == discover([folder])
+    (folder / "202401010003_c.sql").unlink()
+    assert discover([folder], cache) == discover([folder])
+
+
+@pytest.mark.parametrize("writer", ["migrate", "rollback"])
+def test_writers_trusting_the_cache_still_refuse_an_edited_applied_migration(
+    appliance, monkeypatch, writer
+):
+    """The digest cache never hides an edit: same size, mtime put back, still refused."""
+    import os
+
+    from conftest import create_table_migration
+
+    from flywall.core import commands, errors
+
+    _cache_everything(monkeypatch)
+    path = create_table_migration(appliance, "202401010001", "hosts")
+    commands.migrate(appliance.workspace())
+    commands.status(appliance.workspace())  # the cache now holds the applied file
+    cache = appliance.root / "var/cache/flywall/migrations.msgpack"
+    assert cache.exists()
+    create_table_migration(appliance, "202401010002", "zones")  # something to do
+
     stat = path.stat()
-    path.write_text("-- Tri.\n-- migrate:up\nSELECT 3;\n")
+    edited = path.read_text().replace("hosts (id", "hostz (id")
+    assert len(edited) == len(path.read_text())
+    path.write_text(edited)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert discover([folder], cache)[0].description == "Two."
-    assert discover([folder])[0].description == "Tri."
+    run = {"migrate": commands.migrate, "rollback": lambda ws: commands.rollback(ws, steps=1)}
+    with pytest.raises(errors.ChecksumMismatch):
+        run[writer](appliance.workspace())
+
+
+@pytest.mark.parametrize(
+    "point", ["discovery-cache-before-replace", "discovery-cache-after-replace"]
+)
+@pytest.mark.parametrize("command", [("status",), ("migrate",)])
+def test_a_kill_while_writing_the_cache_costs_nothing_but_the_cache(
+    appliance, tmp_path, point, command
+):
+    """Killed at either side of the cache's rename: the rerun reads the files and is right."""
+    import json
+    import shutil
+    import time
+
+    from conftest import Appliance, create_table_migration
+
+    create_table_migration(appliance, "202401010001", "hosts")
+    create_table_migration(appliance, "202401010002", "zones")
+    time.sleep(3.2)  # older than RACY_NS: the files are cached (ctime cannot be back-dated)
+    reference = Appliance(tmp_path / "reference")
+    shutil.copytree(appliance.root, reference.root)
+    assert reference.cli(*command).returncode == 0
+
+    cut = appliance.cli(*command, env={"FLYWALL_CRASH_AT": point})
+    assert cut.returncode == -9, cut.stderr
+    cache = appliance.root / "var/cache/flywall/migrations.msgpack"
+    assert cache.exists() == (point == "discovery-cache-after-replace")
+    path = appliance.migrations_dir / "202401010001_create_hosts.sql"
+    path.write_text(path.read_text().replace("hosts (id", "hostz (id"))  # an edit afterwards
+    rerun = appliance.cli(*command)
+    assert rerun.returncode == 0, rerun.stderr
+    listed = appliance.cli("list", "--json")
+    expected = reference.cli("list", "--json")
+    assert listed.returncode == expected.returncode == 0
+    rows = {r["version"]: r for r in json.loads(listed.stdout)}
+    assert rows["202401010001"]["checksum"] == checksum(path.read_bytes())[1]
+    assert rows["202401010002"] == {
+        **next(r for r in json.loads(expected.stdout) if r["version"] == "202401010002"),
+        "applied_at": rows["202401010002"]["applied_at"],
+        "file": rows["202401010002"]["file"],
+    }
