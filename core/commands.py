@@ -132,14 +132,25 @@ def _rows(
     return selected
 
 
+def _counts(ws: Workspace, state: projection.Projection) -> dict[str, int]:
+    """How many migrations are in each state: the rows of `list`, counted without building them."""
+    counts = dict.fromkeys((s.value for s in State), 0)
+    on_disk = set()
+    for m in ws.migrations:
+        on_disk.add(m.version)
+        counts[state.record(m.version).state.value] += 1
+    for version, rec in state.migrations.items():
+        if version not in on_disk:
+            counts[rec.state.value] += 1
+    return counts
+
+
 def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
     """Summarise the appliance: component versions, counts, journal head, interruptions."""
     state, journal = _read_state(ws)
     try:
-        rows = _rows(ws, state, pending=False, applied=False)
-        counts = dict.fromkeys((s.value for s in State), 0)
-        for row in rows:
-            counts[row.state] += 1
+        rows = _rows(ws, state, pending=False, applied=False) if verbose else None
+        counts = _counts(ws, state)
         holder = current_holder(ws.paths.lock)
         interrupted, drift = ([], []) if holder else _evidence(ws, state)
         last = state.last_run
@@ -157,7 +168,7 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
             lock_holder=holder.describe() if holder else None,
             last_run=run_summary(last),
             current_version=ws.settings.current_version,
-            migrations=rows if verbose else None,
+            migrations=rows,
         )
     finally:
         if journal is not None:

@@ -233,3 +233,20 @@ def test_the_hot_command_lines_never_import_click(box: Appliance, args: list[str
     )
     p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
     assert p.stderr.splitlines()[-1] == " 0 False"
+
+
+def test_status_counts_are_the_states_list_shows(box: Appliance, tmp_path: Path) -> None:
+    """status counts without building list's rows; both must agree (journal-only ones too)."""
+    import collections
+    import json
+    import shutil
+
+    copy = Appliance(tmp_path / "copy")
+    shutil.copytree(box.root, copy.root)
+    (copy.migrations_dir / "202401010001_create_hosts.sql").unlink()  # applied, file gone
+    create_table_migration(copy, "202401010009", "later")
+    status = json.loads(copy.cli("status", "--json").stdout)
+    rows = json.loads(copy.cli("list", "--json").stdout)
+    tally = collections.Counter(r["state"] for r in rows)
+    assert status["counts"] == {state: tally.get(state, 0) for state in status["counts"]}
+    assert sum(status["counts"].values()) == len(rows) == 4
