@@ -17,7 +17,7 @@ access to the file, but not the key, can no longer recompute a valid chain.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import blake3
 
@@ -49,38 +49,66 @@ def event_hash(
 
     The text fields may also be given as their stored UTF-8 bytes (as `verify` reads them).
     """
-    h = blake3.blake3(key=key) if key else blake3.blake3()
-    h.update(prev_hash)
-    h.update(_HEADER.pack(seq, at_ns))
-    for text in (kind, run_id, migration):
-        raw = text if isinstance(text, bytes) else text.encode()
-        h.update(_LEN.pack(len(raw)))
-        h.update(raw)
-    h.update(body)
-    return h.digest()
+    fields = [_raw(text) for text in (kind, run_id, migration)]
+    return _digest(prev_hash, seq, at_ns, *fields, body, key)
+
+
+def _raw(text: str | bytes) -> bytes:
+    return text if isinstance(text, bytes) else text.encode()
+
+
+def _digest(
+    prev_hash: bytes,
+    seq: int,
+    at_ns: int,
+    kind: bytes,
+    run_id: bytes,
+    migration: bytes,
+    body: bytes,
+    key: bytes | None,
+) -> bytes:
+    """Hash the layout above in one call (one buffer: a fifth of the cost of updates)."""
+    data = b"".join(
+        (
+            prev_hash,
+            _HEADER.pack(seq, at_ns),
+            _LEN.pack(len(kind)),
+            kind,
+            _LEN.pack(len(run_id)),
+            run_id,
+            _LEN.pack(len(migration)),
+            migration,
+            body,
+        )
+    )
+    return (blake3.blake3(data, key=key) if key else blake3.blake3(data)).digest()
 
 
 def verify_chain(
-    rows: Iterable[StoredEvent], key: bytes | None = None, start: tuple[int, bytes] = (0, GENESIS)
+    rows: Iterable[StoredEvent | tuple[Any, ...]],
+    key: bytes | None = None,
+    start: tuple[int, bytes] = (0, GENESIS),
 ) -> tuple[int, bytes]:
     """Walk `rows` in order; return (last seq, last hash) or raise at the first bad row.
+
+    `rows` are `StoredEvent`s or plain tuples in its field order (what `verify` reads).
 
     :raises JournalCorrupt: naming the first seq that is missing, out of order, not linked
         to its predecessor, or whose hash does not match its content.
     """
     seq, prev = start
-    for row in rows:
-        if row.seq != seq + 1:
-            raise JournalCorrupt(seq + 1, f"expected seq {seq + 1}, found {row.seq} (gap)")
-        if row.prev_hash != prev:
-            raise JournalCorrupt(row.seq, "prev_hash does not link to the previous event")
+    for row_seq, at_ns, run_id, migration, kind, body, prev_hash, stored in rows:
+        if row_seq != seq + 1:
+            raise JournalCorrupt(seq + 1, f"expected seq {seq + 1}, found {row_seq} (gap)")
+        if prev_hash != prev:
+            raise JournalCorrupt(row_seq, "prev_hash does not link to the previous event")
         try:
-            expected = event_hash(
-                prev, row.seq, row.at_ns, row.kind, row.run_id, row.migration, row.body, key
+            expected = _digest(
+                prev, row_seq, at_ns, _raw(kind), _raw(run_id), _raw(migration), body, key
             )
         except struct.error as e:  # at_ns outside u64: no event was ever stored like that
-            raise JournalCorrupt(row.seq, f"at_ns {row.at_ns} is out of range") from e
-        if row.hash != expected:
-            raise JournalCorrupt(row.seq, "hash does not match the event's content")
-        seq, prev = row.seq, row.hash
+            raise JournalCorrupt(row_seq, f"at_ns {at_ns} is out of range") from e
+        if stored != expected:
+            raise JournalCorrupt(row_seq, "hash does not match the event's content")
+        seq, prev = row_seq, stored
     return seq, prev

@@ -227,7 +227,7 @@ class Journal:
                 1, "this journal was written without a device key, but a key is given"
             )
         rows = self._conn.execute(f"SELECT {_STORED_BYTES} FROM events ORDER BY seq")
-        return verify_chain((StoredEvent(*row) for row in rows), self._key)
+        return verify_chain(rows, self._key)  # plain tuples, in StoredEvent's field order
 
 
 def _connect(path: str, flags: int, vfs: str | None) -> apsw.Connection:
