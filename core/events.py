@@ -7,9 +7,7 @@ get defaults and go last; never retype, rename or reorder a stored field.
 
 from __future__ import annotations
 
-import getpass
 import os
-import socket
 from typing import Literal
 
 import msgspec
@@ -28,10 +26,21 @@ class Actor(msgspec.Struct, frozen=True, kw_only=True):
 def current_actor(via: str = "cli", user: str | None = None) -> Actor:
     """Describe the person or client running this process."""
     try:
-        login = user or getpass.getuser()
+        login = user or _login()
     except (KeyError, OSError):
         login = str(os.getuid())
-    return Actor(user=login, uid=os.getuid(), host=socket.gethostname(), pid=os.getpid(), via=via)
+    host = os.uname().nodename  # what socket.gethostname() returns, without socket
+    return Actor(user=login, uid=os.getuid(), host=host, pid=os.getpid(), via=via)
+
+
+def _login() -> str:
+    """`getpass.getuser()` without importing getpass (termios) on every command."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if login := os.environ.get(name):
+            return login
+    import pwd  # only when the environment names nobody
+
+    return pwd.getpwuid(os.getuid()).pw_name
 
 
 class Event(msgspec.Struct, frozen=True, tag=True, kw_only=True):

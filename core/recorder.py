@@ -114,7 +114,7 @@ class Recorder:
         self._deferred.clear()
         self._deferred_states = {}
         for row, (_, event, _) in zip(rows, batch, strict=True):
-            self.projection.apply(row, self.lifecycle)
+            self.projection.apply(row, self.lifecycle, event)
             if self._on_event is not None:
                 self._on_event(row, event)
         return rows
