@@ -1,11 +1,17 @@
 """The `state` target: JSON records inside state.db tables, transformed row by row.
 
-A state migration's `up(ctx, records)` calls `records.transform(table, fn)`. Atomic by
-default: every row changes in the engine's one transaction. With `batch_size=N` each
-batch commits together with a checkpoint row in the target (`flywall_batches`) and is
-journaled as `BatchCommitted`; after a crash the next attempt resumes after the last
-committed key, so no row is redone or skipped. The checkpoint is the evidence, the
-journal event the audit trail.
+A state migration's `up(ctx, records)` calls `records.transform(table, fn)` (a Python
+function per record) or `records.transform_sql(table, expression)` (an SQL expression per
+row, for reshapes SQLite's JSON functions can do). Atomic by default: every row changes in
+the engine's one transaction. With `batch_size=N` each batch commits together with a
+checkpoint row in the target (`flywall_batches`) and is journaled as `BatchCommitted`;
+after a crash the next attempt resumes after the last committed key, so no row is redone or
+skipped. The checkpoint is the evidence, the journal event the audit trail.
+
+Both walk the table in key ranges of N rows (`SELECT key ... LIMIT 1 OFFSET N-1` finds a
+range's end), and change a range with one `UPDATE ... WHERE key > ? AND key <= ?`: SQLite
+walks the rows itself, and a Python `fn` is called from inside that UPDATE, so no row
+becomes a Python tuple and no row is bound to a statement one by one.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ if TYPE_CHECKING:
 CHECKPOINTS = "flywall_batches"
 
 _CHUNK = 10_000
+"""Rows per range of an atomic run: bounds the pending new values a range keeps."""
+
 _decode = msgspec.json.Decoder()
 _encode = msgspec.json.Encoder()
 
@@ -58,39 +66,110 @@ class Records:
     ) -> int:
         """Apply `fn` to the decoded JSON value of `column` in each row; return rows changed.
 
-        `fn` returns the new value, or None to leave the row as it is. Rows are visited in
-        `key` order. With `batch_size`, each batch commits with its checkpoint.
+        `fn` returns the new value, or None to leave the row as it is (it is then not
+        written: no UPDATE trigger fires for it); it sees only the rows `where` selects,
+        in `key` order. With `batch_size`, each batch (that many rows of the table, of
+        which `where` picks) commits with its checkpoint.
+        """
+        pending: dict[Any, bytes] = {}
+        changed = [0]
+
+        def changes(row_key: Any, raw: str | None) -> int:
+            new = fn(_decode.decode(raw) if raw is not None else None)
+            if new is None:
+                return 0
+            pending[row_key] = _encode.encode(new)
+            changed[0] += 1
+            return 1
+
+        # WHERE decides (and keeps the new value), SET takes it: each row's fn runs once,
+        # whether SQLite updates in one pass or collects the rows first (it does with
+        # triggers), and unchanged rows are not written. CASE keeps `where` first.
+        test, value = "flywall_record_changes", "flywall_record_value"
+        call = f'{test}("{key}", "{column}")'
+        update = (
+            f'UPDATE "{table}" SET "{column}" = CAST({value}("{key}") AS TEXT) '
+            f'WHERE "{key}" > ? AND "{key}" <= ? AND '
+            + (f"CASE WHEN ({where}) THEN {call} END" if where else call)
+        )
+
+        def change(low: Any, high: Any) -> None:
+            self.db.execute(update, (low, high))
+
+        self.db.create_scalar_function(test, changes, 2)
+        self.db.create_scalar_function(value, pending.pop, 1)
+        try:
+            self._walk(table, key, batch_size, change)
+        finally:
+            self.db.create_scalar_function(test, None, 2)
+            self.db.create_scalar_function(value, None, 1)
+        return changed[0]
+
+    def transform_sql(
+        self,
+        table: str,
+        expression: str,
+        *,
+        column: str = "data",
+        key: str = "rowid",
+        where: str | None = None,
+        batch_size: int | None = None,
+    ) -> int:
+        """Set `column` to the SQL `expression` in each row `where` selects; return rows written.
+
+        The expression sees the row's columns by name, e.g. a reshape with SQLite's JSON
+        functions: `json_object('ipv4', data ->> '$.ip')`. Every row `where` selects is
+        written, so `where` is also how a resumed or repeated run skips rows already done
+        (`json_type(data, '$.address') IS NULL`). Same key order, batches and checkpoints
+        as `transform`.
+        """
+        condition = f" AND ({where})" if where else ""
+        update = (
+            f'UPDATE "{table}" SET "{column}" = ({expression}) '
+            f'WHERE "{key}" > ? AND "{key}" <= ?{condition}'
+        )
+        written = [0]
+
+        def change(low: Any, high: Any) -> None:
+            self.db.execute(update, (low, high))
+            written[0] += self.db.changes()
+
+        self._walk(table, key, batch_size, change)
+        return written[0]
+
+    def _walk(
+        self, table: str, key: str, batch_size: int | None, change: Callable[[Any, Any], None]
+    ) -> None:
+        """Call `change(after, last)` for each key range still to do, in key order.
+
+        A range is the table's next `batch_size` rows after the last checkpoint, whatever
+        `where` selects among them: `where` then costs one evaluation per row (in the
+        UPDATE), not one more per row to find the ranges and to count them. Progress and
+        checkpoints count rows walked. With `batch_size`, each range commits with its
+        checkpoint.
         """
         self._ensure_checkpoints()
         if self._atomic:
             batch_size = None
-        condition = f" AND ({where})" if where else ""
-        total = self.db.execute(f'SELECT count(*) FROM "{table}" WHERE 1{condition}').fetchone()[0]
+        (total,) = self.db.execute(f'SELECT count(*) FROM "{table}"').fetchone()
+        nth = f'SELECT "{key}" FROM "{table}" WHERE "{key}" > ? ORDER BY "{key}" LIMIT 1 OFFSET ?'
+        rest = f'SELECT max("{key}"), count(*) FROM "{table}" WHERE "{key}" > ?'
         last_key, done = self._checkpoint(table)
-        changed = 0
-        select = (
-            f'SELECT "{key}", "{column}" FROM "{table}" WHERE "{key}" > ?{condition} '
-            f'ORDER BY "{key}" LIMIT ?'
-        )
-        update = f'UPDATE "{table}" SET "{column}" = ? WHERE "{key}" = ?'
-        # Atomic runs read in chunks too (bounded memory) but commit only at the end.
-        limit = batch_size or _CHUNK
-        while True:
-            rows = self.db.execute(select, (last_key, limit)).fetchall()
-            if not rows:
-                break
-            updates = []
-            for row_key, raw in rows:
-                new = fn(_decode.decode(raw) if raw is not None else None)
-                if new is not None:
-                    updates.append((_encode.encode(new).decode(), row_key))
-            self.db.executemany(update, updates)
-            changed += len(updates)
-            last_key, done = rows[-1][0], done + len(rows)
+        size = batch_size or _CHUNK
+        end: Any = ()
+        while end is not None:
+            end = self.db.execute(nth, (last_key, size - 1)).fetchone()
+            if end is None:  # fewer than `size` rows left: this range ends at the last one
+                high, rows = self.db.execute(rest, (last_key,)).fetchone()
+                if rows == 0:
+                    return
+            else:
+                high, rows = end[0], size
+            change(last_key, high)
+            done, last_key = done + rows, high
             self._progress(done, total)
             if batch_size is not None:
                 self._commit_batch(table, last_key, done, total)
-        return changed
 
     def _ensure_checkpoints(self) -> None:
         self.db.execute(
