@@ -96,7 +96,7 @@ def version(conn: apsw.Connection) -> int:
 
 
 def upgrade(conn: apsw.Connection, path: str) -> None:
-    """Bring the journal's tables to `CURRENT`, one transaction per step.
+    """Bring the journal's tables to `CURRENT`, one transaction per step (a new file: one).
 
     :raises JournalTooNew: the file was written by a newer flywall-migration.
     """
@@ -105,11 +105,19 @@ def upgrade(conn: apsw.Connection, path: str) -> None:
         raise JournalTooNew(
             f"{path}: journal schema version {found} is newer than this program's {CURRENT}"
         )
-    for number in range(found + 1, CURRENT + 1):
+    # A new file (version 0) goes to CURRENT in one transaction: it is still either empty
+    # or whole, and creating a journal costs one durable commit instead of one per step.
+    batches = (
+        [list(range(1, CURRENT + 1))]
+        if found == 0
+        else [[n] for n in range(found + 1, CURRENT + 1)]
+    )
+    for numbers in batches:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            STEPS[number - 1](conn)
-            conn.execute(f"PRAGMA user_version = {number}")
+            for number in numbers:
+                STEPS[number - 1](conn)
+            conn.execute(f"PRAGMA user_version = {numbers[-1]}")
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -325,6 +325,27 @@ def test_a_new_journal_file_is_at_the_current_schema_version_with_all_its_tables
         assert _schema.version(journal.connection) == _schema.CURRENT
 
 
+def test_a_journal_at_an_older_schema_version_is_upgraded_step_by_step_keeping_its_events(
+    tmp_path,
+):
+    """A new file is created in one transaction; an older one still goes one step at a time."""
+    path = tmp_path / "j.db"  # a journal as version 1 left it
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    _schema.STEPS[0](conn)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("COMMIT")
+    conn.close()
+    with Journal.open(path) as journal:
+        conn = journal.connection
+        assert _schema.version(conn) == _schema.CURRENT
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"events", "sources", "snapshots", "meta"} <= tables
+        journal.append([Entry("A", b"1")])
+        assert journal.verify()[0] == 1
+
+
 def _stamp_newer(path: Path) -> None:
     Journal.open(path).close()
     conn = apsw.Connection(str(path))
