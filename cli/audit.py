@@ -144,42 +144,16 @@ def sign(key: Path, as_json: bool) -> None:
 # -- deliver notices after every writing command -------------------------------------------
 
 
-def _deliver_quietly() -> None:
-    """Deliver notices; a dead channel is a warning on stderr, never the command's failure."""
-    from flywall.core import commands
-    from flywall.core.errors import FlywallError
-    from flywall.journal import JournalError
-
-    try:
-        ws = _workspace()
-    except FlywallError:
-        return  # the command itself has already said what is wrong with the settings
-    try:
-        results = commands.notify(ws)
-    except (FlywallError, JournalError, OSError) as e:
-        click.echo(f"warning: notifications not delivered: {e}", err=True)
-        return
-    for r in results:
-        if r.error is not None:
-            click.echo(
-                f"warning: notification to {r.channel} failed: {r.error} "
-                "(retry with `flywall migration notify`)",
-                err=True,
-            )
-
-
 def _delivering(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Deliver notices after the command (flywall.cli.run.then_deliver, as the fast path)."""
+
     @functools.wraps(callback)
     def run_then_deliver(*args: Any, **kwargs: Any) -> Any:
-        interrupted = False
-        try:
-            return callback(*args, **kwargs)
-        except KeyboardInterrupt:
-            interrupted = True
-            raise
-        finally:  # also after a failed run: failures are what operators must hear of
-            if not interrupted:
-                _deliver_quietly()
+        from flywall.cli.run import then_deliver
+
+        return then_deliver(
+            lambda: callback(*args, **kwargs), lambda: click.get_current_context().obj
+        )
 
     return run_then_deliver
 

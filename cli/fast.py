@@ -9,18 +9,23 @@ the standard library at import time:
   a test re-renders them and compares, so they cannot drift from the click definitions);
 - `flywall migration [--root R] [--config C] [--traceback] status [-v|--verbose] [--json]`
   and `... list [--pending] [--applied] [--json]`, parsed here and answered by the same
-  `commands` and `render` functions the click commands call.
+  `commands` and `render` functions the click commands call;
+- `... migrate [--target V] [--dry-run] [--accept-drift] [--json] [--events jsonl]` and
+  `... rollback [VERSION] [--steps N] [--to V] [--yes] [--accept-drift] [--json]
+  [--events jsonl]`, run by the functions of `flywall.cli.run` the click commands call.
 
-Anything else, anything it does not recognise exactly, and every error goes to click
-(`flywall.cli.main`), so behaviour and messages stay click's: `status` and `list` only read
-(their caches aside), so when they fail here they simply run again under click, which
-prints the error as it always has. FLYWALL_NO_FAST_PATH=1 turns this module off (the
-equivalence tests compare both paths byte for byte).
+Anything else, anything it does not recognise exactly, goes to click (`flywall.cli.main`),
+so behaviour and messages stay click's. `status` and `list` only read (their caches
+aside), so when they fail here they simply run again under click, which prints the error
+as it always has; a writer cannot run twice, so its errors go through the same function
+the click group uses (`run.error_exit_code`). FLYWALL_NO_FAST_PATH=1 turns this module off
+(the equivalence tests compare both paths, byte for byte).
 """
 
 from __future__ import annotations
 
 import codecs
+import errno
 import os
 import stat
 import sys
@@ -58,9 +63,9 @@ def fast(argv: list[str]) -> int | None:
             return None
         return _write(*text)
     if args[:1] == ("migration",):
-        parsed = _parse_read_only(args[1:])
+        parsed = _parse(args[1:])
         if parsed is not None:
-            return _read_only(*parsed)
+            return _run(*parsed)
     return None
 
 
@@ -111,41 +116,92 @@ def _write(out: str, err: str, code: int) -> int:
 
 
 _GROUP_OPTIONS = {"--root": "root", "--config": "config"}
-_COMMAND_FLAGS = {
-    "status": {"--verbose": "verbose", "-v": "verbose", "--json": "as_json"},
-    "list": {"--pending": "pending", "--applied": "applied", "--json": "as_json"},
+# command: (flags, options taking a value, positional arguments allowed)
+_COMMANDS: dict[str, tuple[dict[str, str], dict[str, str], tuple[str, ...]]] = {
+    "status": ({"--verbose": "verbose", "-v": "verbose", "--json": "as_json"}, {}, ()),
+    "list": ({"--pending": "pending", "--applied": "applied", "--json": "as_json"}, {}, ()),
+    "migrate": (
+        {"--dry-run": "dry_run", "--accept-drift": "accept_drift", "--json": "as_json"},
+        {"--target": "target", "--events": "events"},
+        (),
+    ),
+    "rollback": (
+        {"--yes": "yes", "--accept-drift": "accept_drift", "--json": "as_json"},
+        {"--steps": "steps", "--to": "to", "--events": "events"},
+        ("version",),
+    ),
 }
 
 
-def _parse_read_only(args: tuple[str, ...]) -> tuple[str, dict[str, str], dict[str, bool]] | None:
-    """Parse `[group options] status|list [flags]`; None for anything else."""
-    values: dict[str, str] = {}
+def _parse(args: tuple[str, ...]) -> tuple[str, dict[str, object], dict[str, object]] | None:
+    """Parse `[group options] COMMAND [its options]` strictly; None for anything else.
+
+    Only plain spellings are taken (`--opt value`, `--opt=value`, flags alone); whatever
+    click might read in a subtler way (a value starting with "-", an empty one, a
+    non-canonical number, `--`, combined short flags) is left to click.
+    """
+    group: dict[str, object] = {"root": None, "config": None, "traceback": False}
     i = 0
     while i < len(args) and args[i].startswith("-"):
-        name, eq, value = args[i].partition("=")
-        if name == "--traceback" and not eq:
+        if args[i] == "--traceback":
+            group["traceback"] = True
             i += 1
             continue
-        if name not in _GROUP_OPTIONS:
+        taken = _option_value(args, i, _GROUP_OPTIONS)
+        if taken is None:
             return None
-        if not eq:
-            i += 1
-            if i >= len(args):
-                return None
-            value = args[i]
-        if not value or value.startswith("-"):
-            return None  # click's own reading of these is subtle; let it decide
-        values[_GROUP_OPTIONS[name]] = value
-        i += 1
-    if i >= len(args) or args[i] not in _COMMAND_FLAGS:
+        name, group[name], i = taken
+    if i >= len(args) or args[i] not in _COMMANDS:
         return None
-    command, known = args[i], _COMMAND_FLAGS[args[i]]
-    flags = dict.fromkeys(known.values(), False)
-    for arg in args[i + 1 :]:
-        if arg not in known:
+    command = args[i]
+    flags, options, positional = _COMMANDS[command]
+    values: dict[str, object] = dict.fromkeys(flags.values(), False)
+    values.update(dict.fromkeys([*options.values(), *positional]))
+    free = list(positional)
+    i += 1
+    while i < len(args):
+        arg = args[i]
+        if arg in flags:
+            values[flags[arg]] = True
+            i += 1
+        elif not arg.startswith("-") and arg and free:
+            values[free.pop(0)] = arg
+            i += 1
+        else:
+            taken = _option_value(args, i, options)
+            if taken is None:
+                return None
+            name, values[name], i = taken
+    return (command, group, values) if _converted(values) else None
+
+
+def _converted(values: dict[str, object]) -> bool:
+    """Convert `--steps` as click would; False where click would refuse or read otherwise."""
+    if values.get("events") not in (None, "jsonl"):
+        return False  # click.Choice(["jsonl"]) says why
+    steps = values.get("steps")
+    if isinstance(steps, str):
+        if not (steps.isascii() and steps.isdigit() and steps[0] != "0"):
+            return False  # click.IntRange(min=1) reads and refuses the rest
+        values["steps"] = int(steps)
+    return True
+
+
+def _option_value(
+    args: tuple[str, ...], i: int, options: dict[str, str]
+) -> tuple[str, str, int] | None:
+    """Read `--opt value` or `--opt=value` at args[i]: (name, value, next index)."""
+    option, eq, value = args[i].partition("=")
+    if option not in options:
+        return None
+    if not eq:
+        i += 1
+        if i >= len(args):
             return None
-        flags[known[arg]] = True
-    return command, values, flags
+        value = args[i]
+    if not value or value.startswith("-"):
+        return None
+    return options[option], value, i + 1
 
 
 def _path_ok(value: str, *, file_okay: bool, dir_okay: bool) -> bool:
@@ -159,16 +215,28 @@ def _path_ok(value: str, *, file_okay: bool, dir_okay: bool) -> bool:
     return os.access(value, os.R_OK)
 
 
-def _read_only(command: str, values: dict[str, str], flags: dict[str, bool]) -> int | None:
-    """Run `status` or `list` as the click commands do; None (ask click) on any error."""
-    root = values.get("root") or os.environ.get("FLYWALL_ROOT") or "/"
-    config = values.get("config")
+def _run(command: str, group: dict[str, object], values: dict[str, object]) -> int | None:
+    """Run a parsed command line as click would; None (ask click) where that is not sure."""
+    root = str(group["root"] or os.environ.get("FLYWALL_ROOT") or "/")
+    config = group["config"]
     if not _path_ok(root, file_okay=False, dir_okay=True):
         return None
-    if config is not None and not _path_ok(config, file_okay=True, dir_okay=False):
+    if config is not None and not _path_ok(str(config), file_okay=True, dir_okay=False):
         return None
     from pathlib import Path
 
+    obj = {
+        "root": Path(root),
+        "config": Path(str(config)) if config is not None else None,
+        "traceback": group["traceback"],
+    }
+    if command in ("status", "list"):
+        return _read_only(command, obj, values)
+    return _writer(command, obj, values)
+
+
+def _read_only(command: str, obj: dict[str, object], flags: dict[str, object]) -> int | None:
+    """Run `status` or `list` as the click commands do; None (ask click) on any error."""
     from flywall.cli import render
     from flywall.core import commands
     from flywall.core.errors import EXIT_VALIDATION
@@ -177,7 +245,7 @@ def _read_only(command: str, values: dict[str, str], flags: dict[str, bool]) -> 
     code = 0
     try:
         with render.captured() as out:
-            ws = Workspace.load(Path(root), Path(config) if config is not None else None)
+            ws = Workspace.load(obj["root"], obj["config"])
             if command == "status":
                 report = commands.status(ws, verbose=flags["verbose"])
                 render.emit_json(report) if flags["as_json"] else render.status(report)
@@ -195,3 +263,28 @@ def _read_only(command: str, values: dict[str, str], flags: dict[str, bool]) -> 
     if "\x1b" in text:
         return None  # click.echo strips ANSI escapes when stdout is not a terminal
     return _write(text, "", code)
+
+
+def _writer(command: str, obj: dict[str, object], values: dict[str, object]) -> int:
+    """Run `migrate` or `rollback` through the functions the click commands call.
+
+    A writer cannot be run twice, so its errors are reported here exactly as the click
+    group does (flywall.cli.run.error_exit_code, shared with it) and as click's main
+    does for ^C, EOF and a closed pipe; anything else propagates, as under click.
+    """
+    from flywall.cli import run
+
+    body = run.migrate if command == "migrate" else run.rollback
+    try:
+        run.then_deliver(lambda: body(obj, **values), lambda: obj)
+    except (EOFError, KeyboardInterrupt):
+        return _write("", "\nAborted!\n", 1)
+    except Exception as e:
+        if isinstance(e, OSError) and e.errno == errno.EPIPE:
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: PTH123, SIM115 - as click
+            return 1
+        code = run.error_exit_code(e, traceback=obj["traceback"])
+        if code is None:
+            raise
+        return code
+    return 0

@@ -28,20 +28,11 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except Exception as e:
-            # Imported here, not above: `--help` and `--version` never need them.
-            from flywall.core.errors import FlywallError
-            from flywall.journal import JournalCorrupt, JournalError
+            from flywall.cli.run import error_exit_code  # the fast entry point's too
 
-            if not isinstance(e, (FlywallError, JournalError)):
+            code = error_exit_code(e, traceback=bool((ctx.obj or {}).get("traceback")))
+            if code is None:
                 raise
-            if (ctx.obj or {}).get("traceback"):
-                raise
-            code = getattr(e, "exit_code", 4 if isinstance(e, JournalCorrupt) else 2)
-            if "--json" in sys.argv:
-                from flywall.cli.render import emit_json
-
-                emit_json({"error": str(e), "exit_code": code})
-            click.echo(f"FAILED: {e}", err=True)
             ctx.exit(code)
 
 
@@ -106,27 +97,9 @@ def drift_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _hooks(events: str | None, as_json: bool) -> dict[str, Any]:
     """Return the engine callbacks: JSON lines, or human progress on stderr."""
-    from flywall.core import commands
-    from flywall.core import events as ev
+    from flywall.cli.run import hooks
 
-    if events == "jsonl":
-        from flywall.cli.render import emit_json
-
-        return {"on_event": lambda row, event: emit_json(commands.event_dict(row, event))}
-    if as_json:
-        return {}
-
-    def narrate(row: Any, event: Any) -> None:
-        match event:
-            case ev.MigrationStarted(direction=direction, slug=slug):
-                verb = "applying" if direction == "up" else "rolling back"
-                click.echo(f"{verb} {row.migration} {slug}", err=True)
-            case ev.MigrationFailed(error_type=kind, message=message):
-                click.echo(f"  failed: {kind}: {message}", err=True)
-            case ev.Recovered(decision=decision):
-                click.echo(f"recovered {row.migration}: {decision}", err=True)
-
-    return {"on_event": narrate}
+    return hooks(events, as_json)
 
 
 @migration.command()
@@ -172,35 +145,16 @@ def migrate(
     target: str | None, dry_run: bool, accept_drift: bool, as_json: bool, events: str | None
 ) -> None:
     """Apply pending migrations, recovering any interrupted run first."""
-    from flywall.cli import render
-    from flywall.core import commands
+    from flywall.cli import run
 
-    ws = _workspace()
-    if commands.wants_dry_run(ws, dry_run=dry_run):
-        _dry_run(ws, target, accept_drift, as_json, events)
-        return
-    report = commands.migrate(
-        ws, target=target, accept_drift=accept_drift, **_hooks(events, as_json)
+    run.migrate(
+        click.get_current_context().obj,
+        target=target,
+        dry_run=dry_run,
+        accept_drift=accept_drift,
+        as_json=as_json,
+        events=events,
     )
-    if events is None:
-        render.emit_json(report) if as_json else render.run(report)
-
-
-def _dry_run(
-    ws: Workspace, target: str | None, accept_drift: bool, as_json: bool, events: str | None
-) -> None:
-    """`migrate --dry-run` (or `dry_run = true`): exit 1 when a migration failed."""
-    from flywall.cli import render
-    from flywall.core import commands
-    from flywall.core.errors import EXIT_MIGRATION_FAILED
-
-    report = commands.dry_run(
-        ws, target=target, accept_drift=accept_drift, **_hooks(events, as_json)
-    )
-    if events is None:
-        render.emit_json(report) if as_json else render.dry_run(report)
-    if not report.ok:
-        sys.exit(EXIT_MIGRATION_FAILED)
 
 
 @migration.command()
@@ -221,20 +175,18 @@ def rollback(
     events: str | None,
 ) -> None:
     """Roll back VERSION, the newest --steps N, or everything after --to VERSION."""
-    from flywall.cli import render
-    from flywall.core import commands
+    from flywall.cli import run
 
-    report = commands.rollback(
-        _workspace(),
+    run.rollback(
+        click.get_current_context().obj,
         version=version,
         steps=steps,
         to=to,
-        accept_drift=accept_drift,
         yes=yes,
-        **_hooks(events, as_json),
+        accept_drift=accept_drift,
+        as_json=as_json,
+        events=events,
     )
-    if events is None:
-        render.emit_json(report) if as_json else render.run(report)
 
 
 @migration.command("test")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -19,18 +20,27 @@ if TYPE_CHECKING:
 _captured: list[str] | None = None
 
 
-def echo(message: str = "", *, nl: bool = True) -> None:
-    """Print one line through `click.echo`, or into the buffer of `captured()`.
+def echo(message: str = "", *, nl: bool = True, err: bool = False) -> None:
+    """Print one line as `click.echo` does, or into the buffer of `captured()`.
 
     Click is imported here, not at module level: the fast entry point (`flywall.cli.fast`)
-    renders `status` and `list` without it, and writes the captured text itself.
+    runs `status`, `list`, `migrate` and `rollback` without it. Without click loaded the
+    line is written and flushed as click.echo would (the fast path has checked that the
+    streams need no re-wrapping); a line with an ANSI escape goes through click, which
+    strips escapes when the stream is not a terminal.
     """
-    if _captured is not None:
+    if _captured is not None and not err:
         _captured.append(message + "\n" if nl else message)
         return
-    import click
+    if "click" in sys.modules or "\x1b" in message:
+        import click
 
-    click.echo(message, nl=nl)
+        click.echo(message, nl=nl, err=err)
+        return
+    stream = sys.stderr if err else sys.stdout
+    if stream is not None:
+        stream.write(message + "\n" if nl else message)
+        stream.flush()
 
 
 @contextlib.contextmanager

@@ -250,3 +250,125 @@ def test_status_counts_are_the_states_list_shows(box: Appliance, tmp_path: Path)
     tally = collections.Counter(r["state"] for r in rows)
     assert status["counts"] == {state: tally.get(state, 0) for state in status["counts"]}
     assert sum(status["counts"].values()) == len(rows) == 4
+
+
+# -- writers: migrate and rollback -----------------------------------------------------------
+
+FAILING = """\
+-- Fails on purpose.
+-- migrate:up
+CREATE TABLE broken (id INTEGER PRIMARY KEY);
+INSERT INTO no_such_table VALUES (1);
+-- migrate:down
+DROP TABLE broken;
+"""
+
+VOLATILE = [
+    (rb"\d{8}T\d{6}-[0-9a-f]{6}", b"RUN"),  # run ids
+    (rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?", b"TIME"),
+    (rb"\b[0-9a-f]{16,64}\b", b"HASH"),  # event hashes chain in the time
+    (rb"\d+\.\d+", b"N.N"),  # durations
+    (rb'"(at_ns|duration_ns|started_ns|finished_ns|pid)":\d+', rb'"\1":N'),
+]
+
+
+def normalized(result: tuple[bytes, bytes, int], root: Path) -> tuple[bytes, bytes, int]:
+    import re
+
+    out, err, code = result
+    parts = []
+    for raw in (out, err):
+        text = raw.replace(str(root).encode(), b"ROOT")
+        for pattern, replacement in VOLATILE:
+            text = re.sub(pattern, replacement, text)
+        parts.append(text)
+    return parts[0], parts[1], code
+
+
+WRITES = [
+    ("migrate",),
+    ("migrate", "--json"),
+    ("migrate", "--events", "jsonl"),
+    ("migrate", "--target", "202401010003"),
+    ("migrate", "--target=299901010001"),
+    ("migrate", "--dry-run"),
+    ("migrate", "--accept-drift", "--json"),
+    ("rollback", "--steps", "1"),
+    ("rollback", "--steps=2", "--json"),
+    ("rollback", "202401010001"),
+    ("rollback", "--to", "202401010001", "--yes"),
+    ("rollback",),
+    ("rollback", "--steps", "1", "--to", "202401010001"),
+    ("rollback", "--steps", "9", "--json"),
+    ("rollback", "--steps", "0"),
+    ("rollback", "--steps", "01"),
+    ("rollback", "--steps", "1", "--events", "jsonl"),
+    ("rollback", "--events", "xml"),
+    ("migrate", "--bogus"),
+]
+
+
+@pytest.fixture(scope="module")
+def writer_box(tmp_path_factory: pytest.TempPathFactory) -> Appliance:
+    """Two applied, one pending, and a failing one after it."""
+    app = Appliance(tmp_path_factory.mktemp("writers") / "appliance")
+    app.configure()
+    for i, table in enumerate(("hosts", "zones", "rules"), start=1):
+        create_table_migration(app, f"20240101000{i}", table)
+    assert app.cli("migrate", "--target", "202401010002").returncode == 0
+    app.write("202401010004_broken.sql", FAILING)
+    return app
+
+
+@pytest.mark.parametrize("command", WRITES, ids=" ".join)
+def test_migrate_and_rollback_answer_as_click(
+    writer_box: Appliance, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    import shutil
+
+    results = []
+    for name, slow in (("fast", False), ("click", True)):
+        copy = Appliance(tmp_path / name)
+        shutil.copytree(writer_box.root, copy.root)
+        args = ["migration", "--root", str(copy.root), *command]
+        result = normalized(run(args, slow=slow), copy.root)
+        listed = normalized(
+            run(["migration", "--root", str(copy.root), "list", "--json"]), copy.root
+        )
+        results.append((result, listed))
+    assert results[0] == results[1], command
+
+
+def test_a_writer_refused_for_drift_answers_as_click(writer_box: Appliance, tmp_path: Path) -> None:
+    import shutil
+
+    results = []
+    for name, slow in (("fast", False), ("click", True)):
+        copy = Appliance(tmp_path / name)
+        shutil.copytree(writer_box.root, copy.root)
+        db = apsw.Connection(str(copy.state_db))
+        db.execute("CREATE TABLE sneaky (id INTEGER)")
+        db.close()
+        for command in (["migrate"], ["rollback", "--steps", "1", "--json"]):
+            args = ["migration", "--root", str(copy.root), *command]
+            results.append(normalized(run(args, slow=slow), copy.root))
+    assert results[:2] == results[2:]
+    assert results[0][2] == 4
+
+
+def test_migrate_and_rollback_run_without_click(writer_box: Appliance, tmp_path: Path) -> None:
+    import shutil
+
+    copy = Appliance(tmp_path / "copy")
+    shutil.copytree(writer_box.root, copy.root)
+    for command in (["rollback", "--steps", "1"], ["migrate", "--target", "202401010003"]):
+        args = ["flywall", "migration", "--root", str(copy.root), *command]
+        probe = (
+            "import sys; from flywall.cli import fast; "
+            f"code = fast.fast({args!r}); "
+            "print('', code, 'click' in sys.modules, file=sys.stderr)"
+        )
+        p = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+        )
+        assert p.stderr.splitlines()[-1] == " 0 False", p.stderr

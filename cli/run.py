@@ -1,0 +1,180 @@
+"""The writing commands' bodies, without click.
+
+The click commands and the fast entry point (`flywall.cli.fast`) both call these, so
+`migrate` and `rollback` behave the same whichever way they were started.
+
+`obj` is what the `migration` group collects: {"root", "config", "traceback"}.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from flywall.core.workspace import Workspace
+
+
+def workspace(obj: dict[str, Any]) -> Workspace:
+    """The appliance the `migration` group's options name."""
+    from flywall.core.workspace import Workspace
+
+    return Workspace.load(obj["root"], obj["config"])
+
+
+def hooks(events: str | None, as_json: bool) -> dict[str, Any]:
+    """Return the engine callbacks: JSON lines, or human progress on stderr."""
+    from flywall.cli.render import echo, emit_json
+    from flywall.core import commands
+    from flywall.core import events as ev
+
+    if events == "jsonl":
+        return {"on_event": lambda row, event: emit_json(commands.event_dict(row, event))}
+    if as_json:
+        return {}
+
+    def narrate(row: Any, event: Any) -> None:
+        match event:
+            case ev.MigrationStarted(direction=direction, slug=slug):
+                verb = "applying" if direction == "up" else "rolling back"
+                echo(f"{verb} {row.migration} {slug}", err=True)
+            case ev.MigrationFailed(error_type=kind, message=message):
+                echo(f"  failed: {kind}: {message}", err=True)
+            case ev.Recovered(decision=decision):
+                echo(f"recovered {row.migration}: {decision}", err=True)
+
+    return {"on_event": narrate}
+
+
+def migrate(
+    obj: dict[str, Any],
+    *,
+    target: str | None,
+    dry_run: bool,
+    accept_drift: bool,
+    as_json: bool,
+    events: str | None,
+) -> None:
+    """`migrate`: apply pending migrations, recovering any interrupted run first."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    ws = workspace(obj)
+    if commands.wants_dry_run(ws, dry_run=dry_run):
+        _dry_run(ws, target, accept_drift, as_json, events)
+        return
+    report = commands.migrate(
+        ws, target=target, accept_drift=accept_drift, **hooks(events, as_json)
+    )
+    if events is None:
+        render.emit_json(report) if as_json else render.run(report)
+
+
+def _dry_run(
+    ws: Workspace, target: str | None, accept_drift: bool, as_json: bool, events: str | None
+) -> None:
+    """`migrate --dry-run` (or `dry_run = true`): exit 1 when a migration failed."""
+    from flywall.cli import render
+    from flywall.core import commands
+    from flywall.core.errors import EXIT_MIGRATION_FAILED
+
+    report = commands.dry_run(
+        ws, target=target, accept_drift=accept_drift, **hooks(events, as_json)
+    )
+    if events is None:
+        render.emit_json(report) if as_json else render.dry_run(report)
+    if not report.ok:
+        sys.exit(EXIT_MIGRATION_FAILED)
+
+
+def rollback(
+    obj: dict[str, Any],
+    *,
+    version: str | None,
+    steps: int | None,
+    to: str | None,
+    yes: bool,
+    accept_drift: bool,
+    as_json: bool,
+    events: str | None,
+) -> None:
+    """`rollback`: VERSION, the newest --steps N, or everything after --to VERSION."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    report = commands.rollback(
+        workspace(obj),
+        version=version,
+        steps=steps,
+        to=to,
+        accept_drift=accept_drift,
+        yes=yes,
+        **hooks(events, as_json),
+    )
+    if events is None:
+        render.emit_json(report) if as_json else render.run(report)
+
+
+# -- after every writing command: deliver notices -------------------------------------------
+
+
+def deliver_quietly(obj: dict[str, Any]) -> None:
+    """Deliver notices; a dead channel is a warning on stderr, never the command's failure."""
+    from flywall.cli.render import echo
+    from flywall.core import commands
+    from flywall.core.errors import FlywallError
+    from flywall.journal import JournalError
+
+    try:
+        ws = workspace(obj)
+    except FlywallError:
+        return  # the command itself has already said what is wrong with the settings
+    try:
+        results = commands.notify(ws)
+    except (FlywallError, JournalError, OSError) as e:
+        echo(f"warning: notifications not delivered: {e}", err=True)
+        return
+    for r in results:
+        if r.error is not None:
+            echo(
+                f"warning: notification to {r.channel} failed: {r.error} "
+                "(retry with `flywall migration notify`)",
+                err=True,
+            )
+
+
+def then_deliver(run: Callable[[], Any], obj: Callable[[], dict[str, Any]]) -> Any:
+    """Run a writing command, then deliver notices (also after a failure; not after ^C)."""
+    interrupted = False
+    try:
+        return run()
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:  # also after a failed run: failures are what operators must hear of
+        if not interrupted:
+            deliver_quietly(obj())
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def error_exit_code(error: Exception, traceback: bool) -> int | None:
+    """Report a user-caused error as one line (and JSON with --json); return its exit code.
+
+    None: not an error a user can cause (or --traceback): the caller re-raises it.
+    """
+    from flywall.core.errors import FlywallError
+    from flywall.journal import JournalCorrupt, JournalError
+
+    if not isinstance(error, (FlywallError, JournalError)) or traceback:
+        return None
+    code = getattr(error, "exit_code", 4 if isinstance(error, JournalCorrupt) else 2)
+    from flywall.cli.render import echo, emit_json
+
+    if "--json" in sys.argv:
+        emit_json({"error": str(error), "exit_code": code})
+    echo(f"FAILED: {error}", err=True)
+    return code
