@@ -15,7 +15,7 @@ import os
 import shutil
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import apsw
 import blake3
@@ -26,6 +26,7 @@ from flywall.core.crash import crashpoint
 from flywall.core.errors import FlywallError, UsageError, ValidationFailed
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from flywall.core.workspace import Workspace
@@ -85,18 +86,26 @@ def create(
     applied: list[str],
     reason: str,
     io: fileio.IO = fileio.REAL,
+    alongside: Callable[[], None] | None = None,
 ) -> Manifest:
     """Write a complete backup or nothing at all.
+
+    `alongside` (the run's validate_before) runs exactly once: while state.db's copy is
+    written when it is copied byte for byte under the lock (it then checks the very bytes
+    backed up, and its CPU overlaps the copy's I/O), else before the copy. Its exception
+    wins over the backup's, as it would have come first.
 
     :raises BackupFailed: naming the backup folder and the cause (e.g. no space left).
     """
     root = ws.paths.backups
     final, partial = root / backup_id, root / f".{backup_id}.partial"
+    once = _Once(alongside)
     try:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(mode=0o700)
-        items = [_copy(ws, source, partial, io) for source in _sources(ws)]
+        items = [_copy(ws, source, partial, io, once) for source in _sources(ws)]
+        once()  # no state.db to copy
         manifest = Manifest(
             backup_id=backup_id,
             created_ns=time.time_ns(),
@@ -111,14 +120,62 @@ def create(
         io.rename(partial, final)
         io.fsync_dir(root)
         crashpoint("backup-completed")
-    except (OSError, apsw.Error) as e:
+    except BaseException as e:
         shutil.rmtree(partial, ignore_errors=True)
+        if e is once.error:
+            raise
+        once()  # not run yet: a failing check is what the run would have said first
+        if not isinstance(e, (OSError, apsw.Error)):
+            raise
         cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise BackupFailed(f"backup to {final} failed: {cause}; nothing was changed") from e
     return manifest
 
 
-def _copy(ws: Workspace, source: tuple[str, str, Path], folder: Path, io: fileio.IO) -> BackupItem:
+class _Once:
+    """Run a callable at most once, wherever that happens first; remember its exception."""
+
+    def __init__(self, fn: Callable[[], None] | None) -> None:
+        self._fn = fn
+        self.error: BaseException | None = None
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            try:
+                fn()
+            except BaseException as e:
+                self.error = e
+                raise
+
+
+class _Worker(threading.Thread):
+    """A call in a thread of its own; `result()` waits and returns or raises what it did."""
+
+    def __init__(self, fn: Callable[..., Any], *args: object) -> None:
+        super().__init__(daemon=True)
+        self._call = (fn, args)
+        self._outcome: tuple[bool, Any] = (False, None)
+        self.start()
+
+    def run(self) -> None:
+        fn, args = self._call
+        try:
+            self._outcome = (True, fn(*args))
+        except BaseException as e:  # handed to the waiting thread, raised there
+            self._outcome = (False, e)
+
+    def result(self) -> Any:
+        self.join()
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
+
+
+def _copy(
+    ws: Workspace, source: tuple[str, str, Path], folder: Path, io: fileio.IO, once: _Once
+) -> BackupItem:
     """Copy one target into the backup folder (an absent target is recorded as absent)."""
     name, component, path = source
     if not path.exists():
@@ -127,7 +184,7 @@ def _copy(ws: Workspace, source: tuple[str, str, Path], folder: Path, io: fileio
         )
     copy = folder / name
     if component == "database":
-        size, digest = _copy_database(path, copy, ws.sqlite.vfs, io)
+        size, digest = _copy_database(path, copy, ws.sqlite.vfs, io, once)
         crashpoint("backup-state-copied")
     else:
         data = fileio.read(path) or b""
@@ -179,7 +236,9 @@ WAL_HEADER = (18, b"\x02\x02")
 """Bytes 18-19 of an SQLite header in WAL mode (file format versions); rollback mode is 1, 1."""
 
 
-def _copy_database(source: Path, target: Path, vfs: str | None, io: fileio.IO) -> tuple[int, str]:
+def _copy_database(
+    source: Path, target: Path, vfs: str | None, io: fileio.IO, once: _Once
+) -> tuple[int, str]:
     """Copy state.db byte for byte while no one can change it; return (size, digest).
 
     The write lock (`BEGIN IMMEDIATE`) stops every writer, and in WAL mode a checkpoint
@@ -188,9 +247,10 @@ def _copy_database(source: Path, target: Path, vfs: str | None, io: fileio.IO) -
     whole database. The copy moves in the kernel; a WAL header is rewritten to rollback
     mode, so the copy is a plain self-contained database file, as `PRAGMA journal_mode =
     DELETE` after the online backup API left it. The digest is taken of the locked source
-    with that same header, in a second thread while the copy is written and fsynced, in one
-    bounded buffer: it is what the copy must hold, and `verify` compares the copy with it
-    before a restore (so a faulty copy is caught too, not enshrined).
+    with that same header, in a thread of its own while another writes and fsyncs the copy
+    (and this one runs `once`), in one bounded buffer: it is what the copy must hold, and
+    `verify` compares the copy with it before a restore (so a faulty copy is caught too,
+    not enshrined).
 
     A reader that keeps an old snapshot can stop the checkpoint from reaching the end of
     the WAL, and a writer can hold the lock past the busy timeout: then the online backup
@@ -202,18 +262,20 @@ def _copy_database(source: Path, target: Path, vfs: str | None, io: fileio.IO) -
         if _freeze(lock, str(source), vfs):
             (page_size,) = lock.execute("PRAGMA page_size").fetchone()
             (pages,) = lock.execute("PRAGMA page_count").fetchone()
-            copied = _copy_frozen(source, page_size * pages, target, io)
+            copied = _copy_frozen(source, page_size * pages, target, io, once)
             if copied is not None:
                 return copied
-        return _online_copy(source, target, lock)
+        return _online_copy(source, target, lock, once)
     finally:
         if lock.in_transaction:
             lock.execute("ROLLBACK")
         lock.close()
 
 
-def _copy_frozen(source: Path, size: int, target: Path, io: fileio.IO) -> tuple[int, str] | None:
-    """Copy the first `size` bytes (the whole database) and digest them in parallel.
+def _copy_frozen(
+    source: Path, size: int, target: Path, io: fileio.IO, once: _Once
+) -> tuple[int, str] | None:
+    """Copy and digest the first `size` bytes (the whole database) in two threads; run `once`.
 
     None if the main file is shorter than the database (never seen: the freeze put every
     page there; then the online backup API copies instead).
@@ -225,18 +287,17 @@ def _copy_frozen(source: Path, size: int, target: Path, io: fileio.IO) -> tuple[
         patch = (WAL_HEADER[0], b"\x01\x01")
         if os.pread(fd, 2, WAL_HEADER[0]) != WAL_HEADER[1]:
             patch = None
-        digest: list[str | BaseException] = []
-        hashing = threading.Thread(target=_digest_into, args=(digest, fd, size, patch))
-        hashing.start()
+        copying = _Worker(io.copy_new, fd, size, target, 0o600, patch)
+        hashing = _Worker(_digest, fd, size, patch)
         try:
-            io.copy_new(fd, size, target, 0o600, patch)
+            once()
         finally:
+            copying.join()
             hashing.join()
+        copying.result()
+        return size, hashing.result()
     finally:
         os.close(fd)
-    if isinstance(digest[0], BaseException):
-        raise digest[0]
-    return size, digest[0]
 
 
 BUSY_MS = 5000
@@ -266,21 +327,16 @@ def _freeze(lock: apsw.Connection, source: str, vfs: str | None) -> bool:
     return 0 <= frames == copied
 
 
-def _digest_into(out: list[str | BaseException], *args: object) -> None:
-    try:
-        out.append(_digest(*args))  # type: ignore[arg-type]
-    except BaseException as e:  # handed to the main thread, raised there
-        out.append(e)
-
-
-def _online_copy(source: Path, target: Path, lock: apsw.Connection) -> tuple[int, str]:
+def _online_copy(source: Path, target: Path, lock: apsw.Connection, once: _Once) -> tuple[int, str]:
     """Copy a database others keep busy with SQLite's online backup API; fsync; digest.
 
-    The copy is a plain file of the backup folder (fsynced, then the folder renamed and
-    fsynced), so it never goes through the workspace's VFS.
+    `once` runs first, the lock released. The copy is a plain file of the backup folder
+    (fsynced, then the folder renamed and fsynced), so it never goes through the
+    workspace's VFS.
     """
     if lock.in_transaction:
         lock.execute("ROLLBACK")
+    once()
     src = _connect(str(source), None, apsw.SQLITE_OPEN_READONLY)
     dest = _connect(str(target), None)
     try:

@@ -387,10 +387,12 @@ class Engine:
         """A migrate run: pre-flight, validate_before, backup, the strategy, validate_after."""
         settings = self.ws.settings
         self.preflight()
-        if settings.validate_before:
-            self._validate("before", [r.version for r in self.state.in_state(State.APPLIED)])
+        applied = [r.version for r in self.state.in_state(State.APPLIED)]
+        check = (lambda: self._validate("before", applied)) if settings.validate_before else None
         if settings.backup_before:
-            self.backup_before_run()
+            self.backup_before_run(alongside=check)  # checks the locked state.db as it copies
+        elif check is not None:
+            check()
         if settings.strategy == "full":
             self._run_full(plan, done)
         else:
@@ -549,8 +551,10 @@ class Engine:
             failed = "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
             raise errors.ValidationFailed(f"validate_{phase} failed: {failed}")
 
-    def backup_before_run(self) -> None:
+    def backup_before_run(self, alongside: Callable[[], None] | None = None) -> None:
         """Back up every target into backup_location/<run id>/ before the first change.
+
+        `alongside` (validate_before) runs during the copy: see `backup.create`.
 
         :raises BackupFailed: the run stops before anything changed.
         """
@@ -563,6 +567,7 @@ class Engine:
             journal_seq=self.state.seq,
             applied=applied,
             reason=f"before {self.command} run {self.run_id}",
+            alongside=alongside,
         )
         self._backup_id = manifest.backup_id
         self.recorder.defer(

@@ -208,3 +208,100 @@ def test_a_source_shorter_than_the_range_is_an_error(tmp_path: Path) -> None:
     finally:
         os.close(src)
         os.close(dst)
+
+
+def test_alongside_runs_once_while_the_copy_holds_the_write_lock(appliance: Appliance) -> None:
+    """validate_before runs during the copy: no writer can change what it checks."""
+    wal_database(appliance).close()
+    calls: list[str] = []
+
+    def check() -> None:
+        other = apsw.Connection(str(appliance.state_db))
+        other.set_busy_timeout(0)
+        (count,) = other.execute("SELECT count(*) FROM blobs").fetchone()  # readers go on
+        with pytest.raises(apsw.BusyError):
+            other.execute("INSERT INTO blobs (body) VALUES (x'00')")
+        other.close()
+        calls.append(f"checked {count}")
+
+    ws = appliance.workspace()
+    backup.create(ws, "b1", journal_seq=0, applied=[], reason="t", alongside=check)
+
+    assert calls == ["checked 2000"]
+
+
+def test_a_failing_alongside_wins_and_leaves_no_backup(appliance: Appliance) -> None:
+    wal_database(appliance).close()
+
+    class Refused(Exception):
+        pass
+
+    def check() -> None:
+        raise Refused("validate_before failed: integrity: bad page")
+
+    ws = appliance.workspace()
+    with pytest.raises(Refused):
+        backup.create(ws, "b1", journal_seq=0, applied=[], reason="t", alongside=check)
+    assert list(ws.paths.backups.iterdir()) == []
+
+
+def test_alongside_still_runs_first_when_the_backup_cannot_be_written(
+    appliance: Appliance, tmp_path: Path
+) -> None:
+    """A backup that fails before the copy: the check still speaks first, as it used to."""
+    wal_database(appliance).close()
+    appliance.configure('backup_location = "/blocked/backups"\n')
+    (appliance.root / "blocked").write_text("a file where the folder should be")
+    calls: list[int] = []
+    ws = appliance.workspace()
+
+    with pytest.raises(backup.BackupFailed, match="nothing was changed"):
+        backup.create(
+            ws, "b1", journal_seq=0, applied=[], reason="t", alongside=lambda: calls.append(1)
+        )
+    assert calls == [1]
+
+    def refuse() -> None:
+        raise backup.ValidationFailed("validate_before failed: drift")
+
+    with pytest.raises(backup.ValidationFailed, match="drift"):
+        backup.create(ws, "b1", journal_seq=0, applied=[], reason="t", alongside=refuse)
+
+
+VERIFIED = """\
+-- A table that must keep its one row.
+-- migrate:up
+CREATE TABLE kept (x);
+INSERT INTO kept VALUES (1);
+-- migrate:down
+DROP TABLE kept;
+-- migrate:verify
+SELECT CASE WHEN count(*) = 1 THEN 1 ELSE json('not json: kept lost its row') END FROM kept;
+"""
+
+
+def test_a_failing_validate_before_stops_the_run_with_no_backup_and_no_change(
+    appliance: Appliance,
+) -> None:
+    appliance.write("202401010001_kept.sql", VERIFIED)
+    assert appliance.cli("migrate").returncode == 0
+    (first,) = commands.backup_list(appliance.workspace())
+    db = apsw.Connection(str(appliance.state_db))
+    db.execute("DELETE FROM kept")  # behind the journal's back: the verify now fails
+    db.close()
+    appliance.write("202401010002_t.sql", "-- migrate:up\nCREATE TABLE t (x);\n")
+
+    result = appliance.cli("migrate")
+
+    assert result.returncode == 4, result.stderr
+    assert "validate_before failed: verify 202401010001" in result.stderr
+    assert [b.backup_id for b in commands.backup_list(appliance.workspace())] == [first.backup_id]
+    assert list(appliance.workspace().paths.backups.iterdir()) == [
+        appliance.workspace().paths.backups / first.backup_id
+    ]
+    assert observe(appliance.root).states == {"202401010001": "applied"}
+    db = apsw.Connection(str(appliance.state_db))
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 't'").fetchall() == []
+    db.close()
+    last_run = commands.history(appliance.workspace())[-3:]
+    assert [e["kind"] for e in last_run] == ["RunStarted", "ValidationPerformed", "RunFinished"]
