@@ -192,8 +192,10 @@ available() {
 tool_flywall() {
   APPLY="$F migrate"; STATUS="$F status"; ROLLBACK1="$F rollback --steps 1"; APPLY1="$F migrate"
   HELP="$FLYWALL migration --help"; VERSION="$FLYWALL --version"; DB=$STATE
-  RESETA="rm -rf var"; SAVE="rm -rf full_var && cp -a var full_var"
-  RESETC="rm -rf var && cp -a full_var var"
+  RESETA="rm -rf var"; RESETC="rm -rf var && cp -a full_var var"
+  # the saved tree is a box in use: its caches (settings, discovery) warm. A file written in
+  # the last 3 s is never cached (the racy rule), so wait that long before the warming status.
+  SAVE="sleep 3 && $F status >/dev/null && rm -rf full_var && cp -a var full_var"
 }
 tool_yoyo() {
   local a="--batch --no-config-file --database sqlite:///db.sqlite migrations"
