@@ -9,7 +9,8 @@ Usage (run with the bench venv's python; `alembic` needs it):
     gen.py TOOL DIR --data         migration 1 CREATE hosts, migration 2 ADD COLUMN + UPDATE
     gen.py flywall DIR --state B   migration 1 CREATE lease_records, migration 2 a `state`
                                    migration reshaping every JSON record (batch_size=B, or
-                                   "atomic" for none)
+                                   "atomic" for none; "sql:B": the same reshape written
+                                   with records.transform_sql, batch_size=B)
     gen.py sql DIR --state         the same reshape as one plain SQLite UPDATE (the floor)
     gen.py fill DB hosts|leases N  load N deterministic rows (creating the table if missing)
     gen.py blob DB MIB             a SQLite file of about MIB MiB (backup scenario)
@@ -122,6 +123,38 @@ def _to_v1(record):
 '''
 
 
+# The same migration as an author writes it with records.transform_sql: the floor's SQL
+# expression, and the `where` that makes a resumed or repeated run skip reshaped rows.
+STATE_MIGRATION_SQL = '''"""Bench: reshape every lease record (address and client fields grouped), in SQL."""
+
+component = "state"
+schema_version = "2.0"
+
+BATCH = {batch}
+TABLE = "lease_records"
+TO_V2 = """json_object(
+    'address', json_object('ipv4', data ->> '$.ip', 'scope', coalesce(data ->> '$.scope', 'lan')),
+    'client', json_object('mac', data ->> '$.mac', 'hostname', data ->> '$.hostname'),
+    'expires_at', data -> '$.expires')"""
+TO_V1 = """json_object(
+    'ip', data -> '$.address.ipv4', 'scope', data -> '$.address.scope',
+    'mac', data -> '$.client.mac', 'hostname', data -> '$.client.hostname',
+    'expires', data -> '$.expires_at')"""
+
+
+def up(ctx, records):
+    where = "json_type(data, '$.address') IS NULL"
+    changed = records.transform_sql(TABLE, TO_V2, where=where, batch_size=BATCH)
+    ctx.log(f"reshaped {{changed}} lease record(s)")
+
+
+def down(ctx, records):
+    where = "json_type(data, '$.address') IS NOT NULL"
+    changed = records.transform_sql(TABLE, TO_V1, where=where, batch_size=BATCH)
+    ctx.log(f"restored {{changed}} lease record(s)")
+'''
+
+
 def write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
@@ -156,9 +189,11 @@ def gen_flywall(d: Path, items: list[tuple[str, list[str], list[str]]]) -> str:
 
 def gen_flywall_state(d: Path, batch: str) -> str:
     gen_flywall(d, [("lease_records", [LEASES_UP], [LEASES_DOWN])])
+    template = STATE_MIGRATION_SQL if batch.startswith("sql:") else STATE_MIGRATION
+    batch = batch.removeprefix("sql:")
     size = "None" if batch == "atomic" else str(int(batch))
     path = d / "etc/flywall/migrations/000000000002_reshape_lease_records.py"
-    write(path, STATE_MIGRATION.format(batch=size))
+    write(path, template.format(batch=size))
     return "000000000002"
 
 

@@ -36,6 +36,7 @@ SCEN = {
     "s_state": "state migration, plain (no tool)",
     "s_state_batched": "state migration, batched",
     "s_state_atomic": "state migration, atomic",
+    "s_state_sql": "state migration, batched, records.transform_sql",
     "k_backup": "backup of state.db",
     "l_full": "`full` strategy: apply all, empty -> head, one transaction",
     "e_data_nobackup": "(e) ADD COLUMN + UPDATE, backup_before = false",
@@ -286,6 +287,7 @@ def ours_table(res: Results) -> list[str]:  # noqa: C901, PLR0915 - one row afte
             ("python-sqlite3", "s_state", "python sqlite3 + the same function, one transaction"),
             (OURS, "s_state_batched", "flywall state migration, batched"),
             (OURS, "s_state_atomic", "flywall state migration, atomic"),
+            (OURS, "s_state_sql", "flywall state migration, batched, written with transform_sql"),
         ):
             v = res.net(tool, scen, s)
             rate = f"{int(s) / v:,.0f} rows/s" if v else "-"

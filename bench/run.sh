@@ -422,8 +422,9 @@ if want state; then
   bt "python-sqlite3|s_state|$ROWS" -- sh -c "$SRESET && exec $PY $HERE/floors.py state db.sqlite"
   check "python-sqlite3 state same data" "$expected" "$(sqlite3 db.sqlite "$shape")"
   if has_tool flywall; then
-    for mode in batched atomic; do
-      batch=$([ $mode = batched ] && echo "$STATE_BATCH" || echo atomic)
+    # sql: the same reshape written with records.transform_sql (the Python one stays the target's)
+    for mode in batched atomic sql; do
+      case $mode in batched) batch=$STATE_BATCH ;; atomic) batch=atomic ;; sql) batch=sql:$STATE_BATCH ;; esac
       mkdir -p "$S/$mode" && cd "$S/$mode" && gen flywall . --state "$batch" >/dev/null
       $F migrate --target 000000000001 >>"$LOGS/setup.log" 2>&1
       gen fill "$STATE" leases "$ROWS"
