@@ -153,15 +153,17 @@ class Journal:
                     prev, seq, at_ns, entry.kind, entry.run_id, entry.migration, entry.body,
                     self._key,
                 )  # fmt: skip
-                row = StoredEvent(
-                    seq, at_ns, entry.run_id, entry.migration, entry.kind, entry.body, prev, digest
-                )
-                conn.execute(f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", row)
-                stored.append(row)
+                row = (entry.run_id, entry.migration, entry.kind, entry.body, prev, digest)
+                stored.append(StoredEvent(seq, at_ns, *row))
                 prev = digest
-            for digest_hex, body in sources:
-                conn.execute(
-                    "INSERT OR IGNORE INTO sources (digest, body) VALUES (?, ?)", (digest_hex, body)
+            if stored:  # one statement for the batch (the `full` strategy writes 1000)
+                conn.executemany(
+                    f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", stored
+                )
+            blobs = list(sources)
+            if blobs:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO sources (digest, body) VALUES (?, ?)", blobs
                 )
         except apsw.ConstraintError as e:
             conn.execute("ROLLBACK")

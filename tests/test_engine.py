@@ -289,3 +289,32 @@ def test_journal_times_follow_the_clock_and_history_is_in_time_order(appliance):
         (first.run_id, "2026-01-02T03:04:05.000Z"),
         (second.run_id, "2026-01-02T03:04:07.000Z"),
     }
+
+
+def test_the_state_machine_is_imported_only_by_a_writer_that_writes_an_event(appliance):
+    """A `migrate` with nothing pending journals nothing, so it never builds the machine.
+
+    (Importing `transitions` costs a writer ~6 ms.) A run that does journal asks it.
+    """
+    import subprocess
+    import sys
+
+    create_table_migration(appliance, "202401010001", "hosts")
+    probe = (
+        "import sys\n"
+        "from flywall.core import commands\n"
+        "from flywall.core.workspace import Workspace\n"
+        f"commands.migrate(Workspace.load({str(appliance.root)!r}))\n"
+        "print('transitions' in sys.modules)\n"
+    )
+
+    def imports_transitions() -> bool:
+        run = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        )
+        return run.stdout.split()[-1] == "True"
+
+    assert imports_transitions()  # applies 202401010001: events, so the machine
+    assert not imports_transitions()  # nothing pending: no event, no machine
+    create_table_migration(appliance, "202401010002", "zones")
+    assert imports_transitions()
