@@ -447,8 +447,9 @@ class Engine:
         if in_db:
             db = self.database()
             attempts = {m.version: self.state.record(m.version).attempts + 1 for m in in_db}
+            before = db.fingerprint()  # one schema before all of them
             self.recorder.append(
-                [(m.version, self._started(m, "up", attempts[m.version], db)) for m in in_db],
+                [(m.version, self._started(m, "up", attempts[m.version], before)) for m in in_db],
                 sources=[(m.checksum, m.source) for m in in_db],
             )
             t0 = time.monotonic_ns()
@@ -722,9 +723,12 @@ class Engine:
         self._step(m, "down", self.state.record(m.version).attempts)
 
     def _started(
-        self, m: Migration, direction: str, attempt: int, db: DatabaseTarget | None
+        self, m: Migration, direction: str, attempt: int, before: str | None
     ) -> ev.MigrationStarted:
-        """The write-ahead event of one step (up from the file, down as it was applied)."""
+        """The write-ahead event of one step (up from the file, down as it was applied).
+
+        `before` is the schema fingerprint now (None outside the database).
+        """
         record = self.state.record(m.version)
         up = direction == "up"
         return ev.MigrationStarted(
@@ -735,7 +739,7 @@ class Engine:
             slug=m.slug,
             description=m.description,
             schema_version=m.schema_version if up else record.schema_version,
-            fingerprint_before=db.fingerprint() if db is not None else None,
+            fingerprint_before=before,
             actor=self.actor,
             file=m.path.rsplit("/", 1)[-1].rsplit("#", 1)[-1],
         )
@@ -745,7 +749,8 @@ class Engine:
         record = self.state.record(m.version)
         component = m.component if direction == "up" else record.component
         db = self.database() if component in MARKED else None
-        started = self._started(m, direction, attempt, db)
+        before = db.fingerprint() if db is not None else None
+        started = self._started(m, direction, attempt, before)
         sources = [(m.checksum, m.source)] if direction == "up" else []
         self.recorder.append([(m.version, started)], sources=sources)
         t0 = time.monotonic_ns()

@@ -56,7 +56,12 @@ class Recorder:
 
     def defer(self, version: str, event: ev.Event) -> None:
         """Queue an event that may wait for the next write (never one recovery needs)."""
-        self._deferred_states = self._check([(version, event)], self._deferred_states)
+        # One item, stepped in place: its state is stored only once the lifecycle allowed
+        # it (copying the dict per deferred event cost O(n**2) over a `full` run).
+        trigger = trigger_for(event)
+        if trigger is not None:
+            current = self._deferred_states.get(version, self.projection.state_of(version))
+            self._deferred_states[version] = self.lifecycle.step(version, current, trigger)
         self._deferred.append((version, event))
 
     def append(
