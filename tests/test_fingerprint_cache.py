@@ -120,8 +120,9 @@ def test_a_fingerprint_after_a_migration_sees_its_change(tmp_path, sql):
     target = DatabaseTarget(path, "schema_versions")
     try:
         target.db.execute("CREATE TABLE base (id)")
+        _run(target, 1, [], fail=False)  # creates our tables: the next run can watch
         before = target.fingerprint()
-        _run(target, 1, sql, fail=False)
+        _run(target, 2, sql, fail=False)
         after = target.fingerprint()
         assert after != before
         assert after == _fresh(path)
@@ -148,6 +149,34 @@ def test_a_body_that_commits_midway_lets_no_other_change_through_unseen(tmp_path
                 other.execute("DROP TABLE gone")
             db.execute("BEGIN IMMEDIATE")
             db.execute("CREATE TABLE t_b (id)")
+
+        target.run(
+            version="000000000002",
+            component="database",
+            direction="up",
+            checksum="c",
+            body=body,
+            run_id="r",
+            schema_version=None,
+            previous=None,
+        )
+        assert target.fingerprint() == _fresh(path)
+    finally:
+        target.close()
+
+
+def test_a_body_that_installs_its_own_authorizer_cannot_hide_a_change(tmp_path):
+    """The target's authorizer sees the body's statements; one the body replaces cannot."""
+    path = tmp_path / "state.db"
+    target = DatabaseTarget(path, "schema_versions")
+    try:
+        target.db.execute("CREATE TABLE base (id)")
+        _run(target, 1, ["CREATE TABLE t_a (id)"], fail=False)  # our tables exist from here
+
+        def body(db: apsw.Connection) -> None:
+            db.execute("CREATE TABLE t_b (id)")
+            db.authorizer = lambda *_: apsw.SQLITE_OK
+            db.execute("DROP TABLE base")
 
         target.run(
             version="000000000002",

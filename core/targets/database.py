@@ -106,6 +106,8 @@ class DatabaseTarget:
         try:
             yield
         finally:
+            if self.db.authorizer != watch.authorize:  # the body put its own in: unseen
+                watch.creations_only = False
             self.db.authorizer = previous
             self.db.set_commit_hook(None, id=_SchemaWatch)
         if watch.creations_only and self._catalog is start:
