@@ -9,7 +9,8 @@ the standard library at import time:
   a test re-renders them and compares, so they cannot drift from the click definitions);
 - `flywall migration [--root R] [--config C] [--traceback] status [-v|--verbose] [--json]`
   and `... list [--pending] [--applied] [--json]`, parsed here and answered by the same
-  `commands` and `render` functions the click commands call;
+  `commands` and `render` functions the click commands call; `status` answers from its
+  memo (`flywall.cli.statusmemo`) while none of its inputs changed, without even those;
 - `... migrate [--target V] [--dry-run] [--accept-drift] [--json] [--events jsonl]` and
   `... rollback [VERSION] [--steps N] [--to V] [--yes] [--accept-drift] [--json]
   [--events jsonl]`, run by the functions of `flywall.cli.run` the click commands call.
@@ -223,6 +224,16 @@ def _run(command: str, group: dict[str, object], values: dict[str, object]) -> i
         return None
     if config is not None and not _path_ok(str(config), file_okay=True, dir_okay=False):
         return None
+    memo = command == "status" and statusmemo_enabled()
+    if memo:
+        from flywall.cli import statusmemo
+
+        variant = (
+            "status" + ("-v" if values["verbose"] else "") + ("-j" if values["as_json"] else "")
+        )
+        hit = statusmemo.lookup(root, None if config is None else str(config), variant)
+        if hit is not None:
+            return _write(*hit)
     from pathlib import Path
 
     obj = {
@@ -230,13 +241,48 @@ def _run(command: str, group: dict[str, object], values: dict[str, object]) -> i
         "config": Path(str(config)) if config is not None else None,
         "traceback": group["traceback"],
     }
+    if memo:
+        return _status_memoized(root, None if config is None else str(config), variant, obj, values)
     if command in ("status", "list"):
         return _read_only(command, obj, values)
     return _writer(command, obj, values)
 
 
-def _read_only(command: str, obj: dict[str, object], flags: dict[str, object]) -> int | None:
-    """Run `status` or `list` as the click commands do; None (ask click) on any error."""
+def statusmemo_enabled() -> bool:
+    """FLYWALL_NO_STATUS_MEMO=1 answers every status afresh (tests compare both)."""
+    return not os.environ.get("FLYWALL_NO_STATUS_MEMO")
+
+
+def _status_memoized(
+    root: str, config: str | None, variant: str, obj: dict[str, object], flags: dict[str, object]
+) -> int | None:
+    """Answer `status` afresh (its memo did not match) and memoize the answer if it may be.
+
+    See flywall.cli.statusmemo for what the memo is keyed by and why that is sound.
+    """
+    import time
+
+    from flywall.cli import statusmemo
+
+    began_ns = time.time_ns()
+    answered: dict[str, object] = {}
+    code = _read_only("status", obj, flags, answered)
+    if code is not None and answered:
+        statusmemo.store(root, config, variant, began_ns=began_ns, **answered)  # type: ignore[arg-type]
+    return code
+
+
+def _read_only(
+    command: str,
+    obj: dict[str, object],
+    flags: dict[str, object],
+    answered: dict[str, object] | None = None,
+) -> int | None:
+    """Run `status` or `list` as the click commands do; None (ask click) on any error.
+
+    With `answered`, a status fit for the memo (no writer holding the lock, nothing
+    interrupted) fills it with its output, exit code and the inputs it read.
+    """
     from flywall.cli import render
     from flywall.core import commands
     from flywall.core.errors import EXIT_VALIDATION
@@ -262,7 +308,28 @@ def _read_only(command: str, obj: dict[str, object], flags: dict[str, object]) -
     text = "".join(out)
     if "\x1b" in text:
         return None  # click.echo strips ANSI escapes when stdout is not a terminal
+    if answered is not None and command == "status":
+        answered.update(_memo_inputs(ws, report, text, code))
     return _write(text, "", code)
+
+
+def _memo_inputs(ws: object, report: object, text: str, code: int) -> dict[str, object]:
+    """The output of a status and every file and directory it was computed from.
+
+    Empty (no memo) while a writer holds the lock, a migration is interrupted (its
+    evidence reads temp files beside the file targets) or a device key is configured.
+    """
+    paths = ws.paths  # type: ignore[attr-defined]
+    if report.lock_holder is not None or report.interrupted or paths.device_key_file is not None:  # type: ignore[attr-defined]
+        return {}
+    files: list[str] = []
+    for path in (paths.config, paths.api_document, paths.lock, paths.journal, paths.state_db):
+        for name in dict.fromkeys((str(path), os.path.realpath(path))):
+            files.append(name)
+            if path in (paths.journal, paths.state_db):
+                files += [name + "-wal", name + "-journal"]
+    dirs = [str(d) for d in ws.directories()]  # type: ignore[attr-defined]
+    return {"files": files, "dirs": dirs, "lock": str(paths.lock), "text": text, "code": code}
 
 
 def _writer(command: str, obj: dict[str, object], values: dict[str, object]) -> int:

@@ -1,0 +1,289 @@
+"""The answer memo of `status`: the last output, reused while none of its inputs changed.
+
+A fleet agent asks `status` every minute, and the answer changes a few times a year; but a
+fresh answer imports msgspec, apsw and the projection and reads a thousand files and two
+databases (~60 ms), where checking that nothing changed takes a few stats (issue 7). So
+the fast entry point keeps, per variant of the command line, the rendered output and exit
+code, keyed by the identity of every input the answer was computed from:
+
+- the command line (cwd, --root, --config, flags), the `FLYWALL_*` environment, the
+  interpreter, and the identity of every flywall, msgspec, apsw and blake3 module file the
+  fresh answer ran (an upgrade is a new answer);
+- the config file and every file a status reads beside it: the journal and state.db, each
+  with its -wal and -journal (as named and as their symlinks resolve), the api document,
+  the lock file. Not their directories: every status opens and closes the journal, whose
+  -wal and -shm come and go with it. SQLite changes a database's content only by writing
+  the main file or its -wal, so their identities (or "absent") cover it; the -shm is an
+  index rebuilt from them;
+- every migration directory, listed, with each entry in it.
+
+A file's identity is (st_dev, st_ino, st_mode, st_size, st_mtime_ns, st_ctime_ns), "absent"
+for a missing one. It stands for the file's bytes for the reason git trusts its index and
+`discovery` its cache: any write, and any `touch` putting mtime back, sets ctime to the
+kernel's current time, which no process chooses. The racy case is a change within one
+tick of the timestamps' clock: `_racy` says which identities are too recent to trust.
+
+A memo is written only when the fresh answer came out of the fast path (no error, no
+terminal escapes), nobody held the writer lock, no device key is configured, and every
+identity, taken *after* the answer was computed, was already old when its computation
+began (`began_ns`): a change at any moment after `began_ns` would leave the file a ctime
+too recent, so an identity that is old afterwards proves the file did not change while it
+was read. A lookup recomputes every identity; any difference (or a lock now held) means
+a fresh answer. Nothing in the output depends on the clock (times shown are the
+journal's), so a memo has no deadline.
+
+Why no device key: the memo can only be checked by a digest, not a MAC (finding the key
+file needs the settings, which is what the memo avoids), so with a device key (whose
+point is that a file writer cannot forge what status shows) the memo is never used. Without
+one, a writer of var/cache can already rewrite the unkeyed discovery cache, and a writer of
+var/lib the whole journal, so a memo forgeable by the former hides nothing new.
+
+Only the standard library and blake3 are imported here: the memo is worth it only if a hit
+costs less than the imports it saves.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import blake3
+
+_MAGIC = b"flywall status memo 1\n"
+_DIGEST = 32
+RACY_COARSE_NS = 3_000_000_000
+"""Trust window for a file whose ctime shows whole seconds: such filesystems (FAT: 2 s; ext4
+with small inodes: 1 s) cannot tell two changes within one or two seconds apart."""
+RACY_TICK_NS = 100_000_000
+"""Margin over the timestamp granularity for filesystems with sub-second ctimes: Linux
+stamps files from its coarse clock, which lags real time by at most one tick (10 ms at
+HZ=100, the lowest), so a change made after `began_ns` gets a ctime later than
+`began_ns - RACY_TICK_NS`, and later than any ctime older than that."""
+
+
+def memo_path(root: str, variant: str) -> str:
+    """Where the memo of `variant` (e.g. "status-vj") lives: beside the other caches."""
+    return os.path.join(root, "var/cache/flywall", f"{variant}.memo")  # noqa: PTH118
+
+
+def config_path(root: str, config: str | None) -> str:
+    """The config file as load_settings finds it (default under the root)."""
+    return config if config is not None else os.path.join(root, "etc/flywall/flywall.hcl")  # noqa: PTH118
+
+
+def _context(root: str, config: str | None, variant: str) -> bytes:
+    """Everything besides files the answer depends on, as bytes."""
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("FLYWALL_"))
+    return repr(
+        (sys.version, sys.executable, os.getcwd(), root, config, variant, env)  # noqa: PTH109
+    ).encode("utf-8", "surrogatepass")
+
+
+def _identity(st: os.stat_result) -> bytes:
+    return b"%d,%d,%d,%d,%d,%d" % (
+        st.st_dev,
+        st.st_ino,
+        st.st_mode,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+    )
+
+
+def _racy(st: os.stat_result, began_ns: int) -> bool:
+    """True if this identity is too recent to stand for the bytes read since `began_ns`.
+
+    The timestamp granularity of a filesystem divides 10**9 ns and every timestamp it
+    keeps, so gcd(ctime's sub-second part, 10**9) bounds it; a whole-second ctime gets the
+    coarse window. mtime is checked too: one set in the future is never trusted.
+    """
+    from math import gcd
+
+    fraction = st.st_ctime_ns % 1_000_000_000
+    window = RACY_COARSE_NS if fraction == 0 else gcd(fraction, 1_000_000_000) + RACY_TICK_NS
+    return max(st.st_ctime_ns, st.st_mtime_ns) > began_ns - window
+
+
+class _Unusable(Exception):
+    """An input that cannot be stamped: unreadable, or racy."""
+
+
+def _one(st: os.stat_result, began_ns: int | None) -> bytes:
+    if began_ns is not None and _racy(st, began_ns):
+        raise _Unusable
+    return _identity(st)
+
+
+def _stat(path: str, began_ns: int | None) -> bytes:
+    try:
+        return _one(os.stat(path), began_ns)  # noqa: PTH116
+    except (FileNotFoundError, NotADirectoryError):
+        return b"-"
+
+
+def stamp(files: list[str], dirs: list[str], began_ns: int | None = None) -> list[bytes] | None:
+    """The identities of `files` and of `dirs` with every entry; None if one is unusable.
+
+    Unusable: unreadable (anything but "absent"), or, with `began_ns`, racy.
+    """
+    try:
+        parts = [_stat(path, began_ns) for path in files]
+        for path in dirs:
+            parts.append(_stat(path, began_ns))
+            if parts[-1] == b"-":
+                continue
+            with os.scandir(path) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+            for entry in entries:
+                parts.append(os.fsencode(entry.name))
+                try:
+                    parts.append(_one(entry.stat(), began_ns))
+                except FileNotFoundError:  # a dangling symlink
+                    parts.append(b"-")
+    except (OSError, _Unusable):
+        return None
+    return parts
+
+
+def _key(context: bytes, parts: list[bytes]) -> bytes:
+    return blake3.blake3(b"\0".join([context, *parts])).digest()
+
+
+def _has_device_key(root: str, config: str | None) -> bool:
+    """True unless the config file surely configures no device key (no such word in it)."""
+    try:
+        with open(config_path(root, config), "rb") as f:  # noqa: PTH123
+            return b"device_key_file" in f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
+def _lock_held(path: str) -> bool:
+    """True if a writer holds (or may hold) the lock: the probe of `lock.current_holder`."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _encode(
+    key: bytes, code: int, files: list[str], dirs: list[str], lock: str, text: str
+) -> bytes:
+    paths = [os.fsencode(p) for p in (*files, *dirs, lock)]
+    if any(b"\0" in p for p in paths) or not 0 <= code < 256:  # noqa: PLR2004
+        raise ValueError("not representable")
+    body = b"".join(
+        [
+            key,
+            bytes([code]),
+            len(files).to_bytes(4, "little"),
+            len(dirs).to_bytes(4, "little"),
+            *(p + b"\0" for p in paths),
+            text.encode("utf-8", "surrogatepass"),
+        ]
+    )
+    return _MAGIC + blake3.blake3(body).digest() + body
+
+
+def _decode(data: bytes) -> tuple[bytes, int, list[str], list[str], str, str] | None:
+    if not data.startswith(_MAGIC):
+        return None
+    data = data[len(_MAGIC) :]
+    digest, body = data[:_DIGEST], data[_DIGEST:]
+    if len(digest) != _DIGEST or blake3.blake3(body).digest() != digest:
+        return None
+    key, code = body[:_DIGEST], body[_DIGEST]
+    nfiles = int.from_bytes(body[_DIGEST + 1 : _DIGEST + 5], "little")
+    ndirs = int.from_bytes(body[_DIGEST + 5 : _DIGEST + 9], "little")
+    at = _DIGEST + 9
+    paths = []
+    for _ in range(nfiles + ndirs + 1):
+        end = body.index(b"\0", at)
+        paths.append(os.fsdecode(body[at:end]))
+        at = end + 1
+    text = body[at:].decode("utf-8", "surrogatepass")
+    return key, code, paths[:nfiles], paths[nfiles:-1], paths[-1], text
+
+
+def lookup(root: str, config: str | None, variant: str) -> tuple[str, str, int] | None:
+    """The memoized (stdout, stderr, exit code) of `variant`, if every input is as it was."""
+    if _has_device_key(root, config):
+        return None
+    try:
+        with open(memo_path(root, variant), "rb") as f:  # noqa: PTH123
+            memo = _decode(f.read())
+    except (OSError, ValueError, IndexError, UnicodeDecodeError):
+        return None
+    if memo is None:
+        return None
+    key, code, files, dirs, lock, text = memo
+    parts = stamp(files, dirs)
+    if parts is None or _key(_context(root, config, variant), parts) != key:
+        return None
+    if _lock_held(lock):
+        return None
+    return text, "", code
+
+
+def code_files() -> list[str]:
+    """The module files of flywall and the libraries whose code shaped the answer."""
+    files = set()
+    for name, module in list(sys.modules.items()):
+        top = name.partition(".")[0]
+        path = getattr(module, "__file__", None)
+        if top in ("flywall", "msgspec", "apsw", "blake3") and isinstance(path, str):
+            files.add(path)
+    return sorted(files)
+
+
+def store(
+    root: str,
+    config: str | None,
+    variant: str,
+    *,
+    began_ns: int,
+    files: list[str],
+    dirs: list[str],
+    lock: str,
+    text: str,
+    code: int,
+) -> bool:
+    """Keep (text, code) as the answer for inputs read since `began_ns`; best effort.
+
+    Returns whether a memo was written (nothing is, if an input is racy or the lock is held).
+    """
+    from flywall.core.crash import crashpoint
+
+    if _has_device_key(root, config):
+        return False
+    files = [*files, *code_files()]
+    parts = stamp(files, dirs, began_ns)
+    if parts is None or _lock_held(lock):
+        return False
+    path = memo_path(root, variant)
+    temp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}")  # noqa: PTH118, PTH119, PTH120
+    try:
+        data = _encode(_key(_context(root, config, variant), parts), code, files, dirs, lock, text)
+        os.makedirs(os.path.dirname(path), exist_ok=True)  # noqa: PTH103, PTH120
+        with open(temp, "wb") as f:  # noqa: PTH123
+            f.write(data)
+        crashpoint("status-memo-before-replace")  # a stray temp file; the old memo or none
+        os.replace(temp, path)  # noqa: PTH105
+        crashpoint("status-memo-after-replace")
+    except (OSError, ValueError):
+        return False
+    return True

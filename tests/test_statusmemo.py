@@ -1,0 +1,440 @@
+"""The status memo (flywall.cli.statusmemo) answers exactly what a fresh status would.
+
+Each test first lets a memo be written (the inputs must be older than the racy window, so
+it waits until one is), then changes one input and demands that the memoized fast path
+prints byte for byte what click prints (FLYWALL_NO_FAST_PATH=1, which never reads a memo).
+Every change here alters the output, so dropping its input from the memo's key makes the
+memo answer the old output and the test fail.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import apsw
+import pytest
+from conftest import FLYWALL, Appliance, create_table_migration
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flywall.cli import statusmemo
+
+
+def run(app: Appliance, *args: str, slow: bool = False, cwd: Path | None = None, env=None):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FLYWALL_")}
+    environ.update(env or {})
+    if slow:
+        environ["FLYWALL_NO_FAST_PATH"] = "1"
+    root = "." if cwd is not None else str(app.root)
+    p = subprocess.run(
+        [FLYWALL, "migration", "--root", root, "status", *args],
+        capture_output=True,
+        env=environ,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+    return p.stdout, p.stderr, p.returncode
+
+
+def memo_file(app: Appliance, args: tuple[str, ...] = ()) -> Path:
+    variant = "status" + ("-v" if "-v" in args else "") + ("-j" if "--json" in args else "")
+    return app.root / "var/cache/flywall" / f"{variant}.memo"
+
+
+def identity(path: Path) -> tuple[int, ...] | None:
+    try:
+        s = path.stat()
+    except FileNotFoundError:
+        return None
+    return (s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns)
+
+
+def memoize(app: Appliance, *args: str, **kw) -> tuple[bytes, bytes, int]:
+    """Run status until it writes a memo (inputs must age past the racy window first)."""
+    memo = memo_file(app, args)
+    deadline = time.monotonic() + 10
+    while True:
+        before = identity(memo)
+        out = run(app, *args, **kw)
+        if identity(memo) not in (before, None):
+            return out
+        assert time.monotonic() < deadline, "no memo was ever written"
+        time.sleep(0.1)
+
+
+def assert_memo_hit_same(app: Appliance, *args: str, **kw) -> tuple[bytes, bytes, int]:
+    """A memo is written, then used (not rewritten), and says what click says."""
+    memoize(app, *args, **kw)
+    memo = memo_file(app, args)
+    before = identity(memo)
+    quick = run(app, *args, **kw)
+    assert identity(memo) == before, "the second status did not answer from the memo"
+    slow = run(app, *args, slow=True, **kw)
+    assert quick == slow
+    return quick
+
+
+def assert_same(app: Appliance, *args: str, **kw) -> tuple[bytes, bytes, int]:
+    quick = run(app, *args, **kw)
+    slow = run(app, *args, slow=True, **kw)
+    assert quick == slow
+    return quick
+
+
+@pytest.fixture
+def box(appliance: Appliance) -> Appliance:
+    """Three migrations, two applied."""
+    for i, table in enumerate(("hosts", "zones", "rules"), start=1):
+        create_table_migration(appliance, f"20240101000{i}", table)
+    p = appliance.cli("migrate", "--target", "202401010002")
+    assert p.returncode == 0, p.stderr
+    return appliance
+
+
+def _config(app: Appliance) -> None:
+    app.configure('current_version = "202401010002"\n')
+
+
+def _migrate(app: Appliance) -> None:
+    app.cli("migrate")  # refused after some other changes (drift, an edit): then a no-op
+
+
+def _force(app: Appliance) -> None:
+    """A journal-only change by flywall: no migration runs, state.db is not written."""
+    state = identity(app.state_db)
+    app.cli("force", "--version", "202401010003", "--state", "failed", "--reason", "test")
+    assert identity(app.state_db) == state
+
+
+def _journal_replaced(app: Appliance) -> None:
+    """The journal's bytes replaced in place by another process (no lock, no state.db)."""
+    other = app.root.with_name(app.root.name + "-other")
+    shutil.copytree(app.root, other)
+    Appliance(other).cli(
+        "force", "--version", "202401010003", "--state", "failed", "--reason", "elsewhere"
+    )
+    assert not Path(f"{other / 'var/lib/flywall/migration-journal.db'}-wal").exists()
+    shutil.copyfile(other / "var/lib/flywall/migration-journal.db", app.journal)
+    shutil.rmtree(other)
+
+
+def _add(app: Appliance) -> None:
+    create_table_migration(app, "202401010004", "zones2")
+
+
+def _remove(app: Appliance) -> None:
+    (app.migrations_dir / "202401010003_create_rules.sql").unlink()
+
+
+def _edit_same_size(app: Appliance) -> None:
+    path = app.migrations_dir / "202401010001_create_hosts.sql"
+    path.write_text(path.read_text().replace("name TEXT", "nome TEXT"))
+
+
+def _drift(app: Appliance) -> None:
+    with apsw.Connection(str(app.state_db)) as db:
+        db.execute("CREATE TABLE outsider (x)")
+
+
+def _marker(app: Appliance) -> None:
+    with apsw.Connection(str(app.state_db)) as db:
+        db.execute("DELETE FROM flywall_migration_markers WHERE version = '202401010001'")
+
+
+def _state_db_gone(app: Appliance) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{app.state_db}{suffix}").unlink(missing_ok=True)
+
+
+CHANGES = {
+    "config": _config,
+    "journal": _migrate,
+    "journal only": _force,
+    "journal replaced": _journal_replaced,
+    "migration added": _add,
+    "migration removed": _remove,
+    "migration edited": _edit_same_size,
+    "state.db schema": _drift,
+    "state.db marker": _marker,
+    "state.db removed": _state_db_gone,
+}
+
+
+@pytest.mark.parametrize("flags", [(), ("-v",), ("--json",), ("-v", "--json")])
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_changed_input_is_never_answered_from_the_memo(box, change, flags):
+    before = assert_memo_hit_same(box, *flags)
+    CHANGES[change](box)
+    after = assert_same(box, *flags)
+    if change != "migration edited" or "-v" in flags:  # only the rows show an edit
+        assert after != before, "the change must show, or this test proves nothing"
+
+
+def test_a_change_only_in_the_journal_wal_is_seen(box):
+    """The main journal file stays as it was (a reader keeps the WAL from checkpointing).
+
+    (The memo is written while no -wal exists: opened as root, SQLite chowns an existing
+    -wal, which sets its ctime, so a -wal that stays around keeps the memo from being used.)
+    """
+    before = assert_memo_hit_same(box)
+    main = identity(box.journal)
+    reader = apsw.Connection(str(box.journal))
+    reader.execute("SELECT count(*) FROM events").fetchall()
+    p = box.cli("force", "--version", "202401010003", "--state", "failed", "--reason", "test")
+    assert p.returncode == 0, p.stderr
+    assert identity(box.journal) == main, "the change must be in the -wal only"
+    assert assert_same(box) != before
+    reader.close()
+
+
+def test_a_change_only_in_the_state_db_wal_is_seen(box):
+    before = assert_memo_hit_same(box)
+    main = identity(box.state_db)
+    reader = apsw.Connection(str(box.state_db))
+    reader.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    writer = apsw.Connection(str(box.state_db))
+    writer.execute("CREATE TABLE outsider (x)")
+    writer.close()
+    assert identity(box.state_db) == main, "the change must be in the -wal only"
+    after = assert_same(box)
+    assert b"DRIFT" in after[0]
+    assert after != before
+    reader.close()
+
+
+def test_a_held_lock_is_never_answered_from_the_memo(box):
+    before = assert_memo_hit_same(box)
+    lock = box.root / "var/lib/flywall/migration-journal.db.lock"
+    with lock.open("rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        after = assert_same(box)
+    assert b"running" in after[0]
+    assert after != before
+
+
+def test_the_command_line_and_working_directory_are_part_of_the_key(box, tmp_path):
+    """The same memo file, reached as --root . from a copy: its own paths, not the memo's."""
+    assert_memo_hit_same(box, cwd=box.root)
+    copy = tmp_path / "copy"
+    shutil.copytree(box.root, copy, symlinks=True)
+    moved = Appliance(copy)
+    out = assert_same(moved, cwd=copy)
+    assert str(copy).encode() in out[0]
+
+
+def test_an_environment_variable_is_part_of_the_key(box):
+    assert_memo_hit_same(box)
+    memo = memo_file(box)
+    before = identity(memo)
+    run(box, env={"FLYWALL_SOMETHING": "1"})
+    assert identity(memo) != before  # a miss: answered afresh and memoized again
+
+
+def test_drift_is_memoized_with_its_exit_code(box):
+    _drift(box)
+    out = assert_memo_hit_same(box)
+    assert out[2] == 4
+    assert b"DRIFT" in out[0]
+
+
+def test_no_memo_with_a_device_key(box):
+    key = box.root / "etc/flywall/device.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    box.configure('device_key_file = "device.key"\n')
+    time.sleep(0.5)
+    for _ in range(3):
+        assert_same(box)
+    assert not memo_file(box).exists()
+
+
+def test_no_memo_while_a_migration_is_interrupted(box):
+    cut = box.cli("migrate", env={"FLYWALL_CRASH_AT": "database-after-commit:1"})
+    assert cut.returncode == -9, cut.stderr
+    time.sleep(0.5)
+    for _ in range(3):
+        out = assert_same(box)
+    assert b"INTERRUPTED" in out[0]
+    assert not memo_file(box).exists()
+
+
+def test_a_memo_hit_imports_neither_msgspec_nor_pathlib(box):
+    """What a hit saves: the imports of a fresh answer (only what the call itself loads)."""
+    probe = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "from flywall.cli import fast\n"
+        f"code = fast.fast(['flywall', 'migration', '--root', {str(box.root)!r}, 'status'])\n"
+        "assert code == 0, code\n"
+        "heavy = ('msgspec', 'pathlib', 'apsw', 'click', 'flywall.core.commands')\n"
+        "print(sorted(set(heavy) & (set(sys.modules) - before)), file=sys.stderr)\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FLYWALL_")}
+    python = Path(FLYWALL).read_text().splitlines()[0].removeprefix("#!")  # as the script runs
+    for _ in range(3):  # a helper editing the (editable) sources meanwhile makes a miss
+        assert_memo_hit_same(box)
+        p = subprocess.run(
+            [python, "-c", probe], capture_output=True, text=True, env=environ, check=False
+        )
+        assert p.returncode == 0, p.stderr
+        if p.stderr.strip() == "[]":
+            return
+    assert p.stderr.strip() == "[]"
+
+
+@pytest.mark.parametrize("point", ["status-memo-before-replace", "status-memo-after-replace"])
+def test_a_kill_while_writing_the_memo_costs_nothing_but_the_memo(box, point):
+    time.sleep(0.3)  # old enough inputs: this run writes a memo
+    cut = run(box, env={"FLYWALL_CRASH_AT": point})
+    assert cut[2] == -9
+    assert memo_file(box).exists() == (point == "status-memo-after-replace")
+    _add(box)
+    assert_same(box)
+    assert_memo_hit_same(box)
+
+
+def test_a_damaged_memo_is_ignored(box):
+    before = assert_memo_hit_same(box)
+    memo = memo_file(box)
+    data = bytearray(memo.read_bytes())
+    data[-2] ^= 1  # in the output text
+    memo.write_bytes(bytes(data))
+    assert assert_same(box) == before
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.binary(min_size=32, max_size=32),
+    code=st.integers(0, 255),
+    files=st.lists(st.text(min_size=1).filter(lambda s: "\0" not in s), max_size=5),
+    dirs=st.lists(st.text(min_size=1).filter(lambda s: "\0" not in s), max_size=3),
+    lock=st.text(min_size=1).filter(lambda s: "\0" not in s),
+    text=st.text(),
+    flip=st.integers(0, 10_000),
+)
+def test_the_memo_format_round_trips_and_detects_damage(key, code, files, dirs, lock, text, flip):
+    def same(path: str) -> str:
+        return os.fsdecode(os.fsencode(path))
+
+    data = statusmemo._encode(key, code, files, dirs, lock, text)
+    decoded = statusmemo._decode(data)
+    assert decoded == (
+        key,
+        code,
+        [same(f) for f in files],
+        [same(d) for d in dirs],
+        same(lock),
+        text,
+    )
+    damaged = bytearray(data)
+    damaged[flip % len(data)] ^= 0x40
+    assert statusmemo._decode(bytes(damaged)) is None
+    assert statusmemo._decode(data[: flip % len(data)]) is None
+
+
+TICK_NS = 10_000_000  # Linux's coarse clock lags by at most one tick: 10 ms at HZ=100
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    ctime=st.integers(0, 2**62),
+    began=st.integers(0, 2**62),
+    gran=st.sampled_from([1, 100, 10**6, 10**7, 10**9, 2 * 10**9]),
+)
+def test_an_identity_is_trusted_only_if_any_later_change_shows(ctime, began, gran):
+    """Not racy => a change after `began` gets a later ctime, whatever the granularity.
+
+    Such a change happens at t >= began, and is stamped with the coarse clock truncated to
+    the granularity: > began - TICK_NS - gran. So it shows if ctime <= began - TICK_NS - gran.
+    """
+    ctime -= ctime % gran  # a timestamp a filesystem of that granularity can hold
+    stat = SimpleNamespace(st_ctime_ns=ctime, st_mtime_ns=ctime)
+    if not statusmemo._racy(stat, began):  # type: ignore[arg-type]
+        assert ctime <= began - TICK_NS - gran
+
+
+_STEPS = st.lists(st.sampled_from(sorted(CHANGES)), min_size=1, max_size=3, unique=True)
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(steps=_STEPS, flags=st.sampled_from([(), ("-v",), ("--json",)]))
+def test_any_sequence_of_changes_reads_as_click_reads_it(tmp_path_factory, steps, flags):
+    app = Appliance(tmp_path_factory.mktemp("memo") / "appliance")
+    app.configure()
+    for i, table in enumerate(("hosts", "zones", "rules"), start=1):
+        create_table_migration(app, f"20240101000{i}", table)
+    assert app.cli("migrate", "--target", "202401010002").returncode == 0
+    for step in steps:
+        assert_memo_hit_same(app, *flags)
+        CHANGES[step](app)
+        assert_same(app, *flags)
+
+
+def test_every_listed_file_is_keyed(tmp_path, monkeypatch):
+    """In process: any change to any file or directory entry the memo lists is a miss."""
+    monkeypatch.delenv("FLYWALL_NO_STATUS_MEMO", raising=False)
+    root = tmp_path / "root"
+    (root / "etc/flywall").mkdir(parents=True)
+    inputs = [root / f"f{i}" for i in range(3)]
+    folder = root / "dir"
+    folder.mkdir()
+    for path in [*inputs, folder / "a", folder / "b"]:
+        path.write_text("x")
+    past = time.time_ns() + 10**9  # every input is old enough relative to this
+
+    def store() -> bool:
+        return statusmemo.store(
+            str(root),
+            None,
+            "status",
+            began_ns=past + 3 * 10**9,
+            files=[str(p) for p in inputs],
+            dirs=[str(folder)],
+            lock=str(root / "lock"),
+            text="answer\n",
+            code=0,
+        )
+
+    changes = [
+        lambda: inputs[0].write_text("y"),
+        inputs[1].unlink,
+        lambda: inputs[2].chmod(0o600),
+        lambda: (folder / "a").write_text("z"),
+        lambda: (folder / "c").write_text("x"),
+        lambda: (folder / "b").rename(folder / "d"),
+    ]
+    for change in changes:
+        assert store()
+        assert statusmemo.lookup(str(root), None, "status") == ("answer\n", "", 0)
+        change()
+        assert statusmemo.lookup(str(root), None, "status") is None
+    memo = statusmemo._decode(Path(statusmemo.memo_path(str(root), "status")).read_bytes())
+    assert memo is not None
+    listed = set(memo[2])
+    for module in ("flywall.cli.statusmemo", "flywall.core.crash", "blake3"):
+        assert sys.modules[module].__file__ in listed, module
+
+
+def test_a_fresh_memo_lists_the_code_that_answered(box):
+    memoize(box)
+    memo = statusmemo._decode(memo_file(box).read_bytes())
+    assert memo is not None
+    names = {Path(f).name for f in memo[2]}
+    assert {"commands.py", "render.py", "projection.py", "drift.py", "fast.py"} <= names
+    journal = str(box.journal)
+    assert {journal, journal + "-wal", str(box.state_db), str(box.state_db) + "-wal"} <= set(
+        memo[2]
+    )
+    assert memo[3] == [str(box.migrations_dir)]
