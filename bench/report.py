@@ -126,7 +126,7 @@ class Results:
 NOISY = 0.25  # cores used by other processes during a measurement, above which it is flagged
 
 
-def targets(res: Results) -> list[tuple[str, ...]]:
+def targets(res: Results) -> list[tuple[str, ...]]:  # noqa: C901 - one target after another
     """(target, ours, reference, ratio, cpu ratio, limit, verdict) for each target."""
     ns = res.ns()
     m = ns[-1] if ns else "1000"
@@ -172,6 +172,11 @@ def targets(res: Results) -> list[tuple[str, ...]]:
             add(f"... the same with {what}", res.net(OURS, scen, rows_n), res.net("sqlite3-cli", "e_data", rows_n), 1.1, keys=((scen, rows_n), ("sqlite3-cli", "e_data", rows_n)))  # fmt: skip
     s_n = res.label_n("s_state_batched")
     add(f"{s_n}-row state migration, batched <= 1.3x plain SQLite UPDATE", res.net(OURS, "s_state_batched", s_n), res.net("sqlite3-cli", "s_state", s_n), 1.3, keys=(("s_state_batched", s_n), ("sqlite3-cli", "s_state", s_n)))  # fmt: skip
+    if res.get(OURS, "s_state_sql", s_n):
+        add("... the same written with records.transform_sql", res.net(OURS, "s_state_sql", s_n), res.net("sqlite3-cli", "s_state", s_n), 1.3, keys=(("s_state_sql", s_n), ("sqlite3-cli", "s_state", s_n)))  # fmt: skip
+    add(f"`full` strategy apply {m} <= 0.25x dbmate", res.net(OURS, "l_full", m), res.net("dbmate", "a_apply", m), 0.25, keys=(("l_full", m), ("dbmate", "a_apply", m)))  # fmt: skip
+    k = res.label_n("k_backup", "cp")
+    add(f"backup of {k} MiB <= 1.2x cp + fsync", res.our_backup(k), res.net("cp+fsync", "k_backup", k), 1.2)  # fmt: skip
     add(f"peak memory, apply {m} <= yoyo's (MiB)", res.peak(OURS, "a_apply", m), res.peak("yoyo", "a_apply", m), 1.0, "MiB")  # fmt: skip
     return rows
 
