@@ -30,7 +30,9 @@ SCEN = {
     "h_recover": "recover alone after a kill",
     "e_data": "(e) ADD COLUMN + UPDATE, one transaction",
     "g_status": "status, long journal (snapshot valid)",
-    "g_status_nosnap": "status, long journal, no snapshot (full replay)",
+    "b_status_nomemo": "(b) status, all applied, memo off",
+    "g_status_nomemo": "status, long journal (snapshot valid), memo off",
+    "g_status_nosnap": "status, long journal, no snapshot, memo off (full replay)",
     "g_verify": "journal verify, long journal",
     "g_noop": "migrate, nothing pending, long journal",
     "s_state": "state migration, plain (no tool)",
@@ -156,6 +158,10 @@ def targets(res: Results) -> list[tuple[str, ...]]:  # noqa: C901 - one target a
     add(f"status {m} applied <= 3x dbmate", res.net(OURS, "b_status", m), res.net("dbmate", "b_status", m), 3.0, keys=(("b_status", m), ("dbmate", "b_status", m)))  # fmt: skip
     e = res.label_n("g_status")
     add(f"status with {e} events <= 1.2x status {m}", res.net(OURS, "g_status", e), res.net(OURS, "b_status", m), 1.2, keys=(("g_status", e), (OURS, "b_status", m)))  # fmt: skip
+    if res.get(OURS, "b_status_nomemo", m):  # the same three with every answer computed afresh
+        add("... status memo off: <= 0.10x yoyo", res.net(OURS, "b_status_nomemo", m), res.net("yoyo", "b_status", m), 0.10, keys=(("b_status_nomemo", m), ("yoyo", "b_status", m)))  # fmt: skip
+        add("... status memo off: <= 3x dbmate", res.net(OURS, "b_status_nomemo", m), res.net("dbmate", "b_status", m), 3.0, keys=(("b_status_nomemo", m), ("dbmate", "b_status", m)))  # fmt: skip
+        add(f"... status memo off: {e} events <= 1.2x {m}", res.net(OURS, "g_status_nomemo", e), res.net(OURS, "b_status_nomemo", m), 1.2, keys=(("g_status_nomemo", e), (OURS, "b_status_nomemo", m)))  # fmt: skip
     for n in ns:
         add(f"rollback one + re-apply one (N={n}) <= 0.15x yoyo", res.net(OURS, "c_rollback_reapply", n), res.net("yoyo", "c_rollback_reapply", n), 0.15, keys=(("c_rollback_reapply", n), ("yoyo", "c_rollback_reapply", n)))  # fmt: skip
     add(
@@ -181,7 +187,7 @@ def targets(res: Results) -> list[tuple[str, ...]]:  # noqa: C901 - one target a
     return rows
 
 
-def ratio_table(res: Results) -> list[str]:  # noqa: C901 - one row after another
+def ratio_table(res: Results) -> list[str]:  # noqa: C901, PLR0912 - one row after another
     ns = res.ns()
     m = ns[-1] if ns else "1000"
     out = [
@@ -202,6 +208,9 @@ def ratio_table(res: Results) -> list[str]:  # noqa: C901 - one row after anothe
         row(SCEN["a_apply"], n, "a_apply", ("sql", "a_apply_each_tx"))
     for n in ns:
         row(SCEN["b_status"], n, "b_status", None)
+    for n in ns:
+        if res.get(OURS, "b_status_nomemo", n):
+            row(SCEN["b_status_nomemo"], n, "b_status", None, ours_scen="b_status_nomemo")
     for n in ns:
         row(SCEN["c_rollback_reapply"], n, "c_rollback_reapply", ("sql", "c_rollback_reapply"))
     row(SCEN["d_help"], "-", "d_help", ("floor", "d_python"))
@@ -273,8 +282,13 @@ def ours_table(res: Results) -> list[str]:  # noqa: C901, PLR0915 - one row afte
         g = res.net(OURS, "g_status", e)
         row(OURS, "b_status", m, f"status, {m} applied (2 events per migration)")
         row(OURS, "g_status", e, f"status, {m} applied, {e} events", f"{ratio(g, base)} the {m} figure")  # fmt: skip
+        base_nm = res.net(OURS, "b_status_nomemo", m)
+        if base_nm:
+            row(OURS, "b_status_nomemo", m, f"status, {m} applied, memo off (FLYWALL_NO_STATUS_MEMO=1)")  # fmt: skip
+            g_nm = res.net(OURS, "g_status_nomemo", e)
+            row(OURS, "g_status_nomemo", e, f"status, {e} events, memo off", f"{ratio(g_nm, base_nm)} the memo-off {m} figure")  # fmt: skip
         nosnap = res.net(OURS, "g_status_nosnap", e)
-        row(OURS, "g_status_nosnap", e, "status, same journal, snapshot deleted", f"{ratio(nosnap, base)} the {m} figure")  # fmt: skip
+        row(OURS, "g_status_nosnap", e, "status, same journal, snapshot deleted, memo off", f"{ratio(nosnap, base_nm or base)} the {'memo-off ' if base_nm else ''}{m} figure")  # fmt: skip
         row(OURS, "g_verify", e, "journal verify, same journal")
         noop_m = res.net(OURS, "f_noop", m)
         noop_e = res.net(OURS, "g_noop", e)

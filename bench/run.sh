@@ -252,6 +252,8 @@ if want core || want noop || want recover; then
       sh -c "$SAVE"
       if want core; then
         [ -n "$STATUS" ] && bt "$tool|b_status|$N" -- sh -c "exec $STATUS"
+        # ours without the status memo: what an answer computed afresh costs
+        [ "$tool" = flywall ] && bt "$tool|b_status_nomemo|$N" -- sh -c "FLYWALL_NO_STATUS_MEMO=1 exec $STATUS"
         bt "$tool|c_reset|$N" -- sh -c "$RESETC"
         bt "$tool|c_rollback_reapply|$N" -- sh -c "$RESETC && $ROLLBACK1 && exec $APPLY1"
         check "$tool c $N" "$N" "$(count_t "$DB")"
@@ -335,7 +337,9 @@ print(s["counts"]["applied"], s["journal"]["events"] >= int(sys.argv[1]), len(s[
   rm -rf nosnap && mkdir nosnap && cp -a etc var nosnap/
   sqlite3 "nosnap/$JOURNAL" "DELETE FROM snapshots" >>"$LOGS/setup.log" 2>&1
   bt "flywall|g_status|$EVENTS" -- sh -c "exec $F status"
-  bt "flywall|g_status_nosnap|$EVENTS" -- sh -c "cd nosnap && exec $F status"
+  bt "flywall|g_status_nomemo|$EVENTS" -- sh -c "FLYWALL_NO_STATUS_MEMO=1 exec $F status"
+  # the replay itself: no projection snapshot and no status memo to answer from
+  bt "flywall|g_status_nosnap|$EVENTS" -- sh -c "cd nosnap && FLYWALL_NO_STATUS_MEMO=1 exec $F status"
   bt "flywall|g_verify|$EVENTS" -- sh -c "exec $F journal verify"
   bt "flywall|g_noop|$EVENTS" -- sh -c "exec $F migrate"
   cd "$WORK" || exit 1
