@@ -98,7 +98,9 @@ def from_source(path: str, raw: bytes) -> Migration:
     :param path: where the bytes came from; its file name gives version and slug.
     :raises DiscoveryError: the name, encoding or content is not a valid migration.
     """
-    match = re.match(_FILE_NAME, Path(path).name)
+    # The text after the last "/" is Path(path).name whenever it can be a migration's
+    # name (no Path object per file); anything else is asked of Path, as before.
+    match = re.match(_FILE_NAME, path.rpartition("/")[2]) or re.match(_FILE_NAME, Path(path).name)
     if match is None:
         raise DiscoveryError(path, _EXPECTED_NAME)
     version, slug, extension = match.groups()
@@ -175,8 +177,7 @@ def discover(
             if hit is not None and hit[0] == stamp:
                 migration = hit[1]
             else:
-                with open(path, "rb") as f:  # noqa: PTH123 - no Path object per file
-                    migration = from_source(path, f.read())
+                migration = from_source(path, _read(path, stat.st_size))
             if max(stat.st_ctime_ns, stat.st_mtime_ns) < fresh_before:
                 seen[path] = (stamp, migration)
             other = found.setdefault(migration.version, migration)
@@ -186,6 +187,22 @@ def discover(
     if cache is not None and seen != known:
         _save_cache(cache, seen, key)
     return sorted(found.values(), key=lambda m: (int(m.version), m.version))
+
+
+def _read(path: str, size: int) -> bytes:
+    """The whole file: os.open/os.read, no file object (buffer, fstat) per file.
+
+    Sized by the stat just taken, and read until read(2) says end of file, so a file
+    that grew since, or a filesystem that returns short reads, still gives every byte.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, size + 1)]
+        while chunk := os.read(fd, max(size, 1 << 16)):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 _Stamp = tuple[int, int, int, int, int]

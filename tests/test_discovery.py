@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import blake3
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import flywall.migrations
 from flywall.core.discovery import (
@@ -544,3 +546,71 @@ def test_a_kill_while_writing_the_cache_costs_nothing_but_the_cache(
         "applied_at": rows["202401010002"]["applied_at"],
         "file": rows["202401010002"]["file"],
     }
+
+
+@given(
+    content=st.binary(max_size=200_000),
+    stat_size=st.integers(min_value=0, max_value=300_000),
+)
+@settings(max_examples=60, deadline=None)
+def test_a_file_is_read_whole_whatever_size_its_stat_gave(
+    tmp_path_factory: pytest.TempPathFactory, content: bytes, stat_size: int
+) -> None:
+    """The cold read is sized by the stat, but a file that grew or shrank since gives every byte."""
+    from flywall.core import discovery
+
+    path = tmp_path_factory.mktemp("read") / "202401010001_a.sql"
+    path.write_bytes(content)
+    assert discovery._read(str(path), stat_size) == content
+
+
+def test_a_file_that_grew_after_its_stat_is_described_from_all_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """discover stats, then reads: bytes appended in between are part of what it describes."""
+    import os
+
+    from flywall.core import discovery
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = folder / "202401010001_a.sql"
+    path.write_text("-- migrate:up\nSELECT 1;\n")
+    real_read = discovery._read
+
+    def grow_then_read(name: str, size: int) -> bytes:
+        with path.open("a") as f:
+            f.write("-- more of the up section\n" * 5000)
+        assert os.stat(name).st_size > size  # noqa: PTH116
+        return real_read(name, size)
+
+    monkeypatch.setattr(discovery, "_read", grow_then_read)
+    (found,) = discover([folder])
+    assert found.source == path.read_bytes()
+    assert found.checksum == checksum(path.read_bytes())[1]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "202401010001_a.sql",
+        "m/202401010001_a.sql",
+        "m//202401010001_a.sql",
+        "./m/./202401010001_a.sql",
+        "var/lib/flywall/migration-journal.db#202401010001_a.sql",
+        "m/202401010001_a.sql/",
+        "m/202401010001_a.sql/.",
+        "m/..",
+        "",
+    ],
+)
+def test_version_and_slug_come_from_the_name_path_gives(path: str) -> None:
+    """from_source takes the text after the last "/" where Path(path).name would agree."""
+    raw = b"-- migrate:up\nSELECT 1;\n"
+    name = Path(path).name
+    if name == "202401010001_a.sql":
+        migration = from_source(path, raw)
+        assert (migration.version, migration.slug, migration.path) == ("202401010001", "a", path)
+    else:
+        with pytest.raises(DiscoveryError, match="expected NNNNNNNNNNNN_slug"):
+            from_source(path, raw)
