@@ -17,6 +17,11 @@ code, keyed by the identity of every input the answer was computed from:
   index rebuilt from them;
 - every migration directory, listed, with each entry in it.
 
+Not used (a fresh answer every time, correct but not faster): on a filesystem whose stat
+the kernel may answer from a cache (NFS attribute caching; the discovery cache assumes
+the same), and while a long-lived connection keeps the journal's -wal in place and status
+runs as root (SQLite chowns an existing -wal on every open, which sets its ctime).
+
 A file's identity is (st_dev, st_ino, st_mode, st_size, st_mtime_ns, st_ctime_ns), "absent"
 for a missing one. It stands for the file's bytes for the reason git trusts its index and
 `discovery` its cache: any write, and any `touch` putting mtime back, sets ctime to the
@@ -49,8 +54,9 @@ import sys
 
 import blake3
 
-_MAGIC = b"flywall status memo 1\n"
+_MAGIC = b"flywall status memo 2\n"
 _DIGEST = 32
+_KEY = 2 * _DIGEST  # the files' key, then the key of files and directories
 RACY_COARSE_NS = 3_000_000_000
 """Trust window for a file whose ctime shows whole seconds: such filesystems (FAT: 2 s; ext4
 with small inodes: 1 s) cannot tell two changes within one or two seconds apart."""
@@ -72,10 +78,14 @@ def config_path(root: str, config: str | None) -> str:
 
 
 def _context(root: str, config: str | None, variant: str) -> bytes:
-    """Everything besides files the answer depends on, as bytes."""
+    """Everything besides files the answer depends on, as bytes.
+
+    The interpreter is its version and environment (sys.prefix: `python` and `python3`
+    of one venv are one), and this module's own path tells one installation from another.
+    """
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith("FLYWALL_"))
     return repr(
-        (sys.version, sys.executable, os.getcwd(), root, config, variant, env)  # noqa: PTH109
+        (sys.version, sys.prefix, __file__, os.getcwd(), root, config, variant, env)  # noqa: PTH109
     ).encode("utf-8", "surrogatepass")
 
 
@@ -206,10 +216,10 @@ def _decode(data: bytes) -> tuple[bytes, int, list[str], list[str], str, str] | 
     digest, body = data[:_DIGEST], data[_DIGEST:]
     if len(digest) != _DIGEST or blake3.blake3(body).digest() != digest:
         return None
-    key, code = body[:_DIGEST], body[_DIGEST]
-    nfiles = int.from_bytes(body[_DIGEST + 1 : _DIGEST + 5], "little")
-    ndirs = int.from_bytes(body[_DIGEST + 5 : _DIGEST + 9], "little")
-    at = _DIGEST + 9
+    key, code = body[:_KEY], body[_KEY]
+    nfiles = int.from_bytes(body[_KEY + 1 : _KEY + 5], "little")
+    ndirs = int.from_bytes(body[_KEY + 5 : _KEY + 9], "little")
+    at = _KEY + 9
     paths = []
     for _ in range(nfiles + ndirs + 1):
         end = body.index(b"\0", at)
@@ -221,22 +231,28 @@ def _decode(data: bytes) -> tuple[bytes, int, list[str], list[str], str, str] | 
 
 def lookup(root: str, config: str | None, variant: str) -> tuple[str, str, int] | None:
     """The memoized (stdout, stderr, exit code) of `variant`, if every input is as it was."""
-    if _has_device_key(root, config):
-        return None
-    try:
-        with open(memo_path(root, variant), "rb") as f:  # noqa: PTH123
-            memo = _decode(f.read())
-    except (OSError, ValueError, IndexError, UnicodeDecodeError):
-        return None
+    memo = None if _has_device_key(root, config) else _read(memo_path(root, variant))
     if memo is None:
         return None
     key, code, files, dirs, lock, text = memo
-    parts = stamp(files, dirs)
-    if parts is None or _key(_context(root, config, variant), parts) != key:
+    # the files first: after a migrate or a drift the journal or state.db tells at once,
+    # without listing the migrations
+    context = _context(root, config, variant)
+    parts = stamp(files, [])
+    if parts is None or _key(context, parts) != key[:_DIGEST]:
         return None
-    if _lock_held(lock):
+    listed = stamp([], dirs)
+    if listed is None or _key(context, parts + listed) != key[_DIGEST:] or _lock_held(lock):
         return None
     return text, "", code
+
+
+def _read(path: str) -> tuple[bytes, int, list[str], list[str], str, str] | None:
+    try:
+        with open(path, "rb") as f:  # noqa: PTH123
+            return _decode(f.read())
+    except (OSError, ValueError, IndexError, UnicodeDecodeError):
+        return None
 
 
 def code_files() -> list[str]:
@@ -271,13 +287,16 @@ def store(
     if _has_device_key(root, config):
         return False
     files = [*files, *code_files()]
-    parts = stamp(files, dirs, began_ns)
-    if parts is None or _lock_held(lock):
+    parts = stamp(files, [], began_ns)
+    listed = stamp([], dirs, began_ns)
+    if parts is None or listed is None or _lock_held(lock):
         return False
+    context = _context(root, config, variant)
+    key = _key(context, parts) + _key(context, parts + listed)
     path = memo_path(root, variant)
     temp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}")  # noqa: PTH118, PTH119, PTH120
     try:
-        data = _encode(_key(_context(root, config, variant), parts), code, files, dirs, lock, text)
+        data = _encode(key, code, files, dirs, lock, text)
         os.makedirs(os.path.dirname(path), exist_ok=True)  # noqa: PTH103, PTH120
         with open(temp, "wb") as f:  # noqa: PTH123
             f.write(data)

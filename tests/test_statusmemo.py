@@ -9,6 +9,7 @@ memo answer the old output and the test fail.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -57,29 +58,42 @@ def identity(path: Path) -> tuple[int, ...] | None:
     return (s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns)
 
 
-def memoize(app: Appliance, *args: str, **kw) -> tuple[bytes, bytes, int]:
-    """Run status until it writes a memo (inputs must age past the racy window first)."""
-    memo = memo_file(app, args)
-    deadline = time.monotonic() + 10
-    while True:
-        before = identity(memo)
-        out = run(app, *args, **kw)
-        if identity(memo) not in (before, None):
-            return out
+def memo_answer(app: Appliance, *args: str, cwd: Path | None = None, env=None):
+    """What a status run as `run` runs it would answer from the memo now; None: no memo.
+
+    The same lookup, in this process: same interpreter, same FLYWALL_* (none, the
+    autouse fixture removes them), same working directory.
+    """
+    assert not env, "memo_answer knows no environment"
+    variant = memo_file(app, args).name.removesuffix(".memo")
+    with contextlib.chdir(cwd or Path.cwd()):
+        hit = statusmemo.lookup("." if cwd is not None else str(app.root), None, variant)
+    return None if hit is None else (hit[0].encode(), hit[1].encode(), hit[2])
+
+
+def memoize(app: Appliance, *args: str, **kw) -> None:
+    """Run status until a memo for the current inputs exists (they must age past the window)."""
+    deadline = time.monotonic() + 20
+    while memo_answer(app, *args, **kw) is None:
         assert time.monotonic() < deadline, "no memo was ever written"
-        time.sleep(0.1)
+        run(app, *args, **kw)
+        time.sleep(0.05)
 
 
 def assert_memo_hit_same(app: Appliance, *args: str, **kw) -> tuple[bytes, bytes, int]:
-    """A memo is written, then used (not rewritten), and says what click says."""
+    """A memo is written, and what it answers is what click says (and what status says)."""
     memoize(app, *args, **kw)
-    memo = memo_file(app, args)
-    before = identity(memo)
+    answer = memo_answer(app, *args, **kw)
     quick = run(app, *args, **kw)
-    assert identity(memo) == before, "the second status did not answer from the memo"
     slow = run(app, *args, slow=True, **kw)
-    assert quick == slow
+    assert answer == quick == slow
     return quick
+
+
+@pytest.fixture(autouse=True)
+def _no_flywall_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [k for k in os.environ if k.startswith("FLYWALL_")]:
+        monkeypatch.delenv(name)
 
 
 def assert_same(app: Appliance, *args: str, **kw) -> tuple[bytes, bytes, int]:
@@ -312,7 +326,7 @@ def test_a_damaged_memo_is_ignored(box):
 
 @settings(max_examples=200, deadline=None)
 @given(
-    key=st.binary(min_size=32, max_size=32),
+    key=st.binary(min_size=64, max_size=64),
     code=st.integers(0, 255),
     files=st.lists(st.text(min_size=1).filter(lambda s: "\0" not in s), max_size=5),
     dirs=st.lists(st.text(min_size=1).filter(lambda s: "\0" not in s), max_size=3),
@@ -343,22 +357,49 @@ def test_the_memo_format_round_trips_and_detects_damage(key, code, files, dirs, 
 TICK_NS = 10_000_000  # Linux's coarse clock lags by at most one tick: 10 ms at HZ=100
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(
-    ctime=st.integers(0, 2**62),
-    began=st.integers(0, 2**62),
+    began=st.integers(10**10, 2**62),
+    age=st.integers(-(10**9), 4 * 10**9),
     gran=st.sampled_from([1, 100, 10**6, 10**7, 10**9, 2 * 10**9]),
 )
-def test_an_identity_is_trusted_only_if_any_later_change_shows(ctime, began, gran):
+def test_an_identity_is_trusted_only_if_any_later_change_shows(began, age, gran):
     """Not racy => a change after `began` gets a later ctime, whatever the granularity.
 
     Such a change happens at t >= began, and is stamped with the coarse clock truncated to
     the granularity: > began - TICK_NS - gran. So it shows if ctime <= began - TICK_NS - gran.
     """
+    ctime = began - age
     ctime -= ctime % gran  # a timestamp a filesystem of that granularity can hold
     stat = SimpleNamespace(st_ctime_ns=ctime, st_mtime_ns=ctime)
     if not statusmemo._racy(stat, began):  # type: ignore[arg-type]
         assert ctime <= began - TICK_NS - gran
+
+
+@pytest.mark.parametrize("change", ["config", "migration added", "state.db schema"])
+def test_an_input_changed_while_status_reads_is_not_memoized(box, change, monkeypatch, capsys):
+    """The racy rule: changed after the answer was computed, before its identities were taken.
+
+    The identity taken afterwards is the new file's, the answer the old one's: only the
+    change's recent ctime keeps that answer out of the memo.
+    """
+    from flywall.cli import fast
+    from flywall.core import commands
+
+    time.sleep(0.3)  # every input old enough
+    status = commands.status
+
+    def status_then_change(*args, **kw):
+        report = status(*args, **kw)
+        CHANGES[change](box)
+        return report
+
+    monkeypatch.setattr(commands, "status", status_then_change)
+    argv = ["flywall", "migration", "--root", str(box.root), "status"]
+    assert fast.fast(argv) in (0, 4)
+    monkeypatch.setattr(commands, "status", status)
+    capsys.readouterr()
+    assert memo_answer(box) in (None, run(box, slow=True))
 
 
 _STEPS = st.lists(st.sampled_from(sorted(CHANGES)), min_size=1, max_size=3, unique=True)
