@@ -370,7 +370,8 @@ def _parse_sql(path: str, text: str) -> dict[str, Any]:
     preamble: list[str] = []
     current: list[str] = preamble
     for number, line in enumerate(text.split("\n"), start=1):
-        section = _SQL_MARKERS.get(line.strip())
+        # Only a line holding the marker's text can be one (a substring test, in C).
+        section = _SQL_MARKERS.get(line.strip()) if "-- migrate:" in line else None
         if section is None:
             current.append(line)
         elif section in sections:
@@ -380,14 +381,15 @@ def _parse_sql(path: str, text: str) -> dict[str, Any]:
     body = {section: "\n".join(lines).strip() or None for section, lines in sections.items()}
     if body.get("up") is None:
         raise DiscoveryError(path, "has no '-- migrate:up' section, or it is empty")
-    headers, description = _sql_preamble(path, preamble)
+    # Most files open with their first marker: nothing to read before it then.
+    headers, description = _sql_preamble(path, preamble) if any(preamble) else ({}, "")
     depends_on = [v.strip() for v in headers.get("depends_on", "").split(",") if v.strip()]
     return {
         "component": "database",
         "kind": "sql",
         "description": description,
         "schema_version": headers.get("schema_version") or None,
-        "depends_on": _versions(path, depends_on),
+        "depends_on": _versions(path, depends_on) if depends_on else (),
         "has_down": body.get("down") is not None,
         "has_verify": body.get("verify") is not None,
         "up_sql": body["up"],

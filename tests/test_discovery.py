@@ -614,3 +614,93 @@ def test_version_and_slug_come_from_the_name_path_gives(path: str) -> None:
     else:
         with pytest.raises(DiscoveryError, match="expected NNNNNNNNNNNN_slug"):
             from_source(path, raw)
+
+
+def _reference_parse_sql(path: str, text: str) -> dict[str, object]:
+    """_parse_sql as it was before its fast paths: every line stripped and looked up."""
+    import re
+
+    from flywall.core import discovery
+
+    sections: dict[str, list[str]] = {}
+    preamble: list[str] = []
+    current = preamble
+    for number, line in enumerate(text.split("\n"), start=1):
+        section = discovery._SQL_MARKERS.get(line.strip())
+        if section is None:
+            current.append(line)
+        elif section in sections:
+            raise DiscoveryError(path, f"line {number}: '-- migrate:{section}' repeated")
+        else:
+            current = sections[section] = []
+    body = {section: "\n".join(lines).strip() or None for section, lines in sections.items()}
+    if body.get("up") is None:
+        raise DiscoveryError(path, "has no '-- migrate:up' section, or it is empty")
+    headers: dict[str, str] = {}
+    description = ""
+    for number, line in enumerate(preamble, start=1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("--"):
+            raise DiscoveryError(path, f"line {number}: SQL before the first marker is never run")
+        comment = stripped.removeprefix("--").strip()
+        header = re.match(r"^(schema_version|depends_on):(.*)$", comment)
+        if header is not None:
+            headers[header[1]] = header[2].strip()
+        elif comment and not description:
+            description = comment
+    depends_on = [v.strip() for v in headers.get("depends_on", "").split(",") if v.strip()]
+    return {
+        "component": "database",
+        "kind": "sql",
+        "description": description,
+        "schema_version": headers.get("schema_version") or None,
+        "depends_on": discovery._versions(path, depends_on),
+        "has_down": body.get("down") is not None,
+        "has_verify": body.get("verify") is not None,
+        "up_sql": body["up"],
+        "down_sql": body.get("down"),
+        "verify_sql": body.get("verify"),
+    }
+
+
+_SQL_LINES = st.sampled_from(
+    [
+        "-- migrate:up",
+        "-- migrate:down",
+        "-- migrate:verify",
+        "  -- migrate:up \t",
+        "\u2003-- migrate:down\x1c",
+        "-- migrate:sideways",
+        "--  migrate:up",
+        "x -- migrate:up",
+        "-- migrate:up;",
+        "-- schema_version: 1.2",
+        "-- depends_on: 202401010001, 202401010002",
+        "-- depends_on: 1",
+        "-- A description.",
+        "--",
+        "",
+        "   ",
+        "\t",
+        "SELECT 1;",
+        "CREATE TABLE t(a);",
+    ]
+)
+
+
+@given(lines=st.lists(st.one_of(_SQL_LINES, st.text(max_size=12)), max_size=12))
+@settings(max_examples=400, deadline=None)
+def test_the_sql_parser_answers_as_the_plain_line_by_line_one(lines: list[str]) -> None:
+    """Same sections, metadata and errors as stripping and looking up every line."""
+    from flywall.core import discovery
+
+    text = "\n".join(lines)
+    try:
+        expected: object = _reference_parse_sql("p.sql", text)
+    except DiscoveryError as e:
+        expected = ("error", str(e))
+    try:
+        got: object = discovery._parse_sql("p.sql", text)
+    except DiscoveryError as e:
+        got = ("error", str(e))
+    assert got == expected
