@@ -82,10 +82,13 @@ def _context(root: str, config: str | None, variant: str) -> bytes:
 
     The interpreter is its version and environment (sys.prefix: `python` and `python3`
     of one venv are one), and this module's own path tells one installation from another.
+    Who asks is part of it: a user who may not read state.db gets that error afresh, never
+    root's answer.
     """
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith("FLYWALL_"))
+    who = (os.geteuid(), os.getegid(), sorted(os.getgroups()))
     return repr(
-        (sys.version, sys.prefix, __file__, os.getcwd(), root, config, variant, env)  # noqa: PTH109
+        (sys.version, sys.prefix, __file__, os.getcwd(), root, config, variant, env, who)  # noqa: PTH109
     ).encode("utf-8", "surrogatepass")
 
 
@@ -298,7 +301,9 @@ def store(
     try:
         data = _encode(key, code, files, dirs, lock, text)
         os.makedirs(os.path.dirname(path), exist_ok=True)  # noqa: PTH103, PTH120
-        with open(temp, "wb") as f:  # noqa: PTH123
+        # 0600: the memo is for the user whose answer it holds
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with open(fd, "wb") as f:  # noqa: PTH123
             f.write(data)
         crashpoint("status-memo-before-replace")  # a stray temp file; the old memo or none
         os.replace(temp, path)  # noqa: PTH105

@@ -479,3 +479,11 @@ def test_a_fresh_memo_lists_the_code_that_answered(box):
         memo[2]
     )
     assert memo[3] == [str(box.migrations_dir)]
+
+
+def test_the_memo_is_for_its_user_only(box):
+    """Mode 0600, and the user is in the key: nobody else is answered from it."""
+    assert_memo_hit_same(box)
+    assert memo_file(box).stat().st_mode & 0o777 == 0o600
+    context = statusmemo._context(str(box.root), None, "status")
+    assert repr((os.geteuid(), os.getegid(), sorted(os.getgroups()))).encode() in context
