@@ -165,7 +165,8 @@ def target_checks(
     checks: dict[str, str] = {}
     if db is not None:
         pragma = "quick_check" if quick else "integrity_check"
-        integrity = [row[0] for row in db.db.execute(f"PRAGMA {pragma}")]
+        with db.checkpointing():  # after a big commit: the WAL's copy runs alongside
+            integrity = [row[0] for row in db.db.execute(f"PRAGMA {pragma}")]
         checks["integrity"] = "ok" if integrity == ["ok"] else "; ".join(integrity)
         fk = db.db.execute("PRAGMA foreign_key_check").fetchall()
         checks["foreign keys"] = "ok" if not fk else f"{len(fk)} violation(s), first {fk[0]}"

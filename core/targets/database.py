@@ -9,6 +9,7 @@ commit when the journal's unlink is not yet on disk); NORMAL is never used.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -55,10 +56,67 @@ class DatabaseTarget:
         mode = self.db.execute("PRAGMA journal_mode").fetchall()[0][0]
         durable = "FULL" if mode == "wal" else "EXTRA"
         self.db.execute(f"PRAGMA synchronous = {synchronous or durable}")
+        self._vfs = vfs
+        self._synchronous = synchronous or durable
+        self._deferred = False  # a commit's automatic checkpoint not yet done
+        if mode == "wal":
+            self.db.set_wal_hook(self._wal_committed)  # in place of SQLite's own
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (the last one to close checkpoints and removes the WAL)."""
         self.db.close()
+
+    def _wal_committed(self, _db: apsw.Connection, name: str, pages: int) -> int:
+        """SQLite's automatic checkpoint (at 1000 WAL pages), one commit late.
+
+        SQLite's own copies the WAL into the database inside the COMMIT that crosses 1000
+        pages, so a migration rewriting a large table paid a second full write of it
+        before anything else could run. Here the first such commit leaves it pending:
+        `checkpointing` does it alongside validate_after's quick_check, `transaction`
+        before the next migration, a later commit here, or the close. A commit is durable
+        once its frames are in the WAL (synchronous = FULL), and a checkpoint is SQLite's
+        own crash-safe copy whenever it runs, so a crash or a power cut sees nothing new;
+        the WAL grows by at most the next transaction's pages before its copy.
+        Errors are ignored, as SQLite's automatic checkpoint ignores them: the commit
+        happened, and the close checkpoints again.
+        """
+        if pages >= _AUTOCHECKPOINT:
+            if self._deferred:
+                self._checkpoint(name)
+            else:
+                self._deferred = True
+        return apsw.SQLITE_OK
+
+    def _checkpoint(self, name: str = "main") -> None:
+        with contextlib.suppress(apsw.Error):
+            self.db.wal_checkpoint(name, apsw.SQLITE_CHECKPOINT_PASSIVE)
+        self._deferred = False
+
+    @contextlib.contextmanager
+    def checkpointing(self) -> Iterator[None]:
+        """Do a pending checkpoint from a second connection while `body` reads (quick_check).
+
+        The checkpoint (writing the committed pages into state.db, then its fsync) is I/O,
+        a quick_check is CPU: side by side they take about the longer of the two, not the
+        sum. PASSIVE neither waits for nor blocks this connection's reads; whatever it
+        could not copy the close copies. Under a test VFS (the power-cut simulation counts
+        its events in one order) the checkpoint runs here first, in this thread.
+        """
+        if not self._deferred:
+            yield
+            return
+        if self._vfs is not None:
+            self._checkpoint()
+            crashpoint("database-checkpointed")
+            yield
+            return
+        self._deferred = False
+        worker = _Checkpointer(self.path, self._synchronous)
+        try:
+            yield
+        finally:
+            worker.join()
+        crashpoint("database-checkpointed")
 
     def fingerprint(self) -> str:
         """Return the blake3 of the normalised schema, our own bookkeeping tables left out.
@@ -163,6 +221,8 @@ class DatabaseTarget:
     def transaction(self, component: str) -> Iterator[None]:
         """One write transaction, committed (with crash points around) or undone."""
         db = self.db
+        if self._deferred:  # before this transaction's frames: the WAL stays as bounded
+            self._checkpoint()
         db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -384,6 +444,35 @@ class _SchemaWatch:
     def committed(self) -> bool:
         self.creations_only = False  # another connection may have changed it since
         return False  # let the commit go ahead
+
+
+_AUTOCHECKPOINT = 1000
+"""SQLite's default automatic checkpoint threshold, in WAL pages (kept, one commit late)."""
+
+
+class _Checkpointer(threading.Thread):
+    """A PASSIVE checkpoint of state.db on its own connection, in a thread.
+
+    APSW releases the GIL while SQLite works, so the caller's own statements run
+    meanwhile. A failure is left for the close's checkpoint to meet again (SQLite's
+    automatic checkpoint ignores its errors too): nothing depends on this one finishing.
+    """
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        super().__init__(name="state.db checkpoint", daemon=True)
+        self._path = path
+        self._synchronous = synchronous
+        self.start()
+
+    def run(self) -> None:
+        with contextlib.suppress(apsw.Error):
+            db = apsw.Connection(str(self._path), flags=apsw.SQLITE_OPEN_READWRITE)
+            try:
+                db.execute(f"PRAGMA synchronous = {self._synchronous}")
+                db.execute("PRAGMA schema_version").fetchall()  # opens the WAL (else a no-op)
+                db.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+            finally:
+                db.close()
 
 
 def open_existing(path: Path, version_table: str) -> DatabaseTarget | None:
