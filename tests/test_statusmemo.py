@@ -159,6 +159,8 @@ def _drift(app: Appliance) -> None:
 
 
 def _marker(app: Appliance) -> None:
+    if not app.state_db.exists():  # after "state.db removed" there is no marker to delete
+        return
     with apsw.Connection(str(app.state_db)) as db:
         db.execute("DELETE FROM flywall_migration_markers WHERE version = '202401010001'")
 
