@@ -467,7 +467,9 @@ if want backup; then
     done
     config "$B/fw" validate_before=false validate_after=false
     bare "$B/fw-nobackup"
-    KRESET="rm -rf var && mkdir -p var/lib/flywall && cp ../state.db $STATE"
+    # the reset syncs its 1 GiB copy (and is subtracted): otherwise our first fsync would
+    # also write back the reset's dirty pages, which cp + fsync, reading a clean file, never pays
+    KRESET="rm -rf var && mkdir -p var/lib/flywall && cp ../state.db $STATE && sync $STATE"
     cd "$B/fw" || exit 1
     sh -c "$KRESET && $F migrate" >>"$LOGS/setup.log" 2>&1
     if ls var/lib/flywall/migration-backups/*/state.db >/dev/null 2>&1; then
