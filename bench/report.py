@@ -40,6 +40,7 @@ SCEN = {
     "s_state_atomic": "state migration, atomic",
     "s_state_sql": "state migration, batched, records.transform_sql",
     "k_backup": "backup of state.db",
+    "k_backup_same_reset": "backup of state.db, after our reset (a fresh synced 1 GiB copy)",
     "l_full": "`full` strategy: apply all, empty -> head, one transaction",
     "e_data_nobackup": "(e) ADD COLUMN + UPDATE, backup_before = false",
     "e_data_bare": "(e) ADD COLUMN + UPDATE, no backup, no validate_before/after",
@@ -78,7 +79,7 @@ class Results:
         if scen.startswith("s_state_"):
             return self.get(tool, "s_reset_" + scen.removeprefix("s_state_"), n)
         shared = {"e_data": ("sqlite3-cli", "e_reset"), "s_state": ("sqlite3-cli", "s_reset"), "k_backup": ("cp", "k_reset")}  # fmt: skip
-        own = {"a_apply": "a_reset", "a_apply_each_tx": "a_reset", "c_rollback_reapply": "c_reset", "h_resume": "h_reset", "h_recover": "h_reset", "e_data": "e_reset", "e_data_nobackup": "e_reset", "e_data_bare": "e_reset", "k_migrate_backup": "k_reset", "k_migrate_nobackup": "k_reset", "l_full": "l_reset"}  # fmt: skip
+        own = {"a_apply": "a_reset", "a_apply_each_tx": "a_reset", "c_rollback_reapply": "c_reset", "h_resume": "h_reset", "h_recover": "h_reset", "e_data": "e_reset", "e_data_nobackup": "e_reset", "e_data_bare": "e_reset", "k_migrate_backup": "k_reset", "k_migrate_nobackup": "k_reset", "k_backup_same_reset": "k_reset", "l_full": "l_reset"}  # fmt: skip
         found = self.get(tool, own[scen], n) if scen in own else None
         if found is None and scen in shared:
             found = self.get(*shared[scen], n)
@@ -183,6 +184,8 @@ def targets(res: Results) -> list[tuple[str, ...]]:  # noqa: C901 - one target a
     add(f"`full` strategy apply {m} <= 0.25x dbmate", res.net(OURS, "l_full", m), res.net("dbmate", "a_apply", m), 0.25, keys=(("l_full", m), ("dbmate", "a_apply", m)))  # fmt: skip
     k = res.label_n("k_backup", "cp")
     add(f"backup of {k} MiB <= 1.2x cp + fsync", res.our_backup(k), res.net("cp+fsync", "k_backup", k), 1.2)  # fmt: skip
+    if res.get("cp+fsync", "k_backup_same_reset", k):
+        add("... cp + fsync after the same reset as ours", res.our_backup(k), res.net("cp+fsync", "k_backup_same_reset", k), 1.2)  # fmt: skip
     add(f"peak memory, apply {m} <= yoyo's (MiB)", res.peak(OURS, "a_apply", m), res.peak("yoyo", "a_apply", m), 1.0, "MiB")  # fmt: skip
     return rows
 
@@ -317,6 +320,9 @@ def ours_table(res: Results) -> list[str]:  # noqa: C901, PLR0915 - one row afte
         for tool, label in (("cp", "cp"), ("cp+fsync", "cp, then fsync the copy"), ("sqlite3-backup", "sqlite3 .backup")):  # fmt: skip
             v = res.net(tool, "k_backup", k)
             row(tool, "k_backup", k, label, f"{size / v:,.0f} MiB/s" if v else "")
+        same = res.net("cp+fsync", "k_backup_same_reset", k)
+        if same:
+            row("cp+fsync", "k_backup_same_reset", k, "cp, then fsync, after our reset", f"{size / same:,.0f} MiB/s")  # fmt: skip
         row(
             OURS,
             "k_migrate_backup",
@@ -337,7 +343,8 @@ def ours_table(res: Results) -> list[str]:  # noqa: C901, PLR0915 - one row afte
             synced = res.net("cp+fsync", "k_backup", k)
             out.append(
                 f"| flywall backup (the difference of the two rows above) | {k} | {fmt(ours)} | | | | "
-                f"{size / ours:,.0f} MiB/s; {ratio(ours, cp)} cp, {ratio(ours, synced)} cp + fsync |"
+                f"{size / ours:,.0f} MiB/s; {ratio(ours, cp)} cp, {ratio(ours, synced)} cp + fsync"
+                + (f", {ratio(ours, same)} cp + fsync after our reset |" if same else " |")
             )
     if res.get(OURS, "l_full", m):
         row(OURS, "l_full", m, f"`full` strategy, apply {m}, empty -> head", f"{ratio(res.net(OURS, 'l_full', m), res.net(OURS, 'a_apply', m))} incremental")  # fmt: skip
