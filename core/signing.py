@@ -97,7 +97,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         if not isinstance(key, Ed25519PrivateKey):
             raise errors.UsageError(f"{path}: the PEM key is not an Ed25519 key")
         return key
-    seed = _raw_or_hex(raw)
+    seed = raw_or_hex(raw)
     if seed is None:
         raise errors.UsageError(
             f"{path}: not an Ed25519 private key (32 raw bytes, 64 hex characters or PEM)"
@@ -105,7 +105,8 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(seed)
 
 
-def _raw_or_hex(raw: bytes) -> bytes | None:
+def raw_or_hex(raw: bytes) -> bytes | None:
+    """32 key bytes from a key file's content: 32 raw bytes or 64 hex characters, else None."""
     if len(raw) == 32:  # noqa: PLR2004 - an Ed25519 seed
         return raw
     text = raw.strip()
@@ -160,7 +161,7 @@ def trusted_keys(ws: Workspace) -> dict[str, bytes]:
     """
     keys: dict[str, bytes] = {}
     for i, text in enumerate(ws.settings.trusted_keys):
-        raw = _raw_or_hex(text.encode()) if len(text.strip()) == 64 else None  # noqa: PLR2004
+        raw = raw_or_hex(text.encode()) if len(text.strip()) == 64 else None  # noqa: PLR2004
         if raw is None:
             try:
                 raw = base64.b64decode(text.strip(), validate=True)

@@ -149,12 +149,9 @@ def _read_device_key(path: Path) -> bytes:
         raise SettingsError(f"{path}: device key file: cannot read: {e.strerror}") from e
     if mode & 0o077:
         raise SettingsError(f"{path}: device key file must be mode 0600 (it is {mode:04o})")
-    if len(raw) == 32:  # noqa: PLR2004 - a blake3 key is 32 bytes
-        return raw
-    text = raw.strip()
-    if len(text) == 64:  # noqa: PLR2004 - 32 bytes in hex
-        try:
-            return bytes.fromhex(text.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            pass
+    from flywall.core.signing import raw_or_hex  # the same two forms as a signing key
+
+    key = raw_or_hex(raw)
+    if key is not None:
+        return key
     raise SettingsError(f"{path}: device key file must hold 32 raw bytes or 64 hex characters")

@@ -329,6 +329,11 @@ def test_the_device_key_file_must_be_private_and_well_formed(appliance: Applianc
         appliance.workspace().device_key()
     key.write_bytes(bytes(range(32)))
     assert appliance.workspace().device_key() == bytes(range(32))
+    key.write_bytes(bytes(range(32)).hex().encode() + b"\n")  # the same key written in hex
+    assert appliance.workspace().device_key() == bytes(range(32))
+    key.write_bytes(b"z" * 64)  # 64 characters, not hex
+    with pytest.raises(SettingsError, match="32 raw bytes or 64 hex characters"):
+        appliance.workspace().device_key()
 
 
 def test_replay_checks_the_chain_up_to_its_point(appliance: Appliance) -> None:
