@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from flywall.core.targets.database import DatabaseTarget, bookkeeping, schema_fingerprint
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 NAMES = ("a", "b", "c")
@@ -73,16 +74,21 @@ def _run(target: DatabaseTarget, number: int, sql: list[str], *, fail: bool) -> 
             raise RuntimeError(msg)
 
     with suppress(RuntimeError, apsw.SQLError):
-        target.run(
-            version=f"{number:012d}",
-            component="database",
-            direction="up",
-            checksum="c",
-            body=body,
-            run_id="r",
-            schema_version=None,
-            previous=None,
-        )
+        _run_body(target, number, body)
+
+
+def _run_body(target: DatabaseTarget, number: int, body: Callable[[apsw.Connection], None]) -> None:
+    """Run `body` as migration `number` of the database component, in the target's window."""
+    target.run(
+        version=f"{number:012d}",
+        component="database",
+        direction="up",
+        checksum="c",
+        body=body,
+        run_id="r",
+        schema_version=None,
+        previous=None,
+    )
 
 
 @settings(max_examples=80, deadline=None)
@@ -150,16 +156,7 @@ def test_a_body_that_commits_midway_lets_no_other_change_through_unseen(tmp_path
             db.execute("BEGIN IMMEDIATE")
             db.execute("CREATE TABLE t_b (id)")
 
-        target.run(
-            version="000000000002",
-            component="database",
-            direction="up",
-            checksum="c",
-            body=body,
-            run_id="r",
-            schema_version=None,
-            previous=None,
-        )
+        _run_body(target, 2, body)
         assert target.fingerprint() == _fresh(path)
     finally:
         target.close()
@@ -178,16 +175,7 @@ def test_a_body_that_installs_its_own_authorizer_cannot_hide_a_change(tmp_path):
             db.authorizer = lambda *_: apsw.SQLITE_OK
             db.execute("DROP TABLE base")
 
-        target.run(
-            version="000000000002",
-            component="database",
-            direction="up",
-            checksum="c",
-            body=body,
-            run_id="r",
-            schema_version=None,
-            previous=None,
-        )
+        _run_body(target, 2, body)
         assert target.fingerprint() == _fresh(path)
     finally:
         target.close()
