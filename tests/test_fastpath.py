@@ -372,3 +372,81 @@ def test_migrate_and_rollback_run_without_click(writer_box: Appliance, tmp_path:
             [sys.executable, "-c", probe], capture_output=True, text=True, check=False
         )
         assert p.stderr.splitlines()[-1] == " 0 False", p.stderr
+
+
+# -- the fast path's exit (no interpreter teardown) -------------------------------------------
+
+
+def _main(args: list[str], prelude: str = "") -> subprocess.CompletedProcess[str]:
+    """Run `flywall.cli.fast.main()` in a fresh interpreter, after `prelude`."""
+    code = f"import sys\n{prelude}\nsys.argv = {['flywall', *args]!r}\nfrom flywall.cli.fast import main\nmain()\n"
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_a_writer_exits_with_every_sqlite_file_closed(
+    writer_box: Appliance, tmp_path: Path
+) -> None:
+    """The fast exit skips teardown, never a close: no WAL is left beside the journal."""
+    import shutil
+
+    copy = Appliance(tmp_path / "copy")
+    shutil.copytree(writer_box.root, copy.root)
+    for command in (["rollback", "--steps", "1"], ["migrate", "--target", "202401010003"]):
+        p = _main(["migration", "--root", str(copy.root), *command])
+        assert p.returncode == 0, p.stderr
+        left = sorted(f.name for f in copy.journal.parent.iterdir() if f.name.endswith("-wal"))
+        assert left == [], command
+    assert "applied 2 migrations" in p.stdout
+
+
+def test_the_fast_exit_runs_atexit_handlers_and_keeps_the_exit_code(
+    box: Appliance, tmp_path: Path
+) -> None:
+    import shutil
+
+    mark = tmp_path / "atexit-ran"
+    prelude = f"import atexit, pathlib\natexit.register(pathlib.Path({str(mark)!r}).touch)"
+    p = _main(["migration", "--root", str(box.root), "list"], prelude)
+    assert (p.returncode, mark.exists()) == (0, True)
+    assert "202401010003" in p.stdout
+    mark.unlink()
+    copy = Appliance(tmp_path / "copy")
+    shutil.copytree(box.root, copy.root)
+    args = ["migration", "--root", str(copy.root), "rollback", "202401010003"]  # pending
+    p = _main(args, prelude)
+    clicks = run(args, slow=True)[2]
+    assert (p.returncode, mark.exists()) == (clicks, True)
+    assert clicks != 0
+    assert p.stderr.startswith("FAILED: ")
+
+
+def test_the_fast_exit_waits_for_a_thread_as_the_interpreter_would(
+    box: Appliance, tmp_path: Path
+) -> None:
+    mark = tmp_path / "thread-done"
+    prelude = (
+        "import pathlib, threading, time\n"
+        "def later():\n"
+        "    time.sleep(0.3)\n"
+        f"    pathlib.Path({str(mark)!r}).write_text('done')\n"
+        "threading.Thread(target=later).start()"
+    )
+    p = _main(["migration", "--root", str(box.root), "list"], prelude)
+    assert (p.returncode, mark.read_text()) == (0, "done")
+
+
+def test_the_fast_exit_leaves_an_open_connection_to_the_normal_exit(
+    box: Appliance, tmp_path: Path
+) -> None:
+    """A connection still open takes the normal exit, which closes (checkpoints) it."""
+    db = tmp_path / "other.db"
+    prelude = (
+        f"import apsw\nconn = apsw.Connection({str(db)!r})\n"
+        "conn.execute('PRAGMA journal_mode = WAL')\n"
+        "conn.execute('CREATE TABLE t (x)')\n"
+    )
+    p = _main(["migration", "--root", str(box.root), "list"], prelude)
+    assert p.returncode == 0, p.stderr
+    assert not (tmp_path / "other.db-wal").exists()
