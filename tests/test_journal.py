@@ -125,6 +125,29 @@ def test_any_appended_batches_verify_and_read_back_exactly_as_appended(batches):
         assert_chain_holds(journal, appended)
 
 
+@settings(max_examples=60, deadline=None)
+@given(events=st.lists(entries, min_size=1, max_size=6), keyed=st.booleans())
+def test_the_chain_walk_agrees_with_event_hash_whether_text_comes_as_str_or_bytes(events, keyed):
+    """verify_chain hashes stored bytes inline; it must hash exactly what event_hash does."""
+    from flywall.journal import verify_chain
+
+    key = KEY if keyed else None
+    prev, rows = GENESIS, []
+    for seq, e in enumerate(events, start=1):
+        at_ns = e.at_ns or seq
+        digest = event_hash(prev, seq, at_ns, e.kind, e.run_id, e.migration, e.body, key)
+        rows.append((seq, at_ns, e.run_id, e.migration, e.kind, e.body, prev, digest))
+        prev = digest
+    as_bytes = [
+        (s, t, r.encode(), m.encode(), k.encode(), b, p, h) for s, t, r, m, k, b, p, h in rows
+    ]
+    assert verify_chain(rows, key) == verify_chain(as_bytes, key) == (len(rows), prev)
+    with pytest.raises(JournalCorrupt):
+        verify_chain(rows, OTHER_KEY if keyed else KEY)
+    with pytest.raises(JournalCorrupt):
+        verify_chain(as_bytes, OTHER_KEY if keyed else KEY)
+
+
 # -- tampering ----------------------------------------------------------------------------
 
 
