@@ -83,12 +83,14 @@ def test_transform_changes_each_row_once_and_counts(tmp_path: Path) -> None:
     assert db.execute("SELECT typeof(data) FROM leases GROUP BY 1").fetchall() == [("text",)]
 
 
-def test_rows_fn_leaves_alone_are_not_written(tmp_path: Path) -> None:
-    """None means untouched: an UPDATE trigger fires only for the rows that changed."""
+@pytest.mark.parametrize("temp", ["", "TEMP "])
+def test_rows_fn_leaves_alone_are_not_written(tmp_path: Path, temp: str) -> None:
+    """None means untouched: an UPDATE trigger (a temp one too) fires only for rows changed."""
     db = leases(tmp_path / "s.db", 30)
     db.execute(
         "CREATE TABLE writes (mac TEXT);"
-        "CREATE TRIGGER w AFTER UPDATE ON leases BEGIN INSERT INTO writes VALUES (new.mac); END"
+        f"CREATE {temp}TRIGGER w AFTER UPDATE ON main.leases "
+        "BEGIN INSERT INTO writes VALUES (new.mac); END"
     )
     run = Run(db)
 
@@ -97,6 +99,62 @@ def test_rows_fn_leaves_alone_are_not_written(tmp_path: Path) -> None:
     assert changed == 15
     written = [mac for (mac,) in db.execute("SELECT mac FROM writes ORDER BY mac")]
     assert written == [f"02:00:{i:08x}" for i in range(1, 30, 2)]
+
+
+def test_rows_fn_leaves_alone_keep_their_bytes_and_no_page_is_written(tmp_path: Path) -> None:
+    """With nothing watching the table, a row fn leaves alone is given its own value back.
+
+    Its record is then the very one SQLite has, and SQLite writes no page for it: another
+    connection sees no commit at all (`PRAGMA data_version`). The records are stored as
+    `json.dumps` writes them (`", "`), so a re-encoded value would show as a change.
+    """
+    path = tmp_path / "s.db"
+    db = leases(path, 40)
+    db.execute("PRAGMA journal_mode = WAL").fetchall()
+    db.execute("INSERT INTO leases (rowid, mac, data) VALUES (100, 'blob', CAST('[1, 2]' AS BLOB))")
+    before = db.execute("SELECT rowid, typeof(data), data FROM leases").fetchall()
+    run = Run(db)
+    assert run("transform", "leases", lambda _: None) == 0  # creates the checkpoint table
+    other = apsw.Connection(str(path))
+    version = other.execute("PRAGMA data_version").fetchone()
+
+    assert run("transform", "leases", lambda _: None) == 0
+
+    assert other.execute("PRAGMA data_version").fetchone() == version  # nothing committed
+    assert db.execute("SELECT rowid, typeof(data), data FROM leases").fetchall() == before
+    assert run("transform", "leases", lambda r: {"n": -1} if r == [1, 2] else None) == 1
+    assert other.execute("PRAGMA data_version").fetchone() != version  # the check can fail
+    assert db.execute("SELECT typeof(data), data FROM leases WHERE rowid = 100").fetchall() == [
+        ("text", '{"n":-1}')
+    ]
+    other.close()
+
+
+@pytest.mark.parametrize(
+    ("schema", "watched"),
+    [
+        ("", False),
+        ("CREATE TABLE other (id INTEGER PRIMARY KEY, mac TEXT REFERENCES leases (mac))", True),
+        ("CREATE TABLE other (id INTEGER PRIMARY KEY, mac TEXT REFERENCES LEASES)", True),
+        ("CREATE TABLE other (id INTEGER PRIMARY KEY, x REFERENCES somewhere_else)", False),
+        ("CREATE TRIGGER t AFTER UPDATE ON leases BEGIN SELECT 1; END", True),
+        ("CREATE TRIGGER t BEFORE DELETE ON Leases BEGIN SELECT 1; END", True),
+        ("CREATE TEMP TRIGGER t AFTER UPDATE ON main.leases BEGIN SELECT 1; END", True),
+        (
+            "CREATE TABLE other (x); CREATE TRIGGER t AFTER UPDATE ON other BEGIN SELECT 1; END",
+            False,
+        ),
+    ],
+)
+def test_a_trigger_or_a_foreign_key_takes_the_path_that_skips_unchanged_rows(
+    tmp_path: Path, schema: str, *, watched: bool
+) -> None:
+    db = leases(tmp_path / "s.db", 3)
+    db.execute(schema)
+    assert Run(db).records._watched("leases") is watched
+    child = apsw.Connection(str(tmp_path / "c.db"))
+    child.execute("CREATE TABLE p (id INTEGER PRIMARY KEY); CREATE TABLE c (p REFERENCES p)")
+    assert Run(child).records._watched("c") is True  # a child key too
 
 
 def test_fn_sees_only_the_rows_where_selects_and_null_as_none(tmp_path: Path) -> None:
@@ -226,6 +284,7 @@ def test_transform_sql_reshapes_like_the_python_transform(tmp_path: Path) -> Non
     modulus=st.integers(1, 4),
     where=st.sampled_from([None, "rowid % 3 <> 0"]),
     sql=st.booleans(),
+    trigger=st.booleans(),
 )
 def test_every_selected_row_is_visited_once_in_key_order(
     tmp_path_factory: pytest.TempPathFactory,
@@ -233,10 +292,17 @@ def test_every_selected_row_is_visited_once_in_key_order(
     batch: int | None,
     modulus: int,
     where: str | None,
+    *,
     sql: bool,
+    trigger: bool,
 ) -> None:
+    """Either way of changing rows (with an UPDATE trigger or without) visits the same rows."""
     db = apsw.Connection(str(tmp_path_factory.mktemp("p") / "s.db"))
-    db.execute("CREATE TABLE leases (data TEXT)")
+    db.execute("CREATE TABLE leases (data TEXT); CREATE TABLE writes (k INTEGER)")
+    if trigger:
+        db.execute(
+            "CREATE TRIGGER w AFTER UPDATE ON leases BEGIN INSERT INTO writes VALUES (new.rowid); END"
+        )
     db.executemany(
         "INSERT INTO leases (rowid, data) VALUES (?, ?)", [(k, json.dumps(k)) for k in keys]
     )
@@ -257,6 +323,9 @@ def test_every_selected_row_is_visited_once_in_key_order(
         expected = {k: k * 10 if k in selected and k % modulus == 0 else k for k in keys}
         assert visited == selected
         assert changed == sum(1 for k in selected if k % modulus == 0)
+        if trigger:  # written: exactly the rows fn changed, in key order
+            written = [k for (k,) in db.execute("SELECT k FROM writes ORDER BY rowid")]
+            assert written == [k for k in selected if k % modulus == 0]
     rows = dict(db.execute("SELECT rowid, data FROM leases").fetchall())
     assert {k: json.loads(v) for k, v in rows.items()} == expected
     # batches are rows of the table in key order, `where` picking among them
