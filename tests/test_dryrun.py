@@ -151,7 +151,7 @@ def test_cli_dry_run_prints_sql_indented_under_each_migration_then_the_diffs(
     assert "\n== 202312010002 database (" in out
     assert f"\n    {SQL_HEAD}\n        id INTEGER PRIMARY KEY AUTOINCREMENT," in out
     assert f"\n    {PYTHON_HEAD};\n" in out
-    assert '\n    UPDATE "lease_records" SET "data" = flywall_record_value("data")' in out
+    assert '\n    UPDATE "lease_records" SET "data" = CAST(flywall_record_value("rowid")' in out
     assert out.index("== 202312010003") < out.index(PYTHON_HEAD) < out.index("== 202312010008")
     assert "\n-- schema diff\n--- " in out
     assert "\n+CREATE TABLE dns_cache ( id INTEGER PRIMARY KEY AUTOINCREMENT," in out

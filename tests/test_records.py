@@ -130,6 +130,27 @@ def test_rows_fn_leaves_alone_keep_their_bytes_and_no_page_is_written(tmp_path: 
     other.close()
 
 
+def test_under_a_statement_tracer_sqlite_counts_only_the_rows_fn_changed(tmp_path: Path) -> None:
+    """`test --performance` charges a migration SQLite's total_changes() of its statements."""
+    db = leases(tmp_path / "s.db", 30)
+    statements: list[str] = []
+    run = Run(db)
+    run("transform", "leases", lambda _: None)  # the checkpoint table exists from here on
+
+    def counts(tracer: Any) -> tuple[int, int]:
+        db.exec_trace = tracer
+        before = db.total_changes()
+        changed = run("transform", "leases", lambda r: r | {"odd": 1} if r["n"] % 2 else None)
+        db.exec_trace = None
+        return changed, db.total_changes() - before
+
+    assert counts(lambda _cursor, sql, _bindings: statements.append(sql) or True) == (15, 15)
+    assert any(sql.startswith('UPDATE "leases"') for sql in statements)
+    # untraced and unwatched, the rows fn leaves alone are given their own value back
+    changed, total = counts(None)
+    assert (changed, total) == (15, 30)
+
+
 @pytest.mark.parametrize(
     ("schema", "watched"),
     [
