@@ -1,9 +1,11 @@
-"""Backup and repair commands: `backup list|restore|prune`, `force`, `debug`.
+"""Backup and repair commands: `backup create|list|restore|prune`, `force`, `debug`.
 
 Registered on the `migration` group by importing this module (see the end of main.py).
 """
 
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -12,7 +14,34 @@ from flywall.cli.main import _workspace, json_option, migration
 
 @migration.group(name="backup")
 def backup_group() -> None:
-    """List, restore and prune backups of state.db, flywall.hcl and api.json."""
+    """Create, list, restore and prune backups of state.db, flywall.hcl and api.json."""
+
+
+@backup_group.command("create")
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Re-read the copies against their manifest digests.",
+)
+@json_option
+def backup_create(verify: bool, as_json: bool) -> None:
+    """Back up state.db, flywall.hcl and api.json now (journaled; exit 4 if a copy is bad)."""
+    from flywall.cli import render
+    from flywall.core import commands
+    from flywall.core.errors import EXIT_VALIDATION
+
+    row = commands.backup_create(_workspace(), verify=verify)
+    if as_json:
+        render.emit_json(row)
+    else:
+        check = {True: "ok", False: "CORRUPT", None: "not verified"}[row.ok]
+        click.echo(
+            f"created backup {row.backup_id} ({row.size} bytes: {', '.join(row.items)}); "
+            f"check {check}"
+        )
+    if row.ok is False:
+        sys.exit(EXIT_VALIDATION)
 
 
 @backup_group.command("list")

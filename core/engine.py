@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
 
+    from flywall.core.backup import Manifest
     from flywall.core.discovery import Migration
     from flywall.core.projection import MigrationRecord
     from flywall.core.workspace import Workspace
@@ -571,14 +572,35 @@ class Engine:
             alongside=alongside,
         )
         self._backup_id = manifest.backup_id
-        self.recorder.defer(
-            "",
-            ev.BackupCreated(
-                backup_id=manifest.backup_id,
-                location=str(self.ws.paths.backups / manifest.backup_id),
-                items=[item.name for item in manifest.items],
-                size=manifest.size,
-            ),
+        self.recorder.defer("", self._backup_created(manifest))
+
+    def take_backup(self, backup_id: str, reason: str) -> Manifest:
+        """Back up every target now, outside any migration, and journal it at once.
+
+        Used for the safety backup of a restore and by `backup create`. The event follows
+        the backup (a backup changes no target: a crash before the event leaves a complete,
+        unjournaled backup or a partial one that recovery removes, never a lie).
+
+        :raises BackupFailed: nothing was changed.
+        """
+        from flywall.core import backup
+
+        manifest = backup.create(
+            self.ws,
+            backup_id,
+            journal_seq=self.state.seq,
+            applied=[r.version for r in self.state.in_state(State.APPLIED)],
+            reason=reason,
+        )
+        self.recorder.append([("", self._backup_created(manifest))])
+        return manifest
+
+    def _backup_created(self, manifest: Manifest) -> ev.BackupCreated:
+        return ev.BackupCreated(
+            backup_id=manifest.backup_id,
+            location=str(self.ws.paths.backups / manifest.backup_id),
+            items=[item.name for item in manifest.items],
+            size=manifest.size,
         )
 
     def _auto_rollback(self, done: list[str]) -> list[str]:
@@ -675,28 +697,7 @@ class Engine:
         )
 
     def _safety_backup(self, backup_id: str) -> None:
-        from flywall.core import backup
-
-        safety = backup.create(
-            self.ws,
-            f"{self.run_id}-safety",
-            journal_seq=self.state.seq,
-            applied=[r.version for r in self.state.in_state(State.APPLIED)],
-            reason=f"safety backup before restoring {backup_id}",
-        )
-        self.recorder.append(
-            [
-                (
-                    "",
-                    ev.BackupCreated(
-                        backup_id=safety.backup_id,
-                        location=str(self.ws.paths.backups / safety.backup_id),
-                        items=[item.name for item in safety.items],
-                        size=safety.size,
-                    ),
-                )
-            ]
-        )
+        self.take_backup(f"{self.run_id}-safety", f"safety backup before restoring {backup_id}")
 
     def _prune_backups(self) -> None:
         """Apply backup_retention: never the newest backup, never one still needed."""
