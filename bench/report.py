@@ -45,6 +45,8 @@ SCEN = {
     "e_data_nobackup": "(e) ADD COLUMN + UPDATE, backup_before = false",
     "e_data_bare": "(e) ADD COLUMN + UPDATE, no backup, no validate_before/after",
     "k_migrate_backup": "migrate 1 trivial migration, backup_before = true, no validate",
+    "k_backup_create": "backup create --no-verify",
+    "k_backup_create_verify": "backup create",
     "k_migrate_nobackup": "migrate 1 trivial migration, backup_before = false, no validate",
 }
 
@@ -79,14 +81,20 @@ class Results:
         if scen.startswith("s_state_"):
             return self.get(tool, "s_reset_" + scen.removeprefix("s_state_"), n)
         shared = {"e_data": ("sqlite3-cli", "e_reset"), "s_state": ("sqlite3-cli", "s_reset"), "k_backup": ("cp", "k_reset")}  # fmt: skip
-        own = {"a_apply": "a_reset", "a_apply_each_tx": "a_reset", "c_rollback_reapply": "c_reset", "h_resume": "h_reset", "h_recover": "h_reset", "e_data": "e_reset", "e_data_nobackup": "e_reset", "e_data_bare": "e_reset", "k_migrate_backup": "k_reset", "k_migrate_nobackup": "k_reset", "k_backup_same_reset": "k_reset", "l_full": "l_reset"}  # fmt: skip
+        own = {"a_apply": "a_reset", "a_apply_each_tx": "a_reset", "c_rollback_reapply": "c_reset", "h_resume": "h_reset", "h_recover": "h_reset", "e_data": "e_reset", "e_data_nobackup": "e_reset", "e_data_bare": "e_reset", "k_migrate_backup": "k_reset", "k_migrate_nobackup": "k_reset", "k_backup_create": "k_reset", "k_backup_create_verify": "k_reset", "k_backup_same_reset": "k_reset", "l_full": "l_reset"}  # fmt: skip
         found = self.get(tool, own[scen], n) if scen in own else None
         if found is None and scen in shared:
             found = self.get(*shared[scen], n)
         return found
 
     def our_backup(self, n: str) -> float | None:
-        """Our backup alone: migrate with backup_before = true minus the same without."""
+        """Our backup alone: `backup create --no-verify` (else the migrate difference below)."""
+        if self.get(OURS, "k_backup_create", n):
+            return self.net(OURS, "k_backup_create", n)
+        return self.migrate_backup(n)
+
+    def migrate_backup(self, n: str) -> float | None:
+        """The backup a migrate takes: backup_before = true minus the same run without."""
         with_, without = (
             self.net(OURS, "k_migrate_backup", n),
             self.net(OURS, "k_migrate_nobackup", n),
@@ -261,7 +269,7 @@ def ratio_table(res: Results) -> list[str]:  # noqa: C901, PLR0912 - one row aft
     return out
 
 
-def ours_table(res: Results) -> list[str]:  # noqa: C901, PLR0915 - one row after another
+def ours_table(res: Results) -> list[str]:  # noqa: C901, PLR0912, PLR0915 - one row after another
     ns = res.ns()
     m = ns[-1] if ns else "1000"
     out = ["| scenario | size | net median | [min-max] | cpu | peak MiB | note |", "|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -335,17 +343,29 @@ def ours_table(res: Results) -> list[str]:  # noqa: C901, PLR0915 - one row afte
             k,
             "flywall migrate, 1 pending, backup_before = false, validate off",
         )
-        ours = res.our_backup(k)
+        cp = res.net("cp", "k_backup", k)
+        synced = res.net("cp+fsync", "k_backup", k)
+
+        def against(ours: float) -> str:
+            return (
+                f"{size / ours:,.0f} MiB/s; {ratio(ours, cp)} cp, {ratio(ours, synced)} cp + fsync"
+                + (f", {ratio(ours, same)} cp + fsync after our reset" if same else "")
+            )
+
+        ours = res.migrate_backup(k)
         if ours is None:
             out.append(f"| flywall backup | {k} | {NA} | | | | |")
         else:
-            cp = res.net("cp", "k_backup", k)
-            synced = res.net("cp+fsync", "k_backup", k)
             out.append(
-                f"| flywall backup (the difference of the two rows above) | {k} | {fmt(ours)} | | | | "
-                f"{size / ours:,.0f} MiB/s; {ratio(ours, cp)} cp, {ratio(ours, synced)} cp + fsync"
-                + (f", {ratio(ours, same)} cp + fsync after our reset |" if same else " |")
+                f"| flywall backup taken by migrate (the difference of the two rows above) | {k} | {fmt(ours)} | | | | {against(ours)} |"
             )
+        for scen, label in (
+            ("k_backup_create", "flywall backup create --no-verify (whole process)"),
+            ("k_backup_create_verify", "flywall backup create (whole process, re-reads the copy)"),
+        ):
+            v = res.net(OURS, scen, k)
+            if v:
+                row(OURS, scen, k, label, against(v))
     if res.get(OURS, "l_full", m):
         row(OURS, "l_full", m, f"`full` strategy, apply {m}, empty -> head", f"{ratio(res.net(OURS, 'l_full', m), res.net(OURS, 'a_apply', m))} incremental")  # fmt: skip
     else:
