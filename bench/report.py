@@ -44,6 +44,7 @@ SCEN = {
     "l_full": "`full` strategy: apply all, empty -> head, one transaction",
     "e_data_nobackup": "(e) ADD COLUMN + UPDATE, backup_before = false",
     "e_data_bare": "(e) ADD COLUMN + UPDATE, no backup, no validate_before/after",
+    "e_data_rollback": "(e) ADD COLUMN + UPDATE, state.db in rollback-journal mode",
     "k_migrate_backup": "migrate 1 trivial migration, backup_before = true, no validate",
     "k_backup_create": "backup create --no-verify",
     "k_backup_create_verify": "backup create",
@@ -81,7 +82,7 @@ class Results:
         if scen.startswith("s_state_"):
             return self.get(tool, "s_reset_" + scen.removeprefix("s_state_"), n)
         shared = {"e_data": ("sqlite3-cli", "e_reset"), "s_state": ("sqlite3-cli", "s_reset"), "k_backup": ("cp", "k_reset")}  # fmt: skip
-        own = {"a_apply": "a_reset", "a_apply_each_tx": "a_reset", "c_rollback_reapply": "c_reset", "h_resume": "h_reset", "h_recover": "h_reset", "e_data": "e_reset", "e_data_nobackup": "e_reset", "e_data_bare": "e_reset", "k_migrate_backup": "k_reset", "k_migrate_nobackup": "k_reset", "k_backup_create": "k_reset", "k_backup_create_verify": "k_reset", "k_backup_same_reset": "k_reset", "l_full": "l_reset"}  # fmt: skip
+        own = {"a_apply": "a_reset", "a_apply_each_tx": "a_reset", "c_rollback_reapply": "c_reset", "h_resume": "h_reset", "h_recover": "h_reset", "e_data": "e_reset", "e_data_nobackup": "e_reset", "e_data_bare": "e_reset", "e_data_rollback": "e_reset", "k_migrate_backup": "k_reset", "k_migrate_nobackup": "k_reset", "k_backup_create": "k_create_reset", "k_backup_create_verify": "k_create_reset", "k_backup_same_reset": "k_reset", "l_full": "l_reset"}  # fmt: skip
         found = self.get(tool, own[scen], n) if scen in own else None
         if found is None and scen in shared:
             found = self.get(*shared[scen], n)
@@ -185,6 +186,10 @@ def targets(res: Results) -> list[tuple[str, ...]]:  # noqa: C901 - one target a
     for scen, what in (("e_data_nobackup", "backup_before = false"), ("e_data_bare", "no backup, no validate_before/after")):  # fmt: skip
         if res.get(OURS, scen, rows_n):
             add(f"... the same with {what}", res.net(OURS, scen, rows_n), res.net("sqlite3-cli", "e_data", rows_n), 1.1, keys=((scen, rows_n), ("sqlite3-cli", "e_data", rows_n)))  # fmt: skip
+    if res.get(OURS, "e_data_rollback", rows_n):  # the floor's journal mode, ours with defaults
+        add("... the same, defaults, state.db in rollback-journal mode as the floor's", res.net(OURS, "e_data_rollback", rows_n), res.net("sqlite3-cli", "e_data", rows_n), 1.1, keys=(("e_data_rollback", rows_n), ("sqlite3-cli", "e_data", rows_n)))  # fmt: skip
+    if res.get("sqlite3-cli-wal", "e_data", rows_n):  # ours (WAL) against the floor in WAL mode
+        add("... defaults (WAL) against sqlite3 on the same database in WAL mode", res.net(OURS, "e_data", rows_n), res.net("sqlite3-cli-wal", "e_data", rows_n), 1.1, keys=(("e_data", rows_n), ("sqlite3-cli-wal", "e_data", rows_n)))  # fmt: skip
     s_n = res.label_n("s_state_batched")
     add(f"{s_n}-row state migration, batched <= 1.3x plain SQLite UPDATE", res.net(OURS, "s_state_batched", s_n), res.net("sqlite3-cli", "s_state", s_n), 1.3, keys=(("s_state_batched", s_n), ("sqlite3-cli", "s_state", s_n)))  # fmt: skip
     if res.get(OURS, "s_state_sql", s_n):
@@ -232,7 +237,7 @@ def ratio_table(res: Results) -> list[str]:  # noqa: C901, PLR0912 - one row aft
     e = res.label_n("e_data")
     if e:
         row(SCEN["e_data"], e, "e_data", ("sqlite3-cli", "e_data"))
-        for variant in ("e_data_nobackup", "e_data_bare"):
+        for variant in ("e_data_nobackup", "e_data_bare", "e_data_rollback"):
             if res.get(OURS, variant, e):
                 row(SCEN[variant], e, "e_data", ("sqlite3-cli", "e_data"), variant)
     # peak memory of (a)
@@ -309,6 +314,18 @@ def ours_table(res: Results) -> list[str]:  # noqa: C901, PLR0912, PLR0915 - one
     if h:
         row(OURS, "h_recover", h, f"recover alone, killed inside migration {int(h) // 2 + 1}")
         row(OURS, "h_resume", h, "migrate after the kill (recover + apply the rest)")
+    e_n = res.label_n("e_data", "sqlite3-cli")
+    if e_n:
+        floor = res.net("sqlite3-cli", "e_data", e_n)
+        for tool, scen, label in (
+            ("sqlite3-cli", "e_data", "(e) sqlite3 CLI, rollback journal (the floor)"),
+            ("sqlite3-cli-wal", "e_data", "(e) sqlite3 CLI, the same database in WAL mode"),
+            ("python-sqlite3", "e_data", "(e) python sqlite3, rollback journal"),
+            (OURS, "e_data", "(e) flywall, defaults, state.db in WAL mode (as it creates it)"),
+            (OURS, "e_data_rollback", "(e) flywall, defaults, state.db in rollback-journal mode"),
+            (OURS, "e_data_bare", "(e) flywall, WAL, no backup, no validate_before/after"),
+        ):
+            row(tool, scen, e_n, label, f"{ratio(res.net(tool, scen, e_n), floor)} the floor")
     s = res.label_n("s_state", "sqlite3-cli")
     if s:
         floor = res.net("sqlite3-cli", "s_state", s)

@@ -359,6 +359,13 @@ if want data; then
   check_e sqlite3-cli db.sqlite
   bt "python-sqlite3|e_data|$ROWS" -- sh -c "$ERESET && exec $PY $HERE/floors.py data db.sqlite"
   check_e python-sqlite3 db.sqlite
+  # the floor again on the same database in WAL mode, the mode a state.db our engine creates
+  # is in: what WAL itself costs here (each changed page written to the WAL, then checkpointed)
+  cp hosts.db base_wal.db && sqlite3 base_wal.db 'PRAGMA journal_mode = WAL' >/dev/null
+  WRESET="rm -f db.sqlite db.sqlite-wal db.sqlite-shm && cp base_wal.db db.sqlite"
+  bt "sqlite3-cli-wal|e_reset|$ROWS" -- sh -c "$WRESET"
+  bt "sqlite3-cli-wal|e_data|$ROWS" -- sh -c "$WRESET && exec sqlite3 db.sqlite < data_up.sql"
+  check_e sqlite3-cli-wal db.sqlite
   if has_tool flywall; then
     mkdir -p "$D/flywall" && cd "$D/flywall" && gen flywall . --data >/dev/null
     $F migrate --target 000000000001 >>"$LOGS/setup.log" 2>&1
@@ -380,6 +387,14 @@ if want data; then
     bt "flywall|e_data_bare|$ROWS" -- sh -c "rm -rf var && cp -a base_var_bare var && exec $F migrate"
     check_e "flywall (no backup, no validate_before/after)" "$STATE"
     config .
+    # defaults again, on a state.db in rollback-journal mode (as the floor's): a box whose
+    # daemon created state.db that way (ours then commits with synchronous = EXTRA)
+    rm -rf var base_var_rollback && cp -a base_var0 var
+    sqlite3 "$STATE" 'PRAGMA journal_mode = DELETE' >/dev/null
+    $F status >/dev/null 2>&1; cp -a var base_var_rollback
+    bt "flywall|e_data_rollback|$ROWS" -- sh -c "rm -rf var && cp -a base_var_rollback var && exec $F migrate"
+    check_e "flywall (state.db in rollback-journal mode)" "$STATE"
+    check "flywall (e) state.db stayed in rollback-journal mode" delete "$(sqlite3 "$STATE" 'PRAGMA journal_mode')"
   fi
   if has_tool yoyo && available yoyo; then
     mkdir -p "$D/yoyo" && cd "$D/yoyo" && gen yoyo . --data >/dev/null && cp ../ref/hosts.db db.sqlite
@@ -478,10 +493,16 @@ if want backup; then
       copy=$(ls -d var/lib/flywall/migration-backups/*/ | head -1)
       check "flywall backup holds state.db whole" "$(sqlite3 ../state.db 'SELECT count(*) FROM blobs')" "$(sqlite3 "$copy/state.db" 'SELECT count(*) FROM blobs' 2>&1)"
       # the backup alone, as an operator takes one: `backup create` (a whole process: start-up,
-      # lock, journal, copy, fsyncs); --no-verify as cp + fsync does not re-read its copy either
-      bt "flywall|k_backup_create|$BACKUP_MB" -- sh -c "$KRESET && exec $F backup create --no-verify"
+      # lock, journal, copy, fsyncs); --no-verify as cp + fsync does not re-read its copy either.
+      # On the box as the migrate above left it (journal, warm caches; its backup removed).
+      rm -rf var/lib/flywall/migration-backups base_var && sleep 3 && $F status >/dev/null 2>&1
+      cp -a var base_var
+      CRESET="rm -rf var && cp -a base_var var && sync $STATE"
+      bt "flywall|k_create_reset|$BACKUP_MB" -- sh -c "$CRESET"
+      bt "flywall|k_backup_create|$BACKUP_MB" -- sh -c "$CRESET && exec $F backup create --no-verify"
       check "flywall backup create holds state.db whole" "$(sqlite3 ../state.db 'SELECT count(*) FROM blobs')" "$(sqlite3 "$(ls -d var/lib/flywall/migration-backups/*/ | head -1)/state.db" 'SELECT count(*) FROM blobs' 2>&1)"
-      bt "flywall|k_backup_create_verify|$BACKUP_MB" -- sh -c "$KRESET && exec $F backup create"
+      bt "flywall|k_backup_create_verify|$BACKUP_MB" -- sh -c "$CRESET && exec $F backup create"
+      rm -rf base_var
       cd "$B/fw-nobackup" || exit 1
       bt "flywall|k_migrate_nobackup|$BACKUP_MB" -- sh -c "$KRESET && exec $F migrate"
       # cp + fsync again, after the very reset ours gets (a fresh 1 GiB written and synced just
