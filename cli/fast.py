@@ -189,7 +189,14 @@ _COMMANDS: dict[str, tuple[dict[str, str], dict[str, str], tuple[str, ...]]] = {
         {"--steps": "steps", "--to": "to", "--events": "events"},
         ("version",),
     ),
+    # a flag named "!x" sets x to False (click's --x/--no-x pair: x defaults to True)
+    "backup create": (
+        {"--verify": "verify", "--no-verify": "!verify", "--json": "as_json"},
+        {},
+        (),
+    ),
 }
+_SUBCOMMANDS = {("backup", "create")}
 
 
 def _parse(args: tuple[str, ...]) -> tuple[str, dict[str, object], dict[str, object]] | None:
@@ -210,18 +217,23 @@ def _parse(args: tuple[str, ...]) -> tuple[str, dict[str, object], dict[str, obj
         if taken is None:
             return None
         name, group[name], i = taken
-    if i >= len(args) or args[i] not in _COMMANDS:
+    if args[i : i + 2] in _SUBCOMMANDS:
+        i += 1
+        command = " ".join(args[i - 1 : i + 1])
+    elif i < len(args) and args[i] in _COMMANDS:
+        command = args[i]
+    else:
         return None
-    command = args[i]
     flags, options, positional = _COMMANDS[command]
-    values: dict[str, object] = dict.fromkeys(flags.values(), False)
+    negated = {name[1:] for name in flags.values() if name.startswith("!")}
+    values: dict[str, object] = {name.lstrip("!"): name[1:] in negated for name in flags.values()}
     values.update(dict.fromkeys([*options.values(), *positional]))
     free = list(positional)
     i += 1
     while i < len(args):
         arg = args[i]
         if arg in flags:
-            values[flags[arg]] = True
+            values[flags[arg].lstrip("!")] = not flags[arg].startswith("!")
             i += 1
         elif not arg.startswith("-") and arg and free:
             values[free.pop(0)] = arg
@@ -391,7 +403,7 @@ def _memo_inputs(ws: object, report: object, text: str, code: int) -> dict[str, 
 
 
 def _writer(command: str, obj: dict[str, object], values: dict[str, object]) -> int:
-    """Run `migrate` or `rollback` through the functions the click commands call.
+    """Run `migrate`, `rollback` or `backup create` through the functions click's commands call.
 
     A writer cannot be run twice, so its errors are reported here exactly as the click
     group does (flywall.cli.run.error_exit_code, shared with it) and as click's main
@@ -399,9 +411,13 @@ def _writer(command: str, obj: dict[str, object], values: dict[str, object]) -> 
     """
     from flywall.cli import run
 
-    body = run.migrate if command == "migrate" else run.rollback
+    if command == "backup create":  # as under click: it delivers no notices
+        call = lambda: run.backup_create(obj, **values)  # noqa: E731
+    else:
+        body = run.migrate if command == "migrate" else run.rollback
+        call = lambda: run.then_deliver(lambda: body(obj, **values), lambda: obj)  # noqa: E731
     try:
-        run.then_deliver(lambda: body(obj, **values), lambda: obj)
+        call()
     except (EOFError, KeyboardInterrupt):
         return _write("", "\nAborted!\n", 1)
     except Exception as e:

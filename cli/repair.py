@@ -5,8 +5,6 @@ Registered on the `migration` group by importing this module (see the end of mai
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from flywall.cli.main import _workspace, json_option, migration
@@ -27,21 +25,9 @@ def backup_group() -> None:
 @json_option
 def backup_create(verify: bool, as_json: bool) -> None:
     """Back up state.db, flywall.hcl and api.json now (journaled; exit 4 if a copy is bad)."""
-    from flywall.cli import render
-    from flywall.core import commands
-    from flywall.core.errors import EXIT_VALIDATION
+    from flywall.cli import run
 
-    row = commands.backup_create(_workspace(), verify=verify)
-    if as_json:
-        render.emit_json(row)
-    else:
-        check = {True: "ok", False: "CORRUPT", None: "not verified"}[row.ok]
-        click.echo(
-            f"created backup {row.backup_id} ({row.size} bytes: {', '.join(row.items)}); "
-            f"check {check}"
-        )
-    if row.ok is False:
-        sys.exit(EXIT_VALIDATION)
+    run.backup_create(click.get_current_context().obj, verify=verify, as_json=as_json)
 
 
 @backup_group.command("list")

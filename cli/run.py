@@ -1,7 +1,7 @@
 """The writing commands' bodies, without click.
 
 The click commands and the fast entry point (`flywall.cli.fast`) both call these, so
-`migrate` and `rollback` behave the same whichever way they were started.
+`migrate`, `rollback` and `backup create` behave the same whichever way they were started.
 
 `obj` is what the `migration` group collects: {"root", "config", "traceback"}.
 """
@@ -115,6 +115,25 @@ def rollback(
     )
     if events is None:
         render.emit_json(report) if as_json else render.run(report)
+
+
+def backup_create(obj: dict[str, Any], *, verify: bool, as_json: bool) -> None:
+    """`backup create`: back up every target now; exit 4 if a copy does not match."""
+    from flywall.cli.render import echo, emit_json
+    from flywall.core import commands
+    from flywall.core.errors import EXIT_VALIDATION
+
+    row = commands.backup_create(workspace(obj), verify=verify)
+    if as_json:
+        emit_json(row)
+    else:
+        check = {True: "ok", False: "CORRUPT", None: "not verified"}[row.ok]
+        echo(
+            f"created backup {row.backup_id} ({row.size} bytes: {', '.join(row.items)}); "
+            f"check {check}"
+        )
+    if row.ok is False:
+        sys.exit(EXIT_VALIDATION)
 
 
 # -- after every writing command: deliver notices -------------------------------------------

@@ -305,6 +305,12 @@ WRITES = [
     ("rollback", "--steps", "1", "--events", "jsonl"),
     ("rollback", "--events", "xml"),
     ("migrate", "--bogus"),
+    ("backup", "create"),
+    ("backup", "create", "--no-verify", "--json"),
+    ("backup", "create", "--json", "--no-verify", "--verify"),
+    ("backup", "create", "--no-verify", "--no-verify"),
+    ("backup", "create", "extra"),
+    ("backup", "create", "--bogus"),
 ]
 
 
@@ -361,7 +367,11 @@ def test_migrate_and_rollback_run_without_click(writer_box: Appliance, tmp_path:
 
     copy = Appliance(tmp_path / "copy")
     shutil.copytree(writer_box.root, copy.root)
-    for command in (["rollback", "--steps", "1"], ["migrate", "--target", "202401010003"]):
+    for command in (
+        ["rollback", "--steps", "1"],
+        ["migrate", "--target", "202401010003"],
+        ["backup", "create", "--no-verify"],
+    ):
         args = ["flywall", "migration", "--root", str(copy.root), *command]
         probe = (
             "import sys; from flywall.cli import fast; "
