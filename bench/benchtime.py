@@ -9,6 +9,10 @@ Usage:
     benchtime.py [-n 5] [--warmup 1] [--label L] [--out results.jsonl]
                  [--slow 30 --slow-runs 3] [--log FILE] [--env K=V ...] -- CMD [ARG ...]
 
+With `--alt LABEL=SHELL` (repeatable), each SHELL command (run through `sh -c`) is timed
+too, interleaved run by run with CMD, the order rotated each round: two I/O-bound commands
+on a shared VM then meet the same disk weather, and each gets its own line and record.
+
 Runs CMD `warmup` times (not counted), then `n` times; prints the median, min and max wall
 seconds, the median CPU seconds and the peak RSS (MiB, max over runs), and appends one JSON
 object to --out. `others` is the CPU that every other process on the machine used during a
@@ -85,6 +89,13 @@ def main() -> int:
     ap.add_argument(
         "--quiet-wait", type=float, default=0.0, help="wait up to S s for a quiet machine"
     )
+    ap.add_argument(
+        "--alt",
+        action="append",
+        default=[],
+        metavar="LABEL=SHELL",
+        help="another command (sh -c), interleaved with CMD run by run",
+    )
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
@@ -92,18 +103,33 @@ def main() -> int:
         ap.error("no command")
     env = dict(os.environ)
     env.update(kv.split("=", 1) for kv in a.env)
+    commands = [(a.label, cmd)] + [
+        (label, ["sh", "-c", shell]) for label, shell in (x.split("=", 1) for x in a.alt)
+    ]
     runs_wanted = a.n
     if a.quiet_wait > 0:
         wait_quiet(a.quiet_wait)
+    results: dict[str, list[dict]] = {label: [] for label, _ in commands}
     with Path(a.log).open("ab") as log:
         for i in range(a.warmup):
-            w = run_once(cmd, log, env)
-            if i == 0 and w["wall"] > a.slow:
-                runs_wanted = min(a.n, a.slow_runs)
-        res = [run_once(cmd, log, env) for _ in range(runs_wanted)]
+            for label, c in commands:
+                w = run_once(c, log, env)
+                if i == 0 and label == a.label and w["wall"] > a.slow:
+                    runs_wanted = min(a.n, a.slow_runs)
+        for i in range(runs_wanted):
+            for label, c in commands[i % len(commands) :] + commands[: i % len(commands)]:
+                results[label].append(run_once(c, log, env))
+    failed = False
+    for label, c in commands:
+        failed |= report(label, c, results[label], a.out)
+    return 1 if failed else 0
+
+
+def report(label: str, cmd: list[str], res: list[dict], out_path: str | None) -> bool:
+    """Print one line and append one JSON record for `label`; True if a run failed."""
     walls = [r["wall"] for r in res]
     out = {
-        "label": a.label,
+        "label": label,
         "cmd": cmd,
         "runs": len(res),
         "median": statistics.median(walls),
@@ -117,17 +143,17 @@ def main() -> int:
         # a child's peak RSS cannot read below the timer's own RSS at spawn (inherited by exec)
         "rss_floor_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
-    name = a.label or " ".join(cmd)[:40]
+    name = label or " ".join(cmd)[:40]
     print(
         f"{name:<40} median {out['median']:8.3f}s  [{out['min']:.3f}-{out['max']:.3f}]  "
         f"cpu {out['cpu_median']:7.3f}s  peak {out['peak_rss_mib']:6.1f} MiB  "
         f"n={out['runs']} rc={out['rcs']} others {out['others_median']:.2f}",
         flush=True,
     )
-    if a.out:
-        with Path(a.out).open("a", encoding="utf-8") as f:
+    if out_path:
+        with Path(out_path).open("a", encoding="utf-8") as f:
             f.write(json.dumps(out) + "\n")
-    return 0 if out["rcs"] == [0] else 1
+    return out["rcs"] != [0]
 
 
 if __name__ == "__main__":

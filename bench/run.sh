@@ -156,11 +156,13 @@ command -v sqlite3 >/dev/null || { log "sqlite3 CLI required"; exit 2; }
 
 # ---------------------------------------------------------------- helpers
 # bt LABEL -- CMD...   (LABEL = tool|scenario|N); extra benchtime options via BT_OPTS
-bt() {
-  local label=$1; shift; [ "$1" = "--" ] && shift
+bt() { # bt LABEL [benchtime options, e.g. --alt L=CMD -n 9] -- CMD ...
+  local label=$1 opts=(); shift
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do opts+=("$1"); shift; done
+  [ "${1:-}" = "--" ] && shift
   "$PY" "$HERE/benchtime.py" -n "$RUNS" --warmup 1 --slow 30 --slow-runs 3 --out "$RES" \
     --quiet-wait "$QUIET_WAIT" \
-    --log "$LOGS/$(echo "$label" | tr '|' '_').log" --label "$label" ${BT_OPTS:-} -- "$@"
+    --log "$LOGS/$(echo "$label" | tr '|' '_').log" --label "$label" ${BT_OPTS:-} "${opts[@]}" -- "$@"
 }
 check() { # check LABEL EXPECTED ACTUAL
   if [ "$2" = "$3" ]; then log "check $1 ok ($3)"
@@ -499,7 +501,12 @@ if want backup; then
       cp -a var base_var
       CRESET="rm -rf var && cp -a base_var var && sync $STATE"
       bt "flywall|k_create_reset|$BACKUP_MB" -- sh -c "$CRESET"
-      bt "flywall|k_backup_create|$BACKUP_MB" -- sh -c "$CRESET && exec $F backup create --no-verify"
+      # interleaved run by run with cp + fsync after the very same reset, more runs: on this
+      # VM a 1 GiB write takes 0.5-3 s depending on the disk's recent history, whoever writes
+      bt "flywall|k_backup_create|$BACKUP_MB" -n $((RUNS * 2 - 1)) \
+        --alt "cp+fsync|k_backup_create_floor|$BACKUP_MB=$CRESET && cp $STATE var/copy.db && exec sync var/copy.db" \
+        -- sh -c "$CRESET && exec $F backup create --no-verify"
+      sh -c "$CRESET && $F backup create --no-verify" >>"$LOGS/setup.log" 2>&1  # the last timed run may be cp's
       check "flywall backup create holds state.db whole" "$(sqlite3 ../state.db 'SELECT count(*) FROM blobs')" "$(sqlite3 "$(ls -d var/lib/flywall/migration-backups/*/ | head -1)/state.db" 'SELECT count(*) FROM blobs' 2>&1)"
       bt "flywall|k_backup_create_verify|$BACKUP_MB" -- sh -c "$CRESET && exec $F backup create"
       rm -rf base_var
