@@ -496,10 +496,11 @@ if want backup; then
       check "flywall backup holds state.db whole" "$(sqlite3 ../state.db 'SELECT count(*) FROM blobs')" "$(sqlite3 "$copy/state.db" 'SELECT count(*) FROM blobs' 2>&1)"
       # the backup alone, as an operator takes one: `backup create` (a whole process: start-up,
       # lock, journal, copy, fsyncs); --no-verify as cp + fsync does not re-read its copy either.
-      # On the box as the migrate above left it (journal, warm caches; its backup removed).
-      rm -rf var/lib/flywall/migration-backups base_var && sleep 3 && $F status >/dev/null 2>&1
-      cp -a var base_var
-      CRESET="rm -rf var && cp -a base_var var && sync $STATE"
+      # On the box as the migrate above left it (journal, warm caches), state.db not rewritten:
+      # a backup changes nothing but the backup folder, so the reset only removes what the
+      # previous run made (its backup, or cp's copy), as cp's own reset does.
+      rm -rf var/lib/flywall/migration-backups && sync "$STATE" && sleep 3 && $F status >/dev/null 2>&1
+      CRESET="rm -rf var/lib/flywall/migration-backups var/copy.db"
       bt "flywall|k_create_reset|$BACKUP_MB" -- sh -c "$CRESET"
       # interleaved run by run with cp + fsync after the very same reset, more runs: on this
       # VM a 1 GiB write takes 0.5-3 s depending on the disk's recent history, whoever writes
@@ -509,7 +510,6 @@ if want backup; then
       sh -c "$CRESET && $F backup create --no-verify" >>"$LOGS/setup.log" 2>&1  # the last timed run may be cp's
       check "flywall backup create holds state.db whole" "$(sqlite3 ../state.db 'SELECT count(*) FROM blobs')" "$(sqlite3 "$(ls -d var/lib/flywall/migration-backups/*/ | head -1)/state.db" 'SELECT count(*) FROM blobs' 2>&1)"
       bt "flywall|k_backup_create_verify|$BACKUP_MB" -- sh -c "$CRESET && exec $F backup create"
-      rm -rf base_var
       cd "$B/fw-nobackup" || exit 1
       bt "flywall|k_migrate_nobackup|$BACKUP_MB" -- sh -c "$KRESET && exec $F migrate"
       # cp + fsync again, after the very reset ours gets (a fresh 1 GiB written and synced just
