@@ -101,7 +101,9 @@ class Results:
             self.net(OURS, "k_migrate_backup", n),
             self.net(OURS, "k_migrate_nobackup", n),
         )
-        return None if with_ is None or without is None else with_ - without
+        if with_ is None or without is None or with_ <= without:
+            return None  # not run, or noise larger than the backup itself
+        return with_ - without
 
     def net(self, tool: str, scen: str, n: str | int) -> float | None:
         r = self.get(tool, scen, n)
