@@ -48,6 +48,7 @@ SCEN = {
     "e_data_rollback": "(e) ADD COLUMN + UPDATE, state.db in rollback-journal mode",
     "k_migrate_backup": "migrate 1 trivial migration, backup_before = true, no validate",
     "k_backup_create": "backup create --no-verify",
+    "a_apply_pair": "(a) apply all, empty -> head, interleaved with the other tool",
     "k_backup_create_verify": "backup create",
     "k_migrate_nobackup": "migrate 1 trivial migration, backup_before = false, no validate",
 }
@@ -83,7 +84,7 @@ class Results:
         if scen.startswith("s_state_"):
             return self.get(tool, "s_reset_" + scen.removeprefix("s_state_"), n)
         shared = {"e_data": ("sqlite3-cli", "e_reset"), "s_state": ("sqlite3-cli", "s_reset"), "k_backup": ("cp", "k_reset"), "k_backup_create_floor": ("flywall", "k_create_reset")}  # fmt: skip
-        own = {"a_apply": "a_reset", "a_apply_each_tx": "a_reset", "c_rollback_reapply": "c_reset", "h_resume": "h_reset", "h_recover": "h_reset", "e_data": "e_reset", "e_data_nobackup": "e_reset", "e_data_bare": "e_reset", "e_data_rollback": "e_reset", "k_migrate_backup": "k_reset", "k_migrate_nobackup": "k_reset", "k_backup_create": "k_create_reset", "k_backup_create_verify": "k_create_reset", "k_backup_same_reset": "k_reset", "l_full": "l_reset"}  # fmt: skip
+        own = {"a_apply": "a_reset", "a_apply_pair": "a_reset", "a_apply_each_tx": "a_reset", "c_rollback_reapply": "c_reset", "h_resume": "h_reset", "h_recover": "h_reset", "e_data": "e_reset", "e_data_nobackup": "e_reset", "e_data_bare": "e_reset", "e_data_rollback": "e_reset", "k_migrate_backup": "k_reset", "k_migrate_nobackup": "k_reset", "k_backup_create": "k_create_reset", "k_backup_create_verify": "k_create_reset", "k_backup_same_reset": "k_reset", "l_full": "l_reset"}  # fmt: skip
         found = self.get(tool, own[scen], n) if scen in own else None
         if found is None and scen in shared:
             found = self.get(*shared[scen], n)
@@ -197,6 +198,8 @@ def targets(res: Results) -> list[tuple[str, ...]]:  # noqa: C901, PLR0915 - one
     add(f"{s_n}-row state migration, batched <= 1.3x plain SQLite UPDATE", res.net(OURS, "s_state_batched", s_n), res.net("sqlite3-cli", "s_state", s_n), 1.3, keys=(("s_state_batched", s_n), ("sqlite3-cli", "s_state", s_n)))  # fmt: skip
     if res.get(OURS, "s_state_sql", s_n):
         add("... the same written with records.transform_sql", res.net(OURS, "s_state_sql", s_n), res.net("sqlite3-cli", "s_state", s_n), 1.3, keys=(("s_state_sql", s_n), ("sqlite3-cli", "s_state", s_n)))  # fmt: skip
+    if res.get(OURS, "a_apply_pair", m):  # the same, interleaved run by run with dbmate
+        add(f"apply {m} incremental <= 1.0x dbmate, interleaved", res.net(OURS, "a_apply_pair", m), res.net("dbmate", "a_apply_pair", m), 1.0, keys=(("a_apply_pair", m), ("dbmate", "a_apply_pair", m)))  # fmt: skip
     add(f"`full` strategy apply {m} <= 0.25x dbmate", res.net(OURS, "l_full", m), res.net("dbmate", "a_apply", m), 0.25, keys=(("l_full", m), ("dbmate", "a_apply", m)))  # fmt: skip
     k = res.label_n("k_backup", "cp")
     if res.get("cp+fsync", "k_backup_create_floor", k):  # interleaved, after the same reset

@@ -275,6 +275,15 @@ if want core || want noop || want recover; then
   if want core; then
     bt "floor|d_python|-" -- "$OURPY" -c pass
     bt "floor|d_sh|-" -- sh -c true
+    # (a) at M once more, ours and dbmate interleaved run by run: both wait on one fsync
+    # after another, and the disk's speed drifts between two blocks of runs timed apart
+    if has_tool flywall && has_tool dbmate && available dbmate && [ -d "$WORK/flywall-$M" ] && [ -d "$WORK/dbmate-$M" ]; then
+      bt "flywall|a_apply_pair|$M" -n $((RUNS * 2 - 1)) \
+        --alt "dbmate|a_apply_pair|$M=cd $WORK/dbmate-$M && rm -f db.sqlite && exec $DBMATE --url sqlite:db.sqlite --migrations-dir migrations --no-dump-schema up" \
+        -- sh -c "cd $WORK/flywall-$M && rm -rf var && exec $FLYWALL migration --root . migrate"
+      check "flywall a $M (interleaved)" "$M" "$(count_t "$WORK/flywall-$M/$STATE")"
+      check "dbmate a $M (interleaved)" "$M" "$(count_t "$WORK/dbmate-$M/db.sqlite")"
+    fi
   fi
 fi
 
