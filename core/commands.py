@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from flywall.core import audit, signing
     from flywall.core import notify as notify_
+    from flywall.core.backup import Manifest
     from flywall.core.dryrun import DryRunReport
     from flywall.core.engine import RunReport
     from flywall.core.trial import TrialReport
@@ -520,18 +521,19 @@ def backup_list(ws: Workspace) -> list[BackupRow]:
     """List complete backups, oldest first, each verified against its manifest."""
     from flywall.core import backup
 
-    return [
-        BackupRow(
-            backup_id=m.backup_id,
-            created_at=iso(m.created_ns),
-            reason=m.reason,
-            journal_seq=m.journal_seq,
-            size=m.size,
-            items=[item.name for item in m.items],
-            ok=not backup.verify(ws, m),
-        )
-        for m in backup.list_backups(ws)
-    ]
+    return [_backup_row(m, ok=not backup.verify(ws, m)) for m in backup.list_backups(ws)]
+
+
+def _backup_row(manifest: Manifest, *, ok: bool | None) -> BackupRow:
+    return BackupRow(
+        backup_id=manifest.backup_id,
+        created_at=iso(manifest.created_ns),
+        reason=manifest.reason,
+        journal_seq=manifest.journal_seq,
+        size=manifest.size,
+        items=[item.name for item in manifest.items],
+        ok=ok,
+    )
 
 
 def backup_create(
@@ -554,15 +556,7 @@ def backup_create(
         e.recover()
         manifest = e.take_backup(e.run_id, "operator: backup create")
         e.recorder.finish("completed", [])
-    return BackupRow(
-        backup_id=manifest.backup_id,
-        created_at=iso(manifest.created_ns),
-        reason=manifest.reason,
-        journal_seq=manifest.journal_seq,
-        size=manifest.size,
-        items=[item.name for item in manifest.items],
-        ok=not backup.verify(ws, manifest) if verify else None,
-    )
+    return _backup_row(manifest, ok=not backup.verify(ws, manifest) if verify else None)
 
 
 def backup_restore(
