@@ -31,9 +31,8 @@ if TYPE_CHECKING:
 GENESIS = bytes(32)
 """The prev_hash of seq 1."""
 
-_HEADER = struct.Struct(">QQ")
+_HEAD = struct.Struct(">QQI")  # seq, at_ns, then the length of kind: one pack
 _LEN = struct.Struct(">I")
-_HEAD_AND_KIND = struct.Struct(">QQI")  # _HEADER, then _LEN of kind: one pack, same bytes
 
 
 def event_hash(
@@ -72,8 +71,7 @@ def _digest(
     data = b"".join(
         (
             prev_hash,
-            _HEADER.pack(seq, at_ns),
-            _LEN.pack(len(kind)),
+            _HEAD.pack(seq, at_ns, len(kind)),
             kind,
             _LEN.pack(len(run_id)),
             run_id,
@@ -93,38 +91,20 @@ def verify_chain(
     """Walk `rows` in order; return (last seq, last hash) or raise at the first bad row.
 
     `rows` are `StoredEvent`s or plain tuples in its field order (what `verify` reads).
-    Every writer walks the whole chain first (DESIGN §7), so the layout above is built
-    inline here, one join and one hash per row, when the text fields come as stored bytes.
 
     :raises JournalCorrupt: naming the first seq that is missing, out of order, not linked
         to its predecessor, or whose hash does not match its content.
     """
     seq, prev = start
-    join, head, length = b"".join, _HEAD_AND_KIND.pack, _LEN.pack
     for row_seq, at_ns, run_id, migration, kind, body, prev_hash, stored in rows:
         if row_seq != seq + 1:
             raise JournalCorrupt(seq + 1, f"expected seq {seq + 1}, found {row_seq} (gap)")
         if prev_hash != prev:
             raise JournalCorrupt(row_seq, "prev_hash does not link to the previous event")
         try:
-            if type(kind) is bytes and type(run_id) is bytes and type(migration) is bytes:
-                data = join(
-                    (
-                        prev,
-                        head(row_seq, at_ns, len(kind)),
-                        kind,
-                        length(len(run_id)),
-                        run_id,
-                        length(len(migration)),
-                        migration,
-                        body,
-                    )
-                )
-                expected = (blake3.blake3(data, key=key) if key else blake3.blake3(data)).digest()
-            else:
-                expected = _digest(
-                    prev, row_seq, at_ns, _raw(kind), _raw(run_id), _raw(migration), body, key
-                )
+            expected = _digest(
+                prev, row_seq, at_ns, _raw(kind), _raw(run_id), _raw(migration), body, key
+            )
         except struct.error as e:  # at_ns outside u64: no event was ever stored like that
             raise JournalCorrupt(row_seq, f"at_ns {at_ns} is out of range") from e
         if stored != expected:

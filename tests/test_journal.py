@@ -128,7 +128,7 @@ def test_any_appended_batches_verify_and_read_back_exactly_as_appended(batches):
 @settings(max_examples=60, deadline=None)
 @given(events=st.lists(entries, min_size=1, max_size=6), keyed=st.booleans())
 def test_the_chain_walk_agrees_with_event_hash_whether_text_comes_as_str_or_bytes(events, keyed):
-    """verify_chain hashes stored bytes inline; it must hash exactly what event_hash does."""
+    """verify_chain reads stored bytes; it must hash exactly what event_hash does."""
     from flywall.journal import verify_chain
 
     key = KEY if keyed else None
