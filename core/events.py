@@ -7,6 +7,7 @@ get defaults and go last; never retype, rename or reorder a stored field.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Literal
 
@@ -249,10 +250,16 @@ AnyEvent = (
 )
 
 _encoder = msgspec.msgpack.Encoder()
-_decoders: list[msgspec.msgpack.Decoder[AnyEvent]] = []
-"""The union's decoder, built on the first decode: building it reads the annotations of
-every event class (~0.9 ms), and a writer or status whose snapshot is current decodes
-no event at all."""
+
+
+@functools.cache
+def _decoder() -> msgspec.msgpack.Decoder[AnyEvent]:
+    """The union's decoder, built on the first decode.
+
+    Building it reads the annotations of every event class (~0.9 ms), and a writer or
+    status whose snapshot is current decodes no event at all.
+    """
+    return msgspec.msgpack.Decoder(AnyEvent)
 
 
 def encode(event: Event) -> bytes:
@@ -262,9 +269,7 @@ def encode(event: Event) -> bytes:
 
 def decode(body: bytes) -> AnyEvent:
     """Decode a stored body. :raises msgspec.DecodeError: unknown kind or bad shape."""
-    if not _decoders:
-        _decoders.append(msgspec.msgpack.Decoder(AnyEvent))
-    return _decoders[0].decode(body)
+    return _decoder().decode(body)
 
 
 def kind_of(event: Event) -> str:
