@@ -35,6 +35,9 @@ def notify(as_json: bool) -> None:
     elif not results:
         click.echo("no notification channels configured")
     for r in results if not as_json else ():
+        if r.started_after is not None:
+            start = f"starts after seq {r.started_after} (the newest run)"
+            click.echo(f"{r.channel}: new channel: {start}")
         if r.error is None:
             sent = f"sent {r.sent} notice(s) to {r.target}"
             click.echo(f"{r.channel}: {sent}; through seq {r.through_seq}")

@@ -218,6 +218,18 @@ class NotificationDelivered(Event):
     through_seq: int
 
 
+class NotificationChannelStarted(Event):
+    """A channel met for the first time: it is sent the notices after `after_seq` only.
+
+    `after_seq` is just before the newest run's `RunStarted`, so the run that follows adding
+    a channel (or `notify` right after) reaches it, and the journal's older history does not:
+    a channel added to a box with years of runs must not flood its inbox with them.
+    """
+
+    channel: str
+    after_seq: int
+
+
 class NotificationFailed(Event):
     """A channel could not be reached; it will be retried."""
 
@@ -246,6 +258,7 @@ AnyEvent = (
     | Recovered
     | DryRunPerformed
     | NotificationDelivered
+    | NotificationChannelStarted
     | NotificationFailed
 )
 

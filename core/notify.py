@@ -7,7 +7,9 @@ one (`notify_on_complete`), or any run's `RunFinished` "failed" or "interrupted"
 `notification_channels` (`email`, `slack`) has a cursor: the `through_seq` of its newest
 `NotificationDelivered`, journaled only *after* the send succeeded. Delivery is therefore at
 least once: a crash between a send and its cursor (crash point ``notify-sent``) sends that
-one notice again on the next delivery, and never loses it.
+one notice again on the next delivery, and never loses it. A channel met for the first time
+starts with the newest run (`NotificationChannelStarted`): adding one to a box with years of
+history does not mail it that history.
 
 A channel that cannot be reached is retried a bounded number of times, then journals
 `NotificationFailed` (its error with every secret redacted) and waits for the next run or
@@ -69,6 +71,9 @@ class ChannelResult(msgspec.Struct, kw_only=True):
     through_seq: int = 0
     waiting: int = 0
     error: str | None = None
+    started_after: int | None = None
+    """Set when this delivery met the channel first: it starts after this seq (the newest
+    run), and the older runs are not sent to it."""
 
 
 class ChannelError(Exception):
@@ -99,7 +104,10 @@ def deliver(
         for channel in channels:
             result = ChannelResult(channel=channel, target=describe(ws, channel))
             results.append(result)
-            result.through_seq = _cursor(journal, channel)
+            cursor = _cursor(journal, channel)
+            if cursor is None:
+                cursor = result.started_after = _start_channel(journal, channel)
+            result.through_seq = cursor
             notices = pending(ws, journal, result.through_seq)
             for i, notice in enumerate(notices):
                 send = functools.partial(_send, ws, channel, notice, timeout)
@@ -193,18 +201,47 @@ def describe(ws: Workspace, channel: str) -> str:
     return channel
 
 
-def _cursor(journal: Journal, channel: str) -> int:
-    through = 0
+def _cursor(journal: Journal, channel: str) -> int | None:
+    """Return the seq through which `channel` has had its notices; None if never met.
+
+    A channel is met once it has any outbox event: a delivery, a failure (its notice still
+    waits: the cursor stays where it was) or the `NotificationChannelStarted` of its start.
+    """
+    through: int | None = None
     for (body,) in journal.connection.execute(
-        "SELECT body FROM events WHERE kind = 'NotificationDelivered' ORDER BY seq"
+        "SELECT body FROM events WHERE kind IN "
+        "('NotificationDelivered', 'NotificationFailed', 'NotificationChannelStarted') "
+        "ORDER BY seq"
     ):
         try:
             event = ev.decode(body)
         except msgspec.DecodeError:
             continue
-        if isinstance(event, ev.NotificationDelivered) and event.channel == channel:
-            through = max(through, event.through_seq)
+        match event:
+            case ev.NotificationDelivered(channel=c, through_seq=seq) if c == channel:
+                through = max(through or 0, seq)
+            case ev.NotificationChannelStarted(channel=c, after_seq=seq) if c == channel:
+                through = max(through or 0, seq)
+            case ev.NotificationFailed(channel=c) if c == channel:
+                through = through or 0
     return through
+
+
+def _start_channel(journal: Journal, channel: str) -> int:
+    """Journal where a channel met for the first time begins; return that seq.
+
+    It begins just before the newest run's `RunStarted`: the run during which it was added
+    (delivery follows every writing command) reaches it, the journal's older runs do not.
+    The event is written before any send, so a crash after it resumes from the same seq.
+    """
+    (newest_run,) = journal.connection.execute(
+        "SELECT max(seq) FROM events WHERE kind = 'RunStarted'"
+    ).fetchone()
+    after = newest_run - 1 if newest_run else journal.head()[0]
+    started = ev.NotificationChannelStarted(channel=channel, after_seq=after)
+    journal.append([Entry(ev.kind_of(started), ev.encode(started))])
+    crashpoint("notify-channel-started")
+    return after
 
 
 def _run_started(journal: Journal, run_id: str) -> ev.RunStarted | None:

@@ -358,3 +358,74 @@ def test_no_channels_means_nothing_is_read_or_written(appliance: Appliance) -> N
 
     assert notify.deliver(appliance.workspace()) == []
     assert len(commands.history(appliance.workspace())) == before
+
+
+def test_a_channel_added_later_starts_with_the_newest_run_not_the_history(
+    appliance: Appliance, webhook: Webhook
+) -> None:
+    """Adding a channel to a box with past runs sends the next run, not the past ones."""
+    for version, table in (("202401010001", "hosts"), ("202401010002", "zones")):
+        create_table_migration(appliance, version, table)
+        assert appliance.cli("migrate").returncode == 0
+    configure(appliance, webhook_url=webhook.url)
+    create_table_migration(appliance, "202401010003", "leases")
+
+    run = appliance.cli("migrate")
+
+    assert run.returncode == 0, run.stderr
+    assert [t.split(" (run")[0].rsplit(" ", 1)[1] for t in webhook.texts()] == [
+        "started",
+        "completed",
+    ]
+    assert "202401010003" in webhook.texts()[0]
+    started = kinds(appliance, "NotificationChannelStarted")
+    newest_run = kinds(appliance, "RunStarted")[-1]
+    assert [(s["channel"], s["after_seq"]) for s in started] == [("slack", newest_run["seq"] - 1)]
+
+    again = appliance.cli("notify")
+
+    assert again.returncode == 0
+    assert "new channel" not in again.stdout
+    assert "sent 0 notice(s)" in again.stdout
+    assert len(kinds(appliance, "NotificationChannelStarted")) == 1
+
+
+def test_notify_right_after_adding_a_channel_sends_the_newest_run_only(
+    appliance: Appliance, webhook: Webhook
+) -> None:
+    create_table_migration(appliance, "202401010001", "hosts")
+    assert appliance.cli("migrate").returncode == 0
+    assert appliance.cli("rollback", "--steps", "1").returncode == 0
+    configure(appliance, webhook_url=webhook.url)
+
+    result = appliance.cli("notify")
+
+    assert result.returncode == 0, result.stderr
+    assert "slack: new channel: starts after seq" in result.stdout
+    assert [t.split(" (run")[0] for t in webhook.texts()] == [
+        f"[flywall {socket.gethostname()}] rollback started",
+        f"[flywall {socket.gethostname()}] rollback completed",
+    ]
+
+
+def test_a_crash_after_a_channel_starts_resumes_from_the_same_seq(
+    appliance: Appliance, webhook: Webhook
+) -> None:
+    """Killed right after `NotificationChannelStarted`: the next delivery sends the same run."""
+    create_table_migration(appliance, "202401010001", "hosts")
+    assert appliance.cli("migrate").returncode == 0
+    configure(appliance, webhook_url=webhook.url)
+    create_table_migration(appliance, "202401010002", "zones")
+
+    killed = appliance.cli("migrate", env={"FLYWALL_CRASH_AT": "notify-channel-started"})
+
+    assert killed.returncode == -9
+    assert webhook.posts == []
+    assert commands.list_migrations(appliance.workspace())[-1].state == "applied"
+
+    assert appliance.cli("notify").returncode == 0
+
+    texts = [t.split(" (run")[0].rsplit(" ", 1)[1] for t in webhook.texts()]
+    assert texts == ["started", "completed"]
+    assert "202401010002" in webhook.texts()[0]
+    assert len(kinds(appliance, "NotificationChannelStarted")) == 1
