@@ -34,6 +34,7 @@ from flywall.core.errors import Busy, JournalTampered
 from flywall.journal import Entry
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
@@ -325,7 +326,6 @@ def _send(ws: Workspace, channel: str, notice: Notice, timeout: float) -> None:
 def _send_email(ws: Workspace, notice: Notice, timeout: float) -> None:
     import smtplib
     import socket
-    import ssl
     from email.message import EmailMessage
 
     cfg = ws.settings.email
@@ -339,10 +339,25 @@ def _send_email(ws: Workspace, notice: Notice, timeout: float) -> None:
     message.set_content(notice.text + "\n")
     with smtplib.SMTP(cfg.host, cfg.port, timeout=timeout) as smtp:
         if cfg.starttls:
-            smtp.starttls(context=ssl.create_default_context())
+            smtp.starttls(context=_tls_context(ws))
         if credentials is not None:
             smtp.login(*credentials)
         smtp.send_message(message)
+
+
+def _tls_context(ws: Workspace) -> ssl.SSLContext:
+    """Verify the relay's certificate and name: against `ca_file` if given, else the system's.
+
+    An unreadable `ca_file` is a settings error (named, never retried); the context never
+    turns verification off, so the password goes only to the relay the certificate names.
+    """
+    import ssl
+
+    ca_file = ws.paths.email_ca_file
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except OSError as e:  # ssl.SSLError is one: a file that is not PEM certificates
+        raise ChannelError(f"{ca_file}: cannot load CA certificates: {e}") from e
 
 
 def _send_slack(ws: Workspace, notice: Notice, timeout: float) -> None:

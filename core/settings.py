@@ -71,6 +71,9 @@ class EmailSettings(_Block):
     from_: str | None = msgspec.field(default=None, name="from")
     to: tuple[str, ...] = ()
     starttls: bool = False
+    ca_file: str | None = None
+    """PEM CA certificates to trust for STARTTLS (a relay with a private CA); default: the
+    system's."""
     credentials_file: str | None = None
 
 
@@ -145,6 +148,7 @@ class Paths(msgspec.Struct, frozen=True, kw_only=True):
     tokens_file: Path
     device_key_file: Path | None
     email_credentials_file: Path | None
+    email_ca_file: Path | None = None
 
 
 class Settings(MigrationSettings, kw_only=True):
@@ -242,6 +246,7 @@ def _resolve(block: MigrationSettings, config: Path, root: Path) -> Paths:
 
     journal = place(block.journal)
     credentials = block.email.credentials_file if block.email else None
+    ca_file = block.email.ca_file if block.email else None
     return Paths(
         config=config,
         migrations_dir=place(block.directory),
@@ -253,6 +258,7 @@ def _resolve(block: MigrationSettings, config: Path, root: Path) -> Paths:
         tokens_file=place(block.server.tokens_file or block.tokens_file),
         device_key_file=place(block.device_key_file) if block.device_key_file else None,
         email_credentials_file=place(credentials) if credentials else None,
+        email_ca_file=place(ca_file) if ca_file else None,
     )
 
 

@@ -5,8 +5,11 @@ Real servers on 127.0.0.1 only: aiosmtpd for email, http.server for the Slack we
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import json
 import socket
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -20,6 +23,7 @@ from flywall.core import commands, notify
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 SECRET_PATH = "T000/B000/SeCrEtWeBhOoKtOkEn"
 PASSWORD = "hunter2-SeCrEt-pw"
@@ -37,29 +41,39 @@ class Inbox:
     def __init__(self) -> None:
         self.messages: list[str] = []
 
-    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802
+        self.over_tls: list[bool] = []
+
+    async def handle_DATA(self, _server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         self.messages.append(envelope.content.decode("utf-8", "replace"))
+        self.over_tls.append(session.ssl is not None)
         return "250 OK"
 
 
 class SmtpServer:
     """A real SMTP server on 127.0.0.1:port that can be started late and stopped."""
 
-    def __init__(self, port: int, *, password: str | None = None) -> None:
+    def __init__(
+        self, port: int, *, password: str | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.port = port
         self.inbox = Inbox()
         self._password = password
+        self._tls = tls
+        self.logins = 0
         self._controller: Controller | None = None
 
     def _auth(self, *args: Any) -> AuthResult:
         data = args[-1]  # (server, session, envelope, mechanism, auth_data)
+        self.logins += 1
         ok = data.login == b"flywall" and data.password == (self._password or "").encode()
         return AuthResult(success=ok, handled=False)  # False: the server answers 535
 
     def start(self) -> None:
         extra: dict[str, Any] = {}
         if self._password is not None:
-            extra = {"authenticator": self._auth, "auth_require_tls": False}
+            extra = {"authenticator": self._auth, "auth_require_tls": self._tls is not None}
+        if self._tls is not None:  # STARTTLS required before MAIL, AUTH only inside TLS
+            extra |= {"tls_context": self._tls, "require_starttls": True}
         self._controller = Controller(
             self.inbox, hostname="127.0.0.1", port=self.port, ready_timeout=5, **extra
         )
@@ -144,6 +158,7 @@ def configure(
     webhook_url: str | None = None,
     start: bool = True,
     complete: bool = True,
+    email_extra: tuple[str, ...] = (),
 ) -> None:
     channels = [c for c, on in (("email", smtp_port), ("slack", webhook_url)) if on]
     lines = [
@@ -159,6 +174,7 @@ def configure(
             '  from = "flywall@appliance.test"',
             '  to = ["ops@example.test"]',
             '  credentials_file = "smtp.credentials"',
+            *email_extra,
             "}",
         ]
         creds = app.root / "etc/flywall/smtp.credentials"
@@ -429,3 +445,153 @@ def test_a_crash_after_a_channel_starts_resumes_from_the_same_seq(
     assert texts == ["started", "completed"]
     assert "202401010002" in webhook.texts()[0]
     assert len(kinds(appliance, "NotificationChannelStarted")) == 1
+
+
+# -- STARTTLS against a relay whose certificate a private CA signed ---------------------
+
+
+class RelayCertificates:
+    """A CA and the relay's certificate for 127.0.0.1 it signed, as PEM files."""
+
+    def __init__(self, folder: Path) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        def name(text: str) -> x509.Name:
+            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+        now = dt.datetime.now(dt.UTC)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        relay_key = ec.generate_private_key(ec.SECP256R1())
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(name("test relay CA"))
+            .issuer_name(name("test relay CA"))
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )  # fmt: skip
+        relay = (
+            x509.CertificateBuilder()
+            .subject_name(name("127.0.0.1"))
+            .issuer_name(ca.subject)
+            .public_key(relay_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        self.ca_file = folder / "relay-ca.pem"
+        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        chain, key = folder / "relay.pem", folder / "relay.key"
+        chain.write_bytes(relay.public_bytes(serialization.Encoding.PEM))
+        key.write_bytes(
+            relay_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        self.server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.server_context.load_cert_chain(chain, key)
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[tuple[SmtpServer, RelayCertificates]]:
+    folder = tmp_path / "relay"
+    folder.mkdir()
+    certificates = RelayCertificates(folder)
+    server = SmtpServer(free_port(), password=PASSWORD, tls=certificates.server_context)
+    server.start()
+    yield server, certificates
+    server.stop()
+
+
+def test_starttls_with_the_relays_ca_sends_and_logs_in_only_inside_tls(
+    appliance: Appliance, relay: tuple[SmtpServer, RelayCertificates]
+) -> None:
+    server, certificates = relay
+    ca_file = appliance.root / "etc/flywall/relay-ca.pem"  # paths are read under the root
+    ca_file.parent.mkdir(parents=True, exist_ok=True)
+    ca_file.write_bytes(certificates.ca_file.read_bytes())
+    email = ("  starttls = true", '  ca_file = "relay-ca.pem"')
+    configure(appliance, smtp_port=server.port, email_extra=email)
+    create_table_migration(appliance, "202401010001", "hosts")
+
+    run = appliance.cli("migrate")
+
+    assert run.returncode == 0, run.stderr
+    assert "warning" not in run.stderr
+    assert [s.split(" (run")[0].rsplit(" ", 1)[1] for s in server.subjects()] == [
+        "started",
+        "completed",
+    ]
+    assert server.inbox.over_tls == [True, True]
+    assert server.logins == 2  # one login per message, each inside TLS (the relay demands it)
+
+
+def test_starttls_refuses_a_relay_whose_certificate_it_cannot_verify(
+    appliance: Appliance, relay: tuple[SmtpServer, RelayCertificates]
+) -> None:
+    """Without the CA the system's roots do not vouch for the relay: nothing is sent."""
+    server, _ = relay
+    configure(appliance, smtp_port=server.port, email_extra=("  starttls = true",))
+    create_table_migration(appliance, "202401010001", "hosts")
+
+    run = appliance.cli("migrate")
+
+    assert run.returncode == 0  # a channel never changes the run's outcome
+    failed = kinds(appliance, "NotificationFailed")
+    assert "CERTIFICATE_VERIFY_FAILED" in failed[0]["error"]
+    assert (server.inbox.messages, server.logins) == ([], 0)
+    assert_no_secret(run.stdout, run.stderr, json.dumps(failed))
+
+
+def test_without_starttls_the_password_never_crosses_in_clear(
+    appliance: Appliance, relay: tuple[SmtpServer, RelayCertificates]
+) -> None:
+    server, _ = relay
+    configure(appliance, smtp_port=server.port)  # starttls = false (the default)
+    create_table_migration(appliance, "202401010001", "hosts")
+
+    run = appliance.cli("migrate")
+
+    assert run.returncode == 0
+    failed = kinds(appliance, "NotificationFailed")
+    assert "AUTH" in failed[0]["error"]  # the relay offers no AUTH before TLS
+    assert (server.inbox.messages, server.logins) == ([], 0)
+
+
+def test_an_unreadable_ca_file_is_named_and_not_retried(
+    appliance: Appliance, relay: tuple[SmtpServer, RelayCertificates]
+) -> None:
+    server, _ = relay
+    email = ("  starttls = true", '  ca_file = "/etc/ssl/no-such-ca.pem"')
+    configure(appliance, smtp_port=server.port, email_extra=email)
+    create_table_migration(appliance, "202401010001", "hosts")
+    assert appliance.cli("migrate").returncode == 0
+
+    result = appliance.cli("notify")
+
+    assert result.returncode == 1
+    missing = appliance.root / "etc/ssl/no-such-ca.pem"
+    assert f"{missing}: cannot load CA certificates" in result.stdout
+    assert "tries" not in kinds(appliance, "NotificationFailed")[-1]["error"]  # not retried
+    assert server.inbox.messages == []

@@ -224,7 +224,8 @@ def test_relative_paths_are_relative_to_the_config_folder_and_absolute_ones_sit_
         tmp_path,
         'migration {\n  directory = "migrations.d"\n  journal = "/data/journal.db"\n'
         '  backup_location = "../backups"\n  device_key_file = "/etc/keys/device.key"\n'
-        '  email {\n    credentials_file = "smtp.cred"\n  }\n}\n',
+        '  email {\n    credentials_file = "smtp.cred"\n    ca_file = "/etc/ssl/relay-ca.pem"\n'
+        "  }\n}\n",
     )
 
     paths = load_settings(tmp_path).paths
@@ -236,6 +237,7 @@ def test_relative_paths_are_relative_to_the_config_folder_and_absolute_ones_sit_
     assert paths.backups == config_dir / "../backups"
     assert paths.device_key_file == tmp_path / "etc/keys/device.key"
     assert paths.email_credentials_file == config_dir / "smtp.cred"
+    assert paths.email_ca_file == tmp_path / "etc/ssl/relay-ca.pem"
     assert paths.state_db == tmp_path / "var/lib/flywall/state.db"
 
 
