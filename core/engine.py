@@ -873,9 +873,17 @@ class Engine:
         return self.journal.source(written.digest_before)
 
     def _failed(self, version: str, direction: str, e: BaseException, t0: int) -> None:
-        """Journal the failure; turn a vendor's exception into MigrationFailed."""
-        phase = direction if isinstance(e, Exception) else "interrupted"
+        """Journal the failure; turn a vendor's exception into MigrationFailed.
+
+        A vendor's `sys.exit()` is the migration failing too, not the process being
+        interrupted: left alone it would end the run with the vendor's exit code (0 or 3
+        read as success or busy) and no RunFinished.
+        """
+        vendor = isinstance(e, (Exception, SystemExit))
+        phase = direction if vendor else "interrupted"
         error_type, message = type(e).__name__, str(e).splitlines()[0] if str(e) else ""
+        if isinstance(e, SystemExit):
+            message = f"the migration called sys.exit({e.code!r})"
         if isinstance(e, errors.MigrationFailed):  # already classified (e.g. a timeout)
             phase, error_type, message = e.phase, e.error_type, e.detail
         failed = ev.MigrationFailed(
@@ -886,7 +894,7 @@ class Engine:
             duration_ns=time.monotonic_ns() - t0,
         )
         self.recorder.append([(version, failed)])
-        if isinstance(e, Exception) and not isinstance(e, errors.FlywallError):
+        if vendor and not isinstance(e, errors.FlywallError):
             raise errors.MigrationFailed(version, phase, failed.error_type, failed.message) from e
 
     def _context(

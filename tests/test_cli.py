@@ -339,3 +339,39 @@ def test_status_list_and_history_json_have_the_documented_shapes(appliance):
 )
 def test_other_commands_print_json_too(appliance, args):
     cli_json(applied_appliance(appliance), *args)
+
+
+# -- an operator's exploratory test -------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["", "0", "3"])
+def test_a_migration_that_calls_sys_exit_fails_the_run_with_exit_1(appliance, code):
+    """A vendor's sys.exit() is a failed migration: never exit 0 (success) or 3 (busy)."""
+    appliance.write(
+        f"{V1}_exits.py",
+        f"""\
+        \"\"\"Exit.\"\"\"
+        import sys
+
+        component = "database"
+
+
+        def up(ctx, db):
+            db.execute("CREATE TABLE alpha (id INTEGER PRIMARY KEY)")
+            sys.exit({code})
+        """,
+    )
+
+    result = appliance.cli("migrate")
+
+    called = f"the migration called sys.exit({code or None})"
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.endswith(
+        f"FAILED: migration {V1} failed during up: SystemExit: {called}\n"
+    )
+    [row] = cli_json(appliance, "list")
+    assert (row["state"], row["last_error"]) == ("failed", f"SystemExit: {called}")
+    [*_, finished] = cli_json(appliance, "history")
+    assert (finished["kind"], finished["outcome"]) == ("RunFinished", "failed")
+    with closing(apsw.Connection(str(appliance.state_db))) as db:
+        assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'alpha'").fetchall()
