@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Self
 
 import msgspec
 
-from flywall.core.errors import Busy
+from flywall.core.errors import Busy, ValidationFailed
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -48,8 +48,11 @@ class WriterLock:
         self._fd: int | None = None
 
     def __enter__(self) -> Self:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:  # as pre-flight reports a folder it cannot write
+            raise ValidationFailed(f"{self.path}: cannot take the writer lock: {e.strerror}") from e
         deadline = time.monotonic() + self._RETRY_FOR
         while True:
             try:

@@ -375,3 +375,21 @@ def test_a_migration_that_calls_sys_exit_fails_the_run_with_exit_1(appliance, co
     assert (finished["kind"], finished["outcome"]) == ("RunFinished", "failed")
     with closing(apsw.Connection(str(appliance.state_db))) as db:
         assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'alpha'").fetchall()
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["rollback", "--steps", "1"], ["recover"]])
+def test_a_writer_lock_that_cannot_be_opened_is_one_line_naming_it(appliance, command):
+    """As pre-flight reports a folder it cannot write (exit 4), never a traceback.
+
+    The lock path is a directory so that the open fails for root too; an unwritable
+    folder (the operator's case) fails the same `os.open`.
+    """
+    create_table_migration(appliance, V1, "alpha")
+    lock = appliance.journal.with_name(appliance.journal.name + ".lock")
+    lock.mkdir(parents=True)
+
+    result = appliance.cli(*command)
+
+    expected = f"FAILED: {lock}: cannot take the writer lock: Is a directory\n"
+    assert assert_one_line_error(result, 4) == expected
+    assert not appliance.journal.exists()
