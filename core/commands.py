@@ -482,7 +482,10 @@ def create(ws: Workspace, name: str, *, component: str = "database", sql: bool =
     if sql and component != "database":
         raise errors.UsageError("--sql migrations are database migrations")
     directory = ws.paths.migrations_dir
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise errors.UsageError(f"{directory}: cannot create the folder: {e.strerror}") from e
     taken = {m.version for m in ws.migrations}
     version = int(time.strftime("%Y%m%d%H%M", time.gmtime()))
     while str(version) in taken or any(directory.glob(f"{version}_*")):
@@ -496,8 +499,11 @@ def create(ws: Workspace, name: str, *, component: str = "database", sql: bool =
         )
     )
     path = directory / f"{version}_{slug}.{'sql' if sql else 'py'}"
-    with path.open("x", encoding="utf-8") as out:
-        out.write(text)
+    try:
+        with path.open("x", encoding="utf-8") as out:
+            out.write(text)
+    except OSError as e:
+        raise errors.UsageError(f"{path}: cannot write the migration: {e.strerror}") from e
     return path
 
 

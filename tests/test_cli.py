@@ -393,3 +393,15 @@ def test_a_writer_lock_that_cannot_be_opened_is_one_line_naming_it(appliance, co
     expected = f"FAILED: {lock}: cannot take the writer lock: Is a directory\n"
     assert assert_one_line_error(result, 4) == expected
     assert not appliance.journal.exists()
+
+
+def test_create_where_the_migrations_folder_cannot_be_made_is_one_line_naming_it(appliance):
+    """A `directory` under a file stands for any folder create cannot write, root included."""
+    appliance.configure('directory = "flywall.hcl/migrations"\n')
+
+    result = appliance.cli("create", "add_peers")
+
+    folder = appliance.root / "etc/flywall/flywall.hcl/migrations"
+    expected = f"FAILED: {folder}: cannot create the folder: Not a directory\n"
+    assert assert_one_line_error(result, 2) == expected
+    assert result.stdout == ""
