@@ -160,10 +160,11 @@ class Settings(MigrationSettings, kw_only=True):
 
 
 def load_settings(root: Path, config_path: Path | None = None) -> Settings:
-    """Read the `migration { }` block of the config into `Settings`; no file means defaults.
+    """Read the `migration { }` block of the config into `Settings`; no default file means defaults.
 
     :param root: prefix of every absolute path; `/` is the real filesystem.
-    :param config_path: the config as the user named it; default `root/etc/flywall/flywall.hcl`.
+    :param config_path: the config as the user named it (it must exist); default
+        `root/etc/flywall/flywall.hcl`.
     :raises ConfigParseError: the file is not valid HCL.
     :raises SettingsError: the block is invalid; the message names the file and key.
     """
@@ -176,7 +177,9 @@ def load_settings(root: Path, config_path: Path | None = None) -> Settings:
     shown = str(config.relative_to(root) if demo else config)
     try:
         text = config.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except FileNotFoundError as e:
+        if config_path is not None:  # named by the operator: a typo must not mean defaults
+            raise SettingsError(f"{shown}: cannot read: {e.strerror}") from e
         text = ""
     except (OSError, UnicodeDecodeError) as e:
         raise SettingsError(f"{shown}: cannot read: {e}") from e

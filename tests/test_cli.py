@@ -405,3 +405,17 @@ def test_create_where_the_migrations_folder_cannot_be_made_is_one_line_naming_it
     expected = f"FAILED: {folder}: cannot create the folder: Not a directory\n"
     assert assert_one_line_error(result, 2) == expected
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", [["status"], ["list", "--json"], ["migrate"], ["validate"]])
+def test_a_config_named_by_config_that_is_missing_is_an_error_not_the_defaults(appliance, command):
+    """A typo in --config must not run with every default (another journal, state.db...)."""
+    create_table_migration(appliance, V1, "alpha")
+    missing = appliance.root / "etc/flywall/flywal.hcl"
+
+    result = appliance.cli("--config", str(missing), *command)
+
+    expected = "FAILED: etc/flywall/flywal.hcl: cannot read: No such file or directory\n"
+    assert assert_one_line_error(result, 2) == expected
+    assert not appliance.journal.exists()
+
