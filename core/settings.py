@@ -228,12 +228,12 @@ def _cached_block(text: str, shown: str, root: Path) -> dict[str, Any]:
         if stored.get("format") == _CACHE_FORMAT and stored.get("digest") == digest:
             return stored["block"]
     block = _pick_block(_parse_hcl2(text, shown), shown)
-    with contextlib.suppress(OSError):
+    # OverflowError: an integer msgpack cannot hold; validation, not the cache, judges it.
+    with contextlib.suppress(OSError, OverflowError):
+        entry = msgspec.msgpack.encode({"format": _CACHE_FORMAT, "digest": digest, "block": block})
         cache.parent.mkdir(parents=True, exist_ok=True)
         temp = cache.with_name(f".{cache.name}.{os.getpid()}")
-        temp.write_bytes(
-            msgspec.msgpack.encode({"format": _CACHE_FORMAT, "digest": digest, "block": block})
-        )
+        temp.write_bytes(entry)
         temp.replace(cache)
     return block
 

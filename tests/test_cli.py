@@ -419,3 +419,16 @@ def test_a_config_named_by_config_that_is_missing_is_an_error_not_the_defaults(a
     assert assert_one_line_error(result, 2) == expected
     assert not appliance.journal.exists()
 
+
+def test_an_integer_too_big_for_the_settings_cache_is_judged_by_validation_not_a_traceback(
+    appliance,
+):
+    """The expression sends the file to python-hcl2, whose answer is cached as msgpack."""
+    appliance.configure("max_rollback_attempts = 99999999999999999999\n")
+    config = appliance.root / "etc/flywall/flywall.hcl"
+    config.write_text("answer = max(1, 2)\n" + config.read_text(encoding="utf-8"), "utf-8")
+
+    result = appliance.cli("status", "--json")
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["counts"]["pending"] == 0
