@@ -246,16 +246,22 @@ def history(
 
 
 def log(ws: Workspace, version: str) -> list[dict[str, Any]]:
-    """Return the lines migration `version` logged, with the run and time of each."""
+    """Return the lines migration `version` logged, with the run and time of each.
+
+    :raises UsageError: no file and no journal event has that version (as `debug`).
+    """
+    rows = []
     journal = ws.read_journal()
-    if journal is None:
-        return []
-    with journal:
-        return [
-            {"at": iso(row.at_ns), "run_id": row.run_id, "level": e.level, "message": e.message}
-            for row in journal.read(migration=version)
-            if isinstance(e := ev.decode(row.body), ev.MigrationLog)
-        ]
+    if journal is not None:
+        with journal:
+            rows = list(journal.read(migration=version))
+    if not rows and ws.migration(version) is None:
+        raise errors.UsageError(f"unknown migration {version}")
+    return [
+        {"at": iso(row.at_ns), "run_id": row.run_id, "level": e.level, "message": e.message}
+        for row in rows
+        if isinstance(e := ev.decode(row.body), ev.MigrationLog)
+    ]
 
 
 class ChecksumRow(msgspec.Struct, kw_only=True):

@@ -432,3 +432,16 @@ def test_an_integer_too_big_for_the_settings_cache_is_judged_by_validation_not_a
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["counts"]["pending"] == 0
+
+
+def test_log_of_an_unknown_migration_exits_2_as_debug_does(appliance):
+    """An empty answer would read as "it logged nothing"; a journaled one without its file
+    still answers from the journal."""
+    applied = applied_appliance(appliance)
+    (applied.migrations_dir / f"{V1}_create_alpha.sql").unlink()
+
+    for command in ("log", "debug"):
+        result = applied.cli(command, "209901010001")
+        assert assert_one_line_error(result, 2) == "FAILED: unknown migration 209901010001\n"
+    assert applied.cli("log", V1).returncode == 0
+    assert cli_json(applied, "log", V2) == []
