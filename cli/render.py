@@ -105,10 +105,9 @@ def status(report: StatusReport) -> None:
     if report.lock_holder:
         echo(f"running     {report.lock_holder}")
     for d in report.interrupted:
-        evidence = ", ".join(f"{k}={v}" for k, v in d.evidence.items() if k != "fingerprint")
         echo(
             f"INTERRUPTED {d.version} ({d.direction}, run {d.interrupted_run}): "
-            f"recovery will decide {d.decision} ({evidence})"
+            f"recovery will decide {d.decision} ({_evidence(d.evidence)})"
         )
     for run_id, deadline in report.awaiting_confirmation.items():
         echo(f"CONFIRM     run {run_id} by {deadline}, or it is rolled back (`confirm`)")
@@ -119,10 +118,15 @@ def status(report: StatusReport) -> None:
         migrations(report.migrations)
 
 
+def _evidence(evidence: dict[str, str]) -> str:
+    """A recovery decision's evidence as status and recover print it (the JSON has it all)."""
+    return ", ".join(f"{k}={v}" for k, v in evidence.items() if k != "fingerprint")
+
+
 def run(report: RunReport) -> None:
     """Render the summary of migrate / rollback / recover."""
     for d in report.recovered:
-        echo(f"recovered {d.version}: {d.decision} ({d.evidence.get('marker', '')})")
+        echo(f"recovered {d.version}: {d.decision} ({_evidence(d.evidence)})")
     if report.outcome == "nothing_to_do":
         echo("nothing to do")
         return

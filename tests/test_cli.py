@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import time
 from contextlib import closing
@@ -12,15 +13,13 @@ from typing import TYPE_CHECKING
 import apsw
 import click
 import pytest
-from conftest import FLYWALL, create_table_migration, hold_lock_migration
+from conftest import FLYWALL, Appliance, create_table_migration, hold_lock_migration
 
 from flywall.cli.main import main
 from flywall.core.discovery import checksum, discover, shipped_directory
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from conftest import Appliance
 
 V1, V2 = "202401010001", "202401010002"
 RUN_ID = r"\d{8}T\d{6}-[0-9a-f]{6}"
@@ -445,3 +444,24 @@ def test_log_of_an_unknown_migration_exits_2_as_debug_does(appliance):
         assert assert_one_line_error(result, 2) == "FAILED: unknown migration 209901010001\n"
     assert applied.cli("log", V1).returncode == 0
     assert cli_json(applied, "log", V2) == []
+
+
+def test_recover_prints_the_evidence_status_showed_for_a_file_migration_too(tmp_path):
+    """recover printed only a database's `marker`: "failed ()" for a config migration."""
+    root = tmp_path / "box"
+    demo = [FLYWALL, "migration", "demo", str(root)]
+    assert subprocess.run(demo, capture_output=True, check=False).returncode == 0
+    box = Appliance(root)  # the demo's first migration is a config one
+    killed = box.cli("migrate", env={"FLYWALL_CRASH_AT": "after-MigrationStarted:1"})
+    assert killed.returncode == -signal.SIGKILL
+    [interrupted] = cli_json(box, "status")["interrupted"]
+    evidence = ", ".join(f"{k}={v}" for k, v in interrupted["evidence"].items())
+    assert evidence.startswith("write_intent=")
+    version = interrupted["version"]
+    assert f"INTERRUPTED {version} " in box.cli("status").stdout
+    assert box.cli("status").stdout.endswith(f"recovery will decide failed ({evidence})\n")
+
+    result = box.cli("recover")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"recovered {version}: failed ({evidence})\n"
