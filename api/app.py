@@ -121,6 +121,16 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     return _error(exc.status_code, message, dict(exc.headers or {}))
 
 
+def _known_query(request: Request[Any, Any, Any]) -> None:
+    """Refuse a query parameter the route does not take: `?since=5` must not answer all."""
+    taken = set(request.route_handler.parsed_fn_signature.parameters) - {"request"}
+    unknown = sorted(set(request.query_params) - taken)
+    if unknown:
+        use = f"; use {', '.join(sorted(taken))}" if taken else ""
+        detail = f"unknown query parameter {unknown[0][:64]!r}{use}"
+        raise HTTPException(status_code=HTTP_400_BAD_REQUEST, detail=detail)
+
+
 def _flywall_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     return _error(status_of(exc), str(exc))
 
@@ -337,6 +347,7 @@ def create_app(workspace: Callable[[], Workspace], tokens: Sequence[tuple[str, s
             events,
         ],
         middleware=[DefineMiddleware(TokenAuth, exclude_http_methods=[])],
+        before_request=_known_query,
         exception_handlers={
             HTTPException: _http_error,
             errors.FlywallError: _flywall_error,
