@@ -281,7 +281,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "journal",
         "--help",
     ): (
-        "Usage: flywall migration journal [OPTIONS] COMMAND [ARGS]...\n\n  Inspect the journal itself.\n\nOptions:\n  -h, --help  Show this message and exit.\n\nCommands:\n  export         Write every journal event as one JSON line, each...\n  verify         Walk the hash chain and replay every event; name the...\n  verify-export  Check an exported journal offline; name the first...\n",
+        "Usage: flywall migration journal [OPTIONS] COMMAND [ARGS]...\n\n  Inspect the journal itself.\n\nOptions:\n  -h, --help  Show this message and exit.\n\nCommands:\n  adopt-key      Start keying a journal begun without the device key...\n  export         Write every journal event as one JSON line, each...\n  verify         Walk the hash chain and replay every event; name the...\n  verify-export  Check an exported journal offline; name the first...\n",
         "",
         0,
     ),
@@ -290,7 +290,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "journal",
         "-h",
     ): (
-        "Usage: flywall migration journal [OPTIONS] COMMAND [ARGS]...\n\n  Inspect the journal itself.\n\nOptions:\n  -h, --help  Show this message and exit.\n\nCommands:\n  export         Write every journal event as one JSON line, each...\n  verify         Walk the hash chain and replay every event; name the...\n  verify-export  Check an exported journal offline; name the first...\n",
+        "Usage: flywall migration journal [OPTIONS] COMMAND [ARGS]...\n\n  Inspect the journal itself.\n\nOptions:\n  -h, --help  Show this message and exit.\n\nCommands:\n  adopt-key      Start keying a journal begun without the device key...\n  export         Write every journal event as one JSON line, each...\n  verify         Walk the hash chain and replay every event; name the...\n  verify-export  Check an exported journal offline; name the first...\n",
         "",
         0,
     ),
@@ -299,8 +299,28 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "journal",
     ): (
         "",
-        "Usage: flywall migration journal [OPTIONS] COMMAND [ARGS]...\n\n  Inspect the journal itself.\n\nOptions:\n  -h, --help  Show this message and exit.\n\nCommands:\n  export         Write every journal event as one JSON line, each...\n  verify         Walk the hash chain and replay every event; name the...\n  verify-export  Check an exported journal offline; name the first...\n",
+        "Usage: flywall migration journal [OPTIONS] COMMAND [ARGS]...\n\n  Inspect the journal itself.\n\nOptions:\n  -h, --help  Show this message and exit.\n\nCommands:\n  adopt-key      Start keying a journal begun without the device key...\n  export         Write every journal event as one JSON line, each...\n  verify         Walk the hash chain and replay every event; name the...\n  verify-export  Check an exported journal offline; name the first...\n",
         2,
+    ),
+    (
+        "migration",
+        "journal",
+        "adopt-key",
+        "--help",
+    ): (
+        "Usage: flywall migration journal adopt-key [OPTIONS]\n\n  Start keying a journal begun without the device key\n  (migration.device_key_file).\n\n  The whole plain chain is checked first; then a DeviceKeyAdopted event\n  becomes the chain's first MAC, and every later event is one too. The earlier\n  events keep their plain hashes but are covered by that MAC: none can be\n  rewritten without the key. Run it once, after setting device_key_file;\n  again, it only reports (exit 0).\n\nOptions:\n  --json      Print JSON.\n  -h, --help  Show this message and exit.\n",
+        "",
+        0,
+    ),
+    (
+        "migration",
+        "journal",
+        "adopt-key",
+        "-h",
+    ): (
+        "Usage: flywall migration journal adopt-key [OPTIONS]\n\n  Start keying a journal begun without the device key\n  (migration.device_key_file).\n\n  The whole plain chain is checked first; then a DeviceKeyAdopted event\n  becomes the chain's first MAC, and every later event is one too. The earlier\n  events keep their plain hashes but are covered by that MAC: none can be\n  rewritten without the key. Run it once, after setting device_key_file;\n  again, it only reports (exit 0).\n\nOptions:\n  --json      Print JSON.\n  -h, --help  Show this message and exit.\n",
+        "",
+        0,
     ),
     (
         "migration",

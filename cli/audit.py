@@ -107,6 +107,31 @@ def journal_export(output: Path | None, as_json: bool) -> None:
         click.echo(f"exported {count} events to {output}")
 
 
+@journal.command("adopt-key")
+@json_option
+def journal_adopt_key(as_json: bool) -> None:
+    """Start keying a journal begun without the device key (migration.device_key_file).
+
+    The whole plain chain is checked first; then a DeviceKeyAdopted event becomes the
+    chain's first MAC, and every later event is one too. The earlier events keep their
+    plain hashes but are covered by that MAC: none can be rewritten without the key.
+    Run it once, after setting device_key_file; again, it only reports (exit 0).
+    """
+    from flywall.cli import render
+    from flywall.core import commands
+
+    report = commands.adopt_device_key(_workspace())
+    if as_json:
+        render.emit_json(report)
+    elif report.adopted:
+        click.echo(
+            f"adopted device key {report.key_id}: {report.path} is keyed from seq "
+            f"{report.keyed_from}, which covers every event before it"
+        )
+    else:
+        click.echo(f"{report.path} is keyed already, from seq {report.keyed_from}")
+
+
 @journal.command("verify-export")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @json_option
@@ -119,7 +144,8 @@ def journal_verify_export(file: Path, as_json: bool) -> None:
     if as_json:
         render.emit_json(report)
     else:
-        keyed = " (device key MAC)" if report.keyed else ""
+        since = report.keyed_from
+        keyed = f" (device key MAC from seq {since})" if since else ""
         click.echo(f"ok: {report.events} events, head {report.head_hash[:16] or '-'}{keyed}")
 
 

@@ -45,7 +45,7 @@ def main() -> None:
 @main.group(cls=_Group, epilog=EXIT_CODES)
 @click.option(
     "--root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),  # a typo builds no appliance
     default="/",
     show_default=True,
     envvar="FLYWALL_ROOT",
@@ -337,7 +337,9 @@ def journal_verify(as_json: bool) -> None:
     if as_json:
         render.emit_json(report)
     else:
-        click.echo(f"ok: {report.events} events, head {report.head_hash[:16] or '-'}")
+        since = report.keyed_from
+        keyed = f" (device key MAC from seq {since})" if since else ""
+        click.echo(f"ok: {report.events} events, head {report.head_hash[:16] or '-'}{keyed}")
 
 
 @migration.command()

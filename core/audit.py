@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import re
 import struct
 from pathlib import Path
@@ -23,7 +24,7 @@ import msgspec
 from flywall.core import errors, projection
 from flywall.core import events as ev
 from flywall.core.commands import iso, run_summary
-from flywall.journal import GENESIS, JournalCorrupt, event_hash, verify_chain
+from flywall.journal import ADOPTED, GENESIS, JournalCorrupt, event_hash, walk_chain
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -110,8 +111,9 @@ def replay(ws: Workspace, until: str) -> ReplayReport:
         if seq > head:
             raise errors.UsageError(f"--until {seq}: the journal ends at seq {head}")
         rows = list(journal.read(until=seq))
-        try:
-            verify_chain(rows, ws.device_key())
+        key = ws.device_key()
+        try:  # a prefix from before a key was adopted is checked as the plain chain it was
+            walk_chain(rows, key, keyed=journal.chain_kind() != "plain" and key is not None)
         except JournalCorrupt as e:
             raise errors.JournalTampered(e.seq, e.detail) from e
         state = projection.replay(rows, Lifecycle())
@@ -288,6 +290,8 @@ class ExportReport(msgspec.Struct, kw_only=True):
     head_hash: str
     keyed: bool
     ok: bool
+    keyed_from: int | None = None
+    """The seq from which the lines are device-key MACs (1, or a DeviceKeyAdopted's)."""
 
 
 _line_decoder = msgspec.json.Decoder(ExportLine)
@@ -302,11 +306,11 @@ def verify_export(ws: Workspace, path: Path) -> ExportReport:
     """
     key = ws.device_key()
     shown = str(path)
-    seq, prev = 0, GENESIS
     try:
         lines = Path(path).read_bytes().splitlines()
     except OSError as e:
         raise errors.UsageError(f"{shown}: cannot read: {e.strerror}") from e
+    walk = _ExportWalk(key)
     for number, raw in enumerate(lines, start=1):
         try:
             line = _line_decoder.decode(raw)
@@ -314,12 +318,51 @@ def verify_export(ws: Workspace, path: Path) -> ExportReport:
             prev_hash, digest = bytes.fromhex(line.prev_hash), bytes.fromhex(line.hash)
         except (msgspec.DecodeError, binascii.Error, ValueError) as e:
             raise ExportTampered(shown, number, None, f"not an export line: {e}") from e
-        detail = _check_line(line, body, seq, prev, prev_hash, digest, key)
+        detail = walk.step(line, body, prev_hash, digest)
         if detail is not None:
             raise ExportTampered(shown, number, line.seq, detail)
-        seq, prev = line.seq, digest
-    head = prev.hex() if seq else ""
-    return ExportReport(path=shown, events=seq, head_hash=head, keyed=bool(key), ok=True)
+    if key is not None and walk.keyed_from is None and walk.seq:
+        detail = "plain hashes throughout, but a device key is configured: no line is a MAC"
+        raise ExportTampered(shown, 1, 1, detail)
+    return ExportReport(
+        path=shown,
+        events=walk.seq,
+        head_hash=walk.prev.hex() if walk.seq else "",
+        keyed=bool(key),
+        ok=True,
+        keyed_from=walk.keyed_from,
+    )
+
+
+class _ExportWalk:
+    """Where a walk over export lines is: the last seq and hash, and what hashes the next.
+
+    With a key, line 1 tells whether the journal was keyed from its start or begun plain;
+    a plain one becomes keyed at its `DeviceKeyAdopted` line (the caller then requires
+    that it did, or a chain stripped of its MACs would pass).
+    """
+
+    def __init__(self, key: bytes | None) -> None:
+        self.key = key
+        self.mac = key
+        self.keyed_from: int | None = None
+        self.seq, self.prev = 0, GENESIS
+
+    def step(self, line: ExportLine, body: bytes, prev_hash: bytes, digest: bytes) -> str | None:
+        """Check one line and move past it; return what is wrong with it, or None."""
+        if self.mac is None and line.kind == ADOPTED:
+            if self.key is None:
+                return "the device key was adopted here; configure it to check the rest"
+            self.mac = self.key
+        check = functools.partial(_check_line, line, body, self.seq, self.prev, prev_hash, digest)
+        detail = check(self.mac)
+        if detail is not None and self.seq == 0 and self.mac is not None and check(None) is None:
+            self.mac = detail = None  # begun without a key: plain up to its DeviceKeyAdopted
+        if detail is None:
+            if self.mac is not None and self.keyed_from is None:
+                self.keyed_from = line.seq
+            self.seq, self.prev = line.seq, digest
+        return detail
 
 
 def _check_line(

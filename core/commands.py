@@ -305,6 +305,8 @@ class VerifyReport(msgspec.Struct, kw_only=True):
     events: int
     head_hash: str
     ok: bool
+    keyed_from: int | None = None
+    """The seq from which the hashes are device-key MACs (1, or where a key was adopted)."""
 
 
 def journal_verify(ws: Workspace) -> VerifyReport:
@@ -320,11 +322,67 @@ def journal_verify(ws: Workspace) -> VerifyReport:
         return VerifyReport(path=str(ws.paths.journal), events=0, head_hash="", ok=True)
     with journal:
         try:
-            seq, head = journal.verify()
+            end = journal.check()
         except JournalCorrupt as e:
             raise errors.JournalTampered(e.seq, e.detail) from e
         projection.replay(journal.read(), Lifecycle())
-    return VerifyReport(path=str(ws.paths.journal), events=seq, head_hash=head.hex(), ok=True)
+    return VerifyReport(
+        path=str(ws.paths.journal),
+        events=end.seq,
+        head_hash=end.hash.hex(),
+        ok=True,
+        keyed_from=end.keyed_from,
+    )
+
+
+class AdoptReport(msgspec.Struct, kw_only=True):
+    """The result of `journal adopt-key`."""
+
+    path: str
+    key_id: str
+    keyed_from: int
+    adopted: bool
+    """False when the journal was keyed already (from `keyed_from`): nothing was written."""
+
+
+def adopt_device_key(ws: Workspace, *, actor: ev.Actor | None = None) -> AdoptReport:
+    """Key a journal begun without the device key, from a `DeviceKeyAdopted` event on.
+
+    The plain chain is checked whole first, so a MAC never vouches for a broken history;
+    from then on every event is a MAC, and the first one covers all before it.
+
+    :raises UsageError: no device key is configured, or there is no journal yet.
+    :raises JournalTampered: the plain chain is broken (nothing is written).
+    :raises Busy: another writer holds the lock.
+    """
+    from flywall.core.crash import crashpoint
+    from flywall.core.lock import Holder, WriterLock
+    from flywall.journal import ADOPTED, Entry, JournalCorrupt, key_id
+
+    key = ws.device_key()
+    if key is None:
+        raise errors.UsageError(f"{ws.paths.config}: migration.device_key_file is not set")
+    if not ws.paths.journal.exists():
+        raise errors.UsageError(
+            f"{ws.paths.journal}: no journal yet; its first event will be keyed anyway"
+        )
+    actor, ident, path = actor or ev.current_actor(), key_id(key), str(ws.paths.journal)
+    holder = Holder(
+        run_id="-", command="journal adopt-key", pid=actor.pid, user=actor.user,
+        since_ns=time.time_ns(),
+    )  # fmt: skip
+    with WriterLock(ws.paths.lock, holder), ws.write_journal() as journal:
+        try:
+            end = journal.walk()
+            if end.keyed_from is not None:
+                since = end.keyed_from
+                return AdoptReport(path=path, key_id=ident, keyed_from=since, adopted=False)
+            event = ev.DeviceKeyAdopted(actor=actor, key_id=ident)
+            row = journal.adopt_key(Entry(ADOPTED, ev.encode(event)))
+        except JournalCorrupt as e:
+            raise errors.JournalTampered(e.seq, e.detail) from e
+        crashpoint(f"after-{ADOPTED}")
+    return AdoptReport(path=path, key_id=ident, keyed_from=row.seq, adopted=True)
 
 
 # -- writing ------------------------------------------------------------------------

@@ -211,6 +211,17 @@ class DryRunPerformed(Event):
     ok: bool = True
 
 
+class DeviceKeyAdopted(Event):
+    """A journal begun without a device key is keyed from this event on (its first MAC).
+
+    `key_id` names the key without revealing it (a keyed hash of a fixed text), so an
+    auditor can tell which key a verification needs.
+    """
+
+    actor: Actor
+    key_id: str
+
+
 class NotificationDelivered(Event):
     """The outbox delivered events up to `through_seq` to `channel`."""
 
@@ -257,6 +268,7 @@ AnyEvent = (
     | StateForced
     | Recovered
     | DryRunPerformed
+    | DeviceKeyAdopted
     | NotificationDelivered
     | NotificationChannelStarted
     | NotificationFailed

@@ -1,11 +1,21 @@
 """The append-only, hash-chained event journal. Knows nothing of migrations."""
 
-from flywall.journal.chain import GENESIS, event_hash, verify_chain
+from flywall.journal.chain import (
+    ADOPTED,
+    GENESIS,
+    ChainEnd,
+    event_hash,
+    key_id,
+    verify_chain,
+    walk_chain,
+)
 from flywall.journal.errors import JournalConflict, JournalCorrupt, JournalError, JournalTooNew
 from flywall.journal.store import Entry, Journal, StoredEvent
 
 __all__ = [
+    "ADOPTED",
     "GENESIS",
+    "ChainEnd",
     "Entry",
     "Journal",
     "JournalConflict",
@@ -14,5 +24,7 @@ __all__ = [
     "JournalTooNew",
     "StoredEvent",
     "event_hash",
+    "key_id",
     "verify_chain",
+    "walk_chain",
 ]

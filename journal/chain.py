@@ -12,12 +12,16 @@ unnoticed. Lengths prefix the variable fields so no two different rows hash alik
 
 With a device key the same bytes go through keyed BLAKE3 (a MAC): a person with write
 access to the file, but not the key, can no longer recompute a valid chain.
+
+A chain begun without a key can adopt one later: its `DeviceKeyAdopted` event is its first
+MAC, and every event after it is one too. The events before stay plain hashes, but each is
+covered by that first MAC through its prev_hash, so none of them can be rewritten either.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import blake3
 
@@ -33,6 +37,11 @@ GENESIS = bytes(32)
 
 _HEAD = struct.Struct(">QQI")  # seq, at_ns, then the length of kind: one pack
 _LEN = struct.Struct(">I")
+
+
+def key_id(key: bytes) -> str:
+    """Name a key without revealing it: the first 8 bytes of a MAC of a fixed text, in hex."""
+    return blake3.blake3(b"flywall-migration device key id", key=key).hexdigest()[:16]
 
 
 def event_hash(
@@ -83,31 +92,70 @@ def _digest(
     return (blake3.blake3(data, key=key) if key else blake3.blake3(data)).digest()
 
 
+ADOPTED = "DeviceKeyAdopted"
+"""The kind of the event at which a plain chain becomes keyed (its first MAC)."""
+_ADOPTED = ADOPTED.encode()
+
+
+class ChainEnd(NamedTuple):
+    """Where a walk ended, and the seq from which its hashes were MACs (None: never)."""
+
+    seq: int
+    hash: bytes
+    keyed_from: int | None
+
+
 def verify_chain(
     rows: Iterable[StoredEvent | tuple[Any, ...]],
     key: bytes | None = None,
     start: tuple[int, bytes] = (0, GENESIS),
 ) -> tuple[int, bytes]:
-    """Walk `rows` in order; return (last seq, last hash) or raise at the first bad row.
+    """Walk `rows` of a chain keyed from its start (with `key`) or plain (without one).
+
+    :raises JournalCorrupt: as `walk_chain`.
+    """
+    seq, prev, _ = walk_chain(rows, key, start, keyed=key is not None)
+    return seq, prev
+
+
+def walk_chain(
+    rows: Iterable[StoredEvent | tuple[Any, ...]],
+    key: bytes | None,
+    start: tuple[int, bytes] = (0, GENESIS),
+    *,
+    keyed: bool,
+) -> ChainEnd:
+    """Walk `rows` in order; return where the chain ends or raise at the first bad row.
 
     `rows` are `StoredEvent`s or plain tuples in its field order (what `verify` reads).
+    `keyed` says whether the chain is keyed at `start`; if not, it becomes keyed at a
+    `DeviceKeyAdopted` event, whose MAC a walk without `key` cannot check.
 
     :raises JournalCorrupt: naming the first seq that is missing, out of order, not linked
-        to its predecessor, or whose hash does not match its content.
+        to its predecessor, whose hash does not match its content, or that adopted a key
+        this walk does not have.
     """
     seq, prev = start
+    mac = key if keyed else None
+    keyed_from = start[0] + 1 if mac is not None else None
     for row_seq, at_ns, run_id, migration, kind, body, prev_hash, stored in rows:
         if row_seq != seq + 1:
             raise JournalCorrupt(seq + 1, f"expected seq {seq + 1}, found {row_seq} (gap)")
         if prev_hash != prev:
             raise JournalCorrupt(row_seq, "prev_hash does not link to the previous event")
+        if mac is None and _raw(kind) == _ADOPTED:
+            if key is None:
+                raise JournalCorrupt(
+                    row_seq, "the device key was adopted here; its MACs need that key"
+                )
+            mac, keyed_from = key, row_seq
         try:
             expected = _digest(
-                prev, row_seq, at_ns, _raw(kind), _raw(run_id), _raw(migration), body, key
+                prev, row_seq, at_ns, _raw(kind), _raw(run_id), _raw(migration), body, mac
             )
         except struct.error as e:  # at_ns outside u64: no event was ever stored like that
             raise JournalCorrupt(row_seq, f"at_ns {at_ns} is out of range") from e
         if stored != expected:
             raise JournalCorrupt(row_seq, "hash does not match the event's content")
         seq, prev = row_seq, stored
-    return seq, prev
+    return ChainEnd(seq, prev, keyed_from)

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, NamedTuple, Self
 import apsw
 
 from flywall.journal import _schema
-from flywall.journal.chain import GENESIS, event_hash, verify_chain
+from flywall.journal.chain import ADOPTED, GENESIS, event_hash, walk_chain
 from flywall.journal.errors import JournalConflict, JournalCorrupt, JournalError, JournalTooNew
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from types import TracebackType
+
+    from flywall.journal.chain import ChainEnd
 
 _COLUMNS = "seq, at_ns, run_id, migration, kind, body, prev_hash, hash"
 # What `verify` hashes: the text columns as their stored bytes, so a tampered byte that is
@@ -62,6 +64,7 @@ class Journal:
         self._conn = conn
         self.path = path
         self._key = key
+        self._key_checked = False
 
     @classmethod
     def open(
@@ -136,35 +139,61 @@ class Journal:
 
         :raises JournalConflict: SQLite refused the rows (the chain trigger, a constraint).
         """
+        return self._transaction(lambda: self._insert(entries, sources))
+
+    def adopt_key(self, entry: Entry) -> StoredEvent:
+        """Start keying a plain chain: check it whole, then append `entry` as its first MAC.
+
+        `entry` is the `DeviceKeyAdopted` event; both steps are one transaction, so no
+        event can slip in between the check and the adoption.
+
+        :raises JournalError: no key was given, the journal is keyed already (saying since
+            which seq), or it is empty (its first event will be keyed anyway).
+        :raises JournalCorrupt: the plain chain is broken; nothing is adopted over it.
+        """
+        if not self._key or entry.kind != ADOPTED:
+            raise JournalError(f"{self.path}: adopt_key needs a device key and {ADOPTED}")
+
+        def adopt() -> list[StoredEvent]:
+            end = self.walk()
+            if end.seq == 0:
+                raise JournalError(f"{self.path}: empty journal: its first event will be keyed")
+            if end.keyed_from is not None:
+                raise JournalError(
+                    f"{self.path}: the journal is keyed already, since seq {end.keyed_from}"
+                )
+            stored = self._insert([entry], ())
+            self._conn.execute(
+                "INSERT INTO meta (name, value) VALUES ('keyed_from', ?)", (str(stored[0].seq),)
+            )
+            return stored
+
+        return self._transaction(adopt)[0]
+
+    def _check_key_fits(self, *, adopting: bool) -> None:
+        """Refuse to hash new events unlike the chain's: that would break it for good.
+
+        A keyed chain needs the key; a plain one gets no MAC until it adopts a key (then
+        `meta` records `keyed_from`). Checked once per open file.
+        """
+        if self._key_checked:
+            return
+        meta = dict(self._conn.execute("SELECT name, value FROM meta"))
+        keyed = meta.get("chain") == "keyed" or "keyed_from" in meta or adopting
+        if keyed and not self._key:
+            raise JournalError(f"{self.path}: the journal is keyed; no device key is set")
+        if self._key and not keyed and meta.get("chain") == "plain":
+            raise JournalError(
+                f"{self.path}: the journal was begun without a device key; adopt the key "
+                "first (flywall migration journal adopt-key)"
+            )
+        self._key_checked = True
+
+    def _transaction(self, work: Callable[[], list[StoredEvent]]) -> list[StoredEvent]:
         conn = self._conn
-        stored: list[StoredEvent] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            seq, prev = self._head()
-            if seq == 0 and entries:  # the chain's kind is fixed by its first event
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (name, value) VALUES ('chain', ?)",
-                    ("keyed" if self._key else "plain",),
-                )
-            for entry in entries:
-                seq += 1
-                at_ns = time.time_ns() if entry.at_ns is None else entry.at_ns
-                digest = event_hash(
-                    prev, seq, at_ns, entry.kind, entry.run_id, entry.migration, entry.body,
-                    self._key,
-                )  # fmt: skip
-                row = (entry.run_id, entry.migration, entry.kind, entry.body, prev, digest)
-                stored.append(StoredEvent(seq, at_ns, *row))
-                prev = digest
-            if stored:  # one statement for the batch (the `full` strategy writes 1000)
-                conn.executemany(
-                    f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", stored
-                )
-            blobs = list(sources)
-            if blobs:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO sources (digest, body) VALUES (?, ?)", blobs
-                )
+            stored = work()
         except apsw.ConstraintError as e:
             conn.execute("ROLLBACK")
             raise JournalConflict(f"{self.path}: append refused: {e}") from e
@@ -172,6 +201,37 @@ class Journal:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        return stored
+
+    def _insert(
+        self, entries: Sequence[Entry], sources: Iterable[tuple[str, bytes]]
+    ) -> list[StoredEvent]:
+        """Insert the rows (inside the caller's transaction)."""
+        conn = self._conn
+        stored: list[StoredEvent] = []
+        seq, prev = self._head()
+        if seq == 0 and entries:  # the chain's kind is fixed by its first event
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('chain', ?)",
+                ("keyed" if self._key else "plain",),
+            )
+        elif entries:
+            self._check_key_fits(adopting=entries[0].kind == ADOPTED)
+        for entry in entries:
+            seq += 1
+            at_ns = time.time_ns() if entry.at_ns is None else entry.at_ns
+            digest = event_hash(
+                prev, seq, at_ns, entry.kind, entry.run_id, entry.migration, entry.body,
+                self._key,
+            )  # fmt: skip
+            row = (entry.run_id, entry.migration, entry.kind, entry.body, prev, digest)
+            stored.append(StoredEvent(seq, at_ns, *row))
+            prev = digest
+        if stored:  # one statement for the batch (the `full` strategy writes 1000)
+            conn.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", stored)
+        blobs = list(sources)
+        if blobs:
+            conn.executemany("INSERT OR IGNORE INTO sources (digest, body) VALUES (?, ?)", blobs)
         return stored
 
     def head(self) -> tuple[int, bytes]:
@@ -213,23 +273,44 @@ class Journal:
         return None if row is None else str(row[0])
 
     def verify(self) -> tuple[int, bytes]:
-        """Walk the whole chain; return its head.
+        """Walk the whole chain (`check`); return its head."""
+        end = self.check()
+        return end.seq, end.hash
+
+    def check(self) -> ChainEnd:
+        """Walk the whole chain; return where it ends and since when it is keyed.
 
         Every stored row is walked, whatever its seq (a row renumbered below 1 must not
         drop out of sight), with its text columns as stored bytes. A chain recorded as
-        keyed, read without a key (or plain, read with one), fails at seq 1 saying so.
+        keyed, read without a key, fails at seq 1 saying so; so does a plain one read with
+        a key it never adopted. One that adopted a key fails, read without it, at the seq
+        of the adoption.
+
+        :raises JournalCorrupt: naming the first bad seq.
+        """
+        end = self.walk()
+        if self._key and end.keyed_from is None and end.seq:
+            raise JournalCorrupt(
+                1,
+                "this journal was written without a device key, but a key is given "
+                "(flywall migration journal adopt-key starts keying it)",
+            )
+        return end
+
+    def walk(self) -> ChainEnd:
+        """Walk every stored row, keyed from seq 1 or plain as recorded with seq 1.
+
+        Unlike `check`, a plain chain that never adopted the given key passes (a key is
+        being adopted); it then ends with `keyed_from` None.
 
         :raises JournalCorrupt: naming the first bad seq.
         """
         kind = self.chain_kind()
         if kind == "keyed" and not self._key:
             raise JournalCorrupt(1, "this journal is keyed (device key MAC); no key given")
-        if kind == "plain" and self._key:
-            raise JournalCorrupt(
-                1, "this journal was written without a device key, but a key is given"
-            )
         rows = self._conn.execute(f"SELECT {_STORED_BYTES} FROM events ORDER BY seq")
-        return verify_chain(rows, self._key)  # plain tuples, in StoredEvent's field order
+        # plain tuples, in StoredEvent's field order
+        return walk_chain(rows, self._key, keyed=kind != "plain" and self._key is not None)
 
 
 def _connect(path: str, flags: int, vfs: str | None) -> apsw.Connection:

@@ -281,7 +281,7 @@ def test_a_plain_journal_fails_with_a_key_and_a_keyed_one_without(appliance: App
     assert with_key.returncode == 4
     assert with_key.stderr == (
         "FAILED: journal is corrupt at seq 1: this journal was written without a device key, "
-        "but a key is given\n"
+        "but a key is given (flywall migration journal adopt-key starts keying it)\n"
     )
 
     keyed = Appliance(appliance.root.parent / "keyed")
@@ -346,3 +346,169 @@ def test_replay_checks_the_chain_up_to_its_point(appliance: Appliance) -> None:
     with pytest.raises(JournalTampered, match="seq 2"):
         audit.replay(appliance.workspace(), "5")
     assert audit.replay(appliance.workspace(), "1").seq == 1
+
+
+# -- adopting a device key on a journal begun without one --------------------------
+
+
+def journal_rows(app: Appliance) -> list[tuple[int, str]]:
+    conn = apsw.Connection(str(app.journal))
+    try:
+        return list(conn.execute("SELECT seq, kind FROM events ORDER BY seq"))
+    finally:
+        conn.close()
+
+
+def adopted_at(app: Appliance) -> int:
+    """Begin a journal without a key, then set the key and adopt it; return its seq."""
+    create_table_migration(app, "202401010001", "hosts")
+    assert app.cli("migrate").returncode == 0
+    with_device_key(app)
+    result = app.cli("journal", "adopt-key", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["adopted"] is True
+    return int(report["keyed_from"])
+
+
+def test_a_plain_journal_adopts_the_device_key_and_is_keyed_from_then_on(
+    appliance: Appliance,
+) -> None:
+    create_table_migration(appliance, "202401010001", "hosts")
+    assert appliance.cli("migrate").returncode == 0
+    before = journal_rows(appliance)
+    with_device_key(appliance)
+
+    refused = appliance.cli("migrate")
+
+    assert refused.returncode == 4
+    assert "journal adopt-key" in refused.stderr
+    assert journal_rows(appliance) == before  # nothing hashed unlike the chain
+
+    adopt = appliance.cli("journal", "adopt-key", "--json")
+
+    assert adopt.returncode == 0, adopt.stderr
+    report = json.loads(adopt.stdout)
+    assert report["adopted"] is True
+    assert report["keyed_from"] == len(before) + 1
+    assert re.fullmatch(r"[0-9a-f]{16}", report["key_id"])
+    assert journal_rows(appliance) == [*before, (len(before) + 1, "DeviceKeyAdopted")]
+    verified = appliance.cli("journal", "verify")
+    assert verified.returncode == 0, verified.stderr
+    assert f"(device key MAC from seq {len(before) + 1})" in verified.stdout
+
+    create_table_migration(appliance, "202401010002", "leases")
+    assert appliance.cli("migrate").returncode == 0
+    assert appliance.cli("journal", "verify").returncode == 0
+    again = appliance.cli("journal", "adopt-key")
+    assert again.returncode == 0
+    assert f"keyed already, from seq {len(before) + 1}" in again.stdout
+    assert [kind for _, kind in journal_rows(appliance)].count("DeviceKeyAdopted") == 1
+
+    appliance.configure()  # the key is gone again
+    without = appliance.cli("journal", "verify")
+    assert without.returncode == 4
+    assert without.stderr == (
+        f"FAILED: journal is corrupt at seq {len(before) + 1}: "
+        "the device key was adopted here; its MACs need that key\n"
+    )
+
+
+def test_after_adoption_the_plain_history_cannot_be_rewritten_either(
+    appliance: Appliance,
+) -> None:
+    """The adoption's MAC covers every earlier hash: rechaining them is caught there."""
+    keyed_from = adopted_at(appliance)
+
+    tamper_and_rechain(appliance, 3)  # rewrites seq 3 and recomputes every later hash
+    result = appliance.cli("journal", "verify")
+
+    assert result.returncode == 4
+    assert result.stderr == (
+        f"FAILED: journal is corrupt at seq {keyed_from}: hash does not match the event's content\n"
+    )
+    assert appliance.cli("migrate").returncode == 4
+
+
+def test_a_broken_plain_chain_is_not_blessed_with_a_mac(appliance: Appliance) -> None:
+    create_table_migration(appliance, "202401010001", "hosts")
+    assert appliance.cli("migrate").returncode == 0
+    conn = apsw.Connection(str(appliance.journal))
+    conn.execute("DROP TRIGGER events_refuse_update")
+    conn.execute("UPDATE events SET at_ns = at_ns + 1 WHERE seq = 2")
+    conn.close()
+    before = journal_rows(appliance)
+    with_device_key(appliance)
+
+    result = appliance.cli("journal", "adopt-key")
+
+    assert result.returncode == 4
+    assert result.stderr.startswith("FAILED: journal is corrupt at seq 2: ")
+    assert journal_rows(appliance) == before
+
+
+def test_adopt_key_needs_a_key_and_a_journal(appliance: Appliance) -> None:
+    no_key = appliance.cli("journal", "adopt-key")
+    assert no_key.returncode == 2
+    assert "migration.device_key_file is not set" in no_key.stderr
+
+    with_device_key(appliance)
+    no_journal = appliance.cli("journal", "adopt-key")
+    assert no_journal.returncode == 2
+    assert "no journal yet; its first event will be keyed anyway" in no_journal.stderr
+    assert not appliance.journal.exists()
+
+
+def test_a_kill_right_after_the_adoption_leaves_it_whole(appliance: Appliance) -> None:
+    create_table_migration(appliance, "202401010001", "hosts")
+    assert appliance.cli("migrate").returncode == 0
+    with_device_key(appliance)
+
+    killed = appliance.cli(
+        "journal", "adopt-key", env={"FLYWALL_CRASH_AT": "after-DeviceKeyAdopted"}
+    )
+
+    assert killed.returncode == -9
+    assert appliance.cli("journal", "verify").returncode == 0
+    assert "keyed already" in appliance.cli("journal", "adopt-key").stdout
+    create_table_migration(appliance, "202401010002", "leases")
+    assert appliance.cli("migrate").returncode == 0
+
+
+def test_an_export_across_the_adoption_verifies_only_with_the_key_and_whole(
+    appliance: Appliance, tmp_path: Path
+) -> None:
+    keyed_from = adopted_at(appliance)
+    create_table_migration(appliance, "202401010002", "leases")
+    assert appliance.cli("migrate").returncode == 0
+    export = tmp_path / "journal.jsonl"
+    assert appliance.cli("journal", "export", "--output", str(export)).returncode == 0
+
+    ok = appliance.cli("journal", "verify-export", str(export))
+
+    assert ok.returncode == 0, ok.stderr
+    assert f"(device key MAC from seq {keyed_from})" in ok.stdout
+    appliance.configure()
+    without = appliance.cli("journal", "verify-export", str(export))
+    assert without.returncode == 4
+    assert f"{export}:{keyed_from} (seq {keyed_from}): the device key was adopted" in without.stderr
+
+    with_device_key(appliance)
+    cut = tmp_path / "cut.jsonl"  # the MAC'd tail dropped: what is left is a plain chain
+    cut.write_text("".join(export.read_text().splitlines(keepends=True)[: keyed_from - 1]))
+    stripped = appliance.cli("journal", "verify-export", str(cut))
+    assert stripped.returncode == 4
+    assert "plain hashes throughout, but a device key is configured" in stripped.stderr
+
+
+def test_replay_before_and_after_the_adoption_with_the_key(appliance: Appliance) -> None:
+    keyed_from = adopted_at(appliance)
+    create_table_migration(appliance, "202401010002", "leases")
+    assert appliance.cli("migrate").returncode == 0
+    ws = appliance.workspace()
+
+    before = audit.replay(ws, str(keyed_from - 1))
+    after = audit.replay(ws, str(finished_seqs(appliance)[-1]))
+
+    assert before.counts["applied"] == 1
+    assert after.counts["applied"] == 2

@@ -448,3 +448,70 @@ def test_every_event_round_trips_through_its_stored_bytes_and_its_kind_is_its_ta
     assert ev.encode(decoded) == body  # stable bytes, so a stable hash
     assert ev.kind_of(event) == event_type.__struct_config__.tag == event_type.__name__
     assert msgspec.msgpack.decode(body)["type"] == ev.kind_of(event)
+
+
+def rewrite_and_rechain(path: Path, seq: int) -> None:
+    """Change row `seq`'s body and recompute every hash from it on, without any key."""
+    conn = apsw.Connection(str(path))
+    conn.execute("DROP TRIGGER events_refuse_update")
+    rows = list(
+        conn.execute(
+            f"SELECT {', '.join(INTEGER_COLUMNS + TEXT_COLUMNS)}, body, prev_hash FROM events WHERE seq >= ? ORDER BY seq",
+            (seq,),
+        )
+    )
+    prev = rows[0][-1]
+    for s, at_ns, run_id, migration, kind, body, _ in rows:
+        body = body + b"!" if s == seq else body  # noqa: PLW2901
+        digest = event_hash(prev, s, at_ns, kind, run_id, migration, body)
+        conn.execute(
+            "UPDATE events SET body = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+            (body, prev, digest, s),
+        )
+        prev = digest
+    conn.close()
+
+
+not_adopting = entries.filter(lambda e: e.kind != "DeviceKeyAdopted")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    plain=st.lists(not_adopting, min_size=1, max_size=5),
+    keyed=st.lists(not_adopting, max_size=5),
+    data=st.data(),
+)
+def test_a_chain_that_adopts_a_key_verifies_with_it_and_any_rewrite_is_caught(plain, keyed, data):
+    """The adoption is the chain's first MAC: a row rewritten before it is caught there."""
+    from flywall.journal import JournalError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "j.db"
+        with Journal.open(path) as journal:
+            journal.append(plain)
+        with Journal.open(path, key=KEY) as journal:
+            with pytest.raises(JournalError, match="adopt the key first"):
+                journal.append(keyed[:1] or plain[:1])
+            adoption = journal.adopt_key(Entry("DeviceKeyAdopted", b"adopted"))
+            journal.append(keyed)
+            end = journal.check()
+            assert end.keyed_from == adoption.seq == len(plain) + 1
+            assert end.seq == len(plain) + 1 + len(keyed)
+            with pytest.raises(JournalError, match="keyed already, since seq"):
+                journal.adopt_key(Entry("DeviceKeyAdopted", b"again"))
+        with Journal.open(path) as journal:
+            with pytest.raises(JournalCorrupt) as without_key:
+                journal.verify()
+            assert without_key.value.seq == adoption.seq
+            with pytest.raises(JournalError, match="keyed; no device key"):
+                journal.append(plain[:1])
+        with Journal.open(path, key=OTHER_KEY) as journal, pytest.raises(JournalCorrupt) as other:
+            journal.verify()
+        assert other.value.seq == adoption.seq
+
+        target = data.draw(st.integers(1, end.seq))
+        rewrite_and_rechain(path, target)
+
+        with Journal.open(path, key=KEY) as journal, pytest.raises(JournalCorrupt) as caught:
+            journal.verify()
+        assert caught.value.seq == max(target, adoption.seq)
