@@ -143,7 +143,8 @@ def walk_chain(
             raise JournalCorrupt(seq + 1, f"expected seq {seq + 1}, found {row_seq} (gap)")
         if prev_hash != prev:
             raise JournalCorrupt(row_seq, "prev_hash does not link to the previous event")
-        if mac is None and _raw(kind) == _ADOPTED:
+        kind_bytes = _raw(kind)
+        if mac is None and kind_bytes == _ADOPTED:
             if key is None:
                 raise JournalCorrupt(
                     row_seq, "the device key was adopted here; its MACs need that key"
@@ -151,7 +152,7 @@ def walk_chain(
             mac, keyed_from = key, row_seq
         try:
             expected = _digest(
-                prev, row_seq, at_ns, _raw(kind), _raw(run_id), _raw(migration), body, mac
+                prev, row_seq, at_ns, kind_bytes, _raw(run_id), _raw(migration), body, mac
             )
         except struct.error as e:  # at_ns outside u64: no event was ever stored like that
             raise JournalCorrupt(row_seq, f"at_ns {at_ns} is out of range") from e
