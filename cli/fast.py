@@ -275,12 +275,12 @@ def _option_value(
     return options[option], value, i + 1
 
 
-def _path_ok(value: str, *, file_okay: bool, dir_okay: bool) -> bool:
+def _path_ok(value: str, *, file_okay: bool, dir_okay: bool, exists: bool = False) -> bool:
     """Mirror click.Path's checks; False sends the command line to click for its error."""
     try:
         st = os.stat(value)  # noqa: PTH116 - as click.Path does, on the string given
     except OSError:
-        return True
+        return not exists
     if (not file_okay and stat.S_ISREG(st.st_mode)) or (not dir_okay and stat.S_ISDIR(st.st_mode)):
         return False
     return os.access(value, os.R_OK)
@@ -290,7 +290,7 @@ def _run(command: str, group: dict[str, object], values: dict[str, object]) -> i
     """Run a parsed command line as click would; None (ask click) where that is not sure."""
     root = str(group["root"] or os.environ.get("FLYWALL_ROOT") or "/")
     config = group["config"]
-    if not _path_ok(root, file_okay=False, dir_okay=True):
+    if not _path_ok(root, file_okay=False, dir_okay=True, exists=True):
         return None
     if config is not None and not _path_ok(str(config), file_okay=True, dir_okay=False):
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -465,3 +466,25 @@ def test_recover_prints_the_evidence_status_showed_for_a_file_migration_too(tmp_
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"recovered {version}: failed ({evidence})\n"
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["status"], ["list", "--json"]])
+def test_a_root_that_does_not_exist_is_refused_before_anything_is_built_there(tmp_path, command):
+    """A typo in --root (or FLYWALL_ROOT) once ran on every default under it: status said
+    "pending" and migrate built a journal, a state.db and a flywall.hcl there."""
+    missing = tmp_path / "fw01-typo"
+    env = {k: v for k, v in os.environ.items() if k != "FLYWALL_NO_FAST_PATH"}
+    for extra in ({}, {"FLYWALL_NO_FAST_PATH": "1"}):  # the fast entry point and click
+        result = subprocess.run(
+            [FLYWALL, "migration", "--root", str(missing), *command],
+            capture_output=True,
+            text=True,
+            env={**env, **extra},
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert f"Error: Invalid value for '--root': Directory '{missing}' does not exist.\n" in (
+            result.stderr
+        )
+        assert "Traceback" not in result.stderr
+    assert not missing.exists()
