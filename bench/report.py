@@ -178,6 +178,9 @@ def targets(res: Results) -> list[tuple[str, ...]]:  # noqa: C901, PLR0915 - one
         add(f"... status memo off: {e} events <= 1.2x {m}", res.net(OURS, "g_status_nomemo", e), res.net(OURS, "b_status_nomemo", m), 1.2, keys=(("g_status_nomemo", e), (OURS, "b_status_nomemo", m)))  # fmt: skip
     for n in ns:
         add(f"rollback one + re-apply one (N={n}) <= 0.15x yoyo", res.net(OURS, "c_rollback_reapply", n), res.net("yoyo", "c_rollback_reapply", n), 0.15, keys=(("c_rollback_reapply", n), ("yoyo", "c_rollback_reapply", n)))  # fmt: skip
+    deps = res.net("floor", "d_python_deps", "-")
+    if deps:  # two processes that do nothing but start Python and import the fixed dependencies
+        add(f"... floor: 2 python processes importing msgspec, transitions, apsw, blake3 (N={m})", 2 * deps, res.net("yoyo", "c_rollback_reapply", m), 0.15)  # fmt: skip
     add(
         "--help <= 0.35x yoyo",
         res.net(OURS, "d_help", "-"),

@@ -274,6 +274,8 @@ if want core || want noop || want recover; then
   done
   if want core; then
     bt "floor|d_python|-" -- "$OURPY" -c pass
+    # what every process of ours imports before it can do any work: the fixed dependencies
+    bt "floor|d_python_deps|-" -- "$OURPY" -c "import msgspec, transitions, apsw, blake3"
     bt "floor|d_sh|-" -- sh -c true
     # (a) at M once more, ours and dbmate interleaved run by run: both wait on one fsync
     # after another, and the disk's speed drifts between two blocks of runs timed apart
