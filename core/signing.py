@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -133,7 +134,8 @@ def _own_migrations(ws: Workspace) -> list[Migration]:
 def sign(ws: Workspace, key_path: Path) -> SignReport:
     """Write ``signatures.json`` for every migration file of the migrations directory.
 
-    :raises UsageError: the key cannot be read, or there is nothing to sign.
+    :raises UsageError: the key cannot be read, there is nothing to sign, or the manifest
+        cannot be written.
     """
     from flywall.core import fileio
 
@@ -150,7 +152,12 @@ def sign(ws: Workspace, key_path: Path) -> SignReport:
         signature=base64.b64encode(signature).decode("ascii"),
     )
     path = ws.paths.migrations_dir / MANIFEST
-    fileio.replace(path, msgspec.json.format(msgspec.json.encode(manifest)) + b"\n")
+    try:
+        fileio.replace(path, msgspec.json.format(msgspec.json.encode(manifest)) + b"\n")
+    except OSError as e:
+        with contextlib.suppress(OSError):  # leave nothing behind, not even the temp file
+            fileio.remove_stale_temp(path)
+        raise errors.UsageError(f"{path}: cannot write the manifest: {e.strerror}") from e
     return SignReport(path=str(path), key_id=ident, public_key=public.hex(), files=sorted(files))
 
 

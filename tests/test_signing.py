@@ -187,3 +187,21 @@ def test_bad_trusted_keys_and_signing_keys_are_named(appliance: Appliance, tmp_p
     result = appliance.cli("migrate")
     assert result.returncode == 2
     assert "migration.trusted_keys[0]: not an Ed25519 public key" in result.stderr
+
+
+def test_a_manifest_that_cannot_be_written_is_one_line_and_leaves_nothing(
+    appliance: Appliance, tmp_path: Path
+) -> None:
+    """A read-only migrations folder ended in a traceback; a directory in the manifest's
+    place stands for it here, so the test holds for root too."""
+    create_table_migration(appliance, "202401010001", "hosts")
+    manifest = appliance.migrations_dir / "signatures.json"
+    manifest.mkdir()
+    before = sorted(p.name for p in appliance.migrations_dir.iterdir())
+    key, _ = new_key(tmp_path, "vendor.key")
+
+    result = appliance.cli("sign", "--key", str(key))
+
+    assert result.returncode == 2
+    assert result.stderr == f"FAILED: {manifest}: cannot write the manifest: Is a directory\n"
+    assert sorted(p.name for p in appliance.migrations_dir.iterdir()) == before
