@@ -37,6 +37,12 @@ def copy_database(source: Path, target: Path) -> None:
     src = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READWRITE)
     try:
         src.set_busy_timeout(5000)
+        try:  # the backup step would only say "not an error" of a file that is no database
+            src.execute("PRAGMA schema_version").fetchall()
+        except (apsw.NotADBError, apsw.CorruptError, apsw.CantOpenError) as e:
+            from flywall.core.errors import ValidationFailed
+
+            raise ValidationFailed(f"{source}: cannot open the database: {e}") from e
         dest = apsw.Connection(str(target))
         try:
             with dest.backup("main", src, "main") as job:

@@ -488,3 +488,21 @@ def test_a_root_that_does_not_exist_is_refused_before_anything_is_built_there(tm
         )
         assert "Traceback" not in result.stderr
     assert not missing.exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["validate"], ["migrate"], ["migrate", "--dry-run"], ["backup", "create"]],
+    ids=" ".join,
+)
+def test_a_state_db_that_is_not_a_database_is_one_line_naming_it_exit_4(appliance, command):
+    """A garbled state.db (a bad copy, a truncated flash write) was an apsw traceback."""
+    create_table_migration(appliance, V1, "alpha")
+    appliance.state_db.parent.mkdir(parents=True, exist_ok=True)
+    appliance.state_db.write_bytes(b"not a database, just some bytes\n" * 8)
+
+    result = appliance.cli(*command)
+
+    expected = f"FAILED: {appliance.state_db}: cannot open the database: file is not a database\n"
+    assert assert_one_line_error(result, 4) == expected
+    assert cli_json(appliance, "history") == []

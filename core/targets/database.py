@@ -51,9 +51,15 @@ class DatabaseTarget:
         new = create and not path.exists()
         self.db = apsw.Connection(str(path), flags=flags, **kwargs)
         self.db.set_busy_timeout(5000)
-        if new:  # ours to choose: WAL commits with one fsync, durable with FULL
-            self.db.execute("PRAGMA journal_mode = WAL").fetchall()
-        mode = self.db.execute("PRAGMA journal_mode").fetchall()[0][0]
+        try:
+            if new:  # ours to choose: WAL commits with one fsync, durable with FULL
+                self.db.execute("PRAGMA journal_mode = WAL").fetchall()
+            mode = self.db.execute("PRAGMA journal_mode").fetchall()[0][0]
+        except (apsw.NotADBError, apsw.CorruptError, apsw.CantOpenError) as e:
+            from flywall.core.errors import ValidationFailed
+
+            self.db.close()
+            raise ValidationFailed(f"{path}: cannot open the database: {e}") from e
         durable = "FULL" if mode == "wal" else "EXTRA"
         self.db.execute(f"PRAGMA synchronous = {synchronous or durable}")
         self.db.execute(f"PRAGMA cache_size = {CACHE_SIZE}")
