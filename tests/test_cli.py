@@ -506,3 +506,27 @@ def test_a_state_db_that_is_not_a_database_is_one_line_naming_it_exit_4(applianc
     expected = f"FAILED: {appliance.state_db}: cannot open the database: file is not a database\n"
     assert assert_one_line_error(result, 4) == expected
     assert cli_json(appliance, "history") == []
+
+
+def test_an_api_migration_on_a_malformed_api_json_names_the_file(appliance):
+    appliance.write(
+        f"{V1}_route.py",
+        """\
+        \"\"\"Rename a route.\"\"\"
+        component = "api"
+
+
+        def up(ctx, document):
+            document["route"] = "/v2"
+        """,
+    )
+    api = appliance.root / "var/lib/flywall/api.json"
+    api.parent.mkdir(parents=True, exist_ok=True)
+    api.write_text("{not json\n", encoding="utf-8")
+
+    result = appliance.cli("migrate")
+
+    assert result.returncode == 1
+    error = f"DecodeError: {api}: JSON is malformed: object keys must be strings (byte 1)"
+    assert result.stderr.endswith(f"FAILED: migration {V1} failed during up: {error}\n")
+    assert api.read_text(encoding="utf-8") == "{not json\n"

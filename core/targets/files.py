@@ -76,9 +76,12 @@ class ApiTarget(FileTarget):
     def open(self, content: bytes | None) -> Any:
         """Decode the file into a dict (an absent file is `{}`).
 
-        :raises msgspec.DecodeError: the file is not a JSON object.
+        :raises msgspec.DecodeError: the file is not a JSON object; the message names it.
         """
-        value = {} if content is None else msgspec.json.decode(content)
+        try:
+            value = {} if content is None else msgspec.json.decode(content)
+        except msgspec.DecodeError as e:
+            raise msgspec.DecodeError(f"{self.path}: {e}") from e
         if not isinstance(value, dict):
             msg = f"{self.path}: expected a JSON object at the top level"
             raise msgspec.DecodeError(msg)
