@@ -285,6 +285,9 @@ def checksums(ws: Workspace) -> list[ChecksumRow]:
     for version in sorted(set(on_disk) | set(state.migrations)):
         m, rec = on_disk.get(version), state.migrations.get(version)
         recorded = rec.checksum if rec else None
+        # As migrate and validate: only an applied file is bound to its checksum (a failed
+        # one is fixed and run again).
+        bound = rec is not None and rec.state is State.APPLIED
         rows.append(
             ChecksumRow(
                 version=version,
@@ -292,7 +295,7 @@ def checksums(ws: Workspace) -> list[ChecksumRow]:
                 on_disk=m.checksum if m else None,
                 recorded=recorded,
                 state=(rec.state if rec else State.PENDING).value,
-                match=m is None or recorded is None or m.checksum == recorded,
+                match=m is None or not bound or m.checksum == recorded,
             )
         )
     return rows

@@ -530,3 +530,22 @@ def test_an_api_migration_on_a_malformed_api_json_names_the_file(appliance):
     error = f"DecodeError: {api}: JSON is malformed: object keys must be strings (byte 1)"
     assert result.stderr.endswith(f"FAILED: migration {V1} failed during up: {error}\n")
     assert api.read_text(encoding="utf-8") == "{not json\n"
+
+
+def test_checksums_binds_only_applied_files_as_migrate_and_validate_do(appliance):
+    """A failed migration is fixed and run again: its edit is no mismatch (it was exit 4
+    while validate said "checksums: ok" and migrate applied it)."""
+    path = appliance.write(f"{V1}_fix_me.sql", "-- Fix me.\n-- migrate:up\nCREATE TABLEX t (x);\n")
+    assert appliance.cli("migrate").returncode == 1
+    path.write_text("-- Fix me.\n-- migrate:up\nCREATE TABLE t (x);\n", encoding="utf-8")
+
+    result = appliance.cli("checksums", "--json")
+
+    assert result.returncode == 0, result.stdout
+    [row] = json.loads(result.stdout)
+    assert (row["state"], row["match"]) == ("failed", True)
+    assert row["on_disk"] != row["recorded"]
+    assert cli_json(appliance, "validate")["checks"]["checksums"] == "ok"
+    assert appliance.cli("migrate").returncode == 0
+    path.write_text("-- Fix me.\n-- migrate:up\nCREATE TABLE t (y);\n", encoding="utf-8")
+    assert appliance.cli("checksums").returncode == 4  # an applied file is still bound
