@@ -92,6 +92,8 @@ def current_holder(path: Path) -> Holder | None:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    except OSError as e:  # e.g. a reader who may not open the 0600 lock: no answer, no guess
+        raise ValidationFailed(f"{path}: cannot probe the writer lock: {e.strerror}") from e
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

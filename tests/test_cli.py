@@ -549,3 +549,19 @@ def test_checksums_binds_only_applied_files_as_migrate_and_validate_do(appliance
     assert appliance.cli("migrate").returncode == 0
     path.write_text("-- Fix me.\n-- migrate:up\nCREATE TABLE t (y);\n", encoding="utf-8")
     assert appliance.cli("checksums").returncode == 4  # an applied file is still bound
+
+
+def test_status_that_cannot_probe_the_writer_lock_says_so_in_one_line(appliance):
+    """The lock is created 0600: a monitoring user who may read the journal got a
+    PermissionError traceback. A symlink loop fails the same open for root too."""
+    applied_appliance(appliance)
+    lock = appliance.journal.with_name(appliance.journal.name + ".lock")
+    lock.unlink()
+    lock.symlink_to(lock.name)
+
+    for args in (["status"], ["status", "--json"], ["status", "--verbose"]):
+        result = appliance.cli(*args)
+        expected = (
+            f"FAILED: {lock}: cannot probe the writer lock: Too many levels of symbolic links\n"
+        )
+        assert assert_one_line_error(result, 4) == expected
