@@ -412,6 +412,7 @@ class Engine:
         returns the same versions in the order to run; every dependency must stay first.
 
         :raises GraphError: the order is not a permutation of the plan or breaks a dependency.
+        :raises DiscoveryError: the file does not load, has no `order`, or `order` raised.
         """
         if self.ws.settings.strategy != "custom":
             return plan
@@ -421,10 +422,15 @@ class Engine:
                 f'strategy = "custom" needs {path} with order(plan, migrations)'
             )
         namespace: dict[str, Any] = {}
-        code = compile(path.read_bytes(), str(path), "exec")
-        exec(code, namespace)  # noqa: S102 - vendor code, trusted like a migration
         migrations = {v: m for v in plan if (m := self.ws.migration(v)) is not None}
-        order = list(namespace["order"](list(plan), migrations))
+        try:
+            code = compile(path.read_bytes(), str(path), "exec")
+            exec(code, namespace)  # noqa: S102 - vendor code, trusted like a migration
+            order = list(namespace["order"](list(plan), migrations))
+        except (Exception, SystemExit) as e:  # the vendor's sys.exit() too: not ours to end
+            if isinstance(e, KeyError) and "order" not in namespace:
+                raise errors.DiscoveryError(str(path), "has no order(plan, migrations)") from e
+            raise errors.DiscoveryError(str(path), f"failed: {type(e).__name__}: {e}") from e
         if sorted(order) != sorted(plan):
             raise errors.GraphError(f"{path}: order() must return the planned versions, once each")
         seen: set[str] = set()

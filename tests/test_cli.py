@@ -565,3 +565,33 @@ def test_status_that_cannot_probe_the_writer_lock_says_so_in_one_line(appliance)
             f"FAILED: {lock}: cannot probe the writer lock: Too many levels of symbolic links\n"
         )
         assert assert_one_line_error(result, 4) == expected
+
+
+@pytest.mark.parametrize(
+    ("strategy", "error"),
+    [
+        (
+            "def order(plan, migrations):\n    raise ValueError('nope')\n",
+            "failed: ValueError: nope",
+        ),
+        ("def order(plan, migrations)\n", r"failed: SyntaxError: expected ':' \(.+, line 1\)"),
+        ("import sys\n\ndef order(plan, migrations):\n    sys.exit(0)\n", "failed: SystemExit: 0"),
+        ("ORDER = []\n", r"has no order\(plan, migrations\)"),
+    ],
+    ids=["raises", "syntax error", "sys.exit(0)", "no order"],
+)
+def test_a_custom_strategy_that_fails_is_one_line_naming_its_file(appliance, strategy, error):
+    """The vendor's _strategy.py ended migrate in a traceback, or with sys.exit(0) in a
+    silent exit 0 having applied nothing."""
+    appliance.configure('strategy = "custom"\n')
+    create_table_migration(appliance, V1, "alpha")
+    path = appliance.write("_strategy.py", strategy)
+
+    result = appliance.cli("migrate")
+
+    assert re.fullmatch(
+        f"FAILED: {re.escape(str(path))}: {error}\n", assert_one_line_error(result, 2)
+    )
+    assert cli_json(appliance, "list")[0]["state"] == "pending"
+    finished = cli_json(appliance, "history")[-1]
+    assert (finished["kind"], finished["outcome"]) == ("RunFinished", "failed")
