@@ -188,7 +188,8 @@ def verify_migrations(
         try:
             _verify(ws, m, db)
             results[f"verify {m.version}"] = "ok"
-        except Exception as e:  # a vendor's check may raise anything: that is the finding
+        # A vendor's check may raise anything, sys.exit() included: that is the finding.
+        except (Exception, SystemExit) as e:
             results[f"verify {m.version}"] = f"{type(e).__name__}: {e}".strip()
     return results
 

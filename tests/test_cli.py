@@ -595,3 +595,35 @@ def test_a_custom_strategy_that_fails_is_one_line_naming_its_file(appliance, str
     assert cli_json(appliance, "list")[0]["state"] == "pending"
     finished = cli_json(appliance, "history")[-1]
     assert (finished["kind"], finished["outcome"]) == ("RunFinished", "failed")
+
+
+def test_a_verify_that_calls_sys_exit_is_a_failed_check_not_a_silent_exit_0(appliance):
+    """It ended migrate with exit 0 mid-validate_after: no RunFinished, the migration left
+    "running" for recovery, and nothing said so."""
+    appliance.configure("validate_after = true\n")
+    appliance.write(
+        f"{V1}_checked.py",
+        """\
+        \"\"\"Checked.\"\"\"
+        import sys
+
+        component = "database"
+
+
+        def up(ctx, db):
+            db.execute("CREATE TABLE alpha (id INTEGER PRIMARY KEY)")
+
+
+        def verify(ctx, db):
+            sys.exit(0)
+        """,
+    )
+
+    result = appliance.cli("migrate")
+
+    expected = f"FAILED: validate_after failed: verify {V1}: SystemExit: 0\n"
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.endswith(expected)
+    assert cli_json(appliance, "list")[0]["state"] == "applied"
+    finished = cli_json(appliance, "history")[-1]
+    assert (finished["kind"], finished["outcome"]) == ("RunFinished", "failed")
