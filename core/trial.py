@@ -422,7 +422,7 @@ def _verify(ws: Workspace, m: Migration) -> str | None:
         else:
             target = target_for(m.component, ws.paths.config, ws.paths.api_document)
             load_module(m).verify(ctx, target.open(fileio.read(target.path)))
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # the vendor's sys.exit() too: a failed check
         return f"verify: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     finally:
         if db is not None:

@@ -627,3 +627,31 @@ def test_a_verify_that_calls_sys_exit_is_a_failed_check_not_a_silent_exit_0(appl
     assert cli_json(appliance, "list")[0]["state"] == "applied"
     finished = cli_json(appliance, "history")[-1]
     assert (finished["kind"], finished["outcome"]) == ("RunFinished", "failed")
+
+
+def test_test_with_data_reports_a_verify_that_calls_sys_exit(appliance):
+    """The rehearsal ended with exit 0 and no output at all."""
+    appliance.write(
+        f"{V1}_checked.py",
+        """\
+        \"\"\"Checked.\"\"\"
+        import sys
+
+        component = "database"
+
+
+        def up(ctx, db):
+            db.execute("CREATE TABLE alpha (id INTEGER PRIMARY KEY)")
+
+
+        def verify(ctx, db):
+            sys.exit(0)
+        """,
+    )
+
+    result = appliance.cli("test", "--with-data")
+
+    assert result.returncode == 4, result.stderr
+    assert "    verify: SystemExit: 0\n" in result.stdout
+    assert result.stdout.endswith("test --with-data: FAILED\n")
+    assert not appliance.journal.exists()
