@@ -128,6 +128,19 @@ def dry_run(
     return report
 
 
+def _real_names(copy: Workspace, ws: Workspace) -> Callable[[str], str]:
+    """Return a function that puts the real file in a message for its sandbox copy."""
+    fields = ("state_db", "config", "api_document", "journal")
+    pairs = [(str(getattr(copy.paths, f)), str(getattr(ws.paths, f))) for f in fields]
+
+    def real(message: str) -> str:
+        for copied, path in pairs:
+            message = message.replace(copied, path)
+        return message
+
+    return real
+
+
 def _refuse_if_interrupted(state: Projection) -> None:
     """Refuse when recovery has work: it would write, and change what the plan is."""
     interrupted = [f"migration {r.version}" for r in state.in_state(*IN_FLIGHT)]
@@ -154,7 +167,11 @@ def _rehearse(
                 raise  # refused before any migration ran: there is nothing to report
             error = str(exc)
         after = _contents(sb.ws)
+        real = _real_names(sb.ws, ws)
     steps = list(capture.steps.values())
+    for step in steps:  # errors name the operator's files, not the deleted copies
+        step.error = step.error and real(step.error)
+    error = error and real(error)
     names = [str(p) for p in (ws.paths.state_db, ws.paths.config, ws.paths.api_document)]
     schema, config, api = (
         _diff(a, b, name) for a, b, name in zip(before, after, names, strict=True)

@@ -655,3 +655,27 @@ def test_test_with_data_reports_a_verify_that_calls_sys_exit(appliance):
     assert "    verify: SystemExit: 0\n" in result.stdout
     assert result.stdout.endswith("test --with-data: FAILED\n")
     assert not appliance.journal.exists()
+
+
+def test_a_dry_run_names_the_operators_file_not_its_deleted_sandbox_copy(appliance):
+    appliance.write(
+        f"{V1}_route.py",
+        """\
+        \"\"\"Rename a route.\"\"\"
+        component = "api"
+
+
+        def up(ctx, document):
+            document["route"] = "/v2"
+        """,
+    )
+    api = appliance.root / "var/lib/flywall/api.json"
+    api.parent.mkdir(parents=True, exist_ok=True)
+    api.write_text("{not json\n", encoding="utf-8")
+
+    result = appliance.cli("migrate", "--dry-run", "--json")
+
+    report = json.loads(result.stdout)
+    assert f"DecodeError: {api}: JSON is malformed" in report["error"]
+    assert report["steps"][0]["error"].startswith(f"DecodeError: {api}: ")
+    assert "flywall-sandbox" not in result.stdout + result.stderr
