@@ -198,7 +198,8 @@ def describe(ws: Workspace, channel: str) -> str:
         from urllib.parse import urlsplit
 
         url = urlsplit(ws.settings.slack.webhook_url)
-        return f"{url.scheme}://{url.hostname}/***"
+        host = url.netloc.rpartition("@")[2]  # the port stays (as email's), any user:password not
+        return f"{url.scheme}://{host}/***"
     return channel
 
 
