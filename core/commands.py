@@ -683,7 +683,16 @@ def confirm(
     from flywall.core.engine import Engine
 
     with Engine(ws, "confirm", actor=actor, on_event=on_event) as e:
+        waiting = set(e.state.unconfirmed)
         recovered = e.recover()  # an expired window is rolled back first, not confirmed
+        expired = sorted(waiting - set(e.state.unconfirmed))
+        if expired and not e.state.unconfirmed:  # say what happened instead of "nothing"
+            late = (
+                f"too late to confirm: the window of run {', '.join(expired)} had closed, "
+                "so it was rolled back (see history)"
+            )
+            e.recorder.finish("failed", [], error=late)
+            raise errors.NothingToDo(late)
         confirmed = e.confirm()
         e.recorder.finish("completed", [])
         report = _recovery_report(e.run_id, recovered)

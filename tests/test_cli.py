@@ -679,3 +679,29 @@ def test_a_dry_run_names_the_operators_file_not_its_deleted_sandbox_copy(applian
     assert f"DecodeError: {api}: JSON is malformed" in report["error"]
     assert report["steps"][0]["error"].startswith(f"DecodeError: {api}: ")
     assert "flywall-sandbox" not in result.stdout + result.stderr
+
+
+def test_confirm_after_the_window_closed_says_it_rolled_the_run_back(appliance):
+    """confirm rolls an expired run back first; it then said only "no run awaits
+    confirmation", as if nothing had happened, and left its own run without RunFinished."""
+    appliance.configure('confirm_within = "1s"\n')
+    create_table_migration(appliance, V1, "alpha")
+    migrated = appliance.cli("migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    [run_id] = re.findall(rf"\(run ({RUN_ID})\)", migrated.stdout)
+    time.sleep(1.2)
+
+    result = appliance.cli("confirm")
+
+    late = (
+        f"too late to confirm: the window of run {run_id} had closed, so it was rolled back "
+        "(see history)"
+    )
+    assert assert_one_line_error(result, 2) == f"FAILED: {late}\n"
+    assert cli_json(appliance, "list")[0]["state"] == "rolled_back"
+    finished = cli_json(appliance, "history")[-1]
+    assert (finished["kind"], finished["outcome"], finished["error"]) == (
+        "RunFinished",
+        "failed",
+        late,
+    )
