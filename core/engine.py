@@ -972,7 +972,9 @@ class Engine:
         raw = self.journal.source(record.checksum)
         if raw is None:
             raise errors.UsageError(f"migration {version}: no file and no stored source")
-        return from_source(f"{self.journal.path}#{record.file}", raw)
+        # "JOURNAL#/FILE": from_source takes version and slug from the text after the last
+        # "/" (as Path.name); "JOURNAL#FILE" was refused as a bad migration name.
+        return from_source(f"{self.journal.path}#/{record.file}", raw)
 
 
 def _body(m: Migration, direction: str, ctx: MigrationContext) -> Callable[[Any], None]:

@@ -705,3 +705,37 @@ def test_confirm_after_the_window_closed_says_it_rolled_the_run_back(appliance):
         "failed",
         late,
     )
+
+
+@pytest.mark.parametrize("kind", ["sql", "py"])
+def test_a_migration_whose_file_is_gone_rolls_back_from_the_journals_copy(appliance, kind):
+    """README: "The journal keeps every applied source, so a migration can still be rolled
+    back after its file is gone." Its stored copy, named JOURNAL#FILE, was refused as a
+    bad file name."""
+    if kind == "sql":
+        path = create_table_migration(appliance, V1, "alpha")
+    else:
+        path = appliance.write(
+            f"{V1}_create_alpha.py",
+            """\
+            \"\"\"Create alpha.\"\"\"
+            component = "database"
+
+
+            def up(ctx, db):
+                db.execute("CREATE TABLE alpha (id INTEGER PRIMARY KEY)")
+
+
+            def down(ctx, db):
+                db.execute("DROP TABLE alpha")
+            """,
+        )
+    assert appliance.cli("migrate").returncode == 0
+    path.unlink()  # a firmware downgrade took the file away
+
+    result = appliance.cli("rollback", V1)
+
+    assert result.returncode == 0, result.stderr
+    assert cli_json(appliance, "list")[0]["state"] == "rolled_back"
+    with closing(apsw.Connection(str(appliance.state_db))) as db:
+        assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'alpha'").fetchall()
