@@ -34,14 +34,17 @@ def copy_database(source: Path, target: Path) -> None:
     The source is opened read-write but only read: a read-only connection to a WAL file
     would leave its `-wal` and `-shm` behind in the appliance's folder.
     """
-    src = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READWRITE)
+    from flywall.core.errors import ValidationFailed
+
+    try:
+        src = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READWRITE)
+    except apsw.CantOpenError as e:  # e.g. a directory in its place
+        raise ValidationFailed(f"{source}: cannot open the database: {e}") from e
     try:
         src.set_busy_timeout(5000)
         try:  # the backup step would only say "not an error" of a file that is no database
             src.execute("PRAGMA schema_version").fetchall()
         except (apsw.NotADBError, apsw.CorruptError, apsw.CantOpenError) as e:
-            from flywall.core.errors import ValidationFailed
-
             raise ValidationFailed(f"{source}: cannot open the database: {e}") from e
         dest = apsw.Connection(str(target))
         try:

@@ -739,3 +739,19 @@ def test_a_migration_whose_file_is_gone_rolls_back_from_the_journals_copy(applia
     assert cli_json(appliance, "list")[0]["state"] == "rolled_back"
     with closing(apsw.Connection(str(appliance.state_db))) as db:
         assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'alpha'").fetchall()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["migrate"], ["migrate", "--dry-run"], ["backup", "create"]],
+    ids=" ".join,
+)
+def test_a_directory_in_place_of_state_db_is_one_line_naming_it_exit_4(appliance, command):
+    create_table_migration(appliance, V1, "alpha")
+    appliance.state_db.mkdir(parents=True)
+
+    result = appliance.cli(*command)
+
+    expected = f"FAILED: {appliance.state_db}: cannot open the database: unable to open database file\n"  # fmt: skip
+    assert assert_one_line_error(result, 4) == expected
+    assert cli_json(appliance, "history") == []

@@ -49,7 +49,12 @@ class DatabaseTarget:
         self._rows: dict[tuple[str, str, str, str], int] = {}
         self._tables_ready = False
         new = create and not path.exists()
-        self.db = apsw.Connection(str(path), flags=flags, **kwargs)
+        try:
+            self.db = apsw.Connection(str(path), flags=flags, **kwargs)
+        except apsw.CantOpenError as e:  # e.g. a directory in its place
+            from flywall.core.errors import ValidationFailed
+
+            raise ValidationFailed(f"{path}: cannot open the database: {e}") from e
         self.db.set_busy_timeout(5000)
         try:
             if new:  # ours to choose: WAL commits with one fsync, durable with FULL
