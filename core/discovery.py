@@ -153,17 +153,9 @@ def discover(
     seen: _CacheEntries = {}
     found: dict[str, Migration] = {}
     for directory in directories:
-        try:
-            # scandir: one stat per file (entry.stat()); its type comes with the listing
-            with os.scandir(directory) as listing:
-                entries = sorted(
-                    (e for e in listing if e.name.endswith((".py", ".sql"))),
-                    key=lambda e: e.name,
-                )
-        except FileNotFoundError:
+        entries = _listing(directory)
+        if entries is None:
             continue
-        except NotADirectoryError:
-            raise DiscoveryError(str(directory), "is not a directory") from None
         base = str(directory)
         prefix = "" if base == "." else base.rstrip("/") + "/"  # as str(directory / name)
         for entry in entries:
@@ -189,19 +181,43 @@ def discover(
     return sorted(found.values(), key=lambda m: (int(m.version), m.version))
 
 
+def _listing(directory: Path) -> list[os.DirEntry[str]] | None:
+    """The folder's .py and .sql entries by name; None when it does not exist.
+
+    :raises DiscoveryError: it is not a folder, or cannot be listed (permissions).
+    """
+    try:
+        # scandir: one stat per file (entry.stat()); its type comes with the listing
+        with os.scandir(directory) as listing:
+            return sorted(
+                (e for e in listing if e.name.endswith((".py", ".sql"))), key=lambda e: e.name
+            )
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        raise DiscoveryError(str(directory), "is not a directory") from None
+    except OSError as e:
+        raise DiscoveryError(str(directory), f"cannot list: {e.strerror}") from e
+
+
 def _read(path: str, size: int) -> bytes:
     """The whole file: os.open/os.read, no file object (buffer, fstat) per file.
 
     Sized by the stat just taken, and read until read(2) says end of file, so a file
     that grew since, or a filesystem that returns short reads, still gives every byte.
+
+    :raises DiscoveryError: the file cannot be read (permissions, I/O error).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = [os.read(fd, size + 1)]
-        while chunk := os.read(fd, max(size, 1 << 16)):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = [os.read(fd, size + 1)]
+            while chunk := os.read(fd, max(size, 1 << 16)):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise DiscoveryError(path, f"cannot read: {e.strerror}") from e
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from contextlib import closing
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import apsw
@@ -754,4 +755,31 @@ def test_a_directory_in_place_of_state_db_is_one_line_naming_it_exit_4(appliance
 
     expected = f"FAILED: {appliance.state_db}: cannot open the database: unable to open database file\n"  # fmt: skip
     assert assert_one_line_error(result, 4) == expected
+    assert cli_json(appliance, "history") == []
+
+
+def test_a_migrations_folder_that_cannot_be_listed_is_one_line_naming_it(appliance):
+    """A folder the user may not list was a PermissionError traceback; a symlink loop
+    fails the same scandir for root too."""
+    appliance.migrations_dir.rmdir()
+    appliance.migrations_dir.symlink_to(appliance.migrations_dir.name)
+
+    result = appliance.cli("list")
+
+    expected = f"FAILED: {appliance.migrations_dir}: cannot list: Too many levels of symbolic links\n"  # fmt: skip
+    assert assert_one_line_error(result, 2) == expected
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux /proc")
+def test_a_migration_file_that_cannot_be_read_is_one_line_naming_it(appliance):
+    """An unreadable file was a PermissionError traceback. /proc/self/mem is a regular
+    file whose first page cannot be read (EIO), for root too."""
+    create_table_migration(appliance, V1, "alpha")
+    broken = appliance.migrations_dir / f"{V2}_unreadable.sql"
+    broken.symlink_to("/proc/self/mem")
+
+    for args in (["list"], ["migrate"]):
+        result = appliance.cli(*args)
+        expected = f"FAILED: {broken}: cannot read: Input/output error\n"
+        assert assert_one_line_error(result, 2) == expected
     assert cli_json(appliance, "history") == []
