@@ -29,11 +29,14 @@ def notify(as_json: bool) -> None:
     from flywall.core import commands
     from flywall.core.errors import EXIT_MIGRATION_FAILED
 
-    results = commands.notify(_workspace())
+    ws = _workspace()
+    results = commands.notify(ws)
     if as_json:
         render.emit_json(results)
-    elif not results:
+    elif not ws.settings.notification_channels:
         click.echo("no notification channels configured")
+    elif not results:
+        click.echo("nothing to send: no journal yet")
     for r in results if not as_json else ():
         if r.started_after is not None:
             start = f"starts after seq {r.started_after} (the newest run)"
@@ -99,8 +102,7 @@ def journal_export(output: Path | None, as_json: bool) -> None:
     if output is None:
         commands.journal_export(ws, sys.stdout)
         return
-    with output.open("w", encoding="utf-8") as out:
-        count = commands.journal_export(ws, out)
+    count = commands.journal_export_to(ws, output)
     if as_json:
         render.emit_json({"path": str(output), "events": count})
     else:

@@ -273,6 +273,33 @@ def export(ws: Workspace, out: TextIO) -> int:
     return count
 
 
+def export_to(ws: Workspace, path: Path) -> int:
+    """Write the export to `path` whole or not at all: a temp file beside it, then a rename.
+
+    :raises UsageError: naming `path` when its folder cannot be written.
+    """
+    import os
+    import tempfile
+
+    try:
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise errors.UsageError(f"{path}: cannot write: {e.strerror}") from e
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            count = export(ws, out)
+            out.flush()
+            os.fsync(out.fileno())
+        Path(temp).replace(path)
+    except OSError as e:
+        Path(temp).unlink(missing_ok=True)
+        raise errors.UsageError(f"{path}: cannot write: {e.strerror}") from e
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return count
+
+
 class ExportTampered(errors.ValidationFailed):
     """A line of an exported journal does not verify: names the file, line and seq."""
 

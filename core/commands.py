@@ -797,6 +797,13 @@ def journal_export(ws: Workspace, out: TextIO) -> int:
     return forensics.export(ws, out)
 
 
+def journal_export_to(ws: Workspace, path: Path) -> int:
+    """Write the export to the file `path`, whole or not at all; return how many events."""
+    from flywall.core import audit as forensics
+
+    return forensics.export_to(ws, path)
+
+
 def journal_verify_export(ws: Workspace, path: Path) -> audit.ExportReport:
     """Re-hash an exported journal offline; name the first altered line."""
     from flywall.core import audit as forensics

@@ -512,3 +512,36 @@ def test_replay_before_and_after_the_adoption_with_the_key(appliance: Appliance)
 
     assert before.counts["applied"] == 1
     assert after.counts["applied"] == 2
+
+
+def test_export_to_a_folder_it_cannot_write_is_one_line_and_leaves_no_file(
+    appliance: Appliance, tmp_path: Path
+) -> None:
+    two_runs(appliance)
+    missing = tmp_path / "no-such-folder" / "journal.jsonl"
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder\n")
+
+    for target in (missing, blocked / "journal.jsonl"):
+        result = appliance.cli("journal", "export", "--output", str(target))
+
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"FAILED: {target}: cannot write: ")
+        assert "Traceback" not in result.stderr
+    assert not missing.parent.exists()
+    assert blocked.read_text() == "not a folder\n"
+
+
+def test_export_replaces_its_file_whole_and_leaves_no_temp_file(
+    appliance: Appliance, tmp_path: Path
+) -> None:
+    two_runs(appliance)
+    out = tmp_path / "journal.jsonl"
+    out.write_text("an older export\n")
+
+    result = appliance.cli("journal", "export", "--output", str(out))
+
+    assert result.returncode == 0, result.stderr
+    assert len(out.read_text().splitlines()) == int(result.stdout.split()[1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["appliance", "journal.jsonl"]
+    assert appliance.cli("journal", "verify-export", str(out)).returncode == 0

@@ -596,3 +596,15 @@ def test_an_unreadable_ca_file_is_named_and_not_retried(
     assert f"{missing}: cannot load CA certificates" in result.stdout
     assert "tries" not in kinds(appliance, "NotificationFailed")[-1]["error"]  # not retried
     assert server.inbox.messages == []
+
+
+def test_notify_before_any_journal_says_so_rather_than_no_channels(
+    appliance: Appliance, webhook: Webhook
+) -> None:
+    configure(appliance, webhook_url=webhook.url)
+
+    result = appliance.cli("notify")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "nothing to send: no journal yet\n"
+    assert not appliance.journal.exists()
