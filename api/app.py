@@ -49,7 +49,7 @@ from flywall.core.commands import MigrationRow, StatusReport
 from flywall.core.dryrun import DryRunReport
 from flywall.core.engine import RunReport
 from flywall.core.workspace import Workspace
-from flywall.journal import JournalCorrupt, JournalError
+from flywall.journal import JournalCorrupt, JournalError, JournalUnreadable
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def status_of(error: Exception) -> int:
     match error:
         case errors.Busy() | errors.IllegalTransition():
             return HTTP_409_CONFLICT
-        case errors.ValidationFailed() | JournalCorrupt():
+        case errors.ValidationFailed() | JournalCorrupt() | JournalUnreadable():
             return HTTP_422_UNPROCESSABLE_ENTITY
         case errors.UsageError() | errors.NothingToDo():
             return HTTP_400_BAD_REQUEST

@@ -9,7 +9,13 @@ from flywall.journal.chain import (
     verify_chain,
     walk_chain,
 )
-from flywall.journal.errors import JournalConflict, JournalCorrupt, JournalError, JournalTooNew
+from flywall.journal.errors import (
+    JournalConflict,
+    JournalCorrupt,
+    JournalError,
+    JournalTooNew,
+    JournalUnreadable,
+)
 from flywall.journal.store import Entry, Journal, StoredEvent
 
 __all__ = [
@@ -22,6 +28,7 @@ __all__ = [
     "JournalCorrupt",
     "JournalError",
     "JournalTooNew",
+    "JournalUnreadable",
     "StoredEvent",
     "event_hash",
     "key_id",

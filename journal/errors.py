@@ -16,6 +16,12 @@ class JournalCorrupt(JournalError):
         self.detail = detail
 
 
+class JournalUnreadable(JournalError):
+    """The journal file is not a SQLite database (or SQLite finds it malformed): corrupt."""
+
+    exit_code = 4  # as a broken chain: the CLI's "tampered or corrupt journal"
+
+
 class JournalConflict(JournalError):
     """An append lost a race or broke the append-only rule (translated from SQLite)."""
 

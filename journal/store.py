@@ -17,7 +17,13 @@ import apsw
 
 from flywall.journal import _schema
 from flywall.journal.chain import ADOPTED, GENESIS, event_hash, walk_chain
-from flywall.journal.errors import JournalConflict, JournalCorrupt, JournalError, JournalTooNew
+from flywall.journal.errors import (
+    JournalConflict,
+    JournalCorrupt,
+    JournalError,
+    JournalTooNew,
+    JournalUnreadable,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -322,6 +328,8 @@ def _connect(path: str, flags: int, vfs: str | None) -> apsw.Connection:
         )
         conn.set_busy_timeout(5000)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    except (apsw.NotADBError, apsw.CorruptError) as e:
+        raise JournalUnreadable(f"{path}: journal is corrupt: {e}") from e
     except apsw.Error as e:
         raise JournalError(f"{path}: cannot open journal: {e}") from e
     return conn

@@ -783,3 +783,20 @@ def test_a_migration_file_that_cannot_be_read_is_one_line_naming_it(appliance):
         expected = f"FAILED: {broken}: cannot read: Input/output error\n"
         assert assert_one_line_error(result, 2) == expected
     assert cli_json(appliance, "history") == []
+
+
+def test_a_journal_that_is_not_a_database_is_exit_4_everywhere_and_left_alone(appliance):
+    """README: a tampered or corrupt journal is exit 4, whatever reads it."""
+    appliance.journal.parent.mkdir(parents=True, exist_ok=True)
+    appliance.journal.write_bytes(b"garbage, not SQLite\n" * 200)
+    before = appliance.journal.read_bytes()
+
+    for command in (("journal", "verify"), ("migrate",), ("history",)):
+        result = appliance.cli(*command)
+
+        assert result.returncode == 4, (command, result.stderr)
+        assert (
+            result.stderr
+            == f"FAILED: {appliance.journal}: journal is corrupt: file is not a database\n"
+        )
+    assert appliance.journal.read_bytes() == before

@@ -515,3 +515,16 @@ def test_a_chain_that_adopts_a_key_verifies_with_it_and_any_rewrite_is_caught(pl
         with Journal.open(path, key=KEY) as journal, pytest.raises(JournalCorrupt) as caught:
             journal.verify()
         assert caught.value.seq == max(target, adoption.seq)
+
+
+def test_a_journal_file_that_is_not_a_database_is_corrupt_not_a_usage_error(tmp_path):
+    from flywall.journal import JournalUnreadable
+
+    path = tmp_path / "j.db"
+    path.write_bytes(b"this is not a SQLite database at all, just text" * 100)
+
+    for opener in (Journal.open, Journal.open_existing):
+        with pytest.raises(JournalUnreadable, match=f"^{path}: journal is corrupt: ") as caught:
+            opener(path)
+        assert caught.value.exit_code == 4
+    assert path.read_bytes().startswith(b"this is not a SQLite database")
