@@ -5,6 +5,8 @@ Registered on the `migration` group by importing this module (see the end of mai
 
 from __future__ import annotations
 
+import time
+
 import click
 
 from flywall.cli.main import _workspace, json_option, migration
@@ -60,11 +62,18 @@ def backup_list(as_json: bool) -> None:
 def backup_restore(backup_id: str, yes: bool, as_json: bool) -> None:
     """Restore BACKUP_ID (after a safety backup); journals what it rolls back."""
     from flywall.cli import render
-    from flywall.core import commands
+    from flywall.core import backup, commands
 
+    ws = _workspace()
+    manifest = backup.read_manifest(ws, backup_id)  # an unknown id fails before the question
     if not yes and not as_json:
-        click.confirm(f"Restore backup {backup_id} over the live targets?", abort=True)
-    report = commands.backup_restore(_workspace(), backup_id)
+        taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(manifest.created_ns / 1e9))
+        click.confirm(
+            f"Restore backup {backup_id} (taken {taken}, journal seq {manifest.journal_seq}) "
+            "over the live targets?",
+            abort=True,
+        )
+    report = commands.backup_restore(ws, backup_id)
     if as_json:
         render.emit_json(report)
     else:

@@ -361,6 +361,9 @@ def read_manifest(ws: Workspace, backup_id: str) -> Manifest:
 
     :raises UsageError: there is no complete backup with that id.
     """
+    if not backup_id or backup_id.startswith(".") or "/" in backup_id:
+        # a name, not a path: "../x" must not reach a manifest outside backup_location
+        raise UsageError(f"no backup {backup_id!r} in {ws.paths.backups}")
     path = ws.paths.backups / backup_id / MANIFEST
     try:
         return msgspec.json.decode(path.read_bytes(), type=Manifest)

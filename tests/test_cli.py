@@ -800,3 +800,41 @@ def test_a_journal_that_is_not_a_database_is_exit_4_everywhere_and_left_alone(ap
             == f"FAILED: {appliance.journal}: journal is corrupt: file is not a database\n"
         )
     assert appliance.journal.read_bytes() == before
+
+
+def answering(app: Appliance, answer: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with `answer` on its stdin (a person at a prompt)."""
+    return subprocess.run(
+        [FLYWALL, "migration", "--root", str(app.root), *args],
+        input=answer,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_backup_restore_of_an_unknown_id_fails_before_asking(appliance):
+    create_table_migration(appliance, V1, "hosts")
+    assert appliance.cli("migrate").returncode == 0
+    backups = appliance.root / "var/lib/flywall/migration-backups"
+
+    for backup_id in ("no-such-backup", "../..", ".hidden"):
+        result = answering(appliance, "y\n", "backup", "restore", backup_id)
+
+        assert result.returncode == 2, result.stderr
+        assert "Restore backup" not in result.stdout  # no question for what cannot be done
+        assert result.stderr == f"FAILED: no backup {backup_id!r} in {backups}\n"
+
+
+def test_backup_restore_asks_naming_when_the_backup_was_taken(appliance):
+    create_table_migration(appliance, V1, "hosts")
+    assert appliance.cli("migrate").returncode == 0
+    [listed] = cli_json(appliance, "backup", "list")
+
+    declined = answering(appliance, "n\n", "backup", "restore", listed["backup_id"])
+
+    assert declined.returncode == 1  # click's abort
+    assert f"Restore backup {listed['backup_id']} (taken " in declined.stdout
+    assert f"journal seq {listed['journal_seq']})" in declined.stdout
+    assert not [e for e in cli_json(appliance, "history") if e["kind"] == "BackupRestored"]
