@@ -232,17 +232,23 @@ def history(
     """Every journal event, oldest first; filtered by migration, kind, actor, seq or time.
 
     `since` and `until` are each a seq or an ISO-8601 time (inclusive); see `EventFilter`.
+
+    :raises UsageError: `migration` names no file and no journaled migration (as `log`:
+        a typo must not look like a migration without history).
     """
     from flywall.core.audit import EventFilter
 
     keep = EventFilter(kinds=kinds, actor=actor, since=since, until=until)
     journal = ws.read_journal()
-    if journal is None:
-        return []
-    with journal:
-        keep.prepare(journal)
-        items = ((row, event_dict(row)) for row in journal.read(migration=migration))
-        return [fields for row, fields in items if keep(row, fields)]
+    rows: list[StoredEvent] = []
+    if journal is not None:
+        with journal:
+            keep.prepare(journal)
+            rows = list(journal.read(migration=migration))
+    if migration is not None and not rows and ws.migration(migration) is None:
+        raise errors.UsageError(f"unknown migration {migration}")
+    items = ((row, event_dict(row)) for row in rows)
+    return [fields for row, fields in items if keep(row, fields)]
 
 
 def log(ws: Workspace, version: str) -> list[dict[str, Any]]:

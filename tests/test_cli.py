@@ -838,3 +838,18 @@ def test_backup_restore_asks_naming_when_the_backup_was_taken(appliance):
     assert f"Restore backup {listed['backup_id']} (taken " in declined.stdout
     assert f"journal seq {listed['journal_seq']})" in declined.stdout
     assert not [e for e in cli_json(appliance, "history") if e["kind"] == "BackupRestored"]
+
+
+def test_history_of_an_unknown_migration_is_exit_2_as_log_and_the_api_answer(appliance):
+    create_table_migration(appliance, V1, "hosts")
+    create_table_migration(appliance, V2, "zones")
+
+    assert cli_json(appliance, "history", "--migration", V2) == []  # pending: no history yet
+    assert appliance.cli("migrate").returncode == 0
+    typo = appliance.cli("history", "--migration", "1")
+
+    assert typo.returncode == 2
+    assert typo.stderr == "FAILED: unknown migration 1\n"
+    (appliance.migrations_dir / f"{V1}_create_hosts.sql").unlink()  # gone, but journaled
+    kinds = [e["kind"] for e in cli_json(appliance, "history", "--migration", V1)]
+    assert kinds == ["MigrationStarted", "MigrationApplied"]
