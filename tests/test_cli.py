@@ -509,8 +509,9 @@ def test_a_state_db_that_is_not_a_database_is_one_line_naming_it_exit_4(applianc
     assert cli_json(appliance, "history") == []
 
 
-def test_an_api_migration_on_a_malformed_api_json_names_the_file(appliance):
-    appliance.write(
+def route_migration_on_a_malformed_api_json(app: Appliance) -> Path:
+    """Write an api migration, and an api.json that is not JSON; return its path."""
+    app.write(
         f"{V1}_route.py",
         """\
         \"\"\"Rename a route.\"\"\"
@@ -521,9 +522,14 @@ def test_an_api_migration_on_a_malformed_api_json_names_the_file(appliance):
             document["route"] = "/v2"
         """,
     )
-    api = appliance.root / "var/lib/flywall/api.json"
+    api = app.root / "var/lib/flywall/api.json"
     api.parent.mkdir(parents=True, exist_ok=True)
     api.write_text("{not json\n", encoding="utf-8")
+    return api
+
+
+def test_an_api_migration_on_a_malformed_api_json_names_the_file(appliance):
+    api = route_migration_on_a_malformed_api_json(appliance)
 
     result = appliance.cli("migrate")
 
@@ -659,20 +665,7 @@ def test_test_with_data_reports_a_verify_that_calls_sys_exit(appliance):
 
 
 def test_a_dry_run_names_the_operators_file_not_its_deleted_sandbox_copy(appliance):
-    appliance.write(
-        f"{V1}_route.py",
-        """\
-        \"\"\"Rename a route.\"\"\"
-        component = "api"
-
-
-        def up(ctx, document):
-            document["route"] = "/v2"
-        """,
-    )
-    api = appliance.root / "var/lib/flywall/api.json"
-    api.parent.mkdir(parents=True, exist_ok=True)
-    api.write_text("{not json\n", encoding="utf-8")
+    api = route_migration_on_a_malformed_api_json(appliance)
 
     result = appliance.cli("migrate", "--dry-run", "--json")
 
