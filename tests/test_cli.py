@@ -604,11 +604,9 @@ def test_a_custom_strategy_that_fails_is_one_line_naming_its_file(appliance, str
     assert (finished["kind"], finished["outcome"]) == ("RunFinished", "failed")
 
 
-def test_a_verify_that_calls_sys_exit_is_a_failed_check_not_a_silent_exit_0(appliance):
-    """It ended migrate with exit 0 mid-validate_after: no RunFinished, the migration left
-    "running" for recovery, and nothing said so."""
-    appliance.configure("validate_after = true\n")
-    appliance.write(
+def verify_that_exits(app: Appliance) -> Path:
+    """Write a database migration whose `verify` calls sys.exit(0)."""
+    return app.write(
         f"{V1}_checked.py",
         """\
         \"\"\"Checked.\"\"\"
@@ -625,6 +623,13 @@ def test_a_verify_that_calls_sys_exit_is_a_failed_check_not_a_silent_exit_0(appl
             sys.exit(0)
         """,
     )
+
+
+def test_a_verify_that_calls_sys_exit_is_a_failed_check_not_a_silent_exit_0(appliance):
+    """It ended migrate with exit 0 mid-validate_after: no RunFinished, the migration left
+    "running" for recovery, and nothing said so."""
+    appliance.configure("validate_after = true\n")
+    verify_that_exits(appliance)
 
     result = appliance.cli("migrate")
 
@@ -638,23 +643,7 @@ def test_a_verify_that_calls_sys_exit_is_a_failed_check_not_a_silent_exit_0(appl
 
 def test_test_with_data_reports_a_verify_that_calls_sys_exit(appliance):
     """The rehearsal ended with exit 0 and no output at all."""
-    appliance.write(
-        f"{V1}_checked.py",
-        """\
-        \"\"\"Checked.\"\"\"
-        import sys
-
-        component = "database"
-
-
-        def up(ctx, db):
-            db.execute("CREATE TABLE alpha (id INTEGER PRIMARY KEY)")
-
-
-        def verify(ctx, db):
-            sys.exit(0)
-        """,
-    )
+    verify_that_exits(appliance)
 
     result = appliance.cli("test", "--with-data")
 
