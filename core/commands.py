@@ -366,7 +366,7 @@ def adopt_device_key(ws: Workspace, *, actor: ev.Actor | None = None) -> AdoptRe
     """
     from flywall.core.crash import crashpoint
     from flywall.core.lock import Holder, WriterLock
-    from flywall.journal import ADOPTED, Entry, JournalCorrupt, key_id
+    from flywall.journal import ADOPTED, Entry, JournalCorrupt, JournalKeyedAlready, key_id
 
     key = ws.device_key()
     if key is None:
@@ -381,13 +381,11 @@ def adopt_device_key(ws: Workspace, *, actor: ev.Actor | None = None) -> AdoptRe
         since_ns=time.time_ns(),
     )  # fmt: skip
     with WriterLock(ws.paths.lock, holder), ws.write_journal() as journal:
-        try:
-            end = journal.walk()
-            if end.keyed_from is not None:
-                since = end.keyed_from
-                return AdoptReport(path=path, key_id=ident, keyed_from=since, adopted=False)
-            event = ev.DeviceKeyAdopted(actor=actor, key_id=ident)
+        event = ev.DeviceKeyAdopted(actor=actor, key_id=ident)
+        try:  # one walk, inside adopt_key's transaction
             row = journal.adopt_key(Entry(ADOPTED, ev.encode(event)))
+        except JournalKeyedAlready as e:
+            return AdoptReport(path=path, key_id=ident, keyed_from=e.keyed_from, adopted=False)
         except JournalCorrupt as e:
             raise errors.JournalTampered(e.seq, e.detail) from e
         crashpoint(f"after-{ADOPTED}")

@@ -13,6 +13,7 @@ from flywall.journal.errors import (
     JournalConflict,
     JournalCorrupt,
     JournalError,
+    JournalKeyedAlready,
     JournalTooNew,
     JournalUnreadable,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "JournalConflict",
     "JournalCorrupt",
     "JournalError",
+    "JournalKeyedAlready",
     "JournalTooNew",
     "JournalUnreadable",
     "StoredEvent",

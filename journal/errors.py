@@ -22,6 +22,14 @@ class JournalUnreadable(JournalError):
     exit_code = 4  # as a broken chain: the CLI's "tampered or corrupt journal"
 
 
+class JournalKeyedAlready(JournalError):
+    """A key adoption found the chain keyed already, from `keyed_from`: nothing was written."""
+
+    def __init__(self, path: str, keyed_from: int) -> None:
+        super().__init__(f"{path}: the journal is keyed already, since seq {keyed_from}")
+        self.keyed_from = keyed_from
+
+
 class JournalConflict(JournalError):
     """An append lost a race or broke the append-only rule (translated from SQLite)."""
 

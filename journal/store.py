@@ -21,6 +21,7 @@ from flywall.journal.errors import (
     JournalConflict,
     JournalCorrupt,
     JournalError,
+    JournalKeyedAlready,
     JournalTooNew,
     JournalUnreadable,
 )
@@ -153,8 +154,9 @@ class Journal:
         `entry` is the `DeviceKeyAdopted` event; both steps are one transaction, so no
         event can slip in between the check and the adoption.
 
-        :raises JournalError: no key was given, the journal is keyed already (saying since
-            which seq), or it is empty (its first event will be keyed anyway).
+        :raises JournalKeyedAlready: the journal is keyed already (since its `keyed_from`).
+        :raises JournalError: no key was given, or the journal is empty (its first event
+            will be keyed anyway).
         :raises JournalCorrupt: the plain chain is broken; nothing is adopted over it.
         """
         if not self._key or entry.kind != ADOPTED:
@@ -165,9 +167,7 @@ class Journal:
             if end.seq == 0:
                 raise JournalError(f"{self.path}: empty journal: its first event will be keyed")
             if end.keyed_from is not None:
-                raise JournalError(
-                    f"{self.path}: the journal is keyed already, since seq {end.keyed_from}"
-                )
+                raise JournalKeyedAlready(self.path, end.keyed_from)
             stored = self._insert([entry], ())
             self._conn.execute(
                 "INSERT INTO meta (name, value) VALUES ('keyed_from', ?)", (str(stored[0].seq),)
