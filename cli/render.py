@@ -107,7 +107,9 @@ def status(report: StatusReport) -> None:
     for d in report.interrupted:
         echo(
             f"INTERRUPTED {d.version} ({d.direction}, run {d.interrupted_run}): "
-            f"recovery will decide {d.decision} ({_evidence(d.evidence)})"
+            f"recovery will decide {d.decision}"
+            + (" by finishing it from its checkpoint" if d.action == "resume" else "")
+            + f" ({_evidence(d.evidence)})"
         )
     for run_id, deadline in report.awaiting_confirmation.items():
         echo(f"CONFIRM     run {run_id} by {deadline}, or it is rolled back (`confirm`)")

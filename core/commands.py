@@ -198,7 +198,10 @@ def _evidence(ws: Workspace, state: projection.Projection) -> tuple[list[Decisio
 
     db = open_existing(ws.paths.state_db, ws.settings.version_table)
     try:
-        return recovery.pending(state, db, ws.file_targets()), drift.detect(state, db)
+        decisions = recovery.pending(
+            state, db, ws.file_targets(), resume_up=ws.settings.state.resume_on_crash
+        )
+        return decisions, drift.detect(state, db)
     finally:
         if db is not None:
             db.close()
@@ -497,6 +500,14 @@ def recover(
 
     with Engine(ws, "recover", actor=actor, on_event=on_event) as e:
         decisions = e.recover()
+        unfinished = [d for d in decisions if "resume" in d.evidence]
+        if unfinished:  # a half-done batched step whose migration failed when resumed
+            d = unfinished[0]
+            failure = errors.MigrationFailed(
+                d.version, f"recovery of its {d.direction}", "ResumeFailed", d.evidence["resume"]
+            )
+            e.recorder.finish("failed", [], str(failure))
+            raise failure
         if e.recorder.started:
             e.recorder.finish("completed", [])
         return _recovery_report(e.run_id if e.recorder.started else None, decisions)

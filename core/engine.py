@@ -168,6 +168,7 @@ class Engine:
                 self.ws.settings.version_table,
                 vfs=options.vfs,
                 synchronous=options.target_synchronous,
+                autocheckpoint=options.wal_autocheckpoint,
             )
             if options.exec_trace is not None:
                 self._db.db.exec_trace = options.exec_trace
@@ -194,8 +195,14 @@ class Engine:
             for run in self.state.open_runs.values()
             if run.command == "migrate" and run.run_id != self.run_id
         ]
+        self._reopen_cut_rollbacks()
+        steps = recovery.Steps(
+            restore=restore,
+            resume=self._resume,
+            resume_up=self.ws.settings.state.resume_on_crash,
+        )
         decisions = recovery.recover(
-            self.recorder, self.existing_database(), self.ws.file_targets(), restore
+            self.recorder, self.existing_database(), self.ws.file_targets(), steps
         )
         for run in interrupted:
             recovered = [
@@ -218,6 +225,65 @@ class Engine:
         self._backup_id = None
         self.recorder.flush()  # planning reads the live projection: no event may wait
         return decisions
+
+    def _reopen_cut_rollbacks(self) -> None:
+        """Put back in flight a batched `down` that an older release left half done.
+
+        Before issue 13 was fixed, recovery took a state `down` cut between batches for
+        one that never started (its marker was still there): the journal says applied, a
+        `:down` checkpoint says the rollback was under way, and the records are in two
+        shapes. A new `MigrationStarted` (down), durable before any change, makes the
+        step in flight again, and recovery then finishes it from its checkpoint. A down
+        that *failed* (journaled as such) is left to the operator: its checkpoint stays,
+        `validate` names it, and `rollback` goes on from it.
+        """
+        db = self.existing_database()
+        if db is None:
+            return
+        for version, direction, table, rows in db.batch_checkpoints():
+            record = self.state.migrations.get(version)
+            cut_rollback = (
+                direction == "down"
+                and record is not None
+                and record.state is State.APPLIED
+                and record.component == "state"
+                and record.last_error is None
+            )
+            if not cut_rollback or record is None:
+                continue
+            m = self.source_of(version)
+            started = self._started(m, "down", record.attempts, db.fingerprint())
+            note = ev.MigrationLog(
+                message=f"finishing a rollback cut after {rows} rows of {table}, which an "
+                "earlier recovery left half done",
+                level="warning",
+            )
+            self.recorder.append([(version, started), (version, note)])
+
+    def _resume(self, record: MigrationRecord) -> str | None:
+        """Run a half-done batched state step on from its checkpoint, to its end.
+
+        Recovery's "resume": the step's own MigrationStarted explains it; its batches are
+        journaled as they commit, and its last transaction moves the marker. Returns None,
+        or what failed (journaled as MigrationFailed, as any step's failure is).
+        """
+        direction = record.direction or "up"
+        m = self.source_of(record.version)
+        started = self._started(m, direction, record.attempts, None)
+        t0 = time.monotonic_ns()
+        try:
+            self._in_database(self.database(), m, direction, started)
+        except BaseException as e:
+            try:
+                self._failed(record.version, direction, e, t0)
+            except errors.MigrationFailed as failed:  # the vendor's error, classified
+                e = failed
+            if not isinstance(e, (Exception, SystemExit)):
+                raise  # Ctrl-C, journaled as interrupted: the command ends here
+            if isinstance(e, errors.MigrationFailed):
+                return f"{e.error_type}: {e.detail}"
+            return str(e)
+        return None
 
     def _expire_unconfirmed(self) -> None:
         """Roll back runs whose confirmation window closed unconfirmed (also after a reboot)."""

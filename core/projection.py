@@ -260,23 +260,20 @@ _snapshot_decoder = msgspec.msgpack.Decoder(Projection)
 
 
 def save_snapshot(journal: Journal, projection: Projection) -> None:
-    """Cache `projection` beside the journal (a derived cache: safe to lose).
+    """Cache `projection` beside the journal's events (a derived cache: safe to lose).
 
-    Written without its own fsync: a power cut can only lose it (WAL frames are
-    checksummed, so never half of it), and a lost or older snapshot just means a longer
-    replay; it is keyed by the seq and hash it was computed at, so it cannot be taken
-    for another point of the chain. The events it summarises were durable before it.
+    Written with the journal's own durability (synchronous = FULL), never less: the
+    snapshot shares the journal's file, and a commit can push the WAL past SQLite's
+    auto-checkpoint threshold, so this write may be the one that copies the run's events
+    into the main file and resets the WAL. Under a lower setting that copy would skip its
+    fsync, and a power cut right after the command returned would lose every event of the
+    run (issue 13). It is keyed by the seq and hash it was computed at, so it cannot be
+    taken for another point of the chain.
     """
-    conn = journal.connection
-    (level,) = conn.execute("PRAGMA synchronous").fetchone()
-    conn.execute("PRAGMA synchronous = OFF")
-    try:
-        conn.execute(
-            "INSERT OR REPLACE INTO snapshots (name, seq, hash, body) VALUES (?, ?, ?, ?)",
-            (_SNAPSHOT, projection.seq, projection.head_hash, msgspec.msgpack.encode(projection)),
-        )
-    finally:
-        conn.execute(f"PRAGMA synchronous = {int(level)}")
+    journal.connection.execute(
+        "INSERT OR REPLACE INTO snapshots (name, seq, hash, body) VALUES (?, ?, ?, ?)",
+        (_SNAPSHOT, projection.seq, projection.head_hash, msgspec.msgpack.encode(projection)),
+    )
 
 
 def load(journal: Journal | None, *, use_snapshot: bool = True) -> Projection:

@@ -9,7 +9,7 @@ reads, so `status` can show what recovery will decide without writing anything.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
@@ -36,9 +36,11 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     """What recovery decides (or would decide) for one interrupted migration.
 
     `action` names a side effect recovery must finish first: "roll_forward" (rename the
-    temp file that holds the intended content) or "rewrite" (the file is missing: write
-    the intended content from the journal's sources). Both complete a `WriteIntent`
-    that is already durable, so the journal explains them before they happen.
+    temp file that holds the intended content), "rewrite" (the file is missing: write
+    the intended content from the journal's sources), or "resume" (a batched state step
+    cut between batches: run it on from its checkpoint to the end). Each completes a
+    step whose write-ahead event (`WriteIntent`, `MigrationStarted`) is already durable,
+    so the journal explains it before it happens.
     """
 
     version: str
@@ -57,12 +59,23 @@ def _outcome(direction: str, *, done: bool) -> str:
 
 
 def decide(
-    record: MigrationRecord, db: DatabaseTarget | None, files: Mapping[str, Path]
+    record: MigrationRecord,
+    db: DatabaseTarget | None,
+    files: Mapping[str, Path],
+    *,
+    resume_up: bool = True,
 ) -> Decision:
     """Read the target's evidence for `record` and decide its fate; writes nothing.
 
     `files` maps "config" and "api" to where those documents live now (from settings:
     the journaled path is history, and an appliance tree may have moved since).
+
+    A batched state step cut after some batches committed is half done: its records are
+    in two shapes. Recovery finishes it from its checkpoint (DESIGN §7: "resume"), so
+    the records end in one shape and the journal says which. A `down` is always
+    finished: no other end leaves the records and the journal agreeing. An `up` is
+    finished unless `resume_up` is off (settings `state { resume_on_crash = false }`);
+    it is then failed, its checkpoint kept, and the next `migrate` goes on from it.
 
     :raises ValidationFailed: a file target holds neither the before nor the after
         content: someone else edited it, and only the operator can say which to keep.
@@ -80,6 +93,9 @@ def decide(
     if record.component in MARKED:
         done, evidence = _database_evidence(record, db, direction)
         action = None
+        half_done = not done and db is not None and db.checkpoints(record.version, direction)
+        if half_done and (direction == "down" or resume_up):
+            done, action = True, "resume"
     else:
         done, evidence, action = _file_evidence(record, files[record.component])
     return Decision(
@@ -136,16 +152,29 @@ def _file_evidence(record: MigrationRecord, path: Path) -> tuple[bool, dict[str,
 
 
 def pending(
-    projection: Projection, db: DatabaseTarget | None, files: Mapping[str, Path]
+    projection: Projection,
+    db: DatabaseTarget | None,
+    files: Mapping[str, Path],
+    *,
+    resume_up: bool = True,
 ) -> list[Decision]:
     """Return the decisions recovery would take now (for `status`; reads only)."""
-    return [decide(rec, db, files) for rec in projection.in_state(*IN_FLIGHT)]
+    return [decide(rec, db, files, resume_up=resume_up) for rec in projection.in_state(*IN_FLIGHT)]
+
+
+def _resume_failed(decision: Decision, error: str) -> Decision:
+    """The decision a failed resume leaves: the step failed (up) or did not happen (down)."""
+    return msgspec.structs.replace(
+        decision,
+        decision=_outcome(decision.direction, done=False),
+        evidence={**decision.evidence, "resume": f"could not finish it: {error}"},
+    )
 
 
 def _evidence_after(decision: Decision, db: DatabaseTarget | None) -> dict[str, str]:
     """The decision's evidence, plus what recovery did and (after a restore) the schema."""
     evidence = {**decision.evidence, "action": decision.action or "none"}
-    if decision.action == "restore" and db is not None:
+    if decision.action in ("restore", "resume") and db is not None:
         evidence["fingerprint"] = db.fingerprint()
     return evidence
 
@@ -173,25 +202,42 @@ def _remove_stale_temps(recorder: Recorder, paths: Iterable[Path]) -> None:
             crashpoint("recovery-after-temp-removed")
 
 
+class Steps(NamedTuple):
+    """What recovery asks of the engine, which alone knows how to run a migration."""
+
+    restore: Callable[[str], None]
+    """Restore backup `id` (idempotent: finishes an interrupted restore)."""
+    resume: Callable[[MigrationRecord], str | None]
+    """Run a half-done batched step on from its checkpoint; None, or why it failed (the
+    failure is journaled by then, as any step's is)."""
+    resume_up: bool = True
+
+
 def recover(
     recorder: Recorder,
     db: DatabaseTarget | None,
     files: Mapping[str, Path],
-    restore: Callable[[str], None],
+    steps: Steps,
 ) -> list[Decision]:
     """Resolve every interrupted migration and close every interrupted run.
 
     Idempotent: each decision moves its migration out of running, so a second call (or a
-    call after a crash half-way through) only does what is left.
+    call after a crash half-way through) only does what is left. A resumed step that is
+    cut again is still running, its checkpoint further on.
     """
     decisions = []
     restored: set[str] = set()
     for record in recorder.projection.in_state(*IN_FLIGHT):
-        decision = decide(record, db, files)
+        decision = decide(record, db, files, resume_up=steps.resume_up)
         crashpoint("recovery-before-decision")
         if decision.action == "restore" and record.restoring not in restored:
-            restore(record.restoring or "")  # idempotent: finishes an interrupted restore
+            steps.restore(record.restoring or "")  # idempotent: finishes an interrupted restore
             restored.add(record.restoring or "")
+        elif decision.action == "resume":
+            failed = steps.resume(record)
+            if failed is not None:  # journaled as the step's failure: no Recovered event
+                decisions.append(_resume_failed(decision, failed))
+                continue
         elif decision.action is not None and record.intent is not None:
             _finish_intent(recorder, record.intent, decision.action, files[record.component])
         recorder.append(

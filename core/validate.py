@@ -171,7 +171,36 @@ def target_checks(
         fk = db.db.execute("PRAGMA foreign_key_check").fetchall()
         checks["foreign keys"] = "ok" if not fk else f"{len(fk)} violation(s), first {fk[0]}"
     checks["drift"] = "; ".join(drift.detect(state, db)) or "ok"
+    checks["batch checkpoints"] = "; ".join(_half_done_steps(state, db)) or "ok"
     return checks
+
+
+def _half_done_steps(state: projection.Projection, db: DatabaseTarget | None) -> list[str]:
+    """Name each batched state step whose checkpoint disagrees with the journal.
+
+    A checkpoint row means a step committed some batches and not its last one: its
+    records are in two shapes. That is expected only while the step is in flight
+    (recovery finishes it) or after a failed `up` (the next `migrate` goes on from it).
+    Anywhere else, e.g. a `down` checkpoint under a migration the journal calls applied,
+    the journal and the records disagree.
+    """
+    if db is None:
+        return []
+    findings = []
+    for version, direction, table, rows in db.batch_checkpoints():
+        record = state.migrations.get(version)
+        current = record.state if record is not None else State.PENDING
+        expected = current in (State.RUNNING, State.ROLLING_BACK) or (
+            direction == "up" and current is State.FAILED
+        )
+        if not expected:
+            command = "rollback" if direction == "down" else "migrate --target"
+            findings.append(
+                f"{table}: a batched {direction} of {version} stopped after {rows} rows "
+                f"but the journal says {current.value}: its records are in two shapes "
+                f"(`{command} {version}` goes on from the checkpoint)"
+            )
+    return findings
 
 
 def verify_migrations(

@@ -7,6 +7,7 @@ files) lives here, so commands stay short and every interface opens things the s
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,17 +24,27 @@ if TYPE_CHECKING:
     from flywall.journal import Journal
 
 
+def _autocheckpoint_from_env() -> int | None:
+    """The crash tests' checkpoint threshold for a subprocess; None (SQLite's) otherwise."""
+    value = os.environ.get("FLYWALL_WAL_AUTOCHECKPOINT", "")
+    return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else None
+
+
 class SqliteOptions(msgspec.Struct, frozen=True, kw_only=True):
     """How SQLite files are opened. The defaults are the product's; tests change them.
 
     `vfs` lets the power-cut simulation sit under every SQLite file; the `*_synchronous`
     overrides exist only for its negative controls (WAL + NORMAL must be caught losing
-    acknowledged commits), never for production use.
+    acknowledged commits), never for production use. `wal_autocheckpoint` (pages; also
+    `FLYWALL_WAL_AUTOCHECKPOINT` for the crash tests' subprocesses) lowers the journal's
+    and state.db's automatic checkpoint threshold, so that checkpoints happen inside every
+    run a crash test cuts (CRASH-TESTING.md, "Coverage beats count").
     """
 
     vfs: str | None = None
     journal_synchronous: str = "FULL"
     target_synchronous: str | None = None
+    wal_autocheckpoint: int | None = msgspec.field(default_factory=_autocheckpoint_from_env)
     exec_trace: Callable[[Any, str, Any], bool] | None = None
     """APSW exec tracer set on state.db's connection (dry run prints the SQL it sees)."""
 
@@ -108,6 +119,7 @@ class Workspace:
             key=self.device_key(),
             synchronous=self.sqlite.journal_synchronous,
             vfs=self.sqlite.vfs,
+            autocheckpoint=self.sqlite.wal_autocheckpoint,
         )
 
     def file_targets(self) -> dict[str, Path]:

@@ -81,17 +81,23 @@ class Journal:
         key: bytes | None = None,
         synchronous: str = "FULL",
         vfs: str | None = None,
+        autocheckpoint: int | None = None,
     ) -> Self:
         """Open (creating if needed) the journal for writing; upgrades its tables.
 
         `synchronous` exists for the crash tests' negative control only: the product
-        always uses FULL, because WAL with NORMAL loses acknowledged commits on power loss.
+        always uses FULL, because WAL with NORMAL loses acknowledged commits on power loss,
+        and a checkpoint under less than FULL copies the WAL into the file without an
+        fsync. `autocheckpoint` (WAL pages) is the crash tests' too: checkpoints inside
+        every run they cut.
         """
         path = os.fspath(path)
         flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
         conn = _connect(path, flags, vfs)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
+        if autocheckpoint is not None:
+            conn.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint)}")
         _schema.upgrade(conn, path)
         return cls(conn, path, key)
 
@@ -327,6 +333,9 @@ def _connect(path: str, flags: int, vfs: str | None) -> apsw.Connection:
             else apsw.Connection(path, flags=flags)
         )
         conn.set_busy_timeout(5000)
+        # Every connection, readers too: the last one to close checkpoints the WAL into
+        # the file, and that copy must be synced before the WAL goes (issue 13).
+        conn.execute("PRAGMA synchronous = FULL")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
     except (apsw.NotADBError, apsw.CorruptError) as e:
         raise JournalUnreadable(f"{path}: journal is corrupt: {e}") from e

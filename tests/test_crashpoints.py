@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import apsw
 import pytest
 from conftest import Appliance
-from crashkit import check_after_cut, check_settled, killed, observe
+from crashkit import LONG, check_after_cut, check_settled, killed, observe
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -111,18 +111,18 @@ depends_on = ["202401010001"]
 
 
 def up(ctx, records):
-    records.transform("leases", lambda r: {"hw": r["mac"], "ttl": r["ttl"]}, batch_size=40)
+    records.transform("leases", lambda r: {"hw": r["mac"], "ttl": r["ttl"]}, batch_size=20)
 
 
 def down(ctx, records):
-    records.transform("leases", lambda r: {"mac": r["hw"], "ttl": r["ttl"]}, batch_size=40)
+    records.transform("leases", lambda r: {"mac": r["hw"], "ttl": r["ttl"]}, batch_size=20)
 '''
 
 LEASES = """\
--- Lease records stored as JSON.
+-- Lease records stored as JSON: 9 batches of 20 each way.
 -- migrate:up
 CREATE TABLE leases (id INTEGER PRIMARY KEY, data TEXT NOT NULL);
-WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 180)
 INSERT INTO leases (data) SELECT json_object('mac', printf('aa:%04d', i), 'ttl', i) FROM n;
 -- migrate:down
 DROP TABLE leases;
@@ -140,6 +140,25 @@ def batched_state(app: Appliance) -> None:
     app.write("202401010001_leases.sql", LEASES)
     assert app.cli("migrate").returncode == 0
     app.write("202401010002_reshape_leases.py", STATE_MIGRATION)
+
+
+def batched_state_applied(app: Appliance) -> None:
+    batched_state(app)
+    assert app.cli("migrate").returncode == 0
+
+
+def batched_rollback_cut(app: Appliance) -> None:
+    """Leave the batched down cut after its third batch: records in two shapes."""
+    batched_state_applied(app)
+    result = app.cli("rollback", RESHAPE, env={"FLYWALL_CRASH_AT": "after-BatchCommitted:3"})
+    assert killed(result), result.stderr
+
+
+def batched_up_cut(app: Appliance) -> None:
+    """Leave the batched up cut after its third batch."""
+    batched_state(app)
+    result = app.cli("migrate", env={"FLYWALL_CRASH_AT": "state-batch-committed:3"})
+    assert killed(result), result.stderr
 
 
 def api_cut_after_temp(app: Appliance) -> None:
@@ -182,23 +201,36 @@ def confirmation_expired(app: Appliance) -> None:
     time.sleep(1.2)
 
 
+RESHAPE = "202401010002"
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
     prepare: Callable[[Appliance], None]
     command: tuple[str, ...]
     exit_code: int = 0
+    boot_first: bool = False
+    """After the cut, run `recover` (what a boot runs) and check again before the rerun:
+    what recovery alone leaves must already agree with the journal (issue 13)."""
 
 
 SCENARIOS = [
     Scenario("apply", one_migration, ("migrate",)),
     Scenario("two-migration run", two_migrations, ("migrate",)),
-    Scenario("rollback", applied_then_rollback, ("rollback", "--to", "000000000000")),
+    Scenario(
+        "rollback", applied_then_rollback, ("rollback", "--to", "000000000000"), boot_first=True
+    ),
     Scenario("failing migration", with_failing, ("migrate",), exit_code=1),
     Scenario("recovery interrupted", interrupted_mid_run, ("migrate",)),
     Scenario("api document", api_document, ("migrate",)),
     Scenario("api rollback", api_applied, ("rollback", "--to", "000000000000")),
-    Scenario("batched state", batched_state, ("migrate",)),
+    Scenario("batched state", batched_state, ("migrate",), boot_first=True),
+    Scenario(
+        "batched state rollback", batched_state_applied, ("rollback", RESHAPE), boot_first=True
+    ),
+    Scenario("batched rollback, recovery interrupted", batched_rollback_cut, ("recover",)),
+    Scenario("batched up, recovery interrupted", batched_up_cut, ("recover",)),
     Scenario("api recovery (roll forward) interrupted", api_cut_after_temp, ("migrate",)),
     Scenario("auto rollback by down", auto_rollback, ("migrate",), exit_code=1),
     Scenario("auto rollback by backup", no_down_then_failing, ("migrate",), exit_code=1),
@@ -233,6 +265,25 @@ def crash_points(template: Appliance, tmp_path: Path, command: tuple[str, ...]) 
     return [line.replace(" ", ":") for line in listing.read_text().splitlines()]
 
 
+SAMPLES = 14
+"""Crash points per scenario in the default run; FLYWALL_TORTURE=long kills at every one."""
+LOW_CHECKPOINT = {"FLYWALL_WAL_AUTOCHECKPOINT": "2"}
+"""Checkpoints inside every run: the journal and state.db copy their WAL every two pages."""
+
+
+def cuts(points: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """(point, environment) pairs: every point twice (SQLite's and a low checkpoint
+    threshold) under FLYWALL_TORTURE=long; else SAMPLES points spread evenly, always the
+    first and the last, alternating the two thresholds."""
+    if LONG:
+        return [(p, env) for p in points for env in ({}, LOW_CHECKPOINT)]
+    chosen = points
+    if len(points) > SAMPLES:
+        step = (len(points) - 1) / (SAMPLES - 1)
+        chosen = [points[round(i * step)] for i in range(SAMPLES)]
+    return [(p, LOW_CHECKPOINT if i % 2 else {}) for i, p in enumerate(chosen)]
+
+
 @pytest.mark.torture
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 def test_a_kill_at_every_crash_point_recovers_to_the_uninterrupted_result(
@@ -248,22 +299,30 @@ def test_a_kill_at_every_crash_point_recovers_to_the_uninterrupted_result(
     points = crash_points(template, tmp_path, resolved(template, scenario.command))
     assert points, "the scenario reached no crash point"
     violations: dict[str, list[str]] = {}
-    for i, point in enumerate(points):
+    chosen = cuts(points)
+    for i, (point, env) in enumerate(chosen):
         app = copy_of(template, tmp_path / f"cut-{i}")
         command = resolved(app, scenario.command)
-        cut = app.cli(*command, env={"FLYWALL_CRASH_AT": point})
+        cut = app.cli(*command, env={"FLYWALL_CRASH_AT": point, **env})
         assert killed(cut), f"{point} was listed but not reached: {cut.stderr}"
         problems = check_after_cut(app.root)
-        rerun = app.cli(*command)
+        if scenario.boot_first:
+            boot = app.cli("recover", env=env)
+            if boot.returncode != 0:
+                problems.append(f"recover exit {boot.returncode}: {boot.stderr.strip()}")
+            problems += [f"after recover: {p}" for p in check_after_cut(app.root, settled=True)]
+        rerun = app.cli(*command, env=env)
         if rerun.returncode not in (0, scenario.exit_code, 2):
             problems.append(f"rerun exit {rerun.returncode}: {rerun.stderr.strip()}")
-        if rerun.returncode == 2:  # the cut came after the work was done: nothing left to roll back
-            assert "nothing to roll back" in rerun.stderr, rerun.stderr
+        if rerun.returncode == 2:  # the cut (or the boot's recovery) had done the work
+            done = ("nothing to roll back", f"migration {RESHAPE} is not applied")
+            assert any(d in rerun.stderr for d in done), rerun.stderr
         problems += check_settled(app.root, reference)
         if problems:
             violations[point] = problems
     print(
-        f"\n{scenario.name}: {len(points)} crash points x 1 fate (SIGKILL), violations {len(violations)}"
+        f"\n{scenario.name}: {len(chosen)} kills at {len({p for p, _ in chosen})} of "
+        f"{len(points)} crash points x 1 fate (SIGKILL), violations {len(violations)}"
     )
     assert violations == {}
 

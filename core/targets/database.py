@@ -37,6 +37,7 @@ class DatabaseTarget:
         vfs: str | None = None,
         create: bool = True,
         synchronous: str | None = None,
+        autocheckpoint: int | None = None,
     ) -> None:
         flags = apsw.SQLITE_OPEN_READWRITE
         if create:
@@ -71,6 +72,7 @@ class DatabaseTarget:
         self._vfs = vfs
         self._synchronous = synchronous or durable
         self._deferred = False  # a commit's automatic checkpoint not yet done
+        self._autocheckpoint = autocheckpoint or _AUTOCHECKPOINT  # lower in crash tests
         if mode == "wal":
             self.db.set_wal_hook(self._wal_committed)  # in place of SQLite's own
 
@@ -92,7 +94,7 @@ class DatabaseTarget:
         Errors are ignored, as SQLite's automatic checkpoint ignores them: the commit
         happened, and the close checkpoints again.
         """
-        if pages >= _AUTOCHECKPOINT:
+        if pages >= self._autocheckpoint:
             if self._deferred:
                 self._checkpoint(name)
             else:
@@ -199,15 +201,30 @@ class DatabaseTarget:
             return {}
         return dict(self.db.execute(f"SELECT version, checksum FROM {MARKERS}").fetchall())
 
-    def checkpoints(self, version: str) -> dict[str, str]:
-        """Return a batched state migration's committed checkpoints: "step table" -> rows."""
+    def checkpoints(self, version: str, direction: str = "%") -> dict[str, str]:
+        """Return a batched state migration's committed checkpoints: "step table" -> rows.
+
+        `direction` ("up" or "down") keeps only that step's: the evidence that it was cut
+        half done.
+        """
         if not self._table_exists(CHECKPOINTS):
             return {}
         rows = self.db.execute(
             f"SELECT step, tbl, last_key, rows FROM {CHECKPOINTS} WHERE step LIKE ?",
-            (f"{version}:%",),
+            (f"{version}:{direction}",),
         ).fetchall()
         return {f"{step} {table}": f"{n} rows, last key {key}" for step, table, key, n in rows}
+
+    def batch_checkpoints(self) -> list[tuple[str, str, str, int]]:
+        """Every batched step's checkpoint: (version, direction, table, rows done).
+
+        A row exists only while a step is half done: the step's last transaction (the one
+        that moves its marker) deletes it.
+        """
+        if not self._table_exists(CHECKPOINTS):
+            return []
+        rows = self.db.execute(f"SELECT step, tbl, rows FROM {CHECKPOINTS} ORDER BY step, tbl")
+        return [(*step.rsplit(":", 1), table, n) for step, table, n in rows]
 
     def _table_exists(self, name: str) -> bool:
         """Tell whether main has table `name` (one of ours: a plain identifier).

@@ -60,6 +60,8 @@ class Observed:
     markers: dict[str, str]
     versions: dict[str, tuple[str, str]]
     states: dict[str, str]
+    data: str = ""
+    """blake3 of every user table's rows: no record lost, doubled or left half reshaped."""
 
 
 def _connect(path: Path) -> apsw.Connection:
@@ -100,6 +102,46 @@ def target_evidence(path: Path, version_table: str) -> tuple[str, dict[str, str]
         target.close()
 
 
+def data_digest(path: Path) -> str:
+    """blake3 of every table's rows in rowid order, our own bookkeeping left out."""
+    import blake3
+
+    from flywall.core.targets.database import bookkeeping
+
+    if not path.exists():
+        return ""
+    db = _connect(path)
+    digest = blake3.blake3()
+    try:
+        skip = bookkeeping("schema_versions")
+        tables = db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        ).fetchall()
+        for (table,) in tables:
+            if table in skip:
+                continue
+            digest.update(table.encode())
+            for row in db.execute(f'SELECT * FROM "{table}" ORDER BY rowid'):
+                digest.update(repr(row).encode())
+    finally:
+        db.close()
+    return digest.hexdigest()
+
+
+def half_done_steps(path: Path) -> list[tuple[str, str, int]]:
+    """Every batched step's checkpoint row in state.db: (version:direction, table, rows)."""
+    if not path.exists():
+        return []
+    db = _connect(path)
+    try:
+        return db.execute("SELECT step, tbl, rows FROM flywall_batches").fetchall()
+    except apsw.SQLError:  # no batched step ever ran
+        return []
+    finally:
+        db.close()
+
+
 def journal_state(ws: Workspace) -> tuple[list[StoredEvent], projection.Projection]:
     """Every stored event and the full replay (no snapshot) through the lifecycle."""
     journal = Journal.open_existing(ws.paths.journal, key=ws.device_key())
@@ -120,7 +162,7 @@ def observe(ws: Workspace) -> Observed:
     _, state = journal_state(ws)
     fingerprint, markers, versions = target_evidence(ws.paths.state_db, ws.settings.version_table)
     states = {v: r.state.value for v, r in sorted(state.migrations.items())}
-    return Observed(fingerprint, markers, versions, states)
+    return Observed(fingerprint, markers, versions, states, data_digest(ws.paths.state_db))
 
 
 def check_chain(ws: Workspace, acked: list[Acked]) -> list[str]:
@@ -169,6 +211,14 @@ def check_agreement(ws: Workspace) -> list[str]:
     newest = {r.component: (r.schema_version or r.version, r.checksum) for r in applied}
     if newest != versions:
         problems.append(f"schema_versions {versions} but the journal says {newest}")
+    for step, table, rows in half_done_steps(ws.paths.state_db):
+        version, direction = step.rsplit(":", 1)
+        now = state.state_of(version)
+        if not (direction == "up" and now is State.FAILED):  # a failed up: migrate goes on
+            problems.append(
+                f"{table}: a batched {direction} of {version} stopped after {rows} rows, "
+                f"the journal says {now.value}: records in two shapes"
+            )
     recorded = state.fingerprints.get("database")
     if recorded is not None and recorded != fingerprint:
         problems.append(f"schema fingerprint {fingerprint[:12]}, journal says {recorded[:12]}")
