@@ -9,8 +9,14 @@ back like any other, journaled.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import blake3
 import pytest
 
+from flywall.core.declarative import Operation, RenameConflict, Step, invert, parse, run
+from flywall.core.discovery import discover, load_module
+from flywall.core.errors import DiscoveryError
 from flywall.core.hcl import Document
 
 # A branch-office box as it is found in the field (FLYWALL.md §2): comments, a trailing
@@ -103,3 +109,479 @@ def test_an_attribute_line_is_where_it_starts_and_none_when_absent():
     assert api.body.attribute_line("disable_http_redirect") == 26
     assert document.body.attribute_line("schema_version") == 2
     assert api.body.attribute_line("tls_listen") is None
+
+
+# -- each operation, and its inverse --------------------------------------------------------------
+
+
+def one_step(body: str, start: str = "1.0", end: str = "1.1") -> tuple[Step, ...]:
+    return parse("x.hcl", f'migration "{start}" "{end}" {{\n{body}\n}}\n')
+
+
+def apply(
+    steps: tuple[Step, ...], text: str, direction: str = "up"
+) -> tuple[str, list[tuple[str, str]]]:
+    """Run the steps on `text`; return the new text and the (level, message) logged."""
+    document = Document.parse(text, "flywall.hcl")
+    logs: list[tuple[str, str]] = []
+    run(steps, direction, document, lambda message, level="info": logs.append((level, message)))
+    return document.text(), logs
+
+
+def at_1_1(text: str) -> str:
+    return text.replace('schema_version = "1.0"', 'schema_version = "1.1"')
+
+
+SERVICES = "  services {\n    dns = false\n    dhcp = false\n  }\n"
+
+# (operation, what up makes of CONFIG: (old, new) replacements; None: down gives CONFIG back)
+OPERATIONS_CASES = {
+    "add_block": (
+        'operation "add_block" "ebpf" { defaults = { enabled = false } }',
+        [("weight = 5 }\n}\n", "weight = 5 }\n}\n\nebpf {\n  enabled = false\n}\n")],
+    ),
+    "add_block nested": (
+        'operation "add_block" "zone.services" {\n  defaults = { dns = false, dhcp = false }\n}',
+        [
+            (
+                '  match { interface = "eth1" }\n',
+                ('  match { interface = "eth1" }\n\n' + SERVICES),
+            ),
+            (
+                '    interface = "wlan0"\n  }\n',
+                ('    interface = "wlan0"\n  }\n\n' + SERVICES),
+            ),
+        ],
+    ),
+    "rename_block": (
+        'operation "rename_block" "vpn_link_group" { new_name = "uplink_group" }',
+        [('vpn_link_group "wan"', 'uplink_group "wan"')],
+    ),
+    "rename_block nested": (
+        'operation "rename_block" "vpn_link_group.vpn_link" { new_name = "uplink" }',
+        [('  vpn_link "wg0"', '  uplink "wg0"'), ('  vpn_link "wg1"', '  uplink "wg1"')],
+    ),
+    "add_attribute": (
+        'operation "add_attribute" "api.require_auth" { defaults = { value = true } }',
+        [
+            (
+                "  disable_http_redirect = false\n",
+                "  disable_http_redirect = false\n  require_auth = true\n",
+            )
+        ],
+    ),
+    "add_attribute top-level": (
+        'operation "add_attribute" "state_dir" { defaults = { value = "/opt/flywall/var/lib" } }',
+        [('"1.1"\n', '"1.1"\nstate_dir = "/opt/flywall/var/lib"\n')],
+    ),
+    "remove_attribute": (
+        (
+            'operation "remove_attribute" "api.disable_http_redirect" {\n'
+            "  defaults = { value = false }\n}"
+        ),
+        [("  disable_http_redirect = false\n", "")],
+    ),
+    "rename_attribute": (
+        'operation "rename_attribute" "api.listen" { new_name = "listen_addr" }',
+        [('  listen                = ":8080"', '  listen_addr           = ":8080"')],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", OPERATIONS_CASES)
+def test_an_operation_changes_only_its_lines_and_its_inverse_gives_the_bytes_back(case):
+    operation, replacements = OPERATIONS_CASES[case]
+    steps = one_step(operation)
+    expected = at_1_1(CONFIG)
+    for old, new in replacements:
+        assert expected.count(old) == 1, old
+        expected = expected.replace(old, new)
+
+    up, logs = apply(steps, CONFIG)
+
+    assert up == expected
+    assert logs
+    assert all(level == "info" for level, _ in logs)
+    down, _ = apply(steps, up, "down")
+    assert down == CONFIG
+
+
+def test_remove_block_removes_its_lines_and_its_inverse_adds_the_defaults_back_at_the_end():
+    """A removed block's place is gone; the down writes `defaults` where blocks are added."""
+    steps = one_step(
+        'operation "remove_block" "global_protection" { defaults = { syn_flood = true } }'
+    )
+    removed = "\nglobal_protection {\n  syn_flood = true   # keep on\n}\n"
+
+    up, logs = apply(steps, CONFIG)
+
+    assert up == at_1_1(CONFIG).replace(removed, "")
+    assert logs == [("info", 'remove_block "global_protection": removed global_protection')]
+    down, _ = apply(steps, up, "down")
+    assert down == CONFIG.replace(removed, "") + "\nglobal_protection {\n  syn_flood = true\n}\n"
+
+
+def test_a_string_default_matches_the_literal_it_spells_as_flywall_reads_it():
+    """Flywall types defaults as a map of strings; its loader reads "true" as true."""
+    steps = one_step(
+        'operation "remove_block" "global_protection" { defaults = { syn_flood = "true" } }'
+    )
+
+    _, logs = apply(steps, CONFIG)
+
+    assert [level for level, _ in logs] == ["info"]
+
+
+def test_additions_never_overwrite_what_is_already_there():
+    steps = one_step(
+        'operation "add_block" "api" { defaults = { listen = ":9090" } }\n'
+        'operation "add_attribute" "api.listen" { defaults = { value = ":9090" } }'
+    )
+
+    up, logs = apply(steps, CONFIG)
+
+    assert up == at_1_1(CONFIG)
+    assert [message for _, message in logs] == [
+        'add_block "api": kept the api block already there',
+        'add_attribute "api.listen": kept the value already set at line 25',
+    ]
+
+
+def test_a_removal_warns_about_settings_it_drops_and_preserve_keeps_them():
+    changed = CONFIG.replace("syn_flood = true   # keep on", "syn_flood = false")
+    removal = 'operation "remove_block" "global_protection" {\n  defaults = { syn_flood = true }\n'
+
+    dropped, logs = apply(one_step(removal + "}"), changed)
+    kept, kept_logs = apply(one_step(removal + "  preserve = true\n}"), changed)
+
+    assert "global_protection" not in dropped
+    assert logs == [
+        (
+            "warning",
+            (
+                'remove_block "global_protection": removed global_protection, '
+                "which held { syn_flood = false }"
+            ),
+        )
+    ]
+    assert kept == at_1_1(changed)
+    assert kept_logs == [
+        (
+            "warning",
+            (
+                'remove_block "global_protection": kept global_protection at line 4: '
+                "it holds more than its defaults"
+            ),
+        )
+    ]
+
+
+def test_preserve_on_an_addition_makes_its_down_keep_what_an_operator_changed():
+    steps = one_step(
+        'operation "add_attribute" "api.require_auth" {\n'
+        "  defaults = { value = true }\n  preserve = true\n}"
+    )
+    up, _ = apply(steps, CONFIG)
+    edited = up.replace("require_auth = true", "require_auth = false")
+
+    down, logs = apply(steps, edited, "down")
+
+    assert down == CONFIG.replace(
+        "disable_http_redirect = false\n", "disable_http_redirect = false\n  require_auth = false\n"
+    )
+    assert logs == [
+        (
+            "warning",
+            'remove_attribute "api.require_auth": kept require_auth = false at line 27',
+        )
+    ]
+
+
+def test_a_rename_onto_a_name_already_there_fails_naming_the_config_unless_preserve():
+    both = CONFIG + '\nuplink_group "wan" {\n}\n'
+    rename = 'operation "rename_block" "vpn_link_group" {\n  new_name = "uplink_group"\n'
+
+    with pytest.raises(RenameConflict) as caught:
+        apply(one_step(rename + "}"), both)
+    kept, logs = apply(one_step(rename + "  preserve = true\n}"), both)
+
+    assert str(caught.value) == (
+        'flywall.hcl: rename_block "vpn_link_group" -> uplink_group: vpn_link_group "wan" at '
+        "line 29 would duplicate the uplink_group block already there (preserve = true keeps both)"
+    )
+    assert kept == at_1_1(both)
+    assert [level for level, _ in logs] == ["warning"]
+
+
+def test_a_rename_to_another_label_is_no_conflict():
+    other = CONFIG + '\nuplink_group "lte" {\n}\n'
+    steps = one_step('operation "rename_block" "vpn_link_group" { new_name = "uplink_group" }')
+
+    up, _ = apply(steps, other)
+
+    assert up == at_1_1(other).replace('vpn_link_group "wan"', 'uplink_group "wan"')
+
+
+def test_an_operation_on_a_path_the_config_lacks_changes_nothing_but_the_version():
+    steps = one_step('operation "add_attribute" "web.listen" { defaults = { value = ":443" } }')
+
+    up, logs = apply(steps, CONFIG)
+
+    assert up == at_1_1(CONFIG)
+    assert logs == [("info", 'add_attribute "web.listen": no web block here')]
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        Operation(type="add_block", target="ebpf", defaults={"enabled": "false"}),
+        Operation(type="remove_block", target="dns.serve", preserve=True),
+        Operation(type="rename_block", target="a.b", new_name="c"),
+        Operation(type="add_attribute", target="api.x", defaults={"value": 1}),
+        Operation(type="remove_attribute", target="x", defaults={"value": True}, preserve=True),
+        Operation(type="rename_attribute", target="api.listen", new_name="listen_addr"),
+    ],
+    ids=str,
+)
+def test_inverting_twice_is_the_operation_itself(operation):
+    inverse = invert(operation)
+
+    assert inverse != operation
+    assert invert(inverse) == operation
+
+
+def test_the_inverse_swaps_additions_and_removals_and_renames_within_their_block():
+    rename = Operation(type="rename_attribute", target="api.listen", new_name="listen_addr")
+    add = Operation(type="add_block", target="ebpf", defaults={"enabled": False})
+
+    assert invert(rename) == Operation(
+        type="rename_attribute", target="api.listen_addr", new_name="listen"
+    )
+    assert invert(add) == Operation(type="remove_block", target="ebpf", defaults={"enabled": False})
+
+
+# -- a file of several migration blocks -------------------------------------------------------------
+
+CHAINED = """\
+# Two firmware steps in one file.
+migration "1.1" "1.2" {
+  description = "VPN links are uplinks"
+  operation "rename_block" "vpn_link_group" {
+    new_name = "uplink_group"
+  }
+  operation "rename_block" "uplink_group.vpn_link" {
+    new_name = "uplink"
+  }
+}
+
+migration "1.0" "1.1" {
+  description = "Add eBPF, off"
+  operation "add_block" "ebpf" {
+    defaults = { enabled = false }
+  }
+}
+"""
+
+CHAINED_UP = (
+    CONFIG.replace('"1.0"', '"1.2"')
+    .replace("vpn_link_group", "uplink_group")
+    .replace("  vpn_link ", "  uplink ")
+    + "\nebpf {\n  enabled = false\n}\n"
+)
+
+
+def test_migration_blocks_chain_by_their_labels_whatever_their_order_in_the_file():
+    steps = parse("x.hcl", CHAINED)
+
+    assert [(s.from_version, s.to_version) for s in steps] == [("1.0", "1.1"), ("1.1", "1.2")]
+    assert [s.line for s in steps] == [12, 2]
+    up, _ = apply(steps, CONFIG)
+    assert up == CHAINED_UP
+    down, logs = apply(steps, up, "down")
+    assert down == CONFIG
+    assert [message.split(":")[0] for _, message in logs] == [
+        'rename_block "uplink_group.uplink" -> vpn_link',
+        'rename_block "uplink_group.uplink" -> vpn_link',
+        'rename_block "uplink_group" -> vpn_link_group',
+        'remove_block "ebpf"',
+    ]
+
+
+def test_a_config_already_past_a_step_gets_only_the_later_steps():
+    at_1_1_with_ebpf = at_1_1(CONFIG) + "\nebpf {\n  enabled = true\n}\n"
+
+    up, _ = apply(parse("x.hcl", CHAINED), at_1_1_with_ebpf)
+
+    assert up == CHAINED_UP.replace("enabled = false", "enabled = true")
+
+
+def test_a_config_at_or_past_the_last_step_is_left_alone():
+    up, logs = apply(parse("x.hcl", CHAINED), CHAINED_UP)
+
+    assert up == CHAINED_UP
+    assert logs == [("info", "schema_version is already 1.2: nothing to do")]
+
+
+def test_a_config_without_schema_version_is_at_1_0_as_flywall_reads_it():
+    unversioned = CONFIG.replace('schema_version = "1.0"\n', "")
+
+    up, _ = apply(one_step('operation "add_block" "ebpf" {}'), unversioned)
+
+    assert up.startswith(
+        '# fw01: branch office, edited by hand\n\nschema_version = "1.1"\n\nglobal_protection {'
+    )
+
+
+def test_a_gap_between_steps_is_jumped_both_ways():
+    gapped = parse(
+        "x.hcl",
+        'migration "1.0" "1.1" {\n  operation "add_block" "ebpf" {}\n}\n'
+        'migration "1.3" "1.4" {\n'
+        '  operation "rename_attribute" "api.listen" { new_name = "listen_addr" }\n}\n',
+    )
+
+    up, _ = apply(gapped, CONFIG)
+    down, _ = apply(gapped, up, "down")
+
+    assert up == (
+        CONFIG.replace('"1.0"', '"1.4"').replace(
+            "listen                =", "listen_addr           ="
+        )
+        + "\nebpf {}\n"
+    )
+    assert down == CONFIG
+
+
+def test_a_down_refuses_a_config_newer_than_the_migration_naming_the_file():
+    newer = CONFIG.replace('"1.0"', '"1.5"')
+
+    with pytest.raises(ValueError, match=r"^flywall.hcl: schema_version is 1.5, above .+ 1.2"):
+        apply(parse("x.hcl", CHAINED), newer, "down")
+
+
+def test_a_config_version_that_is_not_x_y_fails_the_migration_naming_the_file():
+    with pytest.raises(ValueError, match=r'^flywall\.hcl: schema_version "1\.0\.0" is not "X\.Y"'):
+        apply(parse("x.hcl", CHAINED), CONFIG.replace('"1.0"', '"1.0.0"'))
+
+
+# -- files that are refused, naming file and line -----------------------------------------------------
+
+BAD_FILES = {
+    "overlap": (
+        'migration "1.0" "1.2" {\n}\n\nmigration "1.1" "1.3" {\n}\n',
+        'x.hcl:4: migration "1.1" "1.3" overlaps "1.0" "1.2" (line 1)',
+    ),
+    "label not X.Y": (
+        '# v2\nmigration "1.0" "1.1.0" {\n}\n',
+        'x.hcl:2: migration label "1.1.0" is not "X.Y" (two integers, such as "1.1")',
+    ),
+    "one label": (
+        'migration "1.1" {\n}\n',
+        'x.hcl:1: migration needs two labels, "FROM" "TO", got 1',
+    ),
+    "going down": (
+        'migration "1.2" "1.1" {\n}\n',
+        'x.hcl:1: migration "1.2" "1.1" must go up: FROM below TO',
+    ),
+    "unknown argument": (
+        'migration "1.0" "1.1" {\n  operation "add_block" "ebpf" {\n    default = {}\n  }\n}\n',
+        "x.hcl:3: unknown operation argument 'default' (new_name, preserve, defaults)",
+    ),
+    "misplaced argument": (
+        'migration "1.0" "1.1" {\n  operation "add_block" "ebpf" {\n    new_name = "x"\n  }\n}\n',
+        "x.hcl:3: add_block takes no 'new_name'",
+    ),
+    "unknown operation": (
+        'migration "1.0" "1.1" {\n\n  operation "move_block" "a" {}\n}\n',
+        (
+            "x.hcl:3: unknown operation 'move_block' (one of add_block, remove_block, "
+            "rename_block, add_attribute, remove_attribute, rename_attribute)"
+        ),
+    ),
+    "rename without new_name": (
+        'migration "1.0" "1.1" {\n  operation "rename_block" "a" {}\n}\n',
+        "x.hcl:2: rename_block needs new_name",
+    ),
+    "new_name elsewhere": (
+        'migration "1.0" "1.1" {\n  operation "rename_block" "a.b" {\n    new_name = "c.d"\n  }\n}\n',
+        "x.hcl:3: new_name must be a name in the same place as 'a.b', got 'c.d'",
+    ),
+    "bad target": (
+        'migration "1.0" "1.1" {\n  operation "add_block" "a..b" {}\n}\n',
+        "x.hcl:2: operation target 'a..b' is not a dotted path such as block or block.name",
+    ),
+    "add_attribute without value": (
+        'migration "1.0" "1.1" {\n  operation "add_attribute" "api.x" {}\n}\n',
+        "x.hcl:2: add_attribute needs defaults = { value = ... }",
+    ),
+    "defaults not scalars": (
+        (
+            'migration "1.0" "1.1" {\n  operation "add_block" "a" {\n'
+            "    defaults = { x = [1] }\n  }\n}\n"
+        ),
+        "x.hcl:3: defaults: x must be a string, number or bool, got [1]",
+    ),
+    "preserve not bool": (
+        'migration "1.0" "1.1" {\n  operation "remove_block" "a" {\n    preserve = "yes"\n  }\n}\n',
+        "x.hcl:3: preserve must be true or false, got 'yes'",
+    ),
+    "schema_version as target": (
+        'migration "1.0" "1.1" {\n  operation "remove_attribute" "schema_version" {}\n}\n',
+        "x.hcl:2: schema_version is set by the migration's labels, not operations",
+    ),
+    "unknown migration argument": (
+        'migration "1.0" "1.1" {\n  descripton = "typo"\n}\n',
+        "x.hcl:2: unknown migration argument 'descripton' (only description)",
+    ),
+    "something else at the top": (
+        'migration "1.0" "1.1" {\n}\nzone "lan" {\n}\n',
+        "x.hcl:3: unexpected block 'zone': only migration",
+    ),
+    "no migration": ("# nothing yet\n", 'x.hcl: holds no migration "FROM" "TO" { ... } block'),
+    "not HCL": (
+        'migration "1.0" "1.1" {\n  operation "add_block" "ebpf" {\n}\n',
+        "x.hcl:4:1: unexpected end of file (is a brace or quote left open?)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_a_bad_file_is_refused_naming_file_and_line(case):
+    text, message = BAD_FILES[case]
+
+    with pytest.raises(DiscoveryError) as caught:
+        parse("x.hcl", text)
+
+    assert str(caught.value) == message
+    assert caught.value.path == "x.hcl"
+
+
+# -- discovery: a declarative file is a config migration ----------------------------------------------
+
+
+def test_discovery_describes_a_declarative_file_as_a_config_migration(tmp_path):
+    (tmp_path / "202601010001_uplinks.hcl").write_bytes(CHAINED.replace("\n", "\r\n").encode())
+
+    [migration] = discover([tmp_path])
+
+    assert (migration.version, migration.slug, migration.kind) == ("202601010001", "uplinks", "hcl")
+    assert migration.component == "config"
+    assert migration.schema_version == "1.2"
+    assert migration.description == "Add eBPF, off; VPN links are uplinks"  # in version order
+    assert (migration.has_down, migration.has_verify) == (True, False)
+    assert migration.checksum == blake3.blake3(CHAINED.encode()).hexdigest()
+
+
+def test_the_migration_module_of_a_declarative_file_has_up_and_down(tmp_path):
+    path = tmp_path / "202601010001_uplinks.hcl"
+    path.write_text(CHAINED)
+    module = load_module(discover([tmp_path])[0])
+    document = Document.parse(CONFIG, "flywall.hcl")
+    logs: list[str] = []
+    ctx = SimpleNamespace(log=lambda message, _level="info": logs.append(message))
+
+    module.up(ctx, document)
+    assert document.text() == CHAINED_UP
+    module.down(ctx, document)
+    assert document.text() == CONFIG
+    assert len(logs) == 8
