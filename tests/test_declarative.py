@@ -9,10 +9,15 @@ back like any other, journaled.
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import blake3
 import pytest
+from conftest import Appliance
+from crashkit import check_after_cut, check_settled, killed, observe
 
 from flywall.core.declarative import Operation, RenameConflict, Step, invert, parse, run
 from flywall.core.discovery import discover, load_module
@@ -585,3 +590,220 @@ def test_the_migration_module_of_a_declarative_file_has_up_and_down(tmp_path):
     module.down(ctx, document)
     assert document.text() == CONFIG
     assert len(logs) == 8
+
+
+# -- through the CLI, on an appliance ------------------------------------------------------------------
+
+V = "202601010001"
+
+# Appended to the appliance's own flywall.hcl (tests/conftest.py builds it).
+BOX = """
+vpn_link_group "wan" {   # two tunnels
+  vpn_link "wg0" {
+    weight = 10 # primary
+  }
+  vpn_link "wg1" { weight = 5 }
+}
+
+api {
+  listen                = ":8080"   # behind the firewall
+  disable_http_redirect = false
+}
+"""
+
+
+def declarative_box(app: Appliance) -> Path:
+    """The appliance's config with Flywall's legacy shapes, and CHAINED as a migration."""
+    config = app.workspace().paths.config
+    config.write_text(config.read_text(encoding="utf-8") + BOX, encoding="utf-8")
+    app.write(f"{V}_uplinks.hcl", CHAINED)
+    return config
+
+
+def expected_after(text: str) -> str:
+    """What CHAINED makes of `text` (the operations themselves are proven above)."""
+    return apply(parse("x.hcl", CHAINED), text)[0]
+
+
+def test_migrate_then_rollback_through_the_cli_journals_it_like_any_migration(appliance):
+    config = declarative_box(appliance)
+    before = config.read_text(encoding="utf-8")
+
+    result = appliance.cli("migrate")
+
+    assert result.returncode == 0, result.stderr
+    after = config.read_text(encoding="utf-8")
+    assert after == expected_after(before)
+    assert 'uplink_group "wan" {   # two tunnels' in after
+    assert '  uplink "wg1" { weight = 5 }' in after
+    assert json.loads(appliance.cli("status", "--json").stdout)["components"] == {"config": "1.2"}
+    history = json.loads(appliance.cli("history", "--json", "--migration", V).stdout)
+    assert [e["kind"] for e in history] == [
+        "MigrationStarted",
+        "MigrationLog",
+        "MigrationLog",
+        "MigrationLog",
+        "MigrationLog",
+        "WriteIntent",
+        "MigrationApplied",
+    ]
+    assert history[0]["checksum"] == blake3.blake3(CHAINED.encode()).hexdigest()
+    log = appliance.cli("log", V).stdout
+    assert 'add_block "ebpf": added ebpf { enabled = false }' in log
+
+    # Right after migrate, the engine restores the journaled bytes from before up.
+    assert appliance.cli("rollback", V).returncode == 0
+    assert config.read_text(encoding="utf-8") == before
+    # After an operator's edit, the inferred down runs.
+    assert appliance.cli("migrate").returncode == 0
+    config.write_text(after + "# reviewed by ops\n", encoding="utf-8")
+    result = appliance.cli("rollback", V)
+
+    assert result.returncode == 0, result.stderr
+    assert config.read_text(encoding="utf-8") == before + "# reviewed by ops\n"
+    log = appliance.cli("log", V).stdout
+    assert 'rename_block "uplink_group" -> vpn_link_group: renamed at line' in log
+    assert appliance.cli("journal", "verify").returncode == 0
+
+
+def test_a_declarative_migration_rolls_back_from_the_journal_after_its_file_is_gone(appliance):
+    config = declarative_box(appliance)
+    before = config.read_text(encoding="utf-8")
+    assert appliance.cli("migrate").returncode == 0
+    (appliance.migrations_dir / f"{V}_uplinks.hcl").unlink()
+    config.write_text(config.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
+
+    result = appliance.cli("rollback", V)
+
+    assert result.returncode == 0, result.stderr
+    assert config.read_text(encoding="utf-8") == before + "# edited\n"
+
+
+def test_a_rename_conflict_fails_the_migration_and_leaves_the_config_alone(appliance):
+    config = declarative_box(appliance)
+    config.write_text(
+        config.read_text(encoding="utf-8") + '\nuplink_group "wan" {\n}\n', encoding="utf-8"
+    )
+    before = config.read_bytes()
+
+    result = appliance.cli("migrate")
+
+    line = before.decode().splitlines().index('vpn_link_group "wan" {   # two tunnels') + 1
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"FAILED: migration {V} failed during up: RenameConflict: {config}: "
+        f'rename_block "vpn_link_group" -> uplink_group: vpn_link_group "wan" at line {line} '
+        "would duplicate the uplink_group block already there (preserve = true keeps both)"
+    )
+    assert config.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "case", ["overlap", "label not X.Y", "unknown argument", "unknown operation", "not HCL"]
+)
+def test_a_bad_file_fails_every_command_with_one_line_naming_file_and_line(appliance, case):
+    text, message = BAD_FILES[case]
+    path = appliance.write(f"{V}_bad.hcl", text)
+
+    for command in (["list"], ["migrate"]):
+        result = appliance.cli(*command)
+
+        assert result.returncode == 2
+        assert result.stderr == f"FAILED: {message.replace('x.hcl', str(path), 1)}\n"
+        assert "Traceback" not in result.stderr
+
+
+def test_a_declarative_file_is_signed_and_checked_like_any_other(appliance, tmp_path):
+    from test_signing import new_key, require
+
+    declarative_box(appliance)
+    key, public = new_key(tmp_path, "vendor.key")
+    require(appliance, public.hex())
+    assert appliance.cli("sign", "--key", str(key)).returncode == 0
+    path = appliance.migrations_dir / f"{V}_uplinks.hcl"
+    manifest = json.loads((appliance.migrations_dir / "signatures.json").read_text())
+    assert list(manifest["files"]) == [path.name]
+    path.write_text(CHAINED.replace("enabled = false", "enabled = true"))
+
+    result = appliance.cli("migrate")
+
+    assert result.returncode == 4
+    assert result.stderr.startswith(f"FAILED: {path}: modified after signing: checksum ")
+
+
+@pytest.mark.torture
+def test_a_kill_at_every_crash_point_of_a_declarative_run_recovers_to_the_uninterrupted_result(
+    appliance, tmp_path
+):
+    """No new side effect: the engine's journaled file replace, reached by a new kind."""
+    declarative_box(appliance)
+    reference = Appliance(tmp_path / "reference")
+    shutil.copytree(appliance.root, reference.root)
+    assert reference.cli("migrate").returncode == 0
+    expected = observe(reference.root)
+    listing = tmp_path / "points.txt"
+    enumerate_app = Appliance(tmp_path / "enumerate")
+    shutil.copytree(appliance.root, enumerate_app.root)
+    enumerate_app.cli("migrate", env={"FLYWALL_CRASH_LIST": str(listing)})
+    points = [line.replace(" ", ":") for line in listing.read_text().splitlines()]
+    assert any(p.startswith("file-") for p in points), points
+
+    violations = {}
+    for i, point in enumerate(points):
+        app = Appliance(tmp_path / f"cut-{i}")
+        shutil.copytree(appliance.root, app.root)
+        assert killed(app.cli("migrate", env={"FLYWALL_CRASH_AT": point})), point
+        problems = check_after_cut(app.root)
+        rerun = app.cli("migrate")
+        if rerun.returncode != 0:
+            problems.append(f"rerun exit {rerun.returncode}: {rerun.stderr.strip()}")
+        problems += check_settled(app.root, expected)
+        if problems:
+            violations[point] = problems
+
+    print(
+        f"\ndeclarative migrate: {len(points)} crash points x SIGKILL, {len(violations)} violations"
+    )
+    assert violations == {}
+
+
+# -- create --declarative ------------------------------------------------------------------------------
+
+
+def test_create_declarative_writes_a_file_discovery_accepts_one_version_up(appliance):
+    result = appliance.cli("create", "add widgets", "--declarative")
+
+    assert result.returncode == 0, result.stderr
+    path = result.stdout.removeprefix("created ").removesuffix("\n")
+    assert path.endswith("_add_widgets.hcl")
+    [migration] = discover([appliance.migrations_dir])
+    assert (migration.path, migration.kind, migration.component) == (path, "hcl", "config")
+    assert (migration.description, migration.schema_version) == ("Add widgets", "1.1")
+    assert 'migration "1.0" "1.1" {\n  description = "Add widgets"\n' in Path(path).read_text()
+    # The next one starts where this one ends.
+    second = appliance.cli("create", "more widgets", "--declarative", "--json")
+    assert 'migration "1.1" "1.2" {' in Path(json.loads(second.stdout)["path"]).read_text()
+    # Unedited, it only moves schema_version on.
+    config = appliance.workspace().paths.config
+    before = config.read_text(encoding="utf-8")
+    assert appliance.cli("migrate").returncode == 0
+    assert config.read_text(encoding="utf-8") == before.replace(
+        'schema_version = "1.0"', 'schema_version = "1.2"'
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--declarative", "--sql"], "--sql migrations are database migrations"),
+        (["--declarative", "--component", "api"], "--declarative migrations are config migrations"),
+    ],
+)
+def test_create_declarative_for_another_form_or_component_is_one_line_exit_2(
+    appliance, args, message
+):
+    result = appliance.cli("create", "x", *args)
+
+    assert result.returncode == 2
+    assert result.stderr == f"FAILED: {message}\n"
+    assert list(appliance.migrations_dir.iterdir()) == []
