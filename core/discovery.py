@@ -446,14 +446,19 @@ def _sql_preamble(path: str, lines: list[str]) -> tuple[dict[str, str], str]:
 
 
 def _parse_declarative(path: str, text: str) -> dict[str, Any]:
-    """Read Flywall's declarative format (FLYWALL.md §4); its down is always inferred."""
+    """Read Flywall's declarative format (FLYWALL.md §4); its down is always inferred.
+
+    Each rename retires its target, so `validate` warns where the config still uses it.
+    """
     from flywall.core.declarative import parse
 
     steps = parse(path, text)
+    renames = [o for s in steps for o in s.operations if o.new_name is not None]
     return {
         "component": "config",
         "kind": "hcl",
         "description": "; ".join(s.description for s in steps if s.description),
         "schema_version": steps[-1].to_version,
         "has_down": True,
+        "deprecations": {o.target: ".".join([*o.parent, o.new_name or ""]) for o in renames},
     }

@@ -574,6 +574,10 @@ def test_discovery_describes_a_declarative_file_as_a_config_migration(tmp_path):
     assert migration.schema_version == "1.2"
     assert migration.description == "Add eBPF, off; VPN links are uplinks"  # in version order
     assert (migration.has_down, migration.has_verify) == (True, False)
+    assert migration.deprecations == {
+        "vpn_link_group": "uplink_group",
+        "uplink_group.vpn_link": "uplink_group.uplink",
+    }
     assert migration.checksum == blake3.blake3(CHAINED.encode()).hexdigest()
 
 
@@ -664,6 +668,24 @@ def test_migrate_then_rollback_through_the_cli_journals_it_like_any_migration(ap
     log = appliance.cli("log", V).stdout
     assert 'rename_block "uplink_group" -> vpn_link_group: renamed at line' in log
     assert appliance.cli("journal", "verify").returncode == 0
+
+
+def test_validate_warns_where_the_config_still_uses_a_name_a_declarative_rename_retires(
+    appliance,
+):
+    config = declarative_box(appliance)
+    lines = config.read_text(encoding="utf-8").splitlines()
+    line = lines.index('vpn_link_group "wan" {   # two tunnels') + 1
+
+    before = appliance.cli("validate")
+
+    assert before.returncode == 0, before.stdout
+    assert [w for w in before.stdout.splitlines() if w.startswith("warn")] == [
+        "warn  deprecations: 1 deprecated key(s) in use",
+        f"warn  {config}:{line}: vpn_link_group is deprecated since 1.2; use uplink_group",
+    ]
+    assert appliance.cli("migrate").returncode == 0
+    assert "warn" not in appliance.cli("validate").stdout
 
 
 def test_a_declarative_migration_rolls_back_from_the_journal_after_its_file_is_gone(appliance):
