@@ -829,3 +829,17 @@ def test_create_declarative_for_another_form_or_component_is_one_line_exit_2(
     assert result.returncode == 2
     assert result.stderr == f"FAILED: {message}\n"
     assert list(appliance.migrations_dir.iterdir()) == []
+
+
+def test_the_readme_example_is_a_valid_file_that_does_what_it_says():
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    example = readme.split("```hcl\n# 202602010001_uplinks.hcl\n", 1)[1].split("```", 1)[0]
+
+    steps = parse("README.md", example)
+
+    assert [(s.from_version, s.to_version) for s in steps] == [("1.0", "1.1"), ("1.1", "1.2")]
+    up, _ = apply(steps, CONFIG)
+    assert 'uplink_group "wan" {' in up
+    assert "  require_auth = true\n" in up
+    assert "\nebpf {\n  enabled = false\n}\n" in up
+    assert apply(steps, up, "down")[0] == CONFIG
