@@ -150,7 +150,11 @@ def parse(path: str, text: str) -> tuple[Step, ...]:
         error = DiscoveryError(where, str(e).removeprefix(f"{where}: "))
         error.path = path
         raise error from e
-    steps = [_step(path, block) for block in _only(path, document.body, "migration")]
+    for name in document.body.attributes:
+        line = document.body.attribute_line(name) or 1
+        raise _error(path, line, f"unexpected attribute {name!r}: only migration blocks here")
+    top = _blocks_of(path, document.body, "migration", "at the top")
+    steps = [_step(path, block) for block in top]
     if not steps:
         raise DiscoveryError(path, 'holds no migration "FROM" "TO" { ... } block')
     steps.sort(key=lambda s: _key(s.from_version))
@@ -414,12 +418,12 @@ def _named(block: Block) -> str:
 
 def _literal(value: object) -> str:
     """A value as HCL spells it, for the log."""
-    from flywall.core.hcl import Expression, _render  # the one place literals are spelled
+    from flywall.core.hcl import _render  # the one place literals are spelled
 
     try:
         return _render(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return value.text if isinstance(value, Expression) else repr(value)
+        return repr(value)
 
 
 # -- versions ------------------------------------------------------------------------------------
@@ -457,15 +461,13 @@ def _error(path: str, line: int, detail: str) -> DiscoveryError:
     return error
 
 
-def _only(path: str, body: Body, block_type: str) -> list[Block]:
-    """The body's blocks of `block_type`; any attribute or other block is an error."""
-    for name in body.attributes:
-        line = body.attribute_line(name) or 0
-        raise _error(path, line, f"unexpected attribute {name!r}: only {block_type} blocks here")
+def _blocks_of(path: str, body: Body, block_type: str, where: str) -> list[Block]:
+    """The body's blocks, which must all be of `block_type`."""
     blocks = body.blocks()
     for block in blocks:
         if block.type != block_type:
-            raise _error(path, block.line, f"unexpected block {block.type!r}: only {block_type}")
+            detail = f"unexpected block {block.type!r} {where}: only {block_type} blocks"
+            raise _error(path, block.line, detail)
     return blocks
 
 
@@ -490,7 +492,8 @@ def _step(path: str, block: Block) -> Step:
         if not isinstance(value, str):
             raise _error(path, line, "description must be a string")
         description = value
-    operations = tuple(_operation(path, b) for b in _only_blocks(path, block, "operation"))
+    inside = _blocks_of(path, block.body, "operation", "in migration")
+    operations = tuple(_operation(path, b) for b in inside)
     return Step(
         from_version=labels[0],
         to_version=labels[1],
@@ -498,15 +501,6 @@ def _step(path: str, block: Block) -> Step:
         operations=operations,
         line=block.line,
     )
-
-
-def _only_blocks(path: str, block: Block, block_type: str) -> list[Block]:
-    blocks = block.blocks()
-    for child in blocks:
-        if child.type != block_type:
-            detail = f"unexpected block {child.type!r} in migration: only {block_type} blocks"
-            raise _error(path, child.line, detail)
-    return blocks
 
 
 def _operation(path: str, block: Block) -> Operation:

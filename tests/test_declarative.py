@@ -540,7 +540,19 @@ BAD_FILES = {
     ),
     "something else at the top": (
         'migration "1.0" "1.1" {\n}\nzone "lan" {\n}\n',
-        "x.hcl:3: unexpected block 'zone': only migration",
+        "x.hcl:3: unexpected block 'zone' at the top: only migration blocks",
+    ),
+    "an operation outside a migration": (
+        'operation "add_block" "ebpf" {}\n',
+        "x.hcl:1: unexpected block 'operation' at the top: only migration blocks",
+    ),
+    "something else in a migration": (
+        'migration "1.0" "1.1" {\n  step "add_block" "ebpf" {}\n}\n',
+        "x.hcl:2: unexpected block 'step' in migration: only operation blocks",
+    ),
+    "an attribute at the top": (
+        '# v2\nversion = "1.1"\n',
+        "x.hcl:2: unexpected attribute 'version': only migration blocks here",
     ),
     "no migration": ("# nothing yet\n", 'x.hcl: holds no migration "FROM" "TO" { ... } block'),
     "not HCL": (
