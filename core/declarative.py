@@ -72,9 +72,9 @@ OPERATIONS = (
     "rename_attribute",
 )
 _ARGUMENTS = ("new_name", "preserve", "defaults")
-_LABEL = r"^(\d+)\.(\d+)$"
+_LABEL = r"(\d+)\.(\d+)"  # always with re.fullmatch: `$` would let "1.1\n" through
 _NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
-_PATH = rf"^{_NAME}(\.{_NAME})*$"
+_PATH = rf"{_NAME}(\.{_NAME})*"
 _INVERSE = {
     "add_block": "remove_block",
     "remove_block": "add_block",
@@ -413,7 +413,7 @@ def _block_text(name: str, attributes: dict[str, Scalar]) -> str:
 
 def _named(block: Block) -> str:
     """The block's header as written: `uplink_group "main"`."""
-    return " ".join([block.type, *(f'"{label}"' for label in block.labels)])
+    return " ".join([block.type, *map(_literal, block.labels)])
 
 
 def _literal(value: object) -> str:
@@ -430,7 +430,7 @@ def _literal(value: object) -> str:
 
 
 def _key(label: str) -> tuple[int, int]:
-    match = re.match(_LABEL, label)
+    match = re.fullmatch(_LABEL, label)
     assert match is not None, "labels are checked by parse"
     return int(match[1]), int(match[2])
 
@@ -444,9 +444,9 @@ def _config_version(config: Document) -> tuple[int, int]:
     text = config.schema_version
     if text is None:
         return (1, 0)
-    match = re.match(_LABEL, text)
+    match = re.fullmatch(_LABEL, text)
     if match is None:
-        msg = f'{config.path}: schema_version "{text}" is not "X.Y" (two integers)'
+        msg = f'{config.path}: schema_version {_literal(text)} is not "X.Y" (two integers)'
         raise ValueError(msg)
     return int(match[1]), int(match[2])
 
@@ -478,8 +478,8 @@ def _step(path: str, block: Block) -> Step:
         detail = f'migration needs two labels, "FROM" "TO", got {len(labels)}'
         raise _error(path, block.line, detail)
     for label in labels:
-        if not re.match(_LABEL, label):
-            detail = f'migration label "{label}" is not "X.Y" (two integers, such as "1.1")'
+        if not re.fullmatch(_LABEL, label):
+            detail = f'migration label {_literal(label)} is not "X.Y" (two integers, such as "1.1")'
             raise _error(path, block.line, detail)
     if _key(labels[0]) >= _key(labels[1]):
         detail = f'migration "{labels[0]}" "{labels[1]}" must go up: FROM below TO'
@@ -512,7 +512,7 @@ def _operation(path: str, block: Block) -> Operation:
     kind, target = block.labels
     if kind not in OPERATIONS:
         raise _error(path, line, f"unknown operation {kind!r} (one of {', '.join(OPERATIONS)})")
-    if not re.match(_PATH, target):
+    if not re.fullmatch(_PATH, target):
         detail = f"operation target {target!r} is not a dotted path such as block or block.name"
         raise _error(path, line, detail)
     if kind.endswith("_attribute") and target == "schema_version":

@@ -480,6 +480,10 @@ BAD_FILES = {
         '# v2\nmigration "1.0" "1.1.0" {\n}\n',
         'x.hcl:2: migration label "1.1.0" is not "X.Y" (two integers, such as "1.1")',
     ),
+    "label with a line break": (
+        'migration "1.0" "1.1\\n" {\n}\n',
+        'x.hcl:1: migration label "1.1\\n" is not "X.Y" (two integers, such as "1.1")',
+    ),
     "one label": (
         'migration "1.1" {\n}\n',
         'x.hcl:1: migration needs two labels, "FROM" "TO", got 1',
