@@ -616,6 +616,24 @@ def test_the_migration_module_of_a_declarative_file_has_up_and_down(tmp_path):
 
 V = "202601010001"
 
+# One step to 1.1: the ceiling of what Flywall v0.3 loads (FLYWALL.md §2), which the
+# settings' max_config_version enforces by default.
+UPLINKS = """\
+# Flywall 1.1: VPN links are uplinks; eBPF is declared.
+migration "1.0" "1.1" {
+  description = "VPN links are uplinks, eBPF off"
+  operation "rename_block" "vpn_link_group" {
+    new_name = "uplink_group"
+  }
+  operation "rename_block" "uplink_group.vpn_link" {
+    new_name = "uplink"
+  }
+  operation "add_block" "ebpf" {
+    defaults = { enabled = false }
+  }
+}
+"""
+
 # Appended to the appliance's own flywall.hcl (tests/conftest.py builds it).
 BOX = """
 vpn_link_group "wan" {   # two tunnels
@@ -633,16 +651,16 @@ api {
 
 
 def declarative_box(app: Appliance) -> Path:
-    """The appliance's config with Flywall's legacy shapes, and CHAINED as a migration."""
+    """The appliance's config with Flywall's legacy shapes, and UPLINKS as a migration."""
     config = app.workspace().paths.config
     config.write_text(config.read_text(encoding="utf-8") + BOX, encoding="utf-8")
-    app.write(f"{V}_uplinks.hcl", CHAINED)
+    app.write(f"{V}_uplinks.hcl", UPLINKS)
     return config
 
 
 def expected_after(text: str) -> str:
-    """What CHAINED makes of `text` (the operations themselves are proven above)."""
-    return apply(parse("x.hcl", CHAINED), text)[0]
+    """What UPLINKS makes of `text` (the operations themselves are proven above)."""
+    return apply(parse("x.hcl", UPLINKS), text)[0]
 
 
 def test_migrate_then_rollback_through_the_cli_journals_it_like_any_migration(appliance):
@@ -656,7 +674,7 @@ def test_migrate_then_rollback_through_the_cli_journals_it_like_any_migration(ap
     assert after == expected_after(before)
     assert 'uplink_group "wan" {   # two tunnels' in after
     assert '  uplink "wg1" { weight = 5 }' in after
-    assert json.loads(appliance.cli("status", "--json").stdout)["components"] == {"config": "1.2"}
+    assert json.loads(appliance.cli("status", "--json").stdout)["components"] == {"config": "1.1"}
     history = json.loads(appliance.cli("history", "--json", "--migration", V).stdout)
     assert [e["kind"] for e in history] == [
         "MigrationStarted",
@@ -667,7 +685,7 @@ def test_migrate_then_rollback_through_the_cli_journals_it_like_any_migration(ap
         "WriteIntent",
         "MigrationApplied",
     ]
-    assert history[0]["checksum"] == blake3.blake3(CHAINED.encode()).hexdigest()
+    assert history[0]["checksum"] == blake3.blake3(UPLINKS.encode()).hexdigest()
     log = appliance.cli("log", V).stdout
     assert 'add_block "ebpf": added ebpf { enabled = false }' in log
 
@@ -698,7 +716,7 @@ def test_validate_warns_where_the_config_still_uses_a_name_a_declarative_rename_
     assert before.returncode == 0, before.stdout
     assert [w for w in before.stdout.splitlines() if w.startswith("warn")] == [
         "warn  deprecations: 1 deprecated key(s) in use",
-        f"warn  {config}:{line}: vpn_link_group is deprecated since 1.2; use uplink_group",
+        f"warn  {config}:{line}: vpn_link_group is deprecated since 1.1; use uplink_group",
     ]
     assert appliance.cli("migrate").returncode == 0
     assert "warn" not in appliance.cli("validate").stdout
@@ -761,7 +779,7 @@ def test_a_declarative_file_is_signed_and_checked_like_any_other(appliance, tmp_
     path = appliance.migrations_dir / f"{V}_uplinks.hcl"
     manifest = json.loads((appliance.migrations_dir / "signatures.json").read_text())
     assert list(manifest["files"]) == [path.name]
-    path.write_text(CHAINED.replace("enabled = false", "enabled = true"))
+    path.write_text(UPLINKS.replace("enabled = false", "enabled = true"))
 
     result = appliance.cli("migrate")
 
@@ -818,16 +836,16 @@ def test_create_declarative_writes_a_file_discovery_accepts_one_version_up(appli
     assert (migration.path, migration.kind, migration.component) == (path, "hcl", "config")
     assert (migration.description, migration.schema_version) == ("Add widgets", "1.1")
     assert 'migration "1.0" "1.1" {\n  description = "Add widgets"\n' in Path(path).read_text()
-    # The next one starts where this one ends.
-    second = appliance.cli("create", "more widgets", "--declarative", "--json")
-    assert 'migration "1.1" "1.2" {' in Path(json.loads(second.stdout)["path"]).read_text()
     # Unedited, it only moves schema_version on.
     config = appliance.workspace().paths.config
     before = config.read_text(encoding="utf-8")
     assert appliance.cli("migrate").returncode == 0
     assert config.read_text(encoding="utf-8") == before.replace(
-        'schema_version = "1.0"', 'schema_version = "1.2"'
+        'schema_version = "1.0"', 'schema_version = "1.1"'
     )
+    # The next one starts where this one ends.
+    second = appliance.cli("create", "more widgets", "--declarative", "--json")
+    assert 'migration "1.1" "1.2" {' in Path(json.loads(second.stdout)["path"]).read_text()
 
 
 @pytest.mark.parametrize(
