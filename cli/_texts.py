@@ -191,7 +191,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "create",
         "--help",
     ): (
-        "Usage: flywall migration create [OPTIONS] NAME\n\n  Write a new migration file from a template into the migrations directory.\n\nOptions:\n  --component [database|state|config|api]\n                                  What the migration changes.  [default:\n                                  database]\n  --sql                           Write a .sql migration (database only).\n  --json                          Print JSON.\n  -h, --help                      Show this message and exit.\n",
+        "Usage: flywall migration create [OPTIONS] NAME\n\n  Write a new migration file from a template into the migrations directory.\n\nOptions:\n  --component [database|state|config|api]\n                                  What the migration changes.  [default:\n                                  database; config with --declarative]\n  --sql                           Write a .sql migration (database only).\n  --declarative                   Write a .hcl migration in Flywall's\n                                  declarative format (config only).\n  --json                          Print JSON.\n  -h, --help                      Show this message and exit.\n",
         "",
         0,
     ),
@@ -200,7 +200,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "create",
         "-h",
     ): (
-        "Usage: flywall migration create [OPTIONS] NAME\n\n  Write a new migration file from a template into the migrations directory.\n\nOptions:\n  --component [database|state|config|api]\n                                  What the migration changes.  [default:\n                                  database]\n  --sql                           Write a .sql migration (database only).\n  --json                          Print JSON.\n  -h, --help                      Show this message and exit.\n",
+        "Usage: flywall migration create [OPTIONS] NAME\n\n  Write a new migration file from a template into the migrations directory.\n\nOptions:\n  --component [database|state|config|api]\n                                  What the migration changes.  [default:\n                                  database; config with --declarative]\n  --sql                           Write a .sql migration (database only).\n  --declarative                   Write a .hcl migration in Flywall's\n                                  declarative format (config only).\n  --json                          Print JSON.\n  -h, --help                      Show this message and exit.\n",
         "",
         0,
     ),

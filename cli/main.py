@@ -270,18 +270,24 @@ def log(version: str, as_json: bool) -> None:
 @click.option(
     "--component",
     type=click.Choice(["database", "state", "config", "api"]),
-    default="database",
-    show_default=True,
-    help="What the migration changes.",
+    default=None,
+    help="What the migration changes.  [default: database; config with --declarative]",
 )
 @click.option("--sql", is_flag=True, help="Write a .sql migration (database only).")
+@click.option(
+    "--declarative",
+    is_flag=True,
+    help="Write a .hcl migration in Flywall's declarative format (config only).",
+)
 @json_option
-def create(name: str, component: str, sql: bool, as_json: bool) -> None:
+def create(name: str, component: str | None, sql: bool, declarative: bool, as_json: bool) -> None:
     """Write a new migration file from a template into the migrations directory."""
     from flywall.cli import render
     from flywall.core import commands
 
-    path = commands.create(_workspace(), name, component=component, sql=sql)
+    path = commands.create(
+        _workspace(), name, component=component, sql=sql, declarative=declarative
+    )
     render.emit_json({"path": str(path)}) if as_json else click.echo(f"created {path}")
 
 

@@ -546,23 +546,58 @@ _SQL_TEMPLATE = """-- {description}
 
 """
 
+# Flywall's format (FLYWALL.md §4). The examples stay comments: applied unedited, the file
+# only moves the config's schema_version on, from the newest any migration sets.
+_DECLARATIVE_TEMPLATE = """\
+# {description}
+#
+# A declarative config migration (Flywall's format; README, "Declarative config
+# migrations"). Its down is inferred: the operations inverted, in reverse order.
+migration "{start}" "{end}" {{
+  description = "{description}"
+
+  # operation "add_block" "ebpf" {{
+  #   defaults = {{ enabled = false }}
+  # }}
+  # operation "rename_block" "vpn_link_group" {{
+  #   new_name = "uplink_group"
+  # }}
+  # operation "add_attribute" "api.require_auth" {{
+  #   defaults = {{ value = true }}
+  # }}
+}}
+"""
+
 _ARG = {"database": "db", "state": "records", "config": "config", "api": "document"}
 
 
-def create(ws: Workspace, name: str, *, component: str = "database", sql: bool = False) -> Path:
+def create(
+    ws: Workspace,
+    name: str,
+    *,
+    component: str | None = None,
+    sql: bool = False,
+    declarative: bool = False,
+) -> Path:
     """Write a new migration file from a template, versioned now (UTC, to the minute).
 
-    :raises UsageError: a bad name, an unknown component, or --sql with another component.
+    :param component: what it changes; database by default, config with `declarative`.
+    :param declarative: write Flywall's declarative `.hcl` form (a config migration).
+    :raises UsageError: a bad name, an unknown component, or --sql or --declarative with
+        a component they do not write.
     """
     import re
 
     slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
     if not slug:
         raise errors.UsageError(f"bad migration name {name!r}: use letters, digits, _")
+    component = component or ("config" if declarative else "database")
     if component not in _ARG:
         raise errors.UsageError(f"unknown component {component!r}: use {', '.join(_ARG)}")
-    if sql and component != "database":
+    if sql and (declarative or component != "database"):
         raise errors.UsageError("--sql migrations are database migrations")
+    if declarative and component != "config":
+        raise errors.UsageError("--declarative migrations are config migrations")
     directory = ws.paths.migrations_dir
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -573,20 +608,40 @@ def create(ws: Workspace, name: str, *, component: str = "database", sql: bool =
     while str(version) in taken or any(directory.glob(f"{version}_*")):
         version += 1
     description = name.replace("_", " ").strip().capitalize()
-    text = (
-        _SQL_TEMPLATE.format(description=description)
-        if sql
-        else _PY_TEMPLATE.format(
-            description=description, component=component, arg=_ARG[component], slug=slug
-        )
-    )
-    path = directory / f"{version}_{slug}.{'sql' if sql else 'py'}"
+    extension = "hcl" if declarative else "sql" if sql else "py"
+    text = _template(ws, extension, component, slug, description)
+    path = directory / f"{version}_{slug}.{extension}"
     try:
         with path.open("x", encoding="utf-8") as out:
             out.write(text)
     except OSError as e:
         raise errors.UsageError(f"{path}: cannot write the migration: {e.strerror}") from e
     return path
+
+
+def _template(ws: Workspace, extension: str, component: str, slug: str, description: str) -> str:
+    """The new file's text for its form: Python, SQL or declarative."""
+    if extension == "hcl":
+        start, end = _next_config_versions(ws)
+        return _DECLARATIVE_TEMPLATE.format(description=description, start=start, end=end)
+    if extension == "sql":
+        return _SQL_TEMPLATE.format(description=description)
+    return _PY_TEMPLATE.format(
+        description=description, component=component, arg=_ARG[component], slug=slug
+    )
+
+
+def _next_config_versions(ws: Workspace) -> tuple[str, str]:
+    """The newest X.Y schema_version a config migration sets ("1.0" if none), and the next."""
+    import re
+
+    found = [(1, 0)]
+    for m in ws.migrations:
+        match = re.fullmatch(r"(\d+)\.(\d+)", m.schema_version or "")
+        if m.component == "config" and match:
+            found.append((int(match[1]), int(match[2])))
+    major, minor = max(found)
+    return f"{major}.{minor}", f"{major}.{minor + 1}"
 
 
 # -- backups and repair -------------------------------------------------------------

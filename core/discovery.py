@@ -2,7 +2,9 @@
 
 Listing must stay cheap even for a thousand migrations, and a broken or hostile file must
 not run just because someone asked for `status`. So Python migrations are read with `ast`
-only; their code runs solely through `load_module`, when the engine applies them.
+only; their code runs solely through `load_module`, when the engine applies them. A
+declarative `.hcl` file (Flywall's format, core/declarative.py) is data: it is checked
+here, and `load_module` turns it into an `up` and a `down`.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ __all__ = [
 COMPONENTS = ("database", "state", "config", "api")
 # Patterns, not compiled ones: `status` and the writers mostly take files from the cache,
 # and re compiles (and keeps) a pattern on its first use only.
-_FILE_NAME = r"^(\d{12,})_([a-z0-9][a-z0-9_]*)\.(py|sql)$"
-_EXPECTED_NAME = "expected NNNNNNNNNNNN_slug.py or .sql, version of at least 12 digits"
+_FILE_NAME = r"^(\d{12,})_([a-z0-9][a-z0-9_]*)\.(py|sql|hcl)$"
+_EXPECTED_NAME = "expected NNNNNNNNNNNN_slug.py, .sql or .hcl, version of at least 12 digits"
 _VERSION = r"^\d{12,}$"
 _BOM = b"\xef\xbb\xbf"
 _SQL_MARKERS = {f"-- migrate:{section}": section for section in ("up", "down", "verify")}
@@ -63,7 +65,7 @@ class Migration(msgspec.Struct, frozen=True, kw_only=True):
     slug: str
     component: str
     path: str
-    kind: Literal["python", "sql"]
+    kind: Literal["python", "sql", "hcl"]
     checksum: str
     source: bytes
     description: str = ""
@@ -109,7 +111,7 @@ def from_source(path: str, raw: bytes) -> Migration:
         text = source.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DiscoveryError(path, f"is not UTF-8 ({e.reason} at byte {e.start})") from e
-    parse = _parse_python if extension == "py" else _parse_sql
+    parse = {"py": _parse_python, "sql": _parse_sql, "hcl": _parse_declarative}[extension]
     return Migration(
         version=version,
         slug=slug,
@@ -182,7 +184,7 @@ def discover(
 
 
 def _listing(directory: Path) -> list[os.DirEntry[str]] | None:
-    """The folder's .py and .sql entries by name; None when it does not exist.
+    """The folder's .py, .sql and .hcl entries by name; None when it does not exist.
 
     :raises DiscoveryError: it is not a folder, or cannot be listed (permissions).
     """
@@ -190,7 +192,8 @@ def _listing(directory: Path) -> list[os.DirEntry[str]] | None:
         # scandir: one stat per file (entry.stat()); its type comes with the listing
         with os.scandir(directory) as listing:
             return sorted(
-                (e for e in listing if e.name.endswith((".py", ".sql"))), key=lambda e: e.name
+                (e for e in listing if e.name.endswith((".py", ".sql", ".hcl"))),
+                key=lambda e: e.name,
             )
     except FileNotFoundError:
         return None
@@ -272,8 +275,15 @@ def load_module(migration: Migration) -> types.ModuleType:
     Running from `migration.source` rather than the file lets a migration roll back after
     a firmware downgrade removed its file (DESIGN §4).
 
+    A declarative migration (`.hcl`) gives a module whose `up` and `down` apply its
+    operations (core/declarative.py), so the engine calls it as it calls any other.
+
     :raises DiscoveryError: the module body raised.
     """
+    if migration.kind == "hcl":
+        from flywall.core.declarative import functions
+
+        return functions(migration)
     if migration.kind != "python":
         raise ValueError(f"{migration.path} is a SQL migration; there is no module to load")
     name = f"flywall_migration_{migration.version}"
@@ -433,3 +443,22 @@ def _sql_preamble(path: str, lines: list[str]) -> tuple[dict[str, str], str]:
         elif comment and not description:
             description = comment
     return headers, description
+
+
+def _parse_declarative(path: str, text: str) -> dict[str, Any]:
+    """Read Flywall's declarative format (FLYWALL.md §4); its down is always inferred.
+
+    Each rename retires its target, so `validate` warns where the config still uses it.
+    """
+    from flywall.core.declarative import parse
+
+    steps = parse(path, text)
+    renames = [o for s in steps for o in s.operations if o.new_name is not None]
+    return {
+        "component": "config",
+        "kind": "hcl",
+        "description": "; ".join(s.description for s in steps if s.description),
+        "schema_version": steps[-1].to_version,
+        "has_down": True,
+        "deprecations": {o.target: ".".join([*o.parent, o.new_name or ""]) for o in renames},
+    }

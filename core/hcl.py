@@ -1,10 +1,10 @@
 """An editable HCL document that writes by splicing (DESIGN §8).
 
-A migration edits flywall.hcl through `Document`: find blocks by type and labels, get, set and
-delete attributes, add, remove and rename blocks. The promise is tomlkit's: bytes an edit did
-not touch stay byte-identical (comments, blank lines, indentation, attribute order, heredocs),
-so an operator's `diff` shows only the migration's change, and new lines copy the indentation
-and line endings of their neighbours.
+A migration edits flywall.hcl through `Document`: find blocks by type and labels, get, set,
+rename and delete attributes, add, remove and rename blocks. The promise is tomlkit's: bytes
+an edit did not touch stay byte-identical (comments, blank lines, indentation, attribute
+order, heredocs), so an operator's `diff` shows only the migration's change, and new lines
+copy the indentation and line endings of their neighbours.
 
 How it works, and why this way: the document keeps its current text and python-hcl2's raw Lark
 tree of that text, whose tokens carry `start_pos`/`end_pos`. Each edit computes one or a few
@@ -298,6 +298,13 @@ class Body:
         """Whether the attribute is present (even when its value is null)."""
         return self._attribute(name) is not None
 
+    def attribute_line(self, name: str) -> int | None:
+        """The 1-based line the attribute starts on, for messages; None when it is absent."""
+        attribute = self._attribute(name)
+        if attribute is None:
+            return None
+        return self._document._text.count("\n", 0, _span(attribute)[0]) + 1  # noqa: SLF001
+
     # -- editing ------------------------------------------------------------------------------
 
     def set(self, name: str, value: Value) -> None:
@@ -319,6 +326,32 @@ class Body:
         start, end = _span(attribute)
         start, end = _item_removal(self._document._text, start, end)  # noqa: SLF001
         self._document._edit([(start, end, "")])  # noqa: SLF001
+        return True
+
+    def rename(self, name: str, new_name: str) -> bool:
+        """Rename the attribute where it stands: only its name's bytes change.
+
+        Its value, inline comment and position are kept, and padding that aligns its `=`
+        with its neighbours' is resized to keep the column, so renaming back gives the
+        bytes as they were. Returns False when the attribute is absent.
+
+        :raises ValueError: `new_name` is not an HCL identifier, or is already set here
+            (HCL allows an attribute once per body).
+        """
+        _check_name(new_name)
+        attribute = self._attribute(name)
+        if attribute is None or new_name == name:
+            return attribute is not None
+        if self.has(new_name):
+            raise ValueError(f"{self._document.path}: {new_name} is already set in {self!r}")
+        start, end = _span(attribute.children[0])
+        splices = [(start, end, new_name)]
+        equals = _span(attribute.children[1])[1] - 1  # the EQ token holds the spaces before it
+        padding = self._document._text[end:equals]  # noqa: SLF001
+        if len(padding) > 1 and not padding.strip(" "):  # aligned: keep the `=` column
+            width = max(1, len(padding) - (len(new_name) - len(name)))
+            splices.append((end, equals, " " * width))
+        self._document._edit(splices)  # noqa: SLF001
         return True
 
     def add_block(self, block_type: str, /, *labels: str, **attributes: Value) -> Block:
@@ -539,7 +572,7 @@ class Body:
 class Block:
     """A handle on one block; it follows the block through edits until the block is removed.
 
-    `get`, `set`, `delete`, `has`, `attributes`, `blocks`, `block`, `add_block`,
+    `get`, `set`, `delete`, `rename`, `has`, `attributes`, `blocks`, `block`, `add_block`,
     `setdefault_block`, `remove_block` and `rename_block` act on the block's body.
 
     .. versionadded:: 0.1.0
@@ -595,6 +628,10 @@ class Block:
     def delete(self, name: str) -> bool:
         """See `Body.delete`."""
         return self.body.delete(name)
+
+    def rename(self, name: str, new_name: str) -> bool:
+        """See `Body.rename`."""
+        return self.body.rename(name, new_name)
 
     def blocks(self, block_type: str | None = None, /, *labels: str) -> list[Block]:
         """See `Body.blocks`."""

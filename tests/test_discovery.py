@@ -204,7 +204,7 @@ UP = "def up(ctx, x): pass\n"
         (
             "20231201_short.py",
             UP,
-            "expected NNNNNNNNNNNN_slug.py or .sql, version of at least 12 digits",
+            "expected NNNNNNNNNNNN_slug.py, .sql or .hcl, version of at least 12 digits",
         ),
         ("202312010001_Bad_Slug.sql", "-- migrate:up\nSELECT 1;", "expected NNNNNNNNNNNN_slug.py"),
         ("add_zones.py", UP, "expected NNNNNNNNNNNN_slug.py"),
