@@ -265,7 +265,7 @@ def crash_points(template: Appliance, tmp_path: Path, command: tuple[str, ...]) 
     return [line.replace(" ", ":") for line in listing.read_text().splitlines()]
 
 
-SAMPLES = 14
+SAMPLES = 8
 """Crash points per scenario in the default run; FLYWALL_TORTURE=long kills at every one."""
 LOW_CHECKPOINT = {"FLYWALL_WAL_AUTOCHECKPOINT": "2"}
 """Checkpoints inside every run: the journal and state.db copy their WAL every two pages."""
