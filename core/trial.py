@@ -24,7 +24,7 @@ import apsw
 import blake3
 import msgspec
 
-from flywall.core import errors, fileio, planner, projection, sandbox
+from flywall.core import errors, fileio, planner, projection, sandbox, sqlverify
 from flywall.core import events as ev
 from flywall.core.recovery import MARKED
 from flywall.core.targets.database import bookkeeping, schema_fingerprint
@@ -416,7 +416,7 @@ def _verify(ws: Workspace, m: Migration) -> str | None:
         if m.kind == "sql":
             assert db is not None
             assert m.verify_sql is not None
-            db.execute(m.verify_sql).fetchall()
+            sqlverify.check(db, m.verify_sql)
         elif db is not None:
             load_module(m).verify(ctx, db)
         else:

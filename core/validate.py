@@ -224,7 +224,7 @@ def verify_migrations(
 
 
 def _verify(ws: Workspace, m: Migration, db: DatabaseTarget | None) -> None:
-    from flywall.core import fileio
+    from flywall.core import fileio, sqlverify
     from flywall.core.context import MigrationContext
     from flywall.core.discovery import load_module
     from flywall.core.targets.files import target_for
@@ -241,8 +241,7 @@ def _verify(ws: Workspace, m: Migration, db: DatabaseTarget | None) -> None:
     conn.execute("SAVEPOINT flywall_verify")
     try:
         if m.kind == "sql":
-            for _ in conn.execute(m.verify_sql or ""):
-                pass
+            sqlverify.check(conn, m.verify_sql or "")
         else:
             load_module(m).verify(ctx, conn)
     finally:

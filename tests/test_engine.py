@@ -344,3 +344,55 @@ def test_the_state_machine_is_imported_only_by_a_writer_that_writes_an_event(app
     assert not imports_transitions()  # nothing pending: no event, no machine
     create_table_migration(appliance, "202401010002", "zones")
     assert imports_transitions()
+
+
+VERIFIED = """\
+-- Zones with a default MTU.
+-- migrate:up
+CREATE TABLE zones (id INTEGER PRIMARY KEY, name TEXT NOT NULL, mtu INTEGER);
+INSERT INTO zones (name, mtu) VALUES ('lan', 1500), ('wan', {wan_mtu});
+-- migrate:down
+DROP TABLE zones;
+-- migrate:verify
+CREATE TEMP TABLE expected (name TEXT);
+SELECT count(*) = 2 FROM zones;
+SELECT mtu IS NOT NULL FROM zones ORDER BY id;
+"""
+
+
+@pytest.mark.parametrize(
+    ("wan_mtu", "finding"),
+    [
+        ("1400", None),
+        (
+            "NULL",
+            "`SELECT mtu IS NOT NULL FROM zones ORDER BY id;`: row 2 has 0 as its first value",
+        ),
+    ],
+)
+def test_a_sql_verify_is_an_assertion_on_the_data(
+    appliance: Appliance, wan_mtu: str, finding: str | None
+) -> None:
+    """Each query of `-- migrate:verify` must return rows whose first value is true."""
+    appliance.write("202401010001_zones.sql", VERIFIED.format(wan_mtu=wan_mtu))
+    migrate = appliance.cli("migrate")
+    validate = appliance.cli("validate")
+    if finding is None:
+        assert migrate.returncode == 0, migrate.stderr
+        assert validate.returncode == 0, validate.stdout
+        return
+    assert migrate.returncode == 4, migrate.stderr
+    assert "validate_after failed: verify 202401010001: VerifyFailed: " + finding in migrate.stderr
+
+
+def test_a_sql_verify_query_that_returns_no_row_fails() -> None:
+    from flywall.core import sqlverify
+
+    db = apsw.Connection(":memory:")
+    db.execute("CREATE TABLE t (x)")
+    sqlverify.check(db, "-- nothing to see\nCREATE TEMP TABLE u (y);\n")
+    with pytest.raises(sqlverify.VerifyFailed, match="returned no row"):
+        sqlverify.check(db, "SELECT x FROM t;")
+    db.execute("INSERT INTO t VALUES ('0.0'), ('yes')")
+    with pytest.raises(sqlverify.VerifyFailed, match=r"row 1 has '0\.0'"):
+        sqlverify.check(db, "SELECT x FROM t ORDER BY rowid")
