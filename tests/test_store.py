@@ -23,7 +23,7 @@ from flywallstore import (
     log,
     replay,
 )
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flywall.core.targets.records import CHECKPOINTS, Records
@@ -386,3 +386,88 @@ def test_a_rollback_appends_its_own_changes(tmp_path: Path) -> None:
     assert {k: v[0] for k, v in entries(db).items()} == original
     assert len(log(db)) == mid + down
     assert_consistent(db)
+
+
+# --- the property ---------------------------------------------------------------------
+
+Op = tuple[str, str, int, int | None, int, int]
+"""(kind, bucket, argument, batch size, kill after batch n (0: none), fail at fn call n)."""
+
+OPS = st.tuples(
+    st.sampled_from(["tag", "tag_sql", "untag", "delete"]),
+    st.sampled_from(["dhcp_leases", "dns_cache"]),
+    st.integers(1, 4),
+    st.one_of(st.none(), st.integers(1, 9)),
+    st.integers(0, 4),
+    st.integers(0, 25),
+)
+
+
+class Boom(Exception):
+    """A vendor's fn failing mid-batch: that batch is undone, the earlier ones stay."""
+
+
+def model_step(kind: str, arg: int, key: str, value: Any) -> Any:
+    """What op `kind` makes of one entry's value: the expected store, entry by entry."""
+    if kind in {"tag", "tag_sql"}:
+        return value | {"tag": arg}
+    if kind == "untag":
+        return {k: v for k, v in value.items() if k != "tag"}
+    return DELETE if sum(key.encode()) % (arg + 1) == 0 else value
+
+
+def apply_op(db: apsw.Connection, step: str, op: Op) -> None:
+    """Run op to its end, as the engine would after any number of kills and failures."""
+    kind, bucket, arg, batch, kill, fail = op
+    calls = [0]
+
+    def fn(value: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == fail:
+            raise Boom
+        return model_step(kind, arg, value.get("mac") or f"{value['name']}:{value['type']}", value)
+
+    def delete(value: Any) -> Any:
+        new = fn(value)
+        return new if new is DELETE else None
+
+    # killed or failed (once each at most), then resumed to the end
+    attempts = [Run(db, step, kill_at=kill), Run(db, step), Run(db, step)]
+    for run in attempts:
+        try:
+            if kind == "tag_sql":
+                run(bucket, "transform_sql", f"json_set(value, '$.tag', {arg})", batch_size=batch)
+            else:
+                run(bucket, "transform", delete if kind == "delete" else fn, batch_size=batch)
+        except (Kill, Boom):
+            continue
+        break
+    else:
+        pytest.fail("the resumed run did not finish")
+    finish(db, step)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=st.lists(OPS, max_size=6), hashed=st.booleans())
+def test_after_any_migrations_rollbacks_and_kills_the_store_is_its_log(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[Op], *, hashed: bool
+) -> None:
+    """The chain holds, each entry's version is its latest change's, and replaying the
+    log from an empty store gives the entries, whatever ran, failed or was cut."""
+    path = tmp_path_factory.mktemp("store") / "state.db"
+    create_store(path, 30, hashed=hashed, dns=12)
+    db = apsw.Connection(str(path))
+    expected = {k: v for k, (v, _, _) in entries(db).items()}
+    for i, op in enumerate(ops):
+        kind, bucket, arg = op[:3]
+        apply_op(db, f"{i:012d}:{'down' if kind == 'untag' else 'up'}", op)
+        for (b, key), value in list(expected.items()):
+            if b == bucket:
+                new = model_step("tag" if kind == "tag_sql" else kind, arg, key, value)
+                if new is DELETE:
+                    del expected[(b, key)]
+                else:
+                    expected[(b, key)] = new
+        assert_consistent(db)
+        assert {k: v for k, (v, _, _) in entries(db).items()} == expected
+    db.close()
