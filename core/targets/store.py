@@ -18,6 +18,7 @@ Go `time.Time` text its timestamps are stored in, the hash formula, the bucket h
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
 import re
 import time
@@ -80,6 +81,7 @@ _CHUNK = 10_000
 """Entries per range of an atomic run (as records.py's): bounds the pending new values."""
 
 _decode = msgspec.json.Decoder()
+_sha256 = hashlib.sha256
 _encode = msgspec.json.Encoder()
 
 
@@ -110,7 +112,7 @@ def has_hash(db: apsw.Connection) -> bool:
 # --- Go's time.Time text ---------------------------------------------------------------
 
 _GO_TIME = re.compile(
-    r"(\d{4,})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))? ([+-])(\d\d)(\d\d)"
+    r"(\d{4,}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.(\d{1,9}))? ([+-]\d{4})"
     r"(?: [A-Za-z0-9+-]+)?(?: m=[+-][0-9.]+)?"
 )
 
@@ -139,13 +141,22 @@ def parse_go_time(text: str) -> int:
     match = _GO_TIME.fullmatch(text)
     if match is None:
         raise ValueError(f"{text!r} is not a Go time (2006-01-02 15:04:05.999999999 -0700 MST)")
-    year, month, day, hour, minute, second, fraction, sign, zh, zm = match.groups()
-    seconds = calendar.timegm(
-        (int(year), int(month), int(day), int(hour), int(minute), int(second), 0, 0, 0)
-    )
-    offset = (int(zh) * 3600 + int(zm) * 60) * (1 if sign == "+" else -1)
-    nanos = int((fraction or "").ljust(9, "0"))
-    return (seconds - offset) * 1_000_000_000 + nanos
+    whole, fraction, zone = match.groups()
+    return _seconds(whole, zone) * 1_000_000_000 + int((fraction or "").ljust(9, "0"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _seconds(whole: str, zone: str) -> int:
+    """Unix seconds of `YYYY-MM-DD HH:MM:SS` at UTC offset `zone` (+hhmm).
+
+    A log's rows share their second with their neighbours: the checker computes each once.
+    """
+    date, clock = whole.split(" ")
+    year, month, day = (int(part) for part in date.split("-"))
+    hour, minute, second = (int(part) for part in clock.split(":"))
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    offset = int(zone[1:3]) * 3600 + int(zone[3:5]) * 60
+    return seconds - offset if zone[0] == "+" else seconds + offset
 
 
 # --- the change log's hash ---------------------------------------------------------------
@@ -168,18 +179,9 @@ def change_hash(
     unix_ns: int,
 ) -> str:
     """The `hash` of one `changes` row, chained on `prev_hash` (`""` for the first row)."""
-    data = b"|".join(
-        (
-            prev_hash.encode(),
-            bucket.encode(),
-            key.encode(),
-            _bytes(value),
-            change_type.encode(),
-            str(version).encode(),
-            str(unix_ns).encode(),
-        )
-    )
-    return hashlib.sha256(data).hexdigest()
+    head = f"{prev_hash}|{bucket}|{key}|".encode()
+    tail = f"|{change_type}|{version}|{unix_ns}".encode()
+    return _sha256(head + _bytes(value) + tail).hexdigest()
 
 
 def check_chain(db: apsw.Connection) -> str | None:
@@ -314,15 +316,13 @@ class Bucket:
         entries `fn` sees; with `batch_size`, each batch (that many entries of the bucket
         in key order, of which `where` picks) commits with its checkpoint.
         """
-        changed = [0]
+        decode, encode = _decode.decode, _encode.encode
 
-        def change(low: str | None, high: str) -> list[_Change]:
-            found = self._python_range(fn, where, low, high)
-            changed[0] += len(found)
-            return found
+        def judge(raw: bytes | str | None) -> Any:
+            new = fn(decode(raw) if raw is not None else None)
+            return new if new is None or new is DELETE else encode(new)
 
-        self._walk(batch_size, change)
-        return changed[0]
+        return self._walk(batch_size, lambda low, high: self._change(low, high, where, judge))
 
     def transform_sql(
         self, expression: str, *, where: str | None = None, batch_size: int | None = None
@@ -334,15 +334,12 @@ class Bucket:
         or equal to its old one is left alone, so a repeated run changes nothing. Same key
         order, batches and checkpoints as `transform`.
         """
-        changed = [0]
 
-        def change(low: str | None, high: str) -> list[_Change]:
-            found = self._sql_range(expression, where, low, high)
-            changed[0] += len(found)
-            return found
+        def judge(_raw: bytes | str | None, new: bytes | None) -> bytes | None:
+            return new
 
-        self._walk(batch_size, change)
-        return changed[0]
+        new = f"CAST(({expression}) AS BLOB)"
+        return self._walk(batch_size, lambda low, high: self._change(low, high, where, judge, new))
 
     # -- one range --------------------------------------------------------------------
 
@@ -351,35 +348,36 @@ class Bucket:
         lower = "key > :low" if low is not None else "key >= ''"
         return f"bucket = :bucket AND {lower} AND key <= :high"
 
-    def _python_range(
-        self, fn: Callable[[Any], Any], where: str | None, low: str | None, high: str
+    def _change(
+        self,
+        low: str | None,
+        high: str,
+        where: str | None,
+        judge: Callable[..., Any],
+        new_sql: str | None = None,
     ) -> list[_Change]:
-        """Change one range with `fn` called from inside one UPDATE; then delete.
+        """Change one range with one UPDATE that calls `judge` per entry; then delete.
 
-        WHERE decides (calling `fn` once per entry, in key order, and numbering each
-        change), SET takes the new value and version: no entry becomes a Python tuple,
-        and an entry `fn` leaves alone is not written at all.
+        WHERE asks `judge(value[, new_sql's value])` once per entry, in key order, and
+        numbers each change; SET takes the new value and version. No entry becomes a
+        Python tuple, and an entry left alone is not written at all. `judge` returns the
+        new bytes, None, or DELETE.
         """
-        decode, encode = _decode.decode, _encode.encode
         found: list[_Change] = []
-        pending: dict[str, tuple[bytes, int]] = {}
+        pending: dict[str, _Change] = {}
 
-        def decide(key: str, raw: bytes | str | None) -> int:
-            new = fn(decode(raw) if raw is not None else None)
-            if new is None:
+        def decide(key: str, raw: bytes | str | None, *new: Any) -> int:
+            data = judge(raw, *new)
+            if data is None or (data is not DELETE and raw is not None and data == _bytes(raw)):
                 return 0
-            if new is DELETE:
+            if data is DELETE:
                 found.append(_Change(key, None, "delete", self._next()))
                 return 0
-            data = encode(new)
-            if raw is not None and data == _bytes(raw):
-                return 0
-            version = self._next()
-            pending[key] = (data, version)
-            found.append(_Change(key, data, "update", version))
+            change = pending[key] = _Change(key, data, "update", self._next())
+            found.append(change)
             return 1
 
-        call = "flywall_entry_changes(key, value)"
+        call = f"flywall_entry_changes(key, value{', ' + new_sql if new_sql else ''})"
         update = (
             "UPDATE entries SET value = flywall_entry_value(key), "
             "version = flywall_entry_version(key), updated_at = :now "
@@ -387,37 +385,14 @@ class Bucket:
             + (f"CASE WHEN ({where}) THEN {call} END" if where else call)
         )
         functions = {
-            "flywall_entry_changes": (decide, 2),
-            "flywall_entry_value": (lambda key: pending[key][0], 1),
-            "flywall_entry_version": (lambda key: pending.pop(key)[1], 1),
+            "flywall_entry_changes": (decide, 3 if new_sql else 2),
+            "flywall_entry_value": (lambda key: pending[key].value, 1),
+            "flywall_entry_version": (lambda key: pending.pop(key).version, 1),
         }
         with self._functions(functions):
             self.db.execute(update, self._params(low, high))
         self._delete([c.key for c in found if c.change_type == "delete"])
         return found
-
-    def _sql_range(
-        self, expression: str, where: str | None, low: str | None, high: str
-    ) -> list[_Change]:
-        """Change one range with one UPDATE that numbers each changed entry as it goes."""
-        found: dict[str, _Change] = {}
-
-        def version(key: str, data: bytes) -> int:
-            change = found.get(key)
-            if change is None:
-                change = found[key] = _Change(key, data, "update", self._next())
-            return change.version
-
-        new = f"CAST(({expression}) AS BLOB)"
-        condition = f" AND ({where})" if where else ""
-        update = (
-            f"UPDATE entries SET value = {new}, version = flywall_entry_version(key, {new}), "
-            f"updated_at = :now WHERE {self._range(low)}{condition} "
-            f"AND {new} IS NOT NULL AND {new} IS NOT CAST(value AS BLOB)"
-        )
-        with self._functions({"flywall_entry_version": (version, 2)}):
-            self.db.execute(update, self._params(low, high))
-        return sorted(found.values(), key=lambda c: c.version)
 
     def _params(self, low: str | None, high: str) -> dict[str, Any]:
         params = {"bucket": self.name, "high": high, "now": self._now_text}
@@ -487,12 +462,13 @@ class Bucket:
 
     def _walk(
         self, batch_size: int | None, change: Callable[[str | None, str], list[_Change]]
-    ) -> None:
-        """Change each key range still to do, in key order, appending its changes.
+    ) -> int:
+        """Change each key range still to do, in key order; return the entries changed.
 
         A range is the bucket's next `batch_size` entries after the last checkpoint (as
         `Records._walk`); its entries, its change rows and its checkpoint commit together.
         """
+        changed = 0
         steps, table = self._steps, f"bucket:{self.name}"
         steps.ensure_checkpoints()
         if steps.atomic:
@@ -507,12 +483,15 @@ class Bucket:
         size = batch_size or _CHUNK
         for high, rows in self._ranges(low, size):
             self._stamp()
-            self._append(change(low, high))
+            found = change(low, high)
+            self._append(found)
+            changed += len(found)
             done, low = done + rows, high
             steps.progress(done, total)
             if batch_size is not None:
                 steps.commit_batch(table, low, done, total)
                 self._follow_log()
+        return changed
 
     def _ranges(self, low: str | None, size: int) -> Iterator[tuple[str, int]]:
         """Yield (last key, entries) of each next range of `size` entries after `low`."""
@@ -547,7 +526,7 @@ class Bucket:
     _now_text = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Change:
     """One change a range made: the `changes` row it needs, but for bucket and time."""
 
