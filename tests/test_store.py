@@ -471,3 +471,23 @@ def test_after_any_migrations_rollbacks_and_kills_the_store_is_its_log(
         assert_consistent(db)
         assert {k: v for k, (v, _, _) in entries(db).items()} == expected
     db.close()
+
+
+def test_the_full_strategy_changes_the_bucket_in_one_transaction(tmp_path: Path) -> None:
+    """`full` (atomic): batch_size is ignored; nothing commits before the engine does."""
+    db = store(tmp_path, 40)
+    before = entries(db)
+    batches: list[Any] = []
+    records = Records(
+        db,
+        "000000000002:up",
+        on_batch=lambda *a: batches.append(a),
+        progress=lambda *_: None,
+        atomic=True,
+    )
+    db.execute("BEGIN IMMEDIATE")
+    changed = records.bucket("dhcp_leases").transform(lambda v: v | {"x": 1}, batch_size=3)
+    assert changed > 3
+    assert batches == []
+    db.execute("ROLLBACK")
+    assert entries(db) == before
