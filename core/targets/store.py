@@ -359,7 +359,8 @@ class Bucket:
         """Change one range with one UPDATE that calls `judge` per entry; then delete.
 
         WHERE asks `judge(value[, new_sql's value])` once per entry, in key order, and
-        numbers each change; SET takes the new value and version. No entry becomes a
+        numbers each change; SET takes the new value and version (in whichever order
+        SQLite evaluates them: `pending` lives as long as the range). No entry becomes a
         Python tuple, and an entry left alone is not written at all. `judge` returns the
         new bytes, None, or DELETE.
         """
@@ -387,7 +388,7 @@ class Bucket:
         functions = {
             "flywall_entry_changes": (decide, 3 if new_sql else 2),
             "flywall_entry_value": (lambda key: pending[key].value, 1),
-            "flywall_entry_version": (lambda key: pending.pop(key).version, 1),
+            "flywall_entry_version": (lambda key: pending[key].version, 1),
         }
         with self._functions(functions):
             self.db.execute(update, self._params(low, high))
