@@ -161,7 +161,10 @@ def target_checks(
 
     `quick` (validate_before/after around every run) uses `PRAGMA quick_check`, which
     skips only the index-versus-table cross-check that the full `validate` still runs.
+    On Flywall's store, the change log's hash chain too: replication peers verify it.
     """
+    from flywall.core.targets import store
+
     checks: dict[str, str] = {}
     if db is not None:
         pragma = "quick_check" if quick else "integrity_check"
@@ -170,6 +173,8 @@ def target_checks(
         checks["integrity"] = "ok" if integrity == ["ok"] else "; ".join(integrity)
         fk = db.db.execute("PRAGMA foreign_key_check").fetchall()
         checks["foreign keys"] = "ok" if not fk else f"{len(fk)} violation(s), first {fk[0]}"
+        if store.is_store(db.db):
+            checks["change log"] = store.check_chain(db.db) or "ok"
     checks["drift"] = "; ".join(drift.detect(state, db)) or "ok"
     checks["batch checkpoints"] = "; ".join(_half_done_steps(state, db)) or "ok"
     return checks

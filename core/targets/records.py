@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from flywall.core.crash import crashpoint
+from flywall.core.targets.store import DELETE, Bucket, Progress
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,6 +42,9 @@ _encode = msgspec.json.Encoder()
 class Records:
     """The record helper a state migration receives; `db` is also there for plain SQL."""
 
+    DELETE = DELETE
+    """What a bucket transform's `fn` returns to delete the entry."""
+
     def __init__(
         self,
         db: apsw.Connection,
@@ -55,6 +59,20 @@ class Records:
         self._step = step  # "VERSION:up" or "VERSION:down": checkpoints per direction
         self._on_batch = on_batch
         self._progress = progress
+
+    def bucket(self, name: str) -> Bucket:
+        """Flywall's bucket `name` (FLYWALL.md §5): its entries change with chained `changes`.
+
+        Same batches, checkpoints and progress as `transform`; see store.py.
+        """
+        steps = Progress(
+            self._ensure_checkpoints,
+            self._checkpoint,
+            self._commit_batch,
+            self._progress,
+            atomic=self._atomic,
+        )
+        return Bucket(self.db, name, steps)
 
     def transform(
         self,
