@@ -226,3 +226,22 @@ def check_settled(root: Path, reference: Observed) -> list[str]:
 def killed(result: subprocess.CompletedProcess[str]) -> bool:
     """Tell whether a CLI run died by SIGKILL (as FLYWALL_CRASH_AT does)."""
     return result.returncode == -9
+
+
+SAMPLES = 8
+"""Crash points per scenario in the default run; FLYWALL_TORTURE=long kills at every one."""
+LOW_CHECKPOINT = {"FLYWALL_WAL_AUTOCHECKPOINT": "2"}
+"""Checkpoints inside every run: the journal and state.db copy their WAL every two pages."""
+
+
+def cuts(points: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """(point, environment) pairs: every point twice (SQLite's and a low checkpoint
+    threshold) under FLYWALL_TORTURE=long; else SAMPLES points spread evenly, always the
+    first and the last, alternating the two thresholds."""
+    if LONG:
+        return [(p, env) for p in points for env in ({}, LOW_CHECKPOINT)]
+    chosen = points
+    if len(points) > SAMPLES:
+        step = (len(points) - 1) / (SAMPLES - 1)
+        chosen = [points[round(i * step)] for i in range(SAMPLES)]
+    return [(p, LOW_CHECKPOINT if i % 2 else {}) for i, p in enumerate(chosen)]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import apsw
 import pytest
 from conftest import Appliance
-from crashkit import LONG, check_after_cut, check_settled, killed, observe
+from crashkit import check_after_cut, check_settled, cuts, killed, observe
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -263,25 +263,6 @@ def crash_points(template: Appliance, tmp_path: Path, command: tuple[str, ...]) 
     listing = tmp_path / "points.txt"
     app.cli(*command, env={"FLYWALL_CRASH_LIST": str(listing)})
     return [line.replace(" ", ":") for line in listing.read_text().splitlines()]
-
-
-SAMPLES = 8
-"""Crash points per scenario in the default run; FLYWALL_TORTURE=long kills at every one."""
-LOW_CHECKPOINT = {"FLYWALL_WAL_AUTOCHECKPOINT": "2"}
-"""Checkpoints inside every run: the journal and state.db copy their WAL every two pages."""
-
-
-def cuts(points: list[str]) -> list[tuple[str, dict[str, str]]]:
-    """(point, environment) pairs: every point twice (SQLite's and a low checkpoint
-    threshold) under FLYWALL_TORTURE=long; else SAMPLES points spread evenly, always the
-    first and the last, alternating the two thresholds."""
-    if LONG:
-        return [(p, env) for p in points for env in ({}, LOW_CHECKPOINT)]
-    chosen = points
-    if len(points) > SAMPLES:
-        step = (len(points) - 1) / (SAMPLES - 1)
-        chosen = [points[round(i * step)] for i in range(SAMPLES)]
-    return [(p, LOW_CHECKPOINT if i % 2 else {}) for i, p in enumerate(chosen)]
 
 
 @pytest.mark.torture
