@@ -352,9 +352,14 @@ class DatabaseTarget:
         )
 
 
+NOTES = "flywall_migration_notes"
+"""What a migration remembers for its own `down` (version, item): e.g. which records it
+filled, so a rollback undoes only those. Ours, like the markers: never Flywall's tables."""
+
+
 def bookkeeping(version_table: str) -> tuple[str, ...]:
     """Our own tables in state.db, left out of the schema fingerprint."""
-    return (MARKERS, CHECKPOINTS, version_table)
+    return (MARKERS, CHECKPOINTS, NOTES, version_table)
 
 
 def schema_fingerprint(
