@@ -298,6 +298,17 @@ class Body:
         """Whether the attribute is present (even when its value is null)."""
         return self._attribute(name) is not None
 
+    def items(self) -> list[str | Block]:
+        """Attribute names and child blocks, in the file's order.
+
+        .. versionadded:: 0.1.0
+        """
+        document = self._document
+        return [
+            _name(item) if item.data == "attribute" else document._handle(_span(item)[0])  # noqa: SLF001
+            for item in _items(self._tree())
+        ]
+
     def source(self, name: str) -> str | None:
         """The attribute's value exactly as written, or None when the attribute is absent.
 
@@ -425,10 +436,21 @@ class Body:
         :raises ValueError: the block is not a child of this body, or `new_type` is not an
             HCL identifier.
         """
+        self._rewrite_header(block, new_type, new_labels or block.labels)
+
+    def relabel(self, block: Block, /, *labels: str) -> None:
+        """Give the block exactly these labels, none to make it unlabelled; its type stays.
+
+        .. versionadded:: 0.1.0
+
+        :raises ValueError: the block is not a child of this body.
+        """
+        self._rewrite_header(block, block.type, labels)
+
+    def _rewrite_header(self, block: Block, new_type: str, new_labels: tuple[str, ...]) -> None:
         _check_name(new_type)
         document = self._document
         self._check_child(block)
-        new_labels = new_labels or block.labels
         tree = document._block_tree(block)  # noqa: SLF001
         parts = _header_parts(tree)
         text = document._text  # noqa: SLF001
@@ -741,6 +763,14 @@ class Block:
     def rename_block(self, block: Block, new_type: str, /, *new_labels: str) -> None:
         """See `Body.rename_block`."""
         self.body.rename_block(block, new_type, *new_labels)
+
+    def relabel(self, block: Block, /, *labels: str) -> None:
+        """See `Body.relabel`."""
+        self.body.relabel(block, *labels)
+
+    def items(self) -> list[str | Block]:
+        """See `Body.items`."""
+        return self.body.items()
 
 
 # -- parsing ---------------------------------------------------------------------------------

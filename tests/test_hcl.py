@@ -847,6 +847,30 @@ def test_a_new_attribute_can_go_first_in_its_block() -> None:
     assert doc.text().count("enabled") == 1
 
 
+def test_relabel_adds_changes_and_removes_labels_keeping_the_type() -> None:
+    text = 'protection {\n  syn_flood = true\n}\n\npolicy "lan" "wan" { action = "accept" }\n'
+    doc = Document.parse(text)
+    protection, policy = doc.body.blocks()
+    doc.body.relabel(protection, "legacy_global")
+    doc.body.relabel(policy)
+    assert changes(text, doc.text()) == [
+        "-protection {",
+        '+protection "legacy_global" {',
+        '-policy "lan" "wan" { action = "accept" }',
+        '+policy { action = "accept" }',
+    ]
+    doc.body.relabel(protection)
+    doc.body.relabel(policy, "lan", "wan")
+    assert doc.text() == text
+
+
+def test_items_lists_attributes_and_blocks_in_the_order_of_the_file() -> None:
+    doc = Document.parse(RESOLVER)
+    legacy = find(doc, "dns_server")
+    host, zone = find(legacy, "host"), find(legacy, "zone")
+    assert legacy.items() == ["forwarders", "local_domain", host, "banner", zone]
+
+
 # -- schema_version ------------------------------------------------------------------------------
 
 
