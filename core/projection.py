@@ -53,6 +53,8 @@ class MigrationRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     restoring: str | None = None
     written: ev.WriteIntent | None = None
     """The file write of the applied `up`: a down can return to its exact `before` bytes."""
+    unchanged: bool = False
+    """The applied `up` ran and left its file as it was: its down has nothing to undo."""
     last_batch: ev.BatchCommitted | None = None
 
 
@@ -104,11 +106,18 @@ class Projection(msgspec.Struct, kw_only=True):
     def components(self) -> dict[str, str]:
         """Return each component's version.
 
-        That is the schema_version (else the version) of its newest applied migration.
+        That is the schema_version of its newest applied migration that declares one: a
+        version-neutral migration (a shape fix, no schema_version) leaves it where it was.
+        A component none of whose migrations declares one shows its newest version.
         """
         versions: dict[str, str] = {}
+        declared: set[str] = set()
         for rec in self.in_state(State.APPLIED):
-            versions[rec.component] = rec.schema_version or rec.version
+            if rec.schema_version is not None:
+                versions[rec.component] = rec.schema_version
+                declared.add(rec.component)
+            elif rec.component not in declared:
+                versions[rec.component] = rec.version
         return dict(sorted(versions.items()))
 
     def counts(self) -> dict[str, int]:
@@ -213,10 +222,12 @@ def _fold(rec: MigrationRecord, row: StoredEvent, event: ev.Event) -> None:  # n
                 rec.last_batch, rec.written = None, None
         case ev.MigrationApplied():
             rec.applied_at_ns, rec.applied_seq, rec.last_error = row.at_ns, row.seq, None
+            rec.unchanged = rec.direction == "up" and rec.written is None
         case ev.MigrationFailed(error_type=error_type, message=message):
             rec.last_error = f"{error_type}: {message}"
         case ev.MigrationRolledBack():
             rec.applied_at_ns, rec.last_error, rec.written = None, None, None
+            rec.unchanged = False
         case ev.WriteIntent():
             rec.intent = event
             if event.direction == "up":
@@ -226,6 +237,7 @@ def _fold(rec: MigrationRecord, row: StoredEvent, event: ev.Event) -> None:  # n
         case ev.Recovered(direction="down", decision="applied"):
             pass  # the interrupted down did not happen: still applied as before
         case ev.Recovered(decision=decision) | ev.StateForced(to_state=decision):
+            rec.unchanged = False  # applied by hand or by recovery: down decides for itself
             if decision == State.APPLIED:
                 rec.applied_at_ns, rec.applied_seq = rec.applied_at_ns or row.at_ns, row.seq
             elif decision in (State.ROLLED_BACK, State.PENDING):
