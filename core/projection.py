@@ -58,6 +58,10 @@ class MigrationRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     last_batch: ev.BatchCommitted | None = None
 
 
+_FILE_COMPONENTS = ("config", "api")
+"""Components whose version the target file itself carries (its `schema_version`)."""
+
+
 class RunRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A run that has started but not finished (or the last one that did)."""
 
@@ -106,9 +110,10 @@ class Projection(msgspec.Struct, kw_only=True):
     def components(self) -> dict[str, str]:
         """Return each component's version.
 
-        That is the schema_version of its newest applied migration that declares one: a
-        version-neutral migration (a shape fix, no schema_version) leaves it where it was.
-        A component none of whose migrations declares one shows its newest version.
+        That is the schema_version (else the version) of its newest applied migration, as
+        state.db's `schema_versions` table has it, except that a file's version is what the
+        file says: a version-neutral config or api migration (a shape fix, with no
+        schema_version) leaves it at the newest schema_version declared before it.
         """
         versions: dict[str, str] = {}
         declared: set[str] = set()
@@ -116,7 +121,7 @@ class Projection(msgspec.Struct, kw_only=True):
             if rec.schema_version is not None:
                 versions[rec.component] = rec.schema_version
                 declared.add(rec.component)
-            elif rec.component not in declared:
+            elif rec.component not in _FILE_COMPONENTS or rec.component not in declared:
                 versions[rec.component] = rec.version
         return dict(sorted(versions.items()))
 
