@@ -161,8 +161,8 @@ def _unsayable(serves):
 
 
 def _serves_or_forwards(dns):
-    """Flywall's skip rule; forwarders written as an expression count as set."""
-    forwarders = dns.get("forwarders", [])
+    """Flywall's skip rule; forwarders written as an expression count as set, null as none."""
+    forwarders = dns.get("forwarders") or []
     return bool(dns.blocks("serve")) or not isinstance(forwarders, list) or bool(forwarders)
 
 

@@ -423,9 +423,10 @@ def test_dns_server_is_skipped_when_dns_already_serves_or_forwards():
     ]
 
 
-def test_an_empty_forwarders_list_does_not_skip_and_dns_server_overwrites_the_upstream_settings():
+@pytest.mark.parametrize("forwarders", ["[]", "null"])
+def test_no_forwarders_does_not_skip_and_dns_server_overwrites_the_upstream_settings(forwarders):
     config = (
-        'dns {\n  forwarders = []\n  mode = "recursive"\n  egress_filter = true\n}\n\n'
+        f'dns {{\n  forwarders = {forwarders}\n  mode = "recursive"\n  egress_filter = true\n}}\n\n'
         'dns_server {\n  forwarders = ["1.1.1.1"]\n  listen_port = 5353\n}\n'
     )
     ctx = Context()
