@@ -1,7 +1,8 @@
 """An editable HCL document that writes by splicing (DESIGN §8).
 
 A migration edits flywall.hcl through `Document`: find blocks by type and labels, get, set and
-delete attributes, add, remove and rename blocks. The promise is tomlkit's: bytes an edit did
+delete attributes, add, remove, rename and relabel blocks, and move attributes and blocks, as
+written, from one body into another. The promise is tomlkit's: bytes an edit did
 not touch stay byte-identical (comments, blank lines, indentation, attribute order, heredocs),
 so an operator's `diff` shows only the migration's change, and new lines copy the indentation
 and line endings of their neighbours.
