@@ -155,6 +155,7 @@ def build(directory: Path) -> dict[str, str]:
     if config.exists() or state.exists():
         raise UsageError(f"{directory} already holds an appliance; choose an empty folder")
     (directory / "etc/flywall/migrations").mkdir(parents=True, exist_ok=True)
+    write_examples(directory / "etc/flywall/migrations")
     state.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(CONFIG, encoding="utf-8")
     api = directory / "var/lib/flywall/api.json"
@@ -167,6 +168,24 @@ def build(directory: Path) -> dict[str, str]:
         "api_document": str(api),
         "migrations": str(directory / "etc/flywall/migrations"),
     }
+
+
+def write_examples(folder: Path) -> list[Path]:
+    """Copy the seed's sample migrations (`flywall.core.examples`) into `folder`.
+
+    They are the box's own migrations, as a vendor would add them; the shipped set stays
+    what Flywall's firmware accepts.
+    """
+    import importlib.resources
+
+    written = []
+    examples = importlib.resources.files("flywall.core.examples")
+    for source in sorted(examples.iterdir(), key=lambda entry: entry.name):
+        if source.name[:1].isdigit() and source.name.endswith((".py", ".sql", ".hcl")):
+            target = folder / source.name
+            target.write_bytes(source.read_bytes())
+            written.append(target)
+    return written
 
 
 def _state_db(path: Path) -> None:

@@ -906,6 +906,11 @@ class Engine:
         target = target_for(m.component, paths.config, paths.api_document)
         before = fileio.read(target.path)
         ctx = self._context(m, direction, None)
+        if direction == "down" and self.state.record(m.version).unchanged:
+            # Rolling back undoes what up did, and up wrote nothing: a down run now could
+            # only rewrite shapes up left alone (a config already in the new spelling).
+            ctx.log("up left the file as it was: nothing to undo")
+            return
         after = self._exact_undo(m.version, before) if direction == "down" else None
         if after is not None:
             ctx.log("file unchanged since up: restored its exact bytes from before up")

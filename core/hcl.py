@@ -1,10 +1,11 @@
 """An editable HCL document that writes by splicing (DESIGN §8).
 
 A migration edits flywall.hcl through `Document`: find blocks by type and labels, get, set,
-rename and delete attributes, add, remove and rename blocks. The promise is tomlkit's: bytes
-an edit did not touch stay byte-identical (comments, blank lines, indentation, attribute
-order, heredocs), so an operator's `diff` shows only the migration's change, and new lines
-copy the indentation and line endings of their neighbours.
+rename and delete attributes, add, remove, rename and relabel blocks, and move attributes and
+blocks, as written, from one body into another. The promise is tomlkit's: bytes an edit did
+not touch stay byte-identical (comments, blank lines, indentation, attribute order, heredocs),
+so an operator's `diff` shows only the migration's change, and new lines copy the indentation
+and line endings of their neighbours.
 
 How it works, and why this way: the document keeps its current text and python-hcl2's raw Lark
 tree of that text, whose tokens carry `start_pos`/`end_pos`. Each edit computes one or a few
@@ -305,18 +306,47 @@ class Body:
             return None
         return self._document._text.count("\n", 0, _span(attribute)[0]) + 1  # noqa: SLF001
 
+    def items(self) -> list[str | Block]:
+        """Attribute names and child blocks, in the file's order.
+
+        .. versionadded:: 0.1.0
+        """
+        document = self._document
+        return [
+            _name(item) if item.data == "attribute" else document._handle(_span(item)[0])  # noqa: SLF001
+            for item in _items(self._tree())
+        ]
+
+    def source(self, name: str) -> str | None:
+        """The attribute's value exactly as written, or None when the attribute is absent.
+
+        Copying a value by its source keeps its spelling, which `get` then `set` would not:
+        a heredoc stays a heredoc, a reference a reference. Write it elsewhere with
+        `set(name, Expression(source))`. A heredoc's source ends at its closing marker.
+
+        .. versionadded:: 0.1.0
+        """
+        attribute = self._attribute(name)
+        if attribute is None:
+            return None
+        start, end = _span(attribute.children[2])
+        return self._document._text[start:end].rstrip("\r\n")  # noqa: SLF001
+
     # -- editing ------------------------------------------------------------------------------
 
-    def set(self, name: str, value: Value) -> None:
+    def set(self, name: str, value: Value, *, first: bool = False) -> None:
         """Replace the value's bytes in place, or add `name = value` after the last attribute.
 
         Setting an equal value (same Python type) changes nothing, so the original spelling
         of a list or a number survives a migration that merely asserts it.
 
+        :param first: a new attribute goes at the top of the body, below the `{` line (what
+            the block is about, such as `interface = "*"`, reads first); an existing one is
+            changed in place either way.
         :raises ValueError: `name` is not an HCL identifier, or the value cannot be written.
         :raises TypeError: the value is of a type HCL has no literal for.
         """
-        self._set(name, value, at_top=False)
+        self._set(name, value, at_top=first)
 
     def delete(self, name: str) -> bool:
         """Remove the attribute's line, with its inline comment; False when it is absent."""
@@ -397,13 +427,37 @@ class Body:
         self._check_child(block)
         text = document._text  # noqa: SLF001
         start, end = _item_removal(text, *_span(document._block_tree(block)))  # noqa: SLF001
-        if start == _line_start(text, start) and end > 0 and text[end - 1] == "\n":
-            before = _line_start(text, start - 1) if start else start
-            after = text.find("\n", end)
-            if start and not text[before:start].strip():
-                start = before
-            elif after >= 0 and not text[end:after].strip():
-                end = after + 1
+        start, end = _with_one_blank_line(text, start, end)
+        document._edit([(start, end, "")])  # noqa: SLF001
+
+    def move(self, item: str | Block, into: Body) -> None:
+        """Move an attribute (by name) or a child block, as written, to the end of `into`.
+
+        The item's text travels verbatim: its inline comment, the comment lines right above
+        it (they describe it), and for a block everything inside. Only the indentation
+        changes, to `into`'s; a heredoc's lines keep theirs, since they are its value. A
+        block, or an attribute that follows a block, gets a blank line before it. So a
+        migration that regroups settings (`dns_server` into `dns { serve "*" { } }`) leaves
+        each line as the operator wrote it.
+
+        .. versionadded:: 0.1.0
+
+        :raises ValueError: the attribute is absent, the block is not a child of this body,
+            or `into` is this body or lies inside the moved block.
+        """
+        document = self._document
+        if isinstance(item, Block):
+            self._check_child(item)
+        elif self._attribute(item) is None:
+            raise ValueError(f"{document.path}: no attribute {item!r} in {self!r}")
+        if into._owner_offset() == self._owner_offset() or (
+            isinstance(item, Block) and into._inside(item)
+        ):
+            raise ValueError(f"{document.path}: cannot move {item!r} into {into!r}")
+        lines = self._item_lines(item)
+        into._append_lines(lines, block=isinstance(item, Block))
+        start, end = self._cut(self._item_node(item))  # the item's handle then goes stale
+        start, end = _without_doubled_gap(document._text, start, end)  # noqa: SLF001
         document._edit([(start, end, "")])  # noqa: SLF001
 
     def rename_block(self, block: Block, new_type: str, /, *new_labels: str) -> None:
@@ -416,10 +470,21 @@ class Body:
         :raises ValueError: the block is not a child of this body, or `new_type` is not an
             HCL identifier.
         """
+        self._rewrite_header(block, new_type, new_labels or block.labels)
+
+    def relabel(self, block: Block, /, *labels: str) -> None:
+        """Give the block exactly these labels, none to make it unlabelled; its type stays.
+
+        .. versionadded:: 0.1.0
+
+        :raises ValueError: the block is not a child of this body.
+        """
+        self._rewrite_header(block, block.type, labels)
+
+    def _rewrite_header(self, block: Block, new_type: str, new_labels: tuple[str, ...]) -> None:
         _check_name(new_type)
         document = self._document
         self._check_child(block)
-        new_labels = new_labels or block.labels
         tree = document._block_tree(block)  # noqa: SLF001
         parts = _header_parts(tree)
         text = document._text  # noqa: SLF001
@@ -455,6 +520,78 @@ class Body:
             if item.data == "attribute" and _name(item) == name:
                 return item
         return None
+
+    def _item_node(self, item: str | Block) -> Node:
+        if isinstance(item, Block):
+            return self._document._block_tree(item)  # noqa: SLF001
+        attribute = self._attribute(item)
+        assert attribute is not None, "checked by the caller"
+        return attribute
+
+    def _cut(self, node: Node) -> tuple[int, int]:
+        """What moving `node` takes: its lines and the comment lines right above them."""
+        text = self._document._text  # noqa: SLF001
+        start, end = _item_removal(text, *_span(node))
+        if start != _line_start(text, start):  # not on lines of its own: just the item
+            return start, end
+        while start > 0:
+            above = _line_start(text, start - 1)
+            if not text[above:start].strip().startswith(("#", "//")):
+                break
+            start = above
+        return start, end
+
+    def _item_lines(self, item: str | Block) -> list[tuple[str, bool]]:
+        """The item's lines without their common indentation, each with whether it is literal.
+
+        A line inside a heredoc is literal: its indentation is part of the value.
+        """
+        text = self._document._text  # noqa: SLF001
+        node = self._item_node(item)
+        start, end = self._cut(node)
+        heredocs = [
+            (token.start_pos or 0, token.end_pos or 0)
+            for token in _tokens(node)
+            if token.type.startswith("HEREDOC")
+        ]
+        indent = _leading_whitespace(text, start)
+        lines, position = [], start
+        for line in text[start:end].splitlines(keepends=True):
+            literal = any(low < position < high for low, high in heredocs)
+            position += len(line)
+            if not line.endswith("\n"):  # an item sharing its line: `{ a = 1 }`
+                line = line.rstrip() + self._document._newline  # noqa: PLW2901, SLF001
+            if not literal and line.startswith(indent):
+                line = line[len(indent) :]  # noqa: PLW2901
+            lines.append((line, literal))
+        return lines
+
+    def _inside(self, block: Block) -> bool:
+        """Whether this body belongs to `block` or to a block nested in it."""
+        offset = self._owner_offset()
+        while offset is not None:
+            if offset == block._offset:  # noqa: SLF001
+                return True
+            offset = self._document._parents[offset]  # noqa: SLF001
+        return False
+
+    def _append_lines(self, lines: list[tuple[str, bool]], *, block: bool) -> None:
+        """Append dedented `lines` at the end of this body, indented like its items."""
+        document = self._document
+        self._expand_if_one_line()
+        text = document._text  # noqa: SLF001
+        items = _items(self._tree())
+        position = self._end_position()
+        indent = self._child_indent()
+        newline = document._newline  # noqa: SLF001
+        gap = bool(items) and (block or items[-1].data == "block")
+        lead = newline if gap else ""
+        if position == len(text) and text and not text.endswith("\n"):
+            lead = newline + lead
+        body = "".join(
+            line if literal or not line.strip() else indent + line for line, literal in lines
+        )
+        document._edit([(position, position, lead + body)])  # noqa: SLF001
 
     def _check_child(self, block: Block) -> None:
         """Refuse a stale handle, or one on a block that lives elsewhere."""
@@ -621,9 +758,17 @@ class Block:
         """See `Body.has`."""
         return self.body.has(name)
 
-    def set(self, name: str, value: Value) -> None:
+    def set(self, name: str, value: Value, *, first: bool = False) -> None:
         """See `Body.set`."""
-        self.body.set(name, value)
+        self.body.set(name, value, first=first)
+
+    def source(self, name: str) -> str | None:
+        """See `Body.source`."""
+        return self.body.source(name)
+
+    def move(self, item: str | Block, into: Body | Block) -> None:
+        """See `Body.move`; `into` may be a block, meaning its body."""
+        self.body.move(item, into.body if isinstance(into, Block) else into)
 
     def delete(self, name: str) -> bool:
         """See `Body.delete`."""
@@ -656,6 +801,14 @@ class Block:
     def rename_block(self, block: Block, new_type: str, /, *new_labels: str) -> None:
         """See `Body.rename_block`."""
         self.body.rename_block(block, new_type, *new_labels)
+
+    def relabel(self, block: Block, /, *labels: str) -> None:
+        """See `Body.relabel`."""
+        self.body.relabel(block, *labels)
+
+    def items(self) -> list[str | Block]:
+        """See `Body.items`."""
+        return self.body.items()
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -988,6 +1141,39 @@ def _item_removal(text: str, start: int, end: int) -> tuple[int, int]:
         while start > 0 and text[start - 1] in " \t":
             start -= 1
     return start, content_end
+
+
+def _with_one_blank_line(text: str, start: int, end: int) -> tuple[int, int]:
+    """Widen whole lines being removed by the blank line above them, else the one below.
+
+    So removing a block between two blank-line gaps leaves one gap, not two.
+    """
+    if start == _line_start(text, start) and end > 0 and text[end - 1] == "\n":
+        before = _line_start(text, start - 1) if start else start
+        after = text.find("\n", end)
+        if start and not text[before:start].strip():
+            start = before
+        elif after >= 0 and not text[end:after].strip():
+            end = after + 1
+    return start, end
+
+
+def _without_doubled_gap(text: str, start: int, end: int) -> tuple[int, int]:
+    """Widen whole lines being removed by a blank line that would otherwise be left doubled.
+
+    That is a blank line that, once they are gone, would sit next to another blank line or
+    hug a brace; a single gap between the items around them stays.
+    """
+    if start != _line_start(text, start) or text[end - 1 : end] != "\n":
+        return start, end
+    above = _line_start(text, start - 1) if start else start
+    below = text.find("\n", end) + 1 or len(text)
+    previous, following = text[above:start].strip(), text[end:below].strip()
+    if start and not previous and (not following or following.startswith("}")):
+        return above, end
+    if end < len(text) and not following and (not previous or previous.endswith("{")):
+        return start, below
+    return start, end
 
 
 def _moved(offset: int, splices: list[tuple[int, int, str]], *, keep: bool) -> int | None:

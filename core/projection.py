@@ -53,7 +53,13 @@ class MigrationRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     restoring: str | None = None
     written: ev.WriteIntent | None = None
     """The file write of the applied `up`: a down can return to its exact `before` bytes."""
+    unchanged: bool = False
+    """The applied `up` ran and left its file as it was: its down has nothing to undo."""
     last_batch: ev.BatchCommitted | None = None
+
+
+_FILE_COMPONENTS = ("config", "api")
+"""Components whose version the target file itself carries (its `schema_version`)."""
 
 
 class RunRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -104,11 +110,19 @@ class Projection(msgspec.Struct, kw_only=True):
     def components(self) -> dict[str, str]:
         """Return each component's version.
 
-        That is the schema_version (else the version) of its newest applied migration.
+        That is the schema_version (else the version) of its newest applied migration, as
+        state.db's `schema_versions` table has it, except that a file's version is what the
+        file says: a version-neutral config or api migration (a shape fix, with no
+        schema_version) leaves it at the newest schema_version declared before it.
         """
         versions: dict[str, str] = {}
+        declared: set[str] = set()
         for rec in self.in_state(State.APPLIED):
-            versions[rec.component] = rec.schema_version or rec.version
+            if rec.schema_version is not None:
+                versions[rec.component] = rec.schema_version
+                declared.add(rec.component)
+            elif rec.component not in _FILE_COMPONENTS or rec.component not in declared:
+                versions[rec.component] = rec.version
         return dict(sorted(versions.items()))
 
     def counts(self) -> dict[str, int]:
@@ -213,10 +227,12 @@ def _fold(rec: MigrationRecord, row: StoredEvent, event: ev.Event) -> None:  # n
                 rec.last_batch, rec.written = None, None
         case ev.MigrationApplied():
             rec.applied_at_ns, rec.applied_seq, rec.last_error = row.at_ns, row.seq, None
+            rec.unchanged = rec.direction == "up" and rec.written is None
         case ev.MigrationFailed(error_type=error_type, message=message):
             rec.last_error = f"{error_type}: {message}"
         case ev.MigrationRolledBack():
             rec.applied_at_ns, rec.last_error, rec.written = None, None, None
+            rec.unchanged = False
         case ev.WriteIntent():
             rec.intent = event
             if event.direction == "up":
@@ -226,6 +242,7 @@ def _fold(rec: MigrationRecord, row: StoredEvent, event: ev.Event) -> None:  # n
         case ev.Recovered(direction="down", decision="applied"):
             pass  # the interrupted down did not happen: still applied as before
         case ev.Recovered(decision=decision) | ev.StateForced(to_state=decision):
+            rec.unchanged = False  # applied by hand or by recovery: down decides for itself
             if decision == State.APPLIED:
                 rec.applied_at_ns, rec.applied_seq = rec.applied_at_ns or row.at_ns, row.seq
             elif decision in (State.ROLLED_BACK, State.PENDING):

@@ -106,9 +106,10 @@ def _deprecations(ws: Workspace, document: Document | None) -> tuple[str, list[s
     found = []
     try:
         for m in ws.migrations:
-            since = m.schema_version or m.version
+            # A version-neutral migration (no schema_version) deprecates by rewriting.
+            since = f"since {m.schema_version}" if m.schema_version else f"({m.version} fixes it)"
             for key, replacement in m.deprecations.items():
-                message = f"{key} is deprecated since {since}; use {replacement}"
+                message = f"{key} is deprecated {since}; use {replacement}"
                 lines = _lines(document, key)
                 found += [(line, f"{document.path}:{line}: {message}") for line in lines]
     except FlywallError as e:  # a migration file that does not describe itself

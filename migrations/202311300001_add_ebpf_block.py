@@ -16,10 +16,16 @@ def up(ctx, config):
 
 
 def down(ctx, config):
-    # 1.0 has no eBPF support, so the block goes whatever it says; a changed one is logged.
-    for block in config.body.blocks("ebpf"):
-        if block.attributes != {"enabled": False} or block.blocks():
-            ctx.log(f"removed ebpf {block.attributes} (1.0 has no eBPF)", "warning")
+    # Only what up writes goes back: an ebpf block holding exactly `enabled = false`, and
+    # with it the version. An ebpf block that says more is the operator's (or the config
+    # was written for 1.1 to begin with): it stays, and so does "1.1", the version that
+    # knows it. Removing it would lose their settings.
+    blocks = config.body.blocks("ebpf")
+    kept = [block for block in blocks if block.attributes != {"enabled": False} or block.blocks()]
+    if kept:
+        ctx.log(f"kept ebpf at line {kept[0].line}: it holds settings; config stays 1.1", "warning")
+        return
+    for block in blocks:
         config.body.remove_block(block)
     if config.schema_version == schema_version:
         config.schema_version = PREVIOUS

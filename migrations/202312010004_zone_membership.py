@@ -1,64 +1,88 @@
 """Move zone membership into the zone: zone "lan" { match { interface = "eth0" } }."""
 
+# What Flywall makes of the three legacy spellings at every load (FLYWALL.md §3), made once
+# on disk, in Flywall's order:
+#   interface "X" { zone = "Z" }      zone "Z" (added at the end of the file if missing) gets
+#                                      match { interface = "X" }; `zone` leaves the interface
+#   zone "Z" { interface = "X" }      match { interface = "X" } in that zone; the attribute goes
+#   zone "Z" { interfaces = [...] }   one match per entry (v0.2; v0.3 refuses the attribute)
+# A zone that already has a match naming the interface (with anything else in it, such as
+# a vlan) gets no second one. Version-neutral: no schema_version, and a config without
+# these shapes is left alone, so running it twice is running it once.
+
 component = "config"
-schema_version = "1.3"
-depends_on = ["202312010001"]
 deprecations = {
     "interface.zone": "zone.match.interface",
     "zone.interface": "zone.match.interface",
+    "zone.interfaces": "zone.match.interface",
 }
-
-PREVIOUS = "1.2"
 
 
 def up(ctx, config):
-    if not _older(config.schema_version, schema_version):
-        return  # a config at this version or newer has this shape already
     root = config.body
-    for zone in root.blocks("zone"):  # the 1.2 form zone "dmz" { interface = "eth2" }
+    for interface in root.blocks("interface"):
+        zone_name = interface.get("zone")
+        if _name(zone_name) and len(interface.labels) == 1:
+            zone = _exact(root, "zone", zone_name) or root.add_block("zone", zone_name)
+            interface.delete("zone")
+            _add_match(ctx, zone, interface.labels[0])
+    for zone in (z for z in root.blocks("zone") if len(z.labels) == 1):
         name = zone.get("interface")
-        if isinstance(name, str) and len(zone.labels) == 1:
+        if _name(name):
             zone.delete("interface")
             _add_match(ctx, zone, name)
-    for interface in root.blocks("interface"):  # the 1.2 form interface "eth0" { zone = "lan" }
-        zone_name = interface.get("zone")
-        if isinstance(zone_name, str) and len(interface.labels) == 1:
-            interface.delete("zone")
-            _add_match(ctx, root.setdefault_block("zone", zone_name), interface.labels[0])
-    config.schema_version = schema_version
+        names = zone.get("interfaces")
+        if zone.has("interfaces") and _names(names):
+            zone.delete("interfaces")
+            for name in names:
+                _add_match(ctx, zone, name)
+        elif zone.has("interfaces"):
+            listed = zone.source("interfaces")
+            ctx.log(f'zone "{zone.labels[0]}": interfaces = {listed} left as is', "warning")
 
 
 def down(ctx, config):
-    # 1.2 could say "eth2 is in dmz" on the interface or on the zone, and 1.3 keeps no trace
-    # of which: membership goes back on the interface, where most configs had it, else on
-    # the zone (one interface each), else into a new interface block. Only a match holding
-    # just `interface` has a 1.2 form; any other match is kept. A zone left with nothing in
-    # it at all (not even a comment) is removed: it was made by up, or declared nothing that
-    # the interface's `zone =` does not.
+    # The 1.1 spelling Flywall still reads: membership goes back on the interface block,
+    # else on the zone (one interface each). A match the old spellings cannot say (more
+    # than an interface in it, or no room left for it) stays: Flywall reads it as it is.
+    # `interfaces = [...]` never comes back: Flywall v0.3 refuses it. A zone left with
+    # nothing in it at all (not even a comment) is removed: up made it, or it declared
+    # nothing the interface's `zone =` does not.
     root = config.body
     for zone in (z for z in root.blocks("zone") if len(z.labels) == 1):
-        members = [(match, _member(match)) for match in zone.blocks("match")]
-        members = [(match, name) for match, name in members if name is not None]
-        for match, name in members:
-            zone.remove_block(match)
-            interface = _exact(root, "interface", name)
-            if interface is not None:
+        moved = 0
+        for match in zone.blocks("match"):
+            name = _member(match)
+            interface = _exact(root, "interface", name) if name else None
+            if interface is not None and not interface.has("zone"):
                 interface.set("zone", zone.labels[0])
-            elif not zone.has("interface"):
+            elif name and not zone.has("interface"):
                 zone.set("interface", name)
             else:
-                root.add_block("interface", name, zone=zone.labels[0])
-        if members and _empty(config, zone):
+                continue
+            zone.remove_block(match)
+            moved += 1
+        if moved:
+            ctx.log(f'zone "{zone.labels[0]}": {moved} match(es) back to the 1.1 spelling')
+        if moved and _empty(config, zone):
             root.remove_block(zone)
-    if config.schema_version == schema_version:
-        config.schema_version = PREVIOUS
 
 
 def _add_match(ctx, zone, interface):
-    if any(_member(match) == interface for match in zone.blocks("match")):
+    label = zone.labels[0]
+    if any(match.get("interface") == interface for match in zone.blocks("match")):
+        ctx.log(f'zone "{label}" already matches interface "{interface}"')
         return
     zone.add_block("match", interface=interface)
-    ctx.log(f'zone "{zone.labels[0]}": match {{ interface = "{interface}" }}')
+    ctx.log(f'zone "{label}": match {{ interface = "{interface}" }}')
+
+
+def _name(value):
+    return isinstance(value, str) and value != ""
+
+
+def _names(value):
+    return isinstance(value, list) and all(_name(item) for item in value)
 
 
 def _member(match):
@@ -66,7 +90,7 @@ def _member(match):
     if match.blocks() or list(match.attributes) != ["interface"]:
         return None
     name = match.get("interface")
-    return name if isinstance(name, str) else None
+    return name if _name(name) else None
 
 
 def _exact(body, block_type, label):
@@ -80,12 +104,3 @@ def _empty(config, block):
         return False
     head, *rest = config.text().splitlines()[block.line - 1 : block.line + 1]
     return head.rstrip().endswith("{") and [line.strip() for line in rest] == ["}"]
-
-
-def _older(current, version):
-    """Whether `current` (None when absent) is below `version`, comparing numbers."""
-
-    def key(text):
-        return [int(part) if part.isdigit() else -1 for part in text.split(".")]
-
-    return current is None or key(current) < key(version)

@@ -1,101 +1,100 @@
-"""Move the web listener from api { } to web { }; access_web_ui becomes web.allow."""
+"""Copy the web listener from api { } into web { }; web UI interfaces get a web.allow rule."""
+
+# What Flywall makes of the legacy api listener at every load (FLYWALL.md §3), made once on
+# disk:
+# - listen, tls_listen, tls_cert and tls_key are *copied* (the v0.3 API server still reads
+#   them from api) into web wherever web's value is empty, as written;
+#   disable_http_redirect = true sets web's disable_redirect = true;
+# - if web has no allow and no deny block: one allow { interfaces = [...] } naming the
+#   interfaces with access_web_ui = true or management { web = true } / { web_ui = true }
+#   (which stay: Flywall still reads them);
+# - a web block Flywall has to invent serves the UI and the API (serve_ui, serve_api), so
+#   the one written here says so, or loading it would turn both off.
+# Version-neutral: no schema_version; nothing to copy or allow means nothing is written, so
+# running it twice is running it once.
+
+from flywall.core.hcl import Expression
 
 component = "config"
-schema_version = "1.5"
-depends_on = ["202312010005"]
-deprecations = {
-    "api.listen": "web.listen",
-    "api.tls_listen": "web.tls_listen",
-    "api.tls_cert": "web.tls_cert",
-    "api.tls_key": "web.tls_key",
-    "api.disable_http_redirect": "web.disable_redirect",
-    "interface.access_web_ui": "web.allow.interfaces",
-}
 
-PREVIOUS = "1.4"
-MOVED = {  # api's name -> web's name
-    "listen": "listen",
-    "tls_listen": "tls_listen",
-    "tls_cert": "tls_cert",
-    "tls_key": "tls_key",
-    "disable_http_redirect": "disable_redirect",
-}
+COPIED = ("listen", "tls_listen", "tls_cert", "tls_key")
+INVENTED = {"serve_ui": True, "serve_api": True}
 
 
 def up(ctx, config):
-    if not _older(config.schema_version, schema_version):
-        return  # a config at this version or newer has this shape already
     root = config.body
-    api = _exact(root, "api")
-    moving = {} if api is None else {k: v for k, v in api.attributes.items() if k in MOVED}
-    interfaces = [i for i in root.blocks("interface") if i.has("access_web_ui")]
-    allowed = [i.labels[0] for i in interfaces if i.get("access_web_ui") is True and i.labels]
-    web = _exact(root, "web")
-    if web is None and (moving or allowed):
-        web = root.add_block("web", **{MOVED[k]: v for k, v in moving.items()})
-    elif web is not None:  # a web block exists already: it wins, and gains what it lacks
-        for name, value in moving.items():
-            if not web.has(MOVED[name]):
-                web.set(MOVED[name], value)
-    for name in moving:  # an api block that only held the listener stays, empty: down refills it
-        api.delete(name)
-    if moving:
-        ctx.log(f"moved {', '.join(moving)} from api to web")
+    api, web = _exact(root, "api"), _exact(root, "web")
+    copies = {}
+    if api is not None:
+        copies = {n: Expression(api.source(n)) for n in COPIED if _set(api, n) and not _set(web, n)}
+        if api.get("disable_http_redirect") is True and _get(web, "disable_redirect") is not True:
+            copies["disable_redirect"] = True
+    ruled = web is not None and (web.blocks("allow") or web.blocks("deny"))
+    allowed = [] if ruled else _allowed(root)
+    if web is None and (copies or allowed):
+        web = root.add_block("web", **copies, **INVENTED)
+    elif web is not None:
+        for name, value in copies.items():
+            web.set(name, value)
+    if copies:
+        ctx.log(f"copied {', '.join(copies)} from api into web")
     if allowed:
-        _allow(ctx, web, allowed)
+        web.add_block("allow", interfaces=allowed)
         ctx.log(f"web UI allowed on {', '.join(allowed)}")
-    for interface in interfaces:  # `false` was the default: there is nothing to carry over
-        interface.delete("access_web_ui")
-    config.schema_version = schema_version
 
 
 def down(ctx, config):
-    # Attributes come back after the ones still in api { } and on each interface: 1.5 does
-    # not record where they were. A web block left empty is removed (up made it).
+    # What up wrote is still derivable from what it left (api's values, the interfaces'
+    # flags), so exactly that goes: a copy still equal to api's, the allow rule still equal
+    # to the flagged interfaces, and a web block left saying only what Flywall would invent.
     root = config.body
-    web = _exact(root, "web")
-    if web is not None:
-        back = {k: v for k, v in web.attributes.items() if k in MOVED.values()}
-        api = (_exact(root, "api") or root.add_block("api")) if back else None
-        for web_name, value in back.items():  # in web's order, which up took from api
-            api.set(next(k for k, v in MOVED.items() if v == web_name), value)
-            web.delete(web_name)
-        allow = _exact(web, "allow")
-        names = None if allow is None else allow.get("interfaces")
-        if isinstance(names, list) and all(isinstance(name, str) for name in names):
-            for name in names:
-                interface = _exact(root, "interface", name) or root.add_block("interface", name)
-                interface.set("access_web_ui", value=True)
-            allow.delete("interfaces")
-            if not allow.attributes and not allow.blocks():
-                web.remove_block(allow)
-        if not web.attributes and not web.blocks():
-            root.remove_block(web)
-    if config.schema_version == schema_version:
-        config.schema_version = PREVIOUS
-
-
-def _allow(ctx, web, names):
-    allow = _exact(web, "allow")
-    if allow is None:
-        web.add_block("allow", interfaces=names)
+    api, web = _exact(root, "api"), _exact(root, "web")
+    if web is None:
         return
-    listed = allow.get("interfaces", [])
-    if isinstance(listed, list):
-        allow.set("interfaces", listed + [name for name in names if name not in listed])
-    else:
-        ctx.log(f"web.allow.interfaces is an expression: add {names} by hand", "warning")
+    removed = []
+    if api is not None:
+        removed = [n for n in COPIED if _set(web, n) and web.source(n) == api.source(n)]
+        if api.get("disable_http_redirect") is True and web.get("disable_redirect") is True:
+            removed.append("disable_redirect")
+    for name in removed:
+        web.delete(name)
+    allows = web.blocks("allow")
+    if len(allows) == 1 and not web.blocks("deny") and _is_rule_for(allows[0], _allowed(root)):
+        web.remove_block(allows[0])
+        removed.append("allow")
+    if web.attributes == INVENTED and not web.blocks():
+        root.remove_block(web)
+    if removed:
+        ctx.log(f"removed {', '.join(removed)} from web: Flywall derives them from api again")
+
+
+def _allowed(root):
+    """The interfaces the legacy flags open the web UI on, in file order, each once."""
+    names = []
+    for interface in root.blocks("interface"):
+        management = interface.blocks("management")
+        flagged = interface.get("access_web_ui") is True or any(
+            m.get("web") is True or m.get("web_ui") is True for m in management
+        )
+        if flagged and len(interface.labels) == 1:
+            names.append(interface.labels[0])
+    return list(dict.fromkeys(names))
+
+
+def _is_rule_for(allow, names):
+    return bool(names) and allow.attributes == {"interfaces": names} and not allow.blocks()
+
+
+def _get(block, name):
+    return None if block is None else block.get(name)
+
+
+def _set(block, name):
+    """Flywall's 'not empty': a non-empty string, or an expression it cannot see into."""
+    value = _get(block, name)
+    return isinstance(value, Expression) or (isinstance(value, str) and value != "")
 
 
 def _exact(body, block_type, *labels):
     found = [block for block in body.blocks(block_type, *labels) if block.labels == labels]
     return found[0] if found else None
-
-
-def _older(current, version):
-    """Whether `current` (None when absent) is below `version`, comparing numbers."""
-
-    def key(text):
-        return [int(part) if part.isdigit() else -1 for part in text.split(".")]
-
-    return current is None or key(current) < key(version)

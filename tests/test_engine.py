@@ -396,3 +396,68 @@ def test_a_sql_verify_query_that_returns_no_row_fails() -> None:
     db.execute("INSERT INTO t VALUES ('0.0'), ('yes')")
     with pytest.raises(sqlverify.VerifyFailed, match=r"row 1 has '0\.0'"):
         sqlverify.check(db, "SELECT x FROM t ORDER BY rowid")
+
+
+# -- version-neutral config migrations (shape fixes) ------------------------------------------------
+
+STAMP_1_1 = '''\
+    """Stamp the config 1.1."""
+    component = "config"
+    schema_version = "1.1"
+
+
+    def up(ctx, config):
+        config.schema_version = "1.1"
+
+
+    def down(ctx, config):
+        config.schema_version = "1.0"
+    '''
+
+RENAME_WIDGET = '''\
+    """Rename legacy_widget blocks to widget: a shape fix, so no schema_version."""
+    component = "config"
+
+
+    def up(ctx, config):
+        for block in config.body.blocks("legacy_widget"):
+            config.body.rename_block(block, "widget")
+
+
+    def down(ctx, config):
+        for block in config.body.blocks("widget"):
+            config.body.rename_block(block, "legacy_widget")
+    '''
+
+
+def test_a_version_neutral_migration_leaves_the_components_version_where_it_was(appliance):
+    appliance.write(f"{V2}_rename_widget.py", RENAME_WIDGET)
+    commands.migrate(appliance.workspace())
+    assert commands.status(appliance.workspace()).components == {"config": V2}
+
+    appliance.write(f"{V1}_stamp.py", STAMP_1_1)
+    commands.migrate(appliance.workspace())
+
+    assert commands.status(appliance.workspace()).components == {"config": "1.1"}
+
+
+@pytest.mark.parametrize(("block", "wrote"), [("legacy_widget", True), ("widget", False)])
+def test_rolling_back_runs_down_only_where_up_wrote_something(appliance, block, wrote):
+    """Rollback undoes what up did: after an up that left the file as it was, even an
+    edited file is not handed to down, which would respell what up never touched."""
+    config = appliance.root / "etc/flywall/flywall.hcl"
+    config.write_text(config.read_text(encoding="utf-8") + f"\n{block} {{}}\n", encoding="utf-8")
+    appliance.write(f"{V2}_rename_widget.py", RENAME_WIDGET)
+    commands.migrate(appliance.workspace())
+    edited = config.read_text(encoding="utf-8") + "# edited after the upgrade\n"
+    config.write_text(edited, encoding="utf-8")
+
+    commands.rollback(appliance.workspace(), version=V2)
+
+    logged = [row["message"] for row in commands.log(appliance.workspace(), V2)]
+    if wrote:
+        assert config.read_text(encoding="utf-8") == edited.replace("widget {}", "legacy_widget {}")
+        assert "up left the file as it was: nothing to undo" not in logged
+    else:
+        assert config.read_text(encoding="utf-8") == edited
+        assert logged == ["up left the file as it was: nothing to undo"]

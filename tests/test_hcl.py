@@ -738,6 +738,139 @@ def test_renaming_with_a_different_number_of_labels_rewrites_the_header() -> Non
     assert changes(TABS, doc.text()) == ['-policy "wan-to-lan" {', '+policy "wan" "lan" {']
 
 
+# -- moving and copying items as written ----------------------------------------------------------
+
+RESOLVER = """\
+# Resolver of the branch.
+dns_server {
+  forwarders   = ["10.255.0.53"]   # the DC's resolvers
+  local_domain = "branch.example"  # served to the LAN
+
+  # the printer's name, by hand
+  host "10.17.10.20" {
+    hostnames = ["printer"]
+  }
+  banner = <<EOT
+  indented on purpose
+EOT
+  zone "corp.example" { record "www" { type = "A" } }
+}
+"""
+
+
+def test_moving_items_carries_their_text_comments_and_nested_blocks_as_written() -> None:
+    doc = Document.parse(RESOLVER)
+    legacy = find(doc, "dns_server")
+    serve = legacy.add_block("serve", "*")
+    for item in ["local_domain", *legacy.blocks("host"), "banner", *legacy.blocks("zone")]:
+        legacy.move(item, serve)
+    assert doc.text() == (
+        "# Resolver of the branch.\n"
+        "dns_server {\n"
+        '  forwarders   = ["10.255.0.53"]   # the DC\'s resolvers\n'
+        "\n"
+        '  serve "*" {\n'
+        '    local_domain = "branch.example"  # served to the LAN\n'
+        "\n"
+        "    # the printer's name, by hand\n"
+        '    host "10.17.10.20" {\n'
+        '      hostnames = ["printer"]\n'
+        "    }\n"
+        "\n"
+        "    banner = <<EOT\n"
+        "  indented on purpose\n"
+        "EOT\n"
+        "\n"
+        '    zone "corp.example" { record "www" { type = "A" } }\n'
+        "  }\n"
+        "}\n"
+    )
+    assert find(serve, "host", "10.17.10.20").get("hostnames") == ["printer"]
+    assert serve.get("banner") == "  indented on purpose\n"
+
+
+def test_moving_items_out_and_back_in_restores_the_meaning() -> None:
+    doc = Document.parse(RESOLVER)
+    legacy = find(doc, "dns_server")
+    serve = legacy.add_block("serve", "*")
+    for item in ["local_domain", *legacy.blocks("host")]:
+        legacy.move(item, serve)
+    for item in ["local_domain", *serve.blocks("host")]:
+        serve.move(item, legacy)
+    legacy.remove_block(serve)
+    back = find(doc, "dns_server")
+    assert back.attributes == find(Document.parse(RESOLVER), "dns_server").attributes
+    assert [b.labels for b in back.blocks()] == [("corp.example",), ("10.17.10.20",)]
+
+
+def test_a_moved_block_to_the_top_level_goes_to_the_end_after_a_blank_line() -> None:
+    doc = Document.parse(RESOLVER)
+    legacy = find(doc, "dns_server")
+    legacy.move(find(legacy, "zone"), doc.body)
+    assert doc.text().endswith(
+        '  banner = <<EOT\n  indented on purpose\nEOT\n}\n\nzone "corp.example" '
+        '{ record "www" { type = "A" } }\n'
+    )
+
+
+def test_moving_into_the_same_body_or_into_the_moved_block_is_refused() -> None:
+    doc = Document.parse(RESOLVER)
+    legacy = find(doc, "dns_server")
+    host = find(legacy, "host")
+    with pytest.raises(ValueError, match="cannot move"):
+        legacy.move("forwarders", legacy)
+    with pytest.raises(ValueError, match="cannot move"):
+        legacy.move(host, host)
+    with pytest.raises(ValueError, match="no attribute 'listen_on'"):
+        legacy.move("listen_on", doc.body)
+    assert doc.text() is RESOLVER
+
+
+def test_source_gives_a_value_as_written_and_a_copy_keeps_its_spelling() -> None:
+    doc = Document.parse(RESOLVER)
+    legacy = find(doc, "dns_server")
+    assert legacy.source("forwarders") == '["10.255.0.53"]'
+    assert legacy.source("banner") == "<<EOT\n  indented on purpose\nEOT"
+    assert legacy.source("missing") is None
+    copy = doc.body.add_block("copy")
+    copy.set("banner", Expression(legacy.source("banner") or ""))
+    assert copy.get("banner") == legacy.get("banner")
+
+
+def test_a_new_attribute_can_go_first_in_its_block() -> None:
+    doc = Document.parse(RESOLVER)
+    legacy = find(doc, "dns_server")
+    legacy.set("enabled", True, first=True)
+    assert changes(RESOLVER, doc.text()) == ["+  enabled = true"]
+    assert doc.text().startswith("# Resolver of the branch.\ndns_server {\n  enabled = true\n")
+    legacy.set("enabled", False, first=True)
+    assert doc.text().count("enabled") == 1
+
+
+def test_relabel_adds_changes_and_removes_labels_keeping_the_type() -> None:
+    text = 'protection {\n  syn_flood = true\n}\n\npolicy "lan" "wan" { action = "accept" }\n'
+    doc = Document.parse(text)
+    protection, policy = doc.body.blocks()
+    doc.body.relabel(protection, "legacy_global")
+    doc.body.relabel(policy)
+    assert changes(text, doc.text()) == [
+        "-protection {",
+        '+protection "legacy_global" {',
+        '-policy "lan" "wan" { action = "accept" }',
+        '+policy { action = "accept" }',
+    ]
+    doc.body.relabel(protection)
+    doc.body.relabel(policy, "lan", "wan")
+    assert doc.text() == text
+
+
+def test_items_lists_attributes_and_blocks_in_the_order_of_the_file() -> None:
+    doc = Document.parse(RESOLVER)
+    legacy = find(doc, "dns_server")
+    host, zone = find(legacy, "host"), find(legacy, "zone")
+    assert legacy.items() == ["forwarders", "local_domain", host, "banner", zone]
+
+
 # -- schema_version ------------------------------------------------------------------------------
 
 
