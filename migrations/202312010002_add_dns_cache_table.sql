@@ -18,4 +18,5 @@ CREATE INDEX IF NOT EXISTS idx_dns_cache_expires ON dns_cache(expires_at);
 DROP TABLE IF EXISTS dns_cache;
 
 -- migrate:verify
-SELECT count(*) FROM dns_cache;
+-- each query is an assertion: its rows' first values must be true
+SELECT count(*) = 1 FROM sqlite_master WHERE type = 'table' AND name = 'dns_cache';
