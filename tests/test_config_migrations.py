@@ -1349,7 +1349,7 @@ def test_the_engine_migrates_each_config_and_rolls_it_back(tmp_path, name):
 
 
 def test_the_demo_tree_migrates_its_config_with_the_other_components_and_back(tmp_path):
-    demo.build(tmp_path)
+    demo.build(tmp_path, "seed")
     config = tmp_path / "etc/flywall/flywall.hcl"
 
     commands.migrate(Workspace.load(tmp_path))
@@ -1380,7 +1380,7 @@ def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_migrate_refuses_a_config_that_does_not_parse_naming_file_line_and_column(tmp_path):
-    demo.build(tmp_path)
+    demo.build(tmp_path, "seed")
     config = tmp_path / "etc/flywall/flywall.hcl"
     config.write_text(BROKEN, encoding="utf-8")
     line, column = BROKEN_AT
@@ -1401,7 +1401,7 @@ def test_a_config_broken_after_the_settings_were_read_fails_the_first_config_mig
     """The settings parse the file first, so the CLI refuses before any run (above); a
     file that breaks between reading the settings and the config step (an operator's
     editor saving mid-upgrade) fails that step, journaled, and the file stays as it is."""
-    demo.build(tmp_path)
+    demo.build(tmp_path, "seed")
     ws = Workspace.load(tmp_path)
     ws.paths.config.write_text(BROKEN, encoding="utf-8")
     line, column = BROKEN_AT
@@ -1426,7 +1426,7 @@ def demo_line(text: str) -> int:
 
 
 def test_validate_warns_about_each_deprecated_key_until_the_config_is_migrated(tmp_path):
-    demo.build(tmp_path)
+    demo.build(tmp_path, "seed")
     config = tmp_path / "etc/flywall/flywall.hcl"
     expected = [
         ('  zone        = "wan" # moves to zone "wan" { match { } } in 1.3', "interface.zone"),
@@ -1471,7 +1471,7 @@ def test_validate_warns_about_each_deprecated_key_until_the_config_is_migrated(t
 
 
 def test_deprecations_are_warnings_in_the_json_report_and_do_not_fail_it(tmp_path):
-    demo.build(tmp_path)
+    demo.build(tmp_path, "seed")
 
     result = cli(tmp_path, "validate", "--json")
 
@@ -1483,7 +1483,7 @@ def test_deprecations_are_warnings_in_the_json_report_and_do_not_fail_it(tmp_pat
 
 
 def test_validate_names_where_the_config_stops_parsing(tmp_path):
-    demo.build(tmp_path)
+    demo.build(tmp_path, "seed")
     ws = Workspace.load(tmp_path)
     ws.paths.config.write_text(BROKEN, encoding="utf-8")
     line, column = BROKEN_AT
