@@ -142,10 +142,13 @@ def _ui_backup(ws: Workspace, final: Path, manifest: Manifest, io: fileio.IO) ->
     if ws.sandbox or folder is None or config is None or config.absent:
         return
     data = (final / config.name).read_bytes()
+    reason = manifest.reason  # names the run; `backup create` is a run of its own
+    if manifest.backup_id not in reason:
+        reason = f"{reason} (run {manifest.backup_id})"
     uibackup.write(
         folder,
         data,
-        description=f"flywall-migration {manifest.backup_id}: {manifest.reason}",
+        description=f"flywall-migration: {reason}",
         shown_folder=_on_box(ws, folder),
         io=io,
     )

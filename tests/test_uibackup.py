@@ -55,7 +55,7 @@ def test_a_migrate_run_writes_the_config_as_a_pinned_numbered_ui_backup(applianc
     assert data == {
         "version": 1,
         "timestamp": data["timestamp"],
-        "description": f"flywall-migration {run_id}: before migrate run {run_id}",
+        "description": f"flywall-migration: before migrate run {run_id}",
         "path": f"/etc/flywall/backups/{backup}",  # as the box names it, without --root
         "size": len(before),
         "is_auto": True,
@@ -72,7 +72,9 @@ def test_ui_backups_are_numbered_after_the_ones_flywall_already_has(appliance):
 
     assert appliance.cli("backup", "create").returncode == 0
 
-    assert [n for n in ui_backups(appliance) if n.startswith("config.8.")]
+    [meta] = [n for n in ui_backups(appliance) if n.startswith("config.8.") and "meta" in n]
+    description = json.loads((folder / meta).read_text())["description"]
+    assert re.fullmatch(r"flywall-migration: operator: backup create \(run \S+\)", description)
 
 
 def test_a_run_with_backup_before_off_writes_no_ui_backup(appliance):
