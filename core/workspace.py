@@ -126,6 +126,8 @@ class Workspace:
             key = self.device_key()
         except SettingsError:
             cache = key = None
+        if self.settings.layout == "none":  # no appliance here: leave no cache behind either
+            cache = None
         return discover(self.directories(), cache, key=key)
 
     def migration(self, version: str) -> Migration | None:

@@ -276,3 +276,14 @@ def test_the_demo_box_has_a_stale_pid_file_that_does_not_block_a_run(tmp_path):
     assert Path(made["pid_file"]).exists()
     assert live_pid(Path(made["pid_file"]).parent) is None
     assert textwrap.dedent(made["layout"]) == "flywall"
+
+
+def test_a_dry_run_changes_nothing_so_it_runs_beside_the_daemon(appliance, daemon):
+    _, log, run_dir = daemon
+    create_table_migration(appliance, V1, "alpha")
+
+    result = appliance.cli("migrate", "--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    assert live_pid(run_dir) is not None
+    assert not log.exists()

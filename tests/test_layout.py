@@ -251,7 +251,12 @@ def test_status_names_the_layout_and_every_path(tmp_path):
     assert text.stdout.startswith(f"layout      flywall ({box}/opt/flywall/etc/flywall.hcl)\n")
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert cli(empty, "status").stdout.startswith("layout      none (no Flywall config found)\n")
+    for _ in range(2):
+        assert cli(empty, "status").stdout.startswith(
+            "layout      none (no Flywall config found)\n"
+        )
+    assert cli(empty, "list").returncode == 0
+    assert list(empty.iterdir()) == []  # not even a cache in a folder that is no appliance
 
 
 def test_the_status_memo_sees_a_layout_appear(tmp_path):
