@@ -32,6 +32,7 @@ __all__ = [
     "Settings",
     "SlackSettings",
     "StateSettings",
+    "check_parses",
     "load_settings",
     "parse_duration",
 ]
@@ -311,6 +312,18 @@ def _resolve(block: MigrationSettings, settings: Path, root: Path, found: layout
         run_dir=Path(found.run_dir),
         ui_backups=config_dir / "backups",
     )
+
+
+def check_parses(text: str, shown: str) -> None:
+    """Refuse an HCL text that does not parse, naming file, line and column (DESIGN §8).
+
+    Plain files are known to parse without python-hcl2 (see `plainhcl`); only the rest
+    pays for its import.
+
+    :raises ConfigParseError: naming `shown`, the line and the column.
+    """
+    if read_plain(text) is None:
+        _parse_hcl2(text, shown)
 
 
 def _parse_hcl2(text: str, shown: str) -> dict[str, Any]:

@@ -88,9 +88,12 @@ class Workspace:
         )
 
     def require_appliance(self) -> None:
-        """Refuse a writing command where `config_problem` finds one (exit 2).
+        """Refuse a writing command where `config_problem` finds one, or flywall.hcl is not HCL.
+
+        Both before anything is written: a run must not begin on a config it cannot read.
 
         :raises UsageError: naming the root, or the line of the block and where it goes.
+        :raises ConfigParseError: naming flywall.hcl, the line and the column.
         """
         if self.sandbox:
             return
@@ -99,6 +102,13 @@ class Workspace:
             from flywall.core.errors import UsageError
 
             raise UsageError(problem)
+        try:
+            text = self.paths.config.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return  # reading it is the targets' job, with their own errors
+        from flywall.core.settings import check_parses
+
+        check_parses(text, self.shown(self.paths.config))
 
     def directories(self) -> list[Path]:
         """Return where migrations are looked for: the settings' directory, then shipped ones."""
