@@ -129,6 +129,8 @@ class Engine:
             if self._manage_daemon:
                 self._stop_daemon()
         except BaseException:
+            if getattr(self, "journal", None) is not None:
+                self.journal.close()
             self._lock.__exit__(None, None, None)
             raise
         return self
@@ -139,9 +141,13 @@ class Engine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        not_started: errors.DaemonNotStarted | None = None
         try:
             if self._start_owed:
-                self._start_daemon(raise_on_failure=exc is None)
+                try:
+                    self._start_daemon(raise_on_failure=exc is None)
+                except errors.DaemonNotStarted as e:
+                    not_started = e  # raised once the run is closed properly
             if self.recorder.started:
                 crashpoint("before-snapshot")
                 projection.save_snapshot(self.journal, self.recorder.projection)
@@ -150,6 +156,8 @@ class Engine:
             self.journal.close()
         finally:
             self._lock.__exit__(exc_type, exc, tb)
+        if not_started is not None:
+            raise not_started
 
     def _preflight_chain(self) -> None:
         """Refuse to write on a journal whose hash chain is broken (DESIGN §7 pre-flight).

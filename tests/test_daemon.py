@@ -287,3 +287,30 @@ def test_a_dry_run_changes_nothing_so_it_runs_beside_the_daemon(appliance, daemo
     assert result.returncode == 0, result.stderr
     assert live_pid(run_dir) is not None
     assert not log.exists()
+
+
+def test_a_failing_start_command_is_exit_1_and_the_next_run_starts_the_daemon(appliance, daemon):
+    control, _, run_dir = daemon
+    broken = f"stop_command = {json.dumps(control('stop'))}\n"
+    appliance.configure(broken + f"start_command = {json.dumps(control('refuse'))}\n")
+    create_table_migration(appliance, V1, "alpha")
+
+    result = appliance.cli("migrate")
+
+    assert result.returncode == 1
+    assert result.stderr.endswith(
+        "FAILED: start_command failed (exit 1): flywall: cannot stop: a reload is in "
+        "progress; start Flywall by hand\n"
+    )
+    assert live_pid(run_dir) is None
+    kinds = events(appliance)
+    assert "MigrationApplied" in kinds
+    assert kinds[-1] == "DaemonCommandFailed"
+    assert appliance.cli("status").returncode == 0  # the run itself closed properly
+
+    appliance.configure(settings_with(control))
+    rerun = appliance.cli("migrate")
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert live_pid(run_dir) is not None
+    assert events(appliance)[-1] == "DaemonStarted"
