@@ -108,7 +108,7 @@ def flywall_binary(me: str) -> str | None:
     """
     named = os.environ.get("FLYWALL_BIN")
     if named:
-        return named
+        return None if _same(named, me) else named  # never exec ourselves in a loop
     root = os.environ.get("FLYWALL_ROOT") or "/"
     shipped = os.path.join(root, "opt/flywall/bin", PROG)  # noqa: PTH118
     if _runnable(shipped) and not _same(shipped, me):

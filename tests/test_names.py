@@ -106,3 +106,10 @@ def test_with_no_flywall_binary_anywhere_it_says_so_in_one_line(tmp_path, args):
         "ROOT/opt/flywall/bin/flywall, PATH); this one runs only `flywall migration ...` "
         "(also `flywall-migration ...`)\n"
     )
+
+
+def test_flywall_bin_naming_this_very_script_is_not_followed_into_a_loop(tmp_path):
+    result = run(FLYWALL, "start", env={"FLYWALL_BIN": FLYWALL, "FLYWALL_ROOT": str(tmp_path)})
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("FAILED: Flywall's own flywall command was not found")
