@@ -41,7 +41,9 @@ SAMPLES = 24
 CONFIG = """\
 # power-cut test appliance
 schema_version = "1.0"
+"""
 
+SETTINGS = """\
 migration {
   include_shipped = false
 }
@@ -151,6 +153,7 @@ class Bench:
         self.root = root
         (root / "etc/flywall").mkdir(parents=True)
         (root / "etc/flywall/flywall.hcl").write_text(CONFIG, encoding="utf-8")
+        (root / "etc/flywall/migration.hcl").write_text(SETTINGS, encoding="utf-8")
         migrations = root / "etc/flywall/migrations"
         migrations.mkdir()
         for name, text in MIGRATIONS.items():
