@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	rm -rf $(DEMO)
-	$(BIN)/flywall migration demo $(DEMO)
-	$(BIN)/flywall migration --root $(DEMO) migrate
-	$(BIN)/flywall migration --root $(DEMO) status --verbose
+	$(BIN)/flywall-migration demo $(DEMO)
+	$(BIN)/flywall-migration --root $(DEMO) migrate
+	$(BIN)/flywall-migration --root $(DEMO) status --verbose
 
 test: $(STAMP)
 	$(BIN)/ruff check .

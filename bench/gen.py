@@ -24,7 +24,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
-FLYWALL_HCL = "migration {\n  include_shipped = false\n}\n"
+FLYWALL_HCL = 'schema_version = "1.0"\n'
+MIGRATION_HCL = "migration {\n  include_shipped = false\n}\n"  # settings: beside, never inside
 
 
 def up(i: int) -> str:
@@ -177,6 +178,7 @@ def data_items() -> list[tuple[str, list[str], list[str]]]:
 
 def gen_flywall(d: Path, items: list[tuple[str, list[str], list[str]]]) -> str:
     write(d / "etc/flywall/flywall.hcl", FLYWALL_HCL)
+    write(d / "etc/flywall/migration.hcl", MIGRATION_HCL)
     m = d / "etc/flywall/migrations"
     m.mkdir(parents=True, exist_ok=True)
     last = ""

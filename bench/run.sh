@@ -171,10 +171,10 @@ check() { # check LABEL EXPECTED ACTUAL
 note() { echo "$*" >>"$WORK/notes.txt"; }
 count_t() { sqlite3 "$1" "SELECT count(*) FROM sqlite_master WHERE type='table' AND name GLOB 't_[0-9]*'"; }
 gen() { "$PY" "$HERE/gen.py" "$@" 2>>"$LOGS/gen.log"; }
-config() { # config DIR [KEY=VALUE ...]: our flywall.hcl, only generated migrations, plus KEYs
+config() { # config DIR [KEY=VALUE ...]: our migration.hcl, only generated migrations, plus KEYs
   local dir=$1; shift
   { echo "migration {"; echo "  include_shipped = false"
-    for kv in "$@"; do echo "  ${kv%%=*} = ${kv#*=}"; done; echo "}"; } >"$dir/etc/flywall/flywall.hcl"
+    for kv in "$@"; do echo "  ${kv%%=*} = ${kv#*=}"; done; echo "}"; } >"$dir/etc/flywall/migration.hcl"
 }
 no_backup() { config "$1" backup_before=false; }   # the seed's default is true
 # the whole safety net off: no backup, no validate_before/after (PRAGMA quick_check twice)

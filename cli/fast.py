@@ -1,10 +1,16 @@
-"""The `flywall` entry point: the hot command lines without importing click (issue 7).
+"""The `flywall` and `flywall-migration` entry points: the hot command lines without click.
 
-A fleet agent runs `status` every minute and people type `--help`; importing click and
-every command module costs more than the answer. So this module serves, with nothing but
-the standard library at import time:
+Two names (issue 14): `flywall-migration COMMAND` is ours alone; `flywall migration COMMAND`
+is the seed's spelling, kept through a `flywall` script that handles only `migration` and
+hands every other first word to Flywall's own `flywall` binary (`flywall_binary`), so
+installing us never hides the firmware's commands (`flywall check`, `flywall upgrade`...).
 
-- the help, usage and version texts of `flywall` and every `flywall migration` command,
+Issue 7: a fleet agent runs `status` every minute and people type `--help`; importing click
+and every command module costs more than the answer.
+
+So this module serves, with nothing but the standard library at import time:
+
+- the help, usage and version texts of every `flywall migration` command,
   rendered by click itself into `flywall.cli._texts` (regenerate with `make cli-texts`;
   a test re-renders them and compares, so they cannot drift from the click definitions);
 - `flywall migration [--root R] [--config C] [--traceback] status [-v|--verbose] [--json]`
@@ -38,6 +44,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 PROG = "flywall"
+MIGRATION_PROG = "flywall-migration"
 HELP_WIDTH = 80  # click's HelpFormatter: max(min(columns, 80) - 2, 50); _texts assume 80+
 
 
@@ -51,7 +58,9 @@ state migration) is still collected, every 100,000 net new objects."""
 
 
 def main() -> None:
-    """Run `flywall`: answer the hot command lines here, hand the rest to click."""
+    """Run `flywall`: `migration` is ours (fast path, else click); any other word is Flywall's."""
+    if sys.argv[1:2] != ["migration"]:
+        _exit(hand_off(sys.argv))
     if not os.environ.get("FLYWALL_NO_FAST_PATH"):
         gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
         code = fast(sys.argv)
@@ -60,6 +69,74 @@ def main() -> None:
     from flywall.cli.main import main as click_main
 
     click_main()
+
+
+def migration_main() -> None:
+    """Run `flywall-migration COMMAND`: the same as `flywall migration COMMAND`."""
+    if not os.environ.get("FLYWALL_NO_FAST_PATH"):
+        gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+        code = fast(sys.argv)
+        if code is not None:
+            _exit(code)
+    from flywall.cli.main import migration
+
+    migration.main(args=sys.argv[1:], prog_name=MIGRATION_PROG)
+
+
+def hand_off(argv: list[str]) -> int:
+    """Replace this process with Flywall's own `flywall`, same arguments; 2 if none is found."""
+    binary = flywall_binary(argv[0])
+    if binary is not None:
+        try:
+            os.execv(binary, [binary, *argv[1:]])  # noqa: S606 - the operator's own binary
+        except OSError as e:
+            return _write("", f"FAILED: {binary}: cannot run Flywall's flywall: {e.strerror}\n", 2)
+    return _write(
+        "",
+        "FAILED: Flywall's own flywall command was not found (FLYWALL_BIN, "
+        "ROOT/opt/flywall/bin/flywall, PATH); this one runs only `flywall migration ...` "
+        "(also `flywall-migration ...`)\n",
+        2,
+    )
+
+
+def flywall_binary(me: str) -> str | None:
+    """Find Flywall's own `flywall`, never this script.
+
+    FLYWALL_BIN, else opt/flywall/bin/flywall under the root (FLYWALL_ROOT, default /),
+    else the next `flywall` on PATH after this script itself (else any other one on it).
+    """
+    named = os.environ.get("FLYWALL_BIN")
+    if named:
+        return None if _same(named, me) else named  # never exec ourselves in a loop
+    root = os.environ.get("FLYWALL_ROOT") or "/"
+    shipped = os.path.join(root, "opt/flywall/bin", PROG)  # noqa: PTH118
+    if _runnable(shipped) and not _same(shipped, me):
+        return shipped
+    others: list[str] = []
+    seen_me = False
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = os.path.join(folder or ".", PROG)  # noqa: PTH118
+        if not _runnable(candidate):
+            continue
+        if _same(candidate, me):
+            seen_me = True
+        elif seen_me:
+            return candidate
+        else:
+            others.append(candidate)
+    return others[0] if others else None
+
+
+def _runnable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)  # noqa: PTH113
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)  # noqa: PTH121
+    except OSError:
+        return False
 
 
 def _exit(code: int) -> NoReturn:
@@ -111,16 +188,20 @@ def fast(argv: list[str]) -> int | None:
     (click names it after argv[0]), the streams are not ASCII-only (click re-wraps those).
     """
     # os.path, not pathlib: pathlib costs an import this path otherwise avoids
-    if os.path.basename(argv[0]) != PROG or not (_plain(sys.stdout) and _plain(sys.stderr)):  # noqa: PTH119
+    program = os.path.basename(argv[0])  # noqa: PTH119
+    if program not in (PROG, MIGRATION_PROG) or not (_plain(sys.stdout) and _plain(sys.stderr)):
         return None
     args = tuple(argv[1:])
-    from flywall.cli._texts import TEXTS
+    if program == MIGRATION_PROG:  # the texts name `flywall migration`: click renders its own
+        args = ("migration", *args)
+    else:
+        from flywall.cli._texts import TEXTS
 
-    text = TEXTS.get(args)
-    if text is not None:
-        if _columns() < HELP_WIDTH:
-            return None
-        return _write(*text)
+        text = TEXTS.get(args)
+        if text is not None:
+            if _columns() < HELP_WIDTH:
+                return None
+            return _write(*text)
     if args[:1] == ("migration",):
         parsed = _parse(args[1:])
         if parsed is not None:
@@ -392,8 +473,13 @@ def _memo_inputs(ws: object, report: object, text: str, code: int) -> dict[str, 
     paths = ws.paths  # type: ignore[attr-defined]
     if report.lock_holder is not None or report.interrupted or paths.device_key_file is not None:  # type: ignore[attr-defined]
         return {}
-    files: list[str] = []
-    for path in (paths.config, paths.api_document, paths.lock, paths.journal, paths.state_db):
+    if ws.settings.layout == "none":  # type: ignore[attr-defined]  # no appliance: no memo in it
+        return {}
+    from flywall.core.layout import candidates
+
+    files: list[str] = list(candidates(str(ws.settings.root)))  # type: ignore[attr-defined]
+    inputs = (paths.config, paths.settings, paths.api_document, paths.lock)
+    for path in (*inputs, paths.journal, paths.state_db):
         for name in dict.fromkeys((str(path), os.path.realpath(path))):
             files.append(name)
             if path in (paths.journal, paths.state_db):

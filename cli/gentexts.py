@@ -21,8 +21,11 @@ Texts = dict[tuple[str, ...], tuple[str, str, int]]
 
 
 def command_lines() -> list[tuple[str, ...]]:
-    """Every command line served from text: --version, and each (sub)command's help."""
-    lines: list[tuple[str, ...]] = [("--version",)]
+    """Every command line served from text: --version, and each (sub)command's help.
+
+    Only under `migration`: any other first word goes to Flywall's own binary.
+    """
+    lines: list[tuple[str, ...]] = [("migration", "--version")]
 
     def walk(path: tuple[str, ...], command: click.Command) -> None:
         lines.extend([(*path, "--help"), (*path, "-h")])
@@ -31,7 +34,7 @@ def command_lines() -> list[tuple[str, ...]]:
             for name in sorted(command.commands):
                 walk((*path, name), command.commands[name])
 
-    walk((), main)
+    walk(("migration",), main.commands["migration"])
     return lines
 
 

@@ -43,6 +43,7 @@ def main() -> None:
 
 
 @main.group(cls=_Group, epilog=EXIT_CODES)
+@click.version_option(package_name="flywall-migration", prog_name="flywall-migration")
 @click.option(
     "--root",
     type=click.Path(exists=True, file_okay=False, path_type=Path),  # a typo builds no appliance
@@ -55,7 +56,7 @@ def main() -> None:
     "--config",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="The flywall.hcl to read [default: ROOT/etc/flywall/flywall.hcl].",
+    help="The settings file to read [default: migration.hcl beside flywall.hcl].",
 )
 @click.option("--traceback", is_flag=True, hidden=True, help="Re-raise errors (debugging).")
 @click.pass_context
@@ -350,18 +351,25 @@ def journal_verify(as_json: bool) -> None:
 
 @migration.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--layout",
+    type=click.Choice(["flywall", "seed"]),
+    default="flywall",
+    show_default=True,
+    help="Flywall's tree (opt/flywall/...) or the seed's (etc/flywall, var/lib/flywall).",
+)
 @json_option
-def demo(directory: Path, as_json: bool) -> None:
+def demo(directory: Path, layout: str, as_json: bool) -> None:
     """Build a sample appliance tree in DIRECTORY to try every command on."""
     from flywall.cli import render
     from flywall.core import demo as demo_tree
 
-    made = demo_tree.build(directory)
+    made = demo_tree.build(directory, layout)
     if as_json:
         render.emit_json(made)
         return
-    click.echo(f"built a sample appliance in {directory}")
-    click.echo(f"try: flywall migration --root {directory} status")
+    click.echo(f"built a sample appliance ({layout} layout) in {directory}")
+    click.echo(f"try: flywall-migration --root {directory} status")
 
 
 from flywall.cli import audit as _audit  # noqa: E402, F401 - registers notify/replay/sign

@@ -92,6 +92,10 @@ def status(report: StatusReport) -> None:
     """Render `status`."""
     j = report.journal
     head = j.head_hash[:16] if j.head_hash else "-"
+    if report.paths is not None:
+        p = report.paths
+        found = "no Flywall config found" if p.layout == "none" else p.config
+        echo(f"layout      {p.layout} ({found})")
     echo(f"journal     {j.path} ({j.events} events, head {head})")
     comps = ", ".join(f"{k} {v}" for k, v in report.components.items()) or "none applied"
     echo(f"components  {comps}")

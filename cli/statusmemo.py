@@ -9,7 +9,8 @@ code, keyed by the identity of every input the answer was computed from:
 - the command line (cwd, --root, --config, flags), the `FLYWALL_*` environment, the
   interpreter, and the identity of every flywall, msgspec, apsw and blake3 module file the
   fresh answer ran (an upgrade is a new answer);
-- the config file and every file a status reads beside it: the journal and state.db, each
+- the settings file, flywall.hcl where each layout would have it (a config appearing
+  changes the layout), and every file a status reads beside them: the journal and state.db, each
   with its -wal and -journal (as named and as their symlinks resolve), the api document,
   the lock file. Not their directories: every status opens and closes the journal, whose
   -wal and -shm come and go with it. SQLite changes a database's content only by writing
@@ -73,8 +74,12 @@ def memo_path(root: str, variant: str) -> str:
 
 
 def config_path(root: str, config: str | None) -> str:
-    """The config file as load_settings finds it (default under the root)."""
-    return config if config is not None else os.path.join(root, "etc/flywall/flywall.hcl")  # noqa: PTH118
+    """The settings file as load_settings finds it (migration.hcl in the layout found)."""
+    if config is not None:
+        return config
+    from flywall.core.layout import detect
+
+    return detect(root).settings
 
 
 def _context(root: str, config: str | None, variant: str) -> bytes:

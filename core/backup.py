@@ -120,6 +120,7 @@ def create(
         io.rename(partial, final)
         io.fsync_dir(root)
         crashpoint("backup-completed")
+        _ui_backup(ws, final, manifest, io)
     except BaseException as e:
         shutil.rmtree(partial, ignore_errors=True)
         if e is once.error:
@@ -130,6 +131,33 @@ def create(
         cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise BackupFailed(f"backup to {final} failed: {cause}; nothing was changed") from e
     return manifest
+
+
+def _ui_backup(ws: Workspace, final: Path, manifest: Manifest, io: fileio.IO) -> None:
+    """Also give Flywall's UI the config as backed up (`uibackup`), from the backup's copy."""
+    from flywall.core import uibackup
+
+    folder = ws.paths.ui_backups
+    config = next((i for i in manifest.items if i.component == "config"), None)
+    if ws.sandbox or folder is None or config is None or config.absent:
+        return
+    data = (final / config.name).read_bytes()
+    reason = manifest.reason  # names the run; `backup create` is a run of its own
+    if manifest.backup_id not in reason:
+        reason = f"{reason} (run {manifest.backup_id})"
+    uibackup.write(
+        folder,
+        data,
+        description=f"flywall-migration: {reason}",
+        shown_folder=_on_box(ws, folder),
+        io=io,
+    )
+
+
+def _on_box(ws: Workspace, path: Path) -> str:
+    """`path` as the box itself names it: without the `--root` prefix."""
+    root = ws.settings.root
+    return "/" + str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 class _Once:

@@ -67,6 +67,34 @@ class JournalInfo(msgspec.Struct, kw_only=True):
     head_hash: str
 
 
+class PathsInfo(msgspec.Struct, kw_only=True):
+    """Where status found everything: the layout detected and the files it names."""
+
+    layout: str
+    config: str
+    settings: str
+    state: str
+    journal: str
+    migrations: str
+    backups: str
+    run_dir: str
+
+
+def paths_info(ws: Workspace) -> PathsInfo:
+    """The `paths` of `status --json`: Flywall's files and ours, in the layout found."""
+    p = ws.paths
+    return PathsInfo(
+        layout=ws.settings.layout,
+        config=str(p.config),
+        settings=str(p.settings),
+        state=str(p.state_db),
+        journal=str(p.journal),
+        migrations=str(p.migrations_dir),
+        backups=str(p.backups),
+        run_dir=str(p.run_dir),
+    )
+
+
 class StatusReport(msgspec.Struct, kw_only=True):
     """The output of `status`."""
 
@@ -80,6 +108,7 @@ class StatusReport(msgspec.Struct, kw_only=True):
     last_run: dict[str, Any] | None = None
     current_version: str | None = None
     migrations: list[MigrationRow] | None = None
+    paths: PathsInfo | None = None
 
 
 def _read_state(ws: Workspace) -> tuple[projection.Projection, Journal | None]:
@@ -170,6 +199,7 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
             last_run=run_summary(last),
             current_version=ws.settings.current_version,
             migrations=rows,
+            paths=paths_info(ws),
         )
     finally:
         if journal is not None:
@@ -373,11 +403,12 @@ def adopt_device_key(ws: Workspace, *, actor: ev.Actor | None = None) -> AdoptRe
 
     key = ws.device_key()
     if key is None:
-        raise errors.UsageError(f"{ws.paths.config}: migration.device_key_file is not set")
+        raise errors.UsageError(f"{ws.paths.settings}: migration.device_key_file is not set")
     if not ws.paths.journal.exists():
         raise errors.UsageError(
             f"{ws.paths.journal}: no journal yet; its first event will be keyed anyway"
         )
+    ws.require_appliance()
     actor, ident, path = actor or ev.current_actor(), key_id(key), str(ws.paths.journal)
     holder = Holder(
         run_id="-", command="journal adopt-key", pid=actor.pid, user=actor.user,
@@ -598,6 +629,7 @@ def create(
         raise errors.UsageError("--sql migrations are database migrations")
     if declarative and component != "config":
         raise errors.UsageError("--declarative migrations are config migrations")
+    ws.require_appliance()  # a folder that is not an appliance gets no invented tree
     directory = ws.paths.migrations_dir
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,12 @@
-"""`flywall migration demo DIR`: a sample appliance tree to try every command on.
+"""`flywall-migration demo DIR`: a sample appliance tree to try every command on.
 
 The tree is what a Flywall box looks like before the shipped migrations: a realistic
-pre-1.1 flywall.hcl (comments throughout) with a `migration { }` block, an empty vendor
-migrations folder, an api.json, and a state.db at the pre-migration schema holding a few
-hundred DHCP leases, hosts and JSON lease records: all four components have work to do.
+pre-1.1 flywall.hcl (comments throughout), our settings in migration.hcl beside it, an
+empty vendor migrations folder, an api.json, and a state.db at the pre-migration schema
+holding a few hundred DHCP leases, hosts and JSON lease records: all four components have
+work to do. Laid out as Flywall lays out a box (`opt/flywall/etc`, `opt/flywall/var/lib`,
+and a `flywall.pid` in `opt/flywall/var/run` left by a daemon that is no longer running),
+or with `layout="seed"` as the seed does (`etc/flywall`, `var/lib/flywall`).
 Deterministic (a seeded generator), so two demos are byte-for-byte comparable.
 """
 
@@ -16,27 +19,13 @@ import apsw
 import msgspec
 
 from flywall.core.errors import UsageError
+from flywall.core.layout import detect
 
 CONFIG = """\
 # Flywall appliance configuration (demo tree built by `flywall migration demo`).
 # A pre-1.1 layout: zone membership on interfaces, the legacy dns_server block,
 # listeners inside api { }, and vpn_link groups.
 schema_version = "1.0"
-
-# How firmware upgrades migrate this box. Paths are placed under --root.
-migration {
-  enabled       = true
-  directory     = "/etc/flywall/migrations"
-  backup_before = true
-  timeout       = "30m"
-  strategy      = "incremental"
-
-  validate_before = true
-  validate_after  = true
-
-  backup_retention = "7d"
-  backup_location  = "/var/lib/flywall/migration-backups"
-}
 
 interface "eth0" {
   description = "Uplink to the ISP"
@@ -107,6 +96,33 @@ dhcp {
 }
 """
 
+SETTINGS = """\
+# How firmware upgrades migrate this box (flywall-migration's settings; Flywall itself
+# never reads this file). Paths left out sit beside Flywall's own files.
+migration {
+  enabled       = true
+  backup_before = true
+  timeout       = "30m"
+  strategy      = "incremental"
+
+  validate_before = true
+  validate_after  = true
+
+  backup_retention = "7d"
+
+  # The seed's example in migrations/ (add_zone_services) stamps "1.2" to show a
+  # versioned config migration. A real Flywall v0.3 box keeps the default ceiling,
+  # "1.1", what its loader accepts: a run that would go above it is refused.
+  max_config_version = "1.2"
+}
+"""
+
+LAYOUTS = {
+    # layout: (config folder, state folder, run folder), relative to the root
+    "flywall": ("opt/flywall/etc", "opt/flywall/var/lib", "opt/flywall/var/run"),
+    "seed": ("etc/flywall", "var/lib/flywall", None),
+}
+
 API_DOCUMENT = {
     "schema_version": "1.0",
     "clients": [
@@ -145,29 +161,58 @@ HOSTS = 200
 _EPOCH = 1_764_000_000
 
 
-def build(directory: Path) -> dict[str, str]:
-    """Create the tree under `directory`; return the paths made.
+def build(directory: Path, layout: str = "flywall") -> dict[str, str]:
+    """Create the tree under `directory` in `layout` ("flywall" or "seed"); return the paths.
 
-    :raises UsageError: `directory` already holds an appliance.
+    :raises UsageError: `directory` already holds an appliance, or the layout is unknown.
     """
-    config = directory / "etc/flywall/flywall.hcl"
-    state = directory / "var/lib/flywall/state.db"
-    if config.exists() or state.exists():
+    if layout not in LAYOUTS:
+        raise UsageError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    config_dir, state_dir, run_dir = (directory / d if d else None for d in LAYOUTS[layout])
+    assert config_dir is not None
+    assert state_dir is not None
+    if detect(str(directory), {}).found or (state_dir / "state.db").exists():
         raise UsageError(f"{directory} already holds an appliance; choose an empty folder")
-    (directory / "etc/flywall/migrations").mkdir(parents=True, exist_ok=True)
-    write_examples(directory / "etc/flywall/migrations")
+    config, settings, state = (
+        config_dir / "flywall.hcl",
+        config_dir / "migration.hcl",
+        state_dir / "state.db",
+    )
+    (config_dir / "migrations").mkdir(parents=True, exist_ok=True)
+    write_examples(config_dir / "migrations")
     state.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(CONFIG, encoding="utf-8")
-    api = directory / "var/lib/flywall/api.json"
+    settings.write_text(SETTINGS, encoding="utf-8")
+    api = state_dir / "api.json"
     api.write_bytes(msgspec.json.format(msgspec.json.encode(API_DOCUMENT), indent=2) + b"\n")
     _state_db(state)
-    return {
+    made = {
         "root": str(directory),
+        "layout": layout,
         "config": str(config),
+        "settings": str(settings),
         "state_db": str(state),
         "api_document": str(api),
-        "migrations": str(directory / "etc/flywall/migrations"),
+        "migrations": str(config_dir / "migrations"),
     }
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        pid_file = run_dir / "flywall.pid"
+        pid_file.write_text(f"{_dead_pid()}\n", encoding="utf-8")
+        made["pid_file"] = str(pid_file)
+    return made
+
+
+def _dead_pid() -> int:
+    """A pid no process can have: the kernel hands out pids below `pid_max`.
+
+    The demo box's daemon "stopped" without removing its pid file, as a crashed one does;
+    the tool must tell such a file from a running daemon.
+    """
+    try:
+        return int(Path("/proc/sys/kernel/pid_max").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 4_194_304  # the largest pid_max Linux allows
 
 
 def write_examples(folder: Path) -> list[Path]:

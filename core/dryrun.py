@@ -114,7 +114,7 @@ def dry_run(
     from flywall.journal import Entry
 
     actor = actor or ev.current_actor()
-    with Engine(ws, "migrate --dry-run", actor=actor) as real:
+    with Engine(ws, "migrate --dry-run", actor=actor, daemon=False) as real:
         _refuse_if_interrupted(real.state)
         report = _rehearse(ws, target, accept_drift=accept_drift, actor=actor)
         report.run_id = real.run_id

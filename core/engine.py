@@ -84,7 +84,9 @@ class Engine:
         on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
         on_progress: Callable[[str, int, int], None] | None = None,
         run_id: str | None = None,
+        daemon: bool = True,
     ) -> None:
+        """`daemon=False` for a run that touches no target (the dry run's audit event)."""
         self.ws = workspace
         self.command = command
         self.actor = actor or ev.current_actor()
@@ -107,10 +109,13 @@ class Engine:
         self._inherited: list[str] = []
         self._watchdog = Watchdog()
         self._inherited_backup: str | None = None
+        self._manage_daemon = daemon and not workspace.sandbox
+        self._start_owed = False
         self.journal: Journal
         self.recorder: Recorder
 
     def __enter__(self) -> Self:
+        self.ws.require_appliance()  # before the lock: it would create folders
         self._lock.__enter__()
         try:
             self.journal = self.ws.write_journal()
@@ -121,7 +126,11 @@ class Engine:
             self.recorder = Recorder(
                 self.journal, state, self.lifecycle, self.run_id, started, self._on_event
             )
+            if self._manage_daemon:
+                self._stop_daemon()
         except BaseException:
+            if getattr(self, "journal", None) is not None:
+                self.journal.close()
             self._lock.__exit__(None, None, None)
             raise
         return self
@@ -132,7 +141,13 @@ class Engine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        not_started: errors.DaemonNotStarted | None = None
         try:
+            if self._start_owed:
+                try:
+                    self._start_daemon(raise_on_failure=exc is None)
+                except errors.DaemonNotStarted as e:
+                    not_started = e  # raised once the run is closed properly
             if self.recorder.started:
                 crashpoint("before-snapshot")
                 projection.save_snapshot(self.journal, self.recorder.projection)
@@ -141,6 +156,8 @@ class Engine:
             self.journal.close()
         finally:
             self._lock.__exit__(exc_type, exc, tb)
+        if not_started is not None:
+            raise not_started
 
     def _preflight_chain(self) -> None:
         """Refuse to write on a journal whose hash chain is broken (DESIGN §7 pre-flight).
@@ -153,6 +170,91 @@ class Engine:
             self.journal.verify()
         except JournalCorrupt as e:
             raise errors.JournalTampered(e.seq, e.detail) from e
+
+    # -- the daemon (core/daemon.py) --------------------------------------------------------
+
+    def _stop_daemon(self) -> None:
+        """Never race the daemon: refuse while it runs, or stop it with `stop_command`.
+
+        A daemon an earlier run stopped and never started again (a cut between the two) is
+        owed a start: this run gives it at its end.
+
+        :raises Busy: the daemon runs and no `stop_command` is set, or stopping it failed.
+        """
+        from flywall.core import daemon
+
+        settings, run_dir = self.ws.settings, self.ws.paths.run_dir
+        assert run_dir is not None
+        stop = settings.stop_command
+        self._start_owed = stop is not None and self._daemon_owed_start()
+        pid = daemon.live_pid(run_dir)
+        if pid is None:
+            return
+        pid_file = self.ws.shown(run_dir / daemon.PID_FILE)
+        if stop is None:
+            raise errors.Busy(
+                f"Flywall is running (pid {pid}, {pid_file}): stop it first, or set "
+                f"stop_command and start_command in {self.ws.shown(self.ws.paths.settings)}"
+            )
+        self._journal_daemon(ev.DaemonStopRequested(pid=pid, command=list(stop)))
+        result = daemon.run(stop)
+        crashpoint("after-daemon-stop")
+        if not result.ok or not daemon.wait_gone(run_dir, pid):
+            self._journal_daemon(
+                ev.DaemonCommandFailed(
+                    which="stop", exit_code=result.exit_code, output=result.output
+                )
+            )
+            self._start_daemon(raise_on_failure=False)  # leave it as it was found
+            why = f"exit {result.exit_code}" if not result.ok else f"pid {pid} still alive"
+            raise errors.Busy(
+                f"stop_command failed ({why}): {result.output or 'no output'}; nothing was changed"
+            )
+        self._journal_daemon(ev.DaemonStopped(pid=pid, output=result.output))
+        self._start_owed = True
+
+    def _start_daemon(self, *, raise_on_failure: bool) -> None:
+        """Call `start_command`; journal what it did.
+
+        :raises DaemonNotStarted: it failed and `raise_on_failure` (the run itself went well).
+        """
+        from flywall.core import daemon
+
+        start = self.ws.settings.start_command
+        assert start is not None
+        crashpoint("before-daemon-start")
+        result = daemon.run(start)
+        if result.ok:
+            self._journal_daemon(ev.DaemonStarted(command=list(start), output=result.output))
+            self._start_owed = False
+            return
+        self._journal_daemon(
+            ev.DaemonCommandFailed(which="start", exit_code=result.exit_code, output=result.output)
+        )
+        self._start_owed = False  # the next writing run tries again (no DaemonStarted)
+        if raise_on_failure:
+            raise errors.DaemonNotStarted(
+                f"start_command failed (exit {result.exit_code}): "
+                f"{result.output or 'no output'}; start Flywall by hand"
+            )
+
+    def _daemon_owed_start(self) -> bool:
+        """True if the journal's last stop request has no `DaemonStarted` after it."""
+        row = self.journal.connection.execute(
+            "SELECT kind FROM events WHERE kind IN ('DaemonStopRequested', 'DaemonStarted') "
+            "ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return row is not None and row[0] == "DaemonStopRequested"
+
+    def _journal_daemon(self, event: ev.Event) -> None:
+        """Append a daemon event at once, durable, under this run's id (not a run step)."""
+        from flywall.journal import Entry
+
+        (row,) = self.journal.append([Entry(ev.kind_of(event), ev.encode(event), self.run_id)])
+        crashpoint(f"after-{row.kind}")
+        self.recorder.projection.apply(row, self.lifecycle, event)
+        if self._on_event is not None:
+            self._on_event(row, event)
 
     @property
     def state(self) -> projection.Projection:
@@ -325,6 +427,9 @@ class Engine:
         nodes = self.ws.migrations
         plan = planner.plan_up(nodes, self._states(), target)
         by_version = {m.version: m for m in nodes}
+        planner.check_config_ceiling(
+            [by_version[v] for v in plan], self.ws.settings.max_config_version
+        )
         return self._execute(
             plan, lambda v, attempt: self._up(by_version[v], attempt), recovered, target
         )
@@ -920,6 +1025,7 @@ class Engine:
             after = target.render(document, before)
         if after is None or after == before:
             return
+        self._check_config(m, after)
         intent = ev.WriteIntent(
             direction=direction,  # type: ignore[arg-type]
             path=str(target.path),
@@ -931,6 +1037,26 @@ class Engine:
             stored.append((intent.digest_before, before))
         self.recorder.append([(m.version, intent)], sources=stored)
         fileio.replace(target.path, after)
+
+    def _check_config(self, m: Migration, after: bytes) -> None:
+        """Ask the firmware's validator (`check_command`) about a migrated config first.
+
+        :raises MigrationFailed: it refused; its output is the error; flywall.hcl untouched.
+        """
+        command = self.ws.settings.check_command
+        if m.component != "config" or command is None:
+            return
+        from flywall.core import daemon
+
+        result = daemon.check_config(command, after)
+        if not result.ok:
+            raise errors.MigrationFailed(
+                m.version,
+                "check",
+                "ConfigRefused",
+                f"check_command refused the migrated config (exit {result.exit_code}): "
+                f"{result.output or 'no output'}; flywall.hcl was left as it was",
+            )
 
     def _exact_undo(self, version: str, current: bytes | None) -> bytes | None:
         """Return the file's bytes from before `up`, if nobody changed it since up wrote it.

@@ -68,6 +68,12 @@ class MigrationFailed(FlywallError):
         self.detail = message
 
 
+class DaemonNotStarted(FlywallError):
+    """The run went well but `start_command` failed: Flywall is not running again."""
+
+    exit_code = EXIT_MIGRATION_FAILED
+
+
 class Busy(FlywallError):
     """Another process holds the single-writer lock."""
 

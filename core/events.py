@@ -249,6 +249,39 @@ class NotificationFailed(Event):
     error: str
 
 
+class DaemonStopRequested(Event):
+    """The run is about to call `stop_command` on the live Flywall daemon.
+
+    Durable before the command runs: a run cut off before `DaemonStarted` tells the next
+    run that it owes the daemon a start.
+    """
+
+    pid: int
+    command: list[str]
+
+
+class DaemonStopped(Event):
+    """`stop_command` succeeded and the daemon's pid is gone."""
+
+    pid: int
+    output: str = ""
+
+
+class DaemonStarted(Event):
+    """`start_command` succeeded: the daemon a run stopped runs again."""
+
+    command: list[str]
+    output: str = ""
+
+
+class DaemonCommandFailed(Event):
+    """`stop_command` or `start_command` exited non-zero (or could not run)."""
+
+    which: Literal["stop", "start"]
+    exit_code: int
+    output: str
+
+
 AnyEvent = (
     RunStarted
     | RunFinished
@@ -272,6 +305,10 @@ AnyEvent = (
     | NotificationDelivered
     | NotificationChannelStarted
     | NotificationFailed
+    | DaemonStopRequested
+    | DaemonStopped
+    | DaemonStarted
+    | DaemonCommandFailed
 )
 
 _encoder = msgspec.msgpack.Encoder()

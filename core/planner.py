@@ -141,3 +141,40 @@ def plan_down(
                 f"cannot roll back {v}: applied migration(s) {', '.join(left)} depend on it"
             )
     return chosen
+
+
+def version_tuple(text: str) -> tuple[int, ...] | None:
+    """Read "1.1" or "1.2.0" as numbers, trailing zeros dropped ("1.1.0" is "1.1")."""
+    parts = text.split(".")
+    if not all(p.isascii() and p.isdigit() for p in parts):
+        return None
+    numbers = [int(p) for p in parts]
+    while len(numbers) > 1 and numbers[-1] == 0:
+        numbers.pop()
+    return tuple(numbers)
+
+
+def check_config_ceiling(planned: Sequence[Node], ceiling: str) -> None:
+    """Refuse a plan that would stamp the config with a version the firmware refuses.
+
+    Flywall refuses a config whose `schema_version` is above what it supports (v0.3:
+    "1.1"), and then boots a nearly empty built-in config (FLYWALL.md §2); so this is
+    checked at planning, before anything runs. A version that is not numbers is refused
+    too: it cannot be shown to be within the ceiling.
+
+    :raises UsageError: naming the first such migration and the ceiling.
+    """
+    limit = version_tuple(ceiling)
+    assert limit is not None  # settings validated it
+    for node in planned:
+        stamped = node.schema_version
+        if getattr(node, "component", None) != "config" or stamped is None:
+            continue
+        value = version_tuple(stamped)
+        if value is None or value > limit:
+            name = getattr(node, "name", node.version)
+            raise UsageError(
+                f"migration {name} sets the config's schema_version to {stamped!r}, above "
+                f"max_config_version {ceiling!r} (what the firmware accepts): refused before "
+                "anything ran"
+            )

@@ -108,6 +108,8 @@ class Sandbox:
             journal=journal,
             lock=journal.with_name(journal.name + ".lock"),
             backups=self.root / "backups",
+            run_dir=self.root / "run",
+            ui_backups=self.root / "ui-backups",
         )
         for source, target in (
             (real.config, paths.config),
@@ -126,7 +128,7 @@ class Sandbox:
             self.real.settings, paths=paths, backup_before=False, auto_rollback=False
         )
         # The device key file is not moved: the copied chain verifies with the same key.
-        return Workspace(settings, self._sqlite)
+        return Workspace(settings, self._sqlite, sandbox=True)
 
 
 def open_database(ws: Workspace) -> apsw.Connection | None:

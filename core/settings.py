@@ -1,8 +1,12 @@
-"""The `migration { }` block of flywall.hcl, validated and placed under a root (DESIGN §9).
+"""The `migration { }` block of migration.hcl, validated and placed under a root (DESIGN §9).
 
-The block is converted into msgspec Structs so every validation error comes from one place,
-rewritten into one line naming the file and the dotted key. Paths are resolved here, once, so
-no other module needs the rule: relative to the config's folder, absolute ones under `--root`.
+The block lives in its own file, `migration.hcl` beside `flywall.hcl` (or `--config FILE`):
+Flywall's strict loader refuses any block it does not know, so nothing of ours may sit in
+its config. The block is converted into msgspec Structs so every validation error comes
+from one place, rewritten into one line naming the file and the dotted key. Paths are
+resolved here, once, so no other module needs the rule: a path key left out sits beside
+Flywall's own files in the layout found (`layout.detect`); a relative one is relative to
+the settings file's folder; an absolute one is placed under `--root`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
+from flywall.core import layout as layouts
 from flywall.core.errors import ConfigParseError, SettingsError
 from flywall.core.plainhcl import read_plain
 
@@ -27,6 +32,7 @@ __all__ = [
     "Settings",
     "SlackSettings",
     "StateSettings",
+    "check_parses",
     "load_settings",
     "parse_duration",
 ]
@@ -34,6 +40,10 @@ __all__ = [
 Strategy = Literal["incremental", "full", "custom"]
 Channel = Literal["email", "slack"]
 Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+ConfigVersion = Annotated[str, msgspec.Meta(pattern=r"^[0-9]+\.[0-9]+$")]
+Command = Annotated[
+    tuple[Annotated[str, msgspec.Meta(min_length=1)], ...], msgspec.Meta(min_length=1)
+]
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -101,7 +111,8 @@ class MigrationSettings(_Block):
     """Every key of the `migration { }` block, with the seed's defaults; paths as written."""
 
     enabled: bool = True
-    directory: str = "/etc/flywall/migrations"
+    directory: str | None = None
+    """None: `migrations/` in the config folder of the layout found."""
     auto_migrate: bool = False
     backup_before: bool = True
     timeout: Duration = parse_duration("30m")
@@ -112,7 +123,7 @@ class MigrationSettings(_Block):
     validate_after: bool = True
     dry_run: bool = False
     backup_retention: Duration = parse_duration("7d")
-    backup_location: str = "/var/lib/flywall/migration-backups"
+    backup_location: str | None = None
     auto_rollback: bool = False
     rollback_timeout: Duration = parse_duration("10m")
     max_rollback_attempts: Annotated[int, msgspec.Meta(ge=0)] = 3
@@ -125,10 +136,18 @@ class MigrationSettings(_Block):
     require_signatures: bool = False
     trusted_keys: tuple[str, ...] = ()
     device_key_file: str | None = None
-    journal: str = "/var/lib/flywall/migration-journal.db"
-    state_db: str = "/var/lib/flywall/state.db"
-    api_document: str = "/var/lib/flywall/api.json"
-    tokens_file: str = "/etc/flywall/migration-api.tokens"
+    journal: str | None = None
+    state_db: str | None = None
+    api_document: str | None = None
+    tokens_file: str | None = None
+    max_config_version: ConfigVersion = "1.1"
+    """The highest config `schema_version` the firmware accepts (Flywall v0.3: "1.1")."""
+    stop_command: Command | None = None
+    start_command: Command | None = None
+    """Argument lists that stop and start the Flywall daemon around a run (both or none)."""
+    check_command: Command | None = None
+    """Argument list checking a migrated config before it replaces flywall.hcl; `{config}`
+    is the temporary file's path (e.g. ["flywall", "check", "{config}"])."""
     email: EmailSettings | None = None
     slack: SlackSettings | None = None
     server: ServerSettings = ServerSettings()
@@ -139,6 +158,7 @@ class Paths(msgspec.Struct, frozen=True, kw_only=True):
     """Every file and folder the tool touches, absolute and already placed under the root."""
 
     config: Path
+    """Flywall's flywall.hcl in the layout found."""
     migrations_dir: Path
     state_db: Path
     api_document: Path
@@ -149,6 +169,12 @@ class Paths(msgspec.Struct, frozen=True, kw_only=True):
     device_key_file: Path | None
     email_credentials_file: Path | None
     email_ca_file: Path | None = None
+    settings: Path | None = None
+    """Our settings file (migration.hcl, or --config)."""
+    run_dir: Path | None = None
+    """Flywall's run folder: `flywall.pid` there names the daemon."""
+    ui_backups: Path | None = None
+    """Flywall's UI backups (`<config dir>/backups`), where a run's config backup also goes."""
 
 
 class Settings(MigrationSettings, kw_only=True):
@@ -156,22 +182,27 @@ class Settings(MigrationSettings, kw_only=True):
 
     root: Path
     config_path: Path
+    """The settings file read (migration.hcl, or --config), whether or not it exists."""
     paths: Paths
+    layout: str = layouts.NONE
+    """"flywall", "seed" or "none" (no Flywall config under the root)."""
 
 
-def load_settings(root: Path, config_path: Path | None = None) -> Settings:
-    """Read the `migration { }` block of the config into `Settings`; no default file means defaults.
+def load_settings(
+    root: Path, config_path: Path | None = None, environ: dict[str, str] | None = None
+) -> Settings:
+    """Read the `migration { }` block of migration.hcl into `Settings`; no file means defaults.
 
     :param root: prefix of every absolute path; `/` is the real filesystem.
-    :param config_path: the config as the user named it (it must exist); default
-        `root/etc/flywall/flywall.hcl`.
+    :param config_path: the settings file as the user named it (it must exist); default
+        `migration.hcl` beside `flywall.hcl` in the layout found under the root.
+    :param environ: the environment holding Flywall's `FLYWALL_*_DIR` overrides.
     :raises ConfigParseError: the file is not valid HCL.
     :raises SettingsError: the block is invalid; the message names the file and key.
     """
     root = Path(root).absolute()
-    config = (
-        root / "etc/flywall/flywall.hcl" if config_path is None else Path(config_path).absolute()
-    )
+    found = layouts.detect(str(root), environ)
+    config = Path(found.settings) if config_path is None else Path(config_path).absolute()
     # Name the file as the operator knows it: relative to a demo root, else absolute.
     demo = root != Path("/") and config.is_relative_to(root)
     shown = str(config.relative_to(root) if demo else config)
@@ -194,11 +225,17 @@ def load_settings(root: Path, config_path: Path | None = None) -> Settings:
                 f'{shown}: migration.notification_channels: "{channel}" is listed '
                 f"but the migration.{channel} {{ }} block is missing"
             )
+    if (block.stop_command is None) != (block.start_command is None):
+        raise SettingsError(
+            f"{shown}: migration.stop_command and migration.start_command go together: "
+            "a run that stops the daemon must start it again"
+        )
     return Settings(
         **msgspec.structs.asdict(block),
         root=root,
         config_path=config,
-        paths=_resolve(block, config, root),
+        paths=_resolve(block, config, root, found),
+        layout=found.name,
     )
 
 
@@ -227,6 +264,7 @@ def _cached_block(text: str, shown: str, root: Path) -> dict[str, Any]:
         stored = msgspec.msgpack.decode(cache.read_bytes())
         if stored.get("format") == _CACHE_FORMAT and stored.get("digest") == digest:
             return stored["block"]
+    _refuse_duplicates(text, shown)
     block = _pick_block(_parse_hcl2(text, shown), shown)
     # OverflowError: an integer msgpack cannot hold; validation, not the cache, judges it.
     with contextlib.suppress(OSError, OverflowError):
@@ -238,31 +276,54 @@ def _cached_block(text: str, shown: str, root: Path) -> dict[str, Any]:
     return block
 
 
-def _resolve(block: MigrationSettings, config: Path, root: Path) -> Paths:
-    """Apply DESIGN §9's rule to every path key, so nothing else needs to know it."""
+def _resolve(block: MigrationSettings, settings: Path, root: Path, found: layouts.Layout) -> Paths:
+    """Apply DESIGN §9's rule to every path key, so nothing else needs to know it.
 
-    def place(value: str) -> Path:
+    A key left out sits beside Flywall's files: settings, migrations and tokens in the
+    config folder; journal, backups, state.db and the api document in the state folder.
+    """
+    config_dir, state_dir = Path(found.config_dir), Path(found.state_dir)
+
+    def place(value: str | None, default: Path) -> Path:
+        if value is None:
+            return default
         path = Path(value)
         if path.is_absolute():
             return root / path.relative_to(path.anchor)
-        return config.parent / path
+        return settings.parent / path
 
-    journal = place(block.journal)
+    journal = place(block.journal, state_dir / "migration-journal.db")
     credentials = block.email.credentials_file if block.email else None
     ca_file = block.email.ca_file if block.email else None
+    tokens = block.server.tokens_file or block.tokens_file
     return Paths(
-        config=config,
-        migrations_dir=place(block.directory),
-        state_db=place(block.state_db),
-        api_document=place(block.api_document),
+        config=Path(found.config),
+        migrations_dir=place(block.directory, config_dir / "migrations"),
+        state_db=place(block.state_db, state_dir / "state.db"),
+        api_document=place(block.api_document, state_dir / "api.json"),
         journal=journal,
         lock=journal.with_name(journal.name + ".lock"),
-        backups=place(block.backup_location),
-        tokens_file=place(block.server.tokens_file or block.tokens_file),
-        device_key_file=place(block.device_key_file) if block.device_key_file else None,
-        email_credentials_file=place(credentials) if credentials else None,
-        email_ca_file=place(ca_file) if ca_file else None,
+        backups=place(block.backup_location, state_dir / "migration-backups"),
+        tokens_file=place(tokens, config_dir / "migration-api.tokens"),
+        device_key_file=place(block.device_key_file, root) if block.device_key_file else None,
+        email_credentials_file=place(credentials, root) if credentials else None,
+        email_ca_file=place(ca_file, root) if ca_file else None,
+        settings=settings,
+        run_dir=Path(found.run_dir),
+        ui_backups=config_dir / "backups",
     )
+
+
+def check_parses(text: str, shown: str) -> None:
+    """Refuse an HCL text that does not parse, naming file, line and column (DESIGN §8).
+
+    Plain files are known to parse without python-hcl2 (see `plainhcl`); only the rest
+    pays for its import.
+
+    :raises ConfigParseError: naming `shown`, the line and the column.
+    """
+    if read_plain(text) is None:
+        _parse_hcl2(text, shown)
 
 
 def _parse_hcl2(text: str, shown: str) -> dict[str, Any]:
@@ -277,6 +338,35 @@ def _parse_hcl2(text: str, shown: str) -> dict[str, Any]:
         raise ConfigParseError(shown, e.line, e.column, _parse_detail(e)) from e
     except RuntimeError as e:  # its semantic checks, e.g. "Attribute x is already defined."
         raise SettingsError(f"{shown}: {e}") from e
+
+
+_KEY = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_-]*)\s*=(?!=)")
+
+
+def _refuse_duplicates(text: str, shown: str) -> None:
+    """Refuse a key set twice in one block, naming both lines (python-hcl2 lets the last win).
+
+    :raises SettingsError: "<file>:<line>: <key>: set twice (first on line N)".
+    """
+    scopes: dict[int, dict[str, int]] = {0: {}}
+    depth, in_comment, heredoc = 0, False, None
+    for number, line in enumerate(text.splitlines(), 1):
+        if heredoc is not None:
+            heredoc = None if line.strip() == heredoc else heredoc
+            continue
+        key = None if in_comment else _KEY.match(line)
+        if key:
+            seen = scopes.setdefault(depth, {})
+            if key[1] in seen:
+                raise SettingsError(
+                    f"{shown}:{number}: {key[1]}: set twice in one block "
+                    f"(first on line {seen[key[1]]}); keep one"
+                )
+            seen[key[1]] = number
+        new_depth, in_comment, heredoc = layouts.scan_line(line, depth, in_comment)
+        for level in [d for d in scopes if d > min(depth, new_depth)]:
+            del scopes[level]  # a block closed or opened: its keys are its own
+        depth = new_depth
 
 
 def _pick_block(data: dict[str, Any], shown: str) -> dict[str, Any]:
@@ -336,7 +426,8 @@ def _rewrite(message: str, shown: str) -> str:
     if what.startswith("Expected `"):  # msgspec's type names, in HCL's words
         what = what.replace("`array", "`list").replace("`object", "`block")
     detail = what.replace("`", "")
-    detail = re.sub(r"str matching regex '.*'", "a plain SQL identifier", detail)
+    wanted = 'a version "X.Y" such as "1.1"' if key.endswith("_version") else None
+    detail = re.sub(r"str matching regex '.*'", wanted or "a plain SQL identifier", detail)
     choices = _CHOICES.get(re.sub(r"\[\d+\]$", "", key).rpartition(".")[2])
     if detail.startswith("Invalid enum value") and choices:
         detail += f" (use one of: {', '.join(choices)})"

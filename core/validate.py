@@ -59,6 +59,7 @@ def validate(ws: Workspace) -> ValidationReport:
     except FlywallError as e:
         checks["checksums"] = str(e)
     document, checks["config"] = _config(ws)
+    checks["flywall config"] = ws.config_problem() or "ok"  # loads in Flywall (issue 14)
     db = open_existing(ws.paths.state_db, ws.settings.version_table)
     try:
         checks.update(target_checks(state, db))

@@ -50,18 +50,76 @@ class SqliteOptions(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Workspace:
-    """The appliance under `root`, as described by its config's `migration { }` block."""
+    """The appliance under `root`, as described by its `migration { }` settings."""
 
-    def __init__(self, settings: Settings, sqlite: SqliteOptions | None = None) -> None:
+    def __init__(
+        self, settings: Settings, sqlite: SqliteOptions | None = None, *, sandbox: bool = False
+    ) -> None:
         self.settings = settings
         self.paths = settings.paths
         self.sqlite = sqlite or SqliteOptions()
+        self.sandbox = sandbox
+        """Copies made for a dry run or a test: no daemon, no appliance to protect."""
         self._device_key: bytes | None = None
 
     @classmethod
     def load(cls, root: str | Path = "/", config: str | Path | None = None) -> Workspace:
         """Read the settings of the appliance under `root`."""
         return cls(load_settings(Path(root), Path(config) if config else None))
+
+    def shown(self, path: Path) -> str:
+        """Name a path as the operator knows it: relative to a demo root, else absolute."""
+        root = self.settings.root
+        if root != Path("/") and path.is_relative_to(root):
+            return str(path.relative_to(root))
+        return str(path)
+
+    def config_problem(self) -> str | None:
+        """Say why Flywall's config must not be migrated here; None if it may be.
+
+        Neither layout has a config under the root (nothing would be found, and a run
+        would invent an appliance), or flywall.hcl holds a `migration { }` block (Flywall
+        refuses it, so a run would leave a box that boots its empty built-in config).
+        """
+        from flywall.core import layout
+
+        if self.settings.layout == layout.NONE:
+            return f"no Flywall config under {self.settings.root}"
+        try:
+            text = self.paths.config.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None  # reading it is the targets' job, with their own errors
+        line = layout.migration_block_line(text)
+        if line is None:
+            return None
+        return (
+            f"{self.shown(self.paths.config)}:{line}: a migration {{ }} block in flywall.hcl "
+            f"makes Flywall refuse its config: move the block into "
+            f"{self.shown(self.paths.settings or self.paths.config)}"
+        )
+
+    def require_appliance(self) -> None:
+        """Refuse a writing command where `config_problem` finds one, or flywall.hcl is not HCL.
+
+        Both before anything is written: a run must not begin on a config it cannot read.
+
+        :raises UsageError: naming the root, or the line of the block and where it goes.
+        :raises ConfigParseError: naming flywall.hcl, the line and the column.
+        """
+        if self.sandbox:
+            return
+        problem = self.config_problem()
+        if problem is not None:
+            from flywall.core.errors import UsageError
+
+            raise UsageError(problem)
+        try:
+            text = self.paths.config.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return  # reading it is the targets' job, with their own errors
+        from flywall.core.settings import check_parses
+
+        check_parses(text, self.shown(self.paths.config))
 
     def directories(self) -> list[Path]:
         """Return where migrations are looked for: the settings' directory, then shipped ones."""
@@ -89,6 +147,8 @@ class Workspace:
             key = self.device_key()
         except SettingsError:
             cache = key = None
+        if self.settings.layout == "none":  # no appliance here: leave no cache behind either
+            cache = None
         return discover(self.directories(), cache, key=key)
 
     def migration(self, version: str) -> Migration | None:

@@ -18,7 +18,9 @@ FLYWALL = str(Path(sys.executable).with_name("flywall"))
 BASE_CONFIG = """\
 # test appliance
 schema_version = "1.0"
+"""
 
+BASE_SETTINGS = """\
 migration {
   include_shipped = false
 %s}
@@ -43,11 +45,20 @@ class Appliance:
     def journal(self) -> Path:
         return self.root / "var/lib/flywall/migration-journal.db"
 
+    @property
+    def config(self) -> Path:
+        return self.root / "etc/flywall/flywall.hcl"
+
+    @property
+    def settings(self) -> Path:
+        return self.root / "etc/flywall/migration.hcl"
+
     def configure(self, extra: str = "") -> None:
-        """Rewrite flywall.hcl with `extra` lines inside the migration block."""
-        config = self.root / "etc/flywall/flywall.hcl"
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(BASE_CONFIG % textwrap.indent(extra, "  "), encoding="utf-8")
+        """Rewrite migration.hcl with `extra` lines inside its block (flywall.hcl if none)."""
+        self.settings.parent.mkdir(parents=True, exist_ok=True)
+        if not self.config.exists():
+            self.config.write_text(BASE_CONFIG, encoding="utf-8")
+        self.settings.write_text(BASE_SETTINGS % textwrap.indent(extra, "  "), encoding="utf-8")
 
     def write(self, name: str, text: str) -> Path:
         """Write a migration file from an inline (dedented) string."""

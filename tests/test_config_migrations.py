@@ -684,7 +684,7 @@ def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_migrate_refuses_a_config_that_does_not_parse_naming_file_line_and_column(tmp_path):
-    demo.build(tmp_path)
+    demo.build(tmp_path, "seed")
     config = tmp_path / "etc/flywall/flywall.hcl"
     config.write_text(BROKEN, encoding="utf-8")
     line, column = BROKEN_AT
@@ -702,12 +702,21 @@ def test_migrate_refuses_a_config_that_does_not_parse_naming_file_line_and_colum
 def test_a_config_broken_after_the_settings_were_read_fails_the_first_config_migration(
     tmp_path,
 ):
-    """The settings parse the file first, so the CLI refuses before any run (above); a
-    file that breaks between reading the settings and the config step (an operator's
-    editor saving mid-upgrade) fails that step, journaled, and the file stays as it is."""
-    demo.build(tmp_path)
+    """A writing command checks that flywall.hcl parses before any run (above); a file
+    that breaks after that check (an operator's editor saving mid-upgrade, here done by
+    a vendor migration that runs first) fails the config step, journaled, and the file
+    stays as it is."""
+    demo.build(tmp_path, "seed")
     ws = Workspace.load(tmp_path)
-    ws.paths.config.write_text(BROKEN, encoding="utf-8")
+    (ws.paths.migrations_dir / "202311290001_editor_saves.py").write_text(
+        '"""An editor saves a broken flywall.hcl mid-upgrade."""\n'
+        'component = "database"\n\n\n'
+        "def up(ctx, db):\n"
+        "    from pathlib import Path\n\n"
+        f"    Path({str(ws.paths.config)!r}).write_text({BROKEN!r})\n",
+        encoding="utf-8",
+    )
+    ws = Workspace.load(tmp_path)
     line, column = BROKEN_AT
 
     with pytest.raises(ConfigParseError) as caught:
@@ -730,7 +739,7 @@ def demo_line(text: str) -> int:
 
 
 def test_validate_warns_about_each_deprecated_key_until_the_config_is_migrated(tmp_path):
-    demo.build(tmp_path)
+    demo.build(tmp_path, "seed")
     config = tmp_path / "etc/flywall/flywall.hcl"
     found = [
         ('  zone        = "wan" # moves to zone "wan" { match { } } in 1.3', "interface.zone"),
@@ -763,7 +772,7 @@ def test_validate_warns_about_each_deprecated_key_until_the_config_is_migrated(t
 
 
 def test_deprecations_are_warnings_in_the_json_report_and_do_not_fail_it(tmp_path):
-    demo.build(tmp_path)
+    demo.build(tmp_path, "seed")
 
     result = cli(tmp_path, "validate", "--json")
 
@@ -775,7 +784,7 @@ def test_deprecations_are_warnings_in_the_json_report_and_do_not_fail_it(tmp_pat
 
 
 def test_validate_names_where_the_config_stops_parsing(tmp_path):
-    demo.build(tmp_path)
+    demo.build(tmp_path, "seed")
     ws = Workspace.load(tmp_path)
     ws.paths.config.write_text(BROKEN, encoding="utf-8")
     line, column = BROKEN_AT

@@ -255,7 +255,7 @@ def test_the_shipped_migrations_roll_back_and_reapply_to_the_same_schema(tmp_pat
 
     The fingerprint the journal records after each step is the one on disk.
     """
-    demo.build(tmp_path)
+    demo.build(tmp_path, "seed")
     state_db = Workspace.load(tmp_path).paths.state_db
     pristine = user_schema(state_db)
 
@@ -272,7 +272,7 @@ def test_the_shipped_migrations_roll_back_and_reapply_to_the_same_schema(tmp_pat
 
 
 def test_lease_rows_survive_rolling_back_and_reapplying_the_lease_migration(tmp_path):
-    demo.build(tmp_path)
+    demo.build(tmp_path, "seed")
     state_db = Workspace.load(tmp_path).paths.state_db
     pristine = leases(state_db)
 

@@ -69,8 +69,8 @@ def test_texts_are_what_click_renders_now() -> None:
 
 def test_version_is_the_installed_and_declared_one() -> None:
     declared = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["version"]
-    expected = f"flywall, version {version('flywall-migration')}\n"
-    assert TEXTS[("--version",)] == (expected, "", 0)
+    expected = f"flywall-migration, version {version('flywall-migration')}\n"
+    assert TEXTS[("migration", "--version")] == (expected, "", 0)
     assert version("flywall-migration") == declared
 
 
@@ -79,6 +79,7 @@ def test_the_script_runs_the_fast_entry_point() -> None:
     assert "from flywall.cli.fast import main" in script
     declared = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["scripts"]
     assert declared["flywall"] == "flywall.cli.fast:main"
+    assert declared["flywall-migration"] == "flywall.cli.fast:migration_main"
 
 
 @pytest.mark.parametrize("args", sorted(TEXTS), ids=" ".join)
@@ -97,10 +98,13 @@ def test_help_under_another_program_name_is_clicks() -> None:
     code = f"import sys; sys.argv[0] = {str(link)!r}; from flywall.cli.fast import main; main()"
     env = {**os.environ, "COLUMNS": "80"}
     quick = subprocess.run(
-        [sys.executable, "-c", code, "--help"], capture_output=True, env=env, check=False
+        [sys.executable, "-c", code, "migration", "--help"],
+        capture_output=True,
+        env=env,
+        check=False,
     )
-    assert b"Usage: flywall-renamed-for-test" in quick.stdout
-    assert fast.fast([str(link), "--help"]) is None
+    assert b"Usage: flywall-renamed-for-test migration" in quick.stdout
+    assert fast.fast([str(link), "migration", "--help"]) is None
 
 
 def status_lines(root: str) -> list[list[str]]:
@@ -220,7 +224,13 @@ def test_any_command_line_of_these_words_answers_as_click(box: Appliance, words:
 
 @pytest.mark.parametrize(
     "args",
-    [["--version"], ["migration", "--help"], ["status"], ["status", "--json"], ["list"]],
+    [
+        ["migration", "--version"],
+        ["migration", "--help"],
+        ["status"],
+        ["status", "--json"],
+        ["list"],
+    ],
     ids=" ".join,
 )
 def test_the_hot_command_lines_never_import_click(box: Appliance, args: list[str]) -> None:

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 CONFIG = """\
 schema_version = "1.0"
-
+"""
+SETTINGS = """\
 migration {
   include_shipped = false
   backup_before = true
@@ -124,6 +125,7 @@ class WatchedFile(apsw.VFSFile):
 def appliance(tmp_path: Path) -> Path:
     (tmp_path / "etc/flywall/migrations").mkdir(parents=True)
     (tmp_path / "etc/flywall/flywall.hcl").write_text(CONFIG)
+    (tmp_path / "etc/flywall/migration.hcl").write_text(SETTINGS)
     migrations = tmp_path / "etc/flywall/migrations"
     (migrations / "202401010001_leases.sql").write_text(LEASES)
     (migrations / "202401010002_reshape.py").write_text(textwrap.dedent(RESHAPE))

@@ -43,7 +43,9 @@ scenario also runs with a low checkpoint threshold, so every run is sampled twic
 CONFIG = """\
 # power-cut test appliance
 schema_version = "1.0"
+"""
 
+SETTINGS = """\
 migration {
   include_shipped = false
 }
@@ -194,6 +196,7 @@ class Bench:
         self.root = root
         (root / "etc/flywall").mkdir(parents=True)
         (root / "etc/flywall/flywall.hcl").write_text(CONFIG, encoding="utf-8")
+        (root / "etc/flywall/migration.hcl").write_text(SETTINGS, encoding="utf-8")
         migrations = root / "etc/flywall/migrations"
         migrations.mkdir()
         for name, text in MIGRATIONS.items():

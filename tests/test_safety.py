@@ -52,13 +52,11 @@ def digests(app: Appliance) -> dict[str, str]:
 
 
 def demo_appliance(tmp_path: Path, extra: str = "  auto_rollback = true\n") -> Appliance:
-    demo.build(tmp_path / "box")
+    demo.build(tmp_path / "box", "seed")
     app = Appliance(tmp_path / "box")
-    config = app.root / "etc/flywall/flywall.hcl"
-    text = config.read_text()
-    if "backup_location" in extra:  # replace the demo's own line: the last one would win
-        text = text.replace('  backup_location  = "/var/lib/flywall/migration-backups"\n', "")
-    config.write_text(text.replace("migration {\n", "migration {\n" + extra, 1))
+    settings = app.settings
+    text = settings.read_text()
+    settings.write_text(text.replace("migration {\n", "migration {\n" + extra, 1))
     return app
 
 

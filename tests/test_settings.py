@@ -11,12 +11,18 @@ import pytest
 from flywall.core.errors import ConfigParseError, SettingsError
 from flywall.core.settings import Duration, MigrationSettings, load_settings, parse_duration
 
-CONFIG = "etc/flywall/flywall.hcl"
+CONFIG = "etc/flywall/migration.hcl"
+FLYWALL_HCL = "etc/flywall/flywall.hcl"
 
 
 def write_config(root: Path, text: str, where: str = CONFIG) -> Path:
+    """Write our settings file, beside a flywall.hcl (the seed's layout) if none is there."""
     path = root / where
     path.parent.mkdir(parents=True, exist_ok=True)
+    flywall = root / FLYWALL_HCL
+    if not flywall.exists():
+        flywall.parent.mkdir(parents=True, exist_ok=True)
+        flywall.write_text('schema_version = "1.0"\n', encoding="utf-8")
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -31,10 +37,14 @@ def settings_error(root: Path, text: str) -> str:
 def test_a_missing_config_file_means_all_defaults_and_remembers_the_path(tmp_path):
     settings = load_settings(tmp_path)
 
-    assert settings.config_path == tmp_path / CONFIG
+    # no Flywall config at all: Flywall's own layout, reported as "none"
+    assert settings.layout == "none"
+    assert settings.config_path == tmp_path / "opt/flywall/etc/migration.hcl"
     assert settings.root == tmp_path
     assert settings.enabled is True
-    assert settings.directory == "/etc/flywall/migrations"
+    assert settings.directory is None  # beside flywall.hcl, wherever the layout puts it
+    assert settings.max_config_version == "1.1"
+    assert (settings.stop_command, settings.start_command, settings.check_command) == (None,) * 3
     assert settings.auto_migrate is False
     assert settings.backup_before is True
     assert settings.timeout == 1800
@@ -66,9 +76,15 @@ def test_a_missing_config_file_means_all_defaults_and_remembers_the_path(tmp_pat
 
 
 def test_default_paths_sit_under_the_root(tmp_path):
-    paths = load_settings(tmp_path).paths
+    write_config(tmp_path, "")
+    settings = load_settings(tmp_path)
+    paths = settings.paths
 
-    assert paths.config == tmp_path / CONFIG
+    assert settings.layout == "seed"
+    assert paths.config == tmp_path / FLYWALL_HCL
+    assert paths.settings == tmp_path / CONFIG
+    assert paths.run_dir == tmp_path / "var/run"
+    assert paths.ui_backups == tmp_path / "etc/flywall/backups"
     assert paths.migrations_dir == tmp_path / "etc/flywall/migrations"
     assert paths.state_db == tmp_path / "var/lib/flywall/state.db"
     assert paths.api_document == tmp_path / "var/lib/flywall/api.json"
@@ -258,17 +274,20 @@ def test_an_explicit_config_path_is_used_as_given_and_its_folder_anchors_relativ
     settings = load_settings(root, config)
 
     assert settings.config_path == config
-    assert settings.paths.config == config
+    assert settings.paths.settings == config
+    assert settings.paths.config == root / "opt/flywall/etc/flywall.hcl"  # found by layout
     assert settings.paths.journal == tmp_path / "other/j.db"
-    assert settings.paths.state_db == root / "var/lib/flywall/state.db"
+    assert settings.paths.state_db == root / "opt/flywall/var/lib/state.db"
 
 
 def test_root_slash_leaves_absolute_paths_on_the_real_filesystem(tmp_path):
     config = write_config(tmp_path, 'migration {\n  directory = "m"\n}\n')
 
-    paths = load_settings(Path("/"), config).paths
+    settings = load_settings(Path("/"), config, environ={})
+    paths = settings.paths
 
-    assert paths.journal == Path("/var/lib/flywall/migration-journal.db")
+    assert settings.layout == "none"  # this test machine is no appliance
+    assert paths.journal == Path("/opt/flywall/var/lib/migration-journal.db")
     assert paths.migrations_dir == config.parent / "m"
 
 
@@ -435,9 +454,7 @@ def test_a_single_string_where_a_list_belongs_is_an_error_in_hcl_words(tmp_path)
 def test_a_file_only_hcl2_can_read_is_cached_by_its_digest_and_never_hides_an_error(tmp_path):
     # The function call sends the file to python-hcl2 (plainhcl declines expressions).
     hcl2_only = 'x = max(1, 2)\nmigration {\n  timeout = "%s"\n}\n'
-    config = tmp_path / "etc/flywall/flywall.hcl"
-    config.parent.mkdir(parents=True)
-    config.write_text(hcl2_only % "5m")
+    config = write_config(tmp_path, hcl2_only % "5m")
     cache = tmp_path / "var/cache/flywall/settings.msgpack"
 
     assert load_settings(tmp_path).timeout == 300

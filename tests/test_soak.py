@@ -39,7 +39,8 @@ def down(ctx, db):
 
 def demo_appliance(where: Path) -> Appliance:
     """The demo tree plus ten vendor migrations, so a run has many moments to die in."""
-    subprocess.run([FLYWALL, "migration", "demo", str(where)], check=True, capture_output=True)
+    demo = [FLYWALL, "migration", "demo", "--layout", "seed", str(where)]
+    subprocess.run(demo, check=True, capture_output=True)
     app = Appliance(where)
     for n in range(10):
         app.write(f"2024020100{n:02d}_vendor_{n}.py", VENDOR_MIGRATION.format(n=n))

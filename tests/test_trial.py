@@ -127,7 +127,7 @@ def test_a_failing_up_stops_the_rollback_test_and_skips_the_rest(appliance: Appl
 
 def test_with_data_applies_the_demo_to_a_copy_and_validates_it(tmp_path: Path) -> None:
     app = Appliance(tmp_path / "demo")
-    demo.build(app.root)
+    demo.build(app.root, "seed")
     before = file_digests(app)
 
     result = app.cli("test", "--with-data", "--json")
@@ -161,7 +161,7 @@ def test_with_data_fails_a_migration_whose_verify_fails(appliance: Appliance) ->
 
 def test_performance_prints_a_line_per_migration_with_rows_per_second(tmp_path: Path) -> None:
     app = Appliance(tmp_path / "demo")
-    demo.build(app.root)
+    demo.build(app.root, "seed")
 
     result = app.cli("test", "--performance")
 
@@ -224,7 +224,7 @@ def test_isolation_names_a_down_that_leaves_schema_behind(appliance: Appliance) 
 
 def test_isolation_of_the_demo_s_first_database_migration(tmp_path: Path) -> None:
     app = Appliance(tmp_path / "demo")
-    demo.build(app.root)
+    demo.build(app.root, "seed")
 
     report = commands.test(app.workspace(), "isolation", "202312010002")
 
