@@ -369,18 +369,3 @@ def _state(workspace: Callable[[], Workspace], tokens: Sequence[tuple[str, str]]
     from litestar.datastructures import State
 
     return State({"workspace": workspace, "tokens": list(tokens), "runs": Runs(workspace)})
-
-
-def serve(app: Litestar, host: str, port: int) -> None:
-    """Run `app` with uvicorn until SIGINT/SIGTERM; a run in progress is finished first."""
-    import uvicorn
-
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="info",
-        timeout_graceful_shutdown=3,  # event streams never end on their own
-        server_header=False,
-    )
-    uvicorn.Server(config).run()

@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import pytest
 from conftest import FLYWALL, Appliance, create_table_migration, hold_lock_migration
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 
@@ -63,31 +64,61 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(appliance: Appliance, log: Path) -> Iterator[Server]:
-    """Run `flywall migration serve` on a free loopback port until the block ends."""
-    write_tokens(appliance)
-    port = free_port()
-    listen = f"127.0.0.1:{port}"
+def serving(
+    appliance: Appliance,
+    log: Path,
+    *args: str,
+    uds: Path | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[Server]:
+    """Run `flywall migration serve ARGS` on a free loopback port (or `uds`) until the block ends."""
+    if not (appliance.root / "etc/flywall/migration-api.tokens").exists():
+        write_tokens(appliance)
+    if uds is None:
+        port = free_port()
+        listen, url = f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"
+    else:
+        listen, url = f"unix:{uds}", "http://flywall"
+
+    def transport() -> httpx.HTTPTransport | None:  # a client closes its transport
+        return None if uds is None else httpx.HTTPTransport(uds=str(uds))
+
     with log.open("w") as out:
         process = subprocess.Popen(
-            [FLYWALL, "migration", "--root", str(appliance.root), "serve", "--listen", listen],
+            [
+                FLYWALL,
+                "migration",
+                "--root",
+                str(appliance.root),
+                "serve",
+                "--listen",
+                listen,
+                *args,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - only sets a resource limit
         )
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "serve did not come up"
+            if uds is not None and "serving the API" not in log.read_text():
+                time.sleep(0.05)  # httpcore leaks the socket of a failed unix connect
+                continue
             try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
+                with httpx.Client(transport=transport(), timeout=1) as probe:
+                    if probe.get(f"{url}/healthz").status_code == 200:
+                        break
             except httpx.TransportError:
                 pass
             assert time.monotonic() < deadline, "serve did not come up"
             time.sleep(0.05)
         headers = {"Authorization": f"Bearer {TOKEN}"}
-        with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
+        with httpx.Client(
+            base_url=url, headers=headers, timeout=10, transport=transport()
+        ) as client:
             yield Server(url, client, log)
     finally:
         process.terminate()
@@ -190,6 +221,171 @@ def test_serve_refuses_a_remote_address_without_allow_remote(appliance):
         "FAILED: --listen 0.0.0.0:8080: 0.0.0.0 is not a loopback address; "
         "add --allow-remote to serve the API beyond this machine\n"
     )
+
+
+TOKENS_REFUSED = [
+    (
+        "a # inside a token",
+        b"ops ops-token-0123#456789abcdef\n",
+        ":1: the token of 'ops' holds '#' (a comment starts only after a space)",
+    ),
+    (
+        "one token under two names",
+        b"ops shared-token-0123456789\n# rotated\nfleet shared-token-0123456789\n",
+        (
+            ":3: the token of 'fleet' is also the token of 'ops' (line 1); "
+            "give each client its own token"
+        ),
+    ),
+    (
+        "a control character in a name",
+        b"op\x1bs ops-token-0123456789abcdef\n",
+        ":1: the name 'op\\x1bs' holds a control character",
+    ),
+    (
+        "bytes that are not UTF-8",
+        b"ops ops-token-0123456789abcdef\nfl\xffeet fleet-token-0123456789abcdef\n",
+        ":2: not UTF-8 text",
+    ),
+    (
+        "a token that is not visible ASCII",
+        "ops ops-token-0123456789abcdéf\n".encode(),
+        ":1: the token of 'ops' must be visible ASCII characters",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("content", "error"), [t[1:] for t in TOKENS_REFUSED], ids=[t[0] for t in TOKENS_REFUSED]
+)
+def test_serve_refuses_a_tokens_file_whose_lines_mean_something_else(appliance, content, error):
+    path = appliance.root / "etc/flywall/migration-api.tokens"
+    path.write_bytes(content)
+    path.chmod(0o600)
+
+    result = appliance.cli("serve", "--listen", f"127.0.0.1:{free_port()}", timeout=30)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"FAILED: {path}{error}\n"
+
+
+def test_serve_refuses_a_directory_in_place_of_the_tokens_file(appliance):
+    path = appliance.root / "etc/flywall/migration-api.tokens"
+    path.mkdir(mode=0o700)
+
+    result = appliance.cli("serve", "--listen", f"127.0.0.1:{free_port()}", timeout=30)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"FAILED: {path}: not a file; the API tokens file holds `name token` lines\n"
+    )
+
+
+def test_a_comment_after_a_token_and_a_rotated_name_are_still_accepted(appliance, tmp_path):
+    path = write_tokens(appliance)
+    path.write_text(f"ops {TOKEN}  # ops\nops rotated-token-0123456789 #new\n")
+    with serving(appliance, tmp_path / "serve.log") as server:
+        path.write_text(f"ops {TOKEN}\n")  # what was loaded at start is what counts
+        with server.as_("rotated-token-0123456789") as rotated:
+            assert rotated.get("/api/migrations").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "127.0.0.1:\u0668\u0660\u0668\u0669",  # Arabic-Indic digits: int() takes them
+        "127.0.0.1:\uff18\uff10\uff18\uff19",  # full-width digits
+        "127.0.0.1:+8089",
+        "127.0.0.1: 8089",
+        "127.0.0.1:8089\n",
+        "127.0.0.1:" + "8" * 5000,
+        "unix:",
+    ],
+)
+def test_serve_refuses_a_listen_port_of_anything_but_ascii_digits(appliance, listen):
+    write_tokens(appliance)
+
+    result = appliance.cli("serve", "--listen", listen, timeout=30)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("FAILED: bad --listen ")
+    assert result.stderr.count("\n") == 1
+    assert len(result.stderr) < 200
+
+
+def test_serve_listens_on_127_0_0_1_port_8089_by_default(appliance, tmp_path):
+    """Never Flywall's own 8080/8443: an upgrade tool must not take the firmware's port."""
+    write_tokens(appliance)
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [FLYWALL, "migration", "--root", str(appliance.root), "serve"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "serving the API" not in log.read_text() and process.poll() is None:
+            assert time.monotonic() < deadline, "serve did not come up"
+            time.sleep(0.05)
+        if process.poll() is not None and "in use" in log.read_text():
+            pytest.skip("port 8089 is taken on this machine")
+        assert log.read_text().startswith(
+            "serving the API on http://127.0.0.1:8089 (2 tokens)\n"
+        ), log.read_text()
+        response = httpx.get("http://127.0.0.1:8089/healthz", timeout=10)
+        assert response.json() == {"status": "ok"}
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def test_serve_listens_on_a_unix_socket_only_its_owner_may_open(appliance, tmp_path):
+    sock = tmp_path / "api.sock"
+    with serving(appliance, tmp_path / "serve.log", uds=sock) as server:
+        assert stat.S_ISSOCK(sock.lstat().st_mode)
+        assert stat.S_IMODE(sock.lstat().st_mode) == 0o600
+        assert server.client.get("/api/migrations").json() == []
+        anonymous = server.client.get("/api/migrations", headers={"Authorization": ""})
+        assert_json_error(anonymous, 401)
+        assert (
+            (tmp_path / "serve.log")
+            .read_text()
+            .startswith(f"serving the API on unix:{sock} (2 tokens)\n")
+        )
+    assert not sock.exists()  # removed on the way out
+
+
+def test_serve_replaces_a_stale_socket_and_refuses_a_file_or_a_live_one(appliance, tmp_path):
+    sock = tmp_path / "api.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(sock))
+    stale.close()  # as a killed server leaves it: bound, nobody listening
+    with serving(appliance, tmp_path / "serve.log", uds=sock):
+        again = appliance.cli("serve", "--listen", f"unix:{sock}", timeout=30)
+        assert (again.returncode, again.stdout) == (2, "")
+        assert again.stderr == f"FAILED: --listen unix:{sock}: another server listens there\n"
+    plain = tmp_path / "plain"
+    plain.write_text("not a socket")
+
+    result = appliance.cli("serve", "--listen", f"unix:{plain}", timeout=30)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"FAILED: --listen unix:{plain}: exists and is not a socket\n"
+    assert plain.read_text() == "not a socket"
+
+
+def test_serve_says_in_one_line_that_its_port_is_taken(appliance):
+    write_tokens(appliance)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = appliance.cli("serve", "--listen", f"127.0.0.1:{port}", timeout=30)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"FAILED: --listen http://127.0.0.1:{port}: Address already in use\n"
 
 
 # -- the same JSON as the CLI ---------------------------------------------------------------
