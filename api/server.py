@@ -82,6 +82,9 @@ def loop_error_handler(notes: Throttled) -> Any:
         if isinstance(error, OSError) and "accept" in message:
             notes.warn("accept", f"cannot accept connections: {error.strerror or error}")
             return
+        if isinstance(error, ValueError) and "_start_serving" in repr(context.get("handle")):
+            # asyncio's retry of a failed accept, fired after shutdown closed the socket
+            return
         loop.default_exception_handler(context)
 
     return handle

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import json
+import logging
 import re
+import resource
 import socket
 import stat
 import subprocess
@@ -15,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from conftest import FLYWALL, Appliance, create_table_migration, hold_lock_migration
+
+from flywall.api.server import Throttled, loop_error_handler
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -386,6 +392,86 @@ def test_serve_says_in_one_line_that_its_port_is_taken(appliance):
 
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == f"FAILED: --listen http://127.0.0.1:{port}: Address already in use\n"
+
+
+# -- slow and idle clients -------------------------------------------------------------------
+
+
+def low_file_limit() -> None:
+    """In the server's process: 128 file descriptors, as on a small appliance."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+
+
+def test_200_idle_connections_neither_silence_healthz_nor_flood_the_log(appliance, tmp_path):
+    log = tmp_path / "serve.log"
+    with serving(appliance, log, preexec_fn=low_file_limit) as server:
+        port = int(server.url.rpartition(":")[2])
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(200)]
+        try:
+            assert httpx.get(f"{server.url}/healthz", timeout=15).json() == {"status": "ok"}
+            assert server.client.get("/api/migrations").status_code == 200
+        finally:
+            for connection in idle:
+                connection.close()
+        before = log.read_text()
+    lines = before.splitlines()
+    evictions = [line for line in lines if "connections open: closed" in line]
+    assert 1 <= len(evictions) <= 3, before  # one line per 10 s, with a count
+    # asyncio accepts a burst before any connection is counted: out of descriptors for a
+    # moment, it retries each second; that too is one line per 10 s, never a traceback.
+    assert len([line for line in lines if "cannot accept" in line]) <= 3, before
+    assert len(lines) < 30, before
+
+
+def read_until_closed(connection: socket.socket, limit: float) -> bytes:
+    """Read until the server closes the connection; fail after `limit` seconds."""
+    connection.settimeout(limit)
+    data = b""
+    with contextlib.suppress(ConnectionResetError):  # closed with our bytes unread
+        while chunk := connection.recv(4096):
+            data += chunk
+    return data
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(appliance, tmp_path):
+    log = tmp_path / "serve.log"
+    with serving(appliance, log, "--header-timeout", "1") as server:
+        port = int(server.url.rpartition(":")[2])
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+        slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no blank line, ever
+        kept = socket.create_connection(("127.0.0.1", port), timeout=10)
+        t0 = time.monotonic()
+        with silent, slow, kept:
+            assert read_until_closed(silent, 10) == b""
+            assert read_until_closed(slow, 10) == b""
+            took = time.monotonic() - t0
+            # A client that sends its request in time is answered, then kept alive.
+            kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert kept.recv(4096).startswith(b"HTTP/1.1 200 ")
+        assert server.client.get("/healthz").status_code == 200
+    assert 0.5 < took < 5
+    assert "no request headers within 1 s" in log.read_text()
+
+
+def test_accept_errors_are_logged_one_line_at_a_time(caplog):
+    """Out of file descriptors, asyncio fails `accept` every second, each with a traceback."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.set_exception_handler(loop_error_handler(Throttled(logging.getLogger("t"), 60)))
+        error = OSError(errno.EMFILE, "Too many open files")
+        with caplog.at_level(logging.WARNING):
+            for _ in range(50):
+                loop.call_exception_handler(
+                    {"message": "socket.accept() out of system resource", "exception": error}
+                )
+    finally:
+        loop.close()
+
+    assert [(r.getMessage(), r.exc_info) for r in caplog.records] == [
+        ("cannot accept connections: Too many open files", None)
+    ]
 
 
 # -- the same JSON as the CLI ---------------------------------------------------------------
