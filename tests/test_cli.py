@@ -835,3 +835,15 @@ def test_history_of_an_unknown_migration_is_exit_2_as_log_and_the_api_answer(app
     (appliance.migrations_dir / f"{V1}_create_hosts.sql").unlink()  # gone, but journaled
     kinds = [e["kind"] for e in cli_json(appliance, "history", "--migration", V1)]
     assert kinds == ["MigrationStarted", "MigrationApplied"]
+
+
+@pytest.mark.parametrize("to", ["\u00b2" * 12, "\u0662" * 12, "1" * 5000, "+202401010001"])
+def test_rollback_to_takes_only_ascii_digits(appliance, to):
+    """`isdigit()` let `²` and 5,000 digits through to `int()`: a traceback, not exit 2."""
+    create_table_migration(appliance, V1, "hosts")
+    assert appliance.cli("migrate").returncode == 0
+
+    result = appliance.cli("rollback", "--to", to)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (f"FAILED: --to {to[:64]!r}: expected a migration version (digits)\n")
