@@ -204,8 +204,15 @@ class RedactTokens(logging.Filter):
         """Redact the request target (the third argument of uvicorn's access line)."""
         args = record.args
         if isinstance(args, tuple) and len(args) > 2 and isinstance(args[2], str):  # noqa: PLR2004
-            record.args = (*args[:2], redact_query(args[2]), *args[3:])
+            target = redact_query(args[2])
+            if len(target) > MAX_LOGGED:  # a client must not write the log by the kilobyte
+                target = target[:MAX_LOGGED] + "..."
+            record.args = (*args[:2], target, *args[3:])
         return True
+
+
+MAX_LOGGED = 256
+"""Characters of a request target the access log keeps."""
 
 
 _PAIR = re.compile(r"([^&;=]*)(=?)([^&;]*)")

@@ -434,6 +434,16 @@ def read_until_closed(connection: socket.socket, limit: float) -> bytes:
     return data
 
 
+def healthz_answer(connection: socket.socket) -> bytes:
+    """Read one whole answer of /healthz (its body ends it) from a raw connection."""
+    data = b""
+    while not data.endswith(b'{"status":"ok"}'):
+        chunk = connection.recv(4096)
+        assert chunk, data
+        data += chunk
+    return data
+
+
 def test_a_client_that_never_finishes_its_headers_is_disconnected(appliance, tmp_path):
     log = tmp_path / "serve.log"
     with serving(appliance, log, "--header-timeout", "1") as server:
@@ -442,14 +452,16 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(appliance, tmp
         slow = socket.create_connection(("127.0.0.1", port), timeout=10)
         slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no blank line, ever
         kept = socket.create_connection(("127.0.0.1", port), timeout=10)
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         t0 = time.monotonic()
         with silent, slow, kept:
+            assert healthz_answer(kept).startswith(b"HTTP/1.1 200 ")
             assert read_until_closed(silent, 10) == b""
             assert read_until_closed(slow, 10) == b""
             took = time.monotonic() - t0
-            # A client that sends its request in time is answered, then kept alive.
+            # Answered in time, a connection is kept alive (uvicorn's 5 s) past the 1 s.
             kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert kept.recv(4096).startswith(b"HTTP/1.1 200 ")
+            assert healthz_answer(kept).startswith(b"HTTP/1.1 200 ")
         assert server.client.get("/healthz").status_code == 200
     assert 0.5 < took < 5
     assert "no request headers within 1 s" in log.read_text()
@@ -548,14 +560,30 @@ def test_rollback_answers_202_with_a_run_that_undoes_the_migration(appliance, se
 
 
 def test_a_run_that_fails_after_taking_the_lock_reports_failed(appliance, server):
-    create_table_migration(appliance, V1, "alpha")
+    path = create_table_migration(appliance, V1, "alpha")
+    create_table_migration(appliance, V2, "beta")
+    assert appliance.cli("migrate", "--target", V1).returncode == 0
+    path.write_text(path.read_text() + "\n-- edited after it was applied\n")
 
-    accepted = server.client.post("/api/migrations/apply", json={"target_version": "nope"})
+    accepted = server.client.post("/api/migrations/apply", json={})
 
     assert accepted.status_code == 202
     run = server.wait_run(accepted.json()["run_id"])
     assert (run["state"], run["report"]) == ("failed", None)
-    assert run["error"].startswith("unknown target 'nope'")
+    assert "checksum" in run["error"]
+
+
+def test_an_unknown_target_is_refused_before_a_run_starts(appliance, server):
+    """Issue 16 item 23: a 400 at once, as for a dry run, not a 202 and a failed run."""
+    create_table_migration(appliance, V1, "alpha")
+    for dry_run in (False, True):
+        response = server.client.post(
+            "/api/migrations/apply", json={"target_version": "nope", "dry_run": dry_run}
+        )
+        error = assert_json_error(response, 400)
+        assert error.startswith("unknown target 'nope'")
+        kinds = {item["kind"] for item in cli_json(appliance, "history")}
+        assert "RunStarted" not in kinds
 
 
 def test_apply_as_a_dry_run_answers_200_with_the_report(appliance, server):
@@ -714,6 +742,54 @@ BAD = [
     ("misspelt list filter", "GET", "/api/migrations?pendin=true", None, 400),
     ("query on a route without", "GET", f"/api/migrations/{V1}?verbose=true", None, 400),
     ("negative after", "GET", "/api/events?after=-1", None, 400),
+    ("dry_run 0", "POST", "/api/migrations/apply", b'{"dry_run": 0}', 400),
+    ("dry_run 1", "POST", "/api/migrations/apply", b'{"dry_run": 1}', 400),
+    ("dry_run as a string", "POST", "/api/migrations/apply", b'{"dry_run": "false"}', 400),
+    ("unknown target", "POST", "/api/migrations/apply", b'{"target_version": "nope"}', 400),
+    (
+        "target of 65 digits",
+        "POST",
+        "/api/migrations/apply",
+        b'{"target_version": "%s"}' % (b"1" * 65),
+        400,
+    ),
+    ("JSON nested 1,000 deep", "POST", "/api/migrations/apply", b"[" * 1000 + b"]" * 1000, 400),
+    (
+        "JSON nested 1,000 deep in a field",
+        "POST",
+        "/api/migrations/rollback",
+        b'{"version": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+        400,
+    ),
+    (
+        "deep JSON inside a string is a string",
+        "POST",
+        "/api/migrations/apply",
+        b'{"target_version": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}',
+        400,
+    ),
+    ("version of other digits", "GET", "/api/migrations/" + "\u0662" * 12, None, 400),
+    ("version of full-width digits", "GET", "/api/migrations/" + "\uff11" * 12, None, 400),
+    (
+        "version with a newline",
+        "POST",
+        "/api/migrations/rollback",
+        b'{"version": "202401010001\\n"}',
+        400,
+    ),
+    (
+        "version of other digits in a body",
+        "POST",
+        "/api/migrations/rollback",
+        b'{"version": "%s"}' % ("\u0662" * 12).encode(),
+        400,
+    ),
+    ("verbose=1", "GET", "/api/migration/status?verbose=1", None, 400),
+    ("pending=True", "GET", "/api/migrations?pending=True", None, 400),
+    ("applied=yes", "GET", "/api/migrations?applied=yes", None, 400),
+    ("after 2^63", "GET", f"/api/events?after={2**63}", None, 400),
+    ("after of 5,000 digits", "GET", f"/api/events?after={'9' * 5000}", None, 400),
+    ("after of other digits", "GET", "/api/events?after=\u0663", None, 400),
     ("wrong method", "DELETE", "/api/migrations/apply", None, 405),
     ("GET on a POST route", "GET", "/api/migrations/apply", None, 405),
     ("unknown route", "GET", "/api/nothing", None, 404),
@@ -732,3 +808,95 @@ def test_bad_input_answers_4xx_with_a_json_error(shared, method, path, body, sta
     assert_json_error(response, status)
     assert cli_json(app, "list")[0]["state"] == "pending"
     assert not app.journal.exists()  # nothing was journaled, not even a refused run
+
+
+# -- hostile input, answers and the log (issue 16 items 22 and 26) ----------------------------
+
+
+@pytest.mark.parametrize(
+    "last_id",
+    ["\u0663".encode(), "\u00b2".encode(), b"1" * 5000, str(2**63).encode(), b"-1", b"+1"],
+    ids=["Arabic-Indic digit", "superscript two", "5,000 digits", "2^63", "negative", "plus"],
+)
+def test_a_last_event_id_that_is_no_seq_answers_400(appliance, server, last_id):
+    create_table_migration(appliance, V1, "alpha")
+    assert appliance.cli("migrate").returncode == 0  # a journal to read from
+
+    response = server.client.get("/api/events", headers={"Last-Event-ID": last_id})
+
+    error = assert_json_error(response, 400)
+    assert error.startswith("bad Last-Event-ID ")
+    assert len(error) < 140
+
+
+def test_errors_echo_at_most_64_characters_of_the_input(shared):
+    _, server = shared
+    long = "q" * 500
+    requests = [
+        ("POST", "/api/migrations/apply", {long: True}),
+        ("POST", "/api/migrations/rollback", {"version": long}),
+        ("GET", f"/api/migrations/history?kind={long}", None),
+        ("GET", f"/api/migrations/history?{long}=1", None),
+        ("GET", f"/api/migrations/{long}", None),
+        ("GET", f"/api/runs/{long}", None),
+    ]
+    for method, path, body in requests:
+        response = server.client.request(method, path, json=body)
+        assert 400 <= response.status_code < 500
+        error = response.json()["error"]
+        assert "q" * 65 not in error, error
+
+
+def test_every_answer_forbids_caching_and_sniffing(shared):
+    _, server = shared
+    answers = [
+        httpx.get(f"{server.url}/healthz", timeout=10),
+        server.client.get("/api/migrations"),
+        server.client.get("/schema/openapi.json"),
+        server.client.get("/api/nothing"),
+        server.client.post("/api/migrations/apply", content=b"{"),
+        server.client.delete("/api/migrations/apply"),
+        httpx.get(f"{server.url}/api/migrations", timeout=10),
+    ]
+    with server.client.stream("GET", "/api/events") as stream:
+        answers.append(stream)
+    for response in answers:
+        assert response.headers["cache-control"] == "no-store", response.url
+        assert response.headers["x-content-type-options"] == "nosniff", response.url
+
+
+def test_the_access_log_never_writes_a_token_given_in_the_query(shared):
+    _, server = shared
+    secret = "query-token-0123456789abcdef"
+    for query in (f"token={secret}", f"access_token={secret}", f"%74oken={secret}&after=1"):
+        response = httpx.get(f"{server.url}/api/events?{query}", timeout=10)
+        assert_json_error(response, 401)
+    assert server.client.get("/api/migrations/history", params={"Token": secret}).status_code == 400
+
+    log = server.log.read_text()
+    assert secret not in log
+    assert log.count("oken=REDACTED") == 4
+
+
+def test_refused_writes_answer_409_at_once(appliance, server, tmp_path):
+    """50 refused writes once held workers 0.5 s each, delaying a status read by 3 s."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    hold_lock_migration(appliance, V1, started, release)
+    command = [FLYWALL, "migration", "--root", str(appliance.root), "migrate"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert started.exists(), "the CLI migrate never reached its migration"
+        t0 = time.monotonic()
+        statuses = [
+            server.client.post("/api/migrations/apply", json={}).status_code for _ in range(10)
+        ]
+        took = time.monotonic() - t0
+    finally:
+        release.touch()
+        first.communicate(timeout=60)
+
+    assert statuses == [409] * 10
+    assert took < 2.5  # retrying the lock would take 5 s
