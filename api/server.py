@@ -10,7 +10,8 @@ each failure with a traceback, and `/healthz` goes unanswered. So this module ad
   connection that is waiting for a request is closed to make room, and a new one is
   refused only when every connection is busy;
 - throttled logging: accept errors, evictions and timeouts are one line each, at most
-  one per kind every `LOG_EVERY` seconds, with a count of those left out;
+  one per kind every `LOG_EVERY` seconds, with a count of those left out; uvicorn's own
+  per-connection warnings (garbage instead of HTTP) likewise;
 - an access log that never writes the value of a query parameter named like a token.
 """
 
@@ -67,6 +68,32 @@ class Throttled:
         more = f" ({left_out} more like it since the last line)" if left_out else ""
         self._last[kind] = now
         self._logger.warning("%s%s", message, more)
+
+
+class ThrottleLines(logging.Filter):
+    """Let through one of uvicorn's per-connection warnings per kind every `LOG_EVERY` s.
+
+    A client that sends garbage on connection after connection would otherwise write
+    "Invalid HTTP request received." once per connection.
+    """
+
+    KINDS = ("Invalid HTTP request received.", "Unsupported upgrade request.")
+
+    def __init__(self, every: float = LOG_EVERY) -> None:
+        super().__init__()
+        self._every = every
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop a repeat of a listed warning logged less than `every` ago."""
+        message = record.getMessage()
+        if message not in self.KINDS:
+            return True
+        now = time.monotonic()
+        if now - self._last.get(message, -self._every) < self._every:
+            return False
+        self._last[message] = now
+        return True
 
 
 def loop_error_handler(notes: Throttled) -> Any:
@@ -308,6 +335,7 @@ def serve(
         http=guarded(header_timeout, connection_cap(max_connections)),
     )
     logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    logging.getLogger("uvicorn.error").addFilter(ThrottleLines())
     notes = Throttled(log)
 
     class _Server(uvicorn.Server):

@@ -467,6 +467,17 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(appliance, tmp
     assert "no request headers within 1 s" in log.read_text()
 
 
+def test_garbage_on_many_connections_writes_one_warning(server):
+    port = int(server.url.rpartition(":")[2])
+    for _ in range(40):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(b"\x16\x03\x01 not HTTP at all\r\n\r\n")
+            assert read_until_closed(connection, 10).startswith(b"HTTP/1.1 400 ")
+    assert server.client.get("/healthz").status_code == 200
+
+    assert server.log.read_text().count("Invalid HTTP request received.") == 1
+
+
 def test_accept_errors_are_logged_one_line_at_a_time(caplog):
     """Out of file descriptors, asyncio fails `accept` every second, each with a traceback."""
     loop = asyncio.new_event_loop()
