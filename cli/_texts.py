@@ -501,7 +501,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "serve",
         "--help",
     ): (
-        "Usage: flywall migration serve [OPTIONS]\n\n  Serve the HTTP API: bearer tokens from the tokens file, loopback unless\n  allowed.\n\nOptions:\n  --listen HOST:PORT  Address to serve on [default: server.listen in settings,\n                      127.0.0.1:8080].\n  --allow-remote      Allow a non-loopback --listen (put TLS in front: tokens\n                      travel in the clear).\n  --json              Print JSON.\n  -h, --help          Show this message and exit.\n",
+        "Usage: flywall migration serve [OPTIONS]\n\n  Serve the HTTP API: bearer tokens from the tokens file, loopback unless\n  allowed.\n\nOptions:\n  --listen HOST:PORT|unix:PATH    Address to serve on [default: server.listen\n                                  in settings, 127.0.0.1:8089].\n  --allow-remote                  Allow a non-loopback --listen (put TLS in\n                                  front: tokens travel in the clear).\n  --header-timeout FLOAT RANGE    Seconds a client has to send a request's\n                                  headers before it is disconnected.\n                                  [default: 10.0; 0.1<=x<=3600]\n  --max-connections INTEGER RANGE\n                                  Open connections at most (and at most half\n                                  the file limit); the oldest idle goes.\n                                  [default: 256; 1<=x<=65536]\n  --json                          Print JSON.\n  -h, --help                      Show this message and exit.\n",
         "",
         0,
     ),
@@ -510,7 +510,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "serve",
         "-h",
     ): (
-        "Usage: flywall migration serve [OPTIONS]\n\n  Serve the HTTP API: bearer tokens from the tokens file, loopback unless\n  allowed.\n\nOptions:\n  --listen HOST:PORT  Address to serve on [default: server.listen in settings,\n                      127.0.0.1:8080].\n  --allow-remote      Allow a non-loopback --listen (put TLS in front: tokens\n                      travel in the clear).\n  --json              Print JSON.\n  -h, --help          Show this message and exit.\n",
+        "Usage: flywall migration serve [OPTIONS]\n\n  Serve the HTTP API: bearer tokens from the tokens file, loopback unless\n  allowed.\n\nOptions:\n  --listen HOST:PORT|unix:PATH    Address to serve on [default: server.listen\n                                  in settings, 127.0.0.1:8089].\n  --allow-remote                  Allow a non-loopback --listen (put TLS in\n                                  front: tokens travel in the clear).\n  --header-timeout FLOAT RANGE    Seconds a client has to send a request's\n                                  headers before it is disconnected.\n                                  [default: 10.0; 0.1<=x<=3600]\n  --max-connections INTEGER RANGE\n                                  Open connections at most (and at most half\n                                  the file limit); the oldest idle goes.\n                                  [default: 256; 1<=x<=65536]\n  --json                          Print JSON.\n  -h, --help                      Show this message and exit.\n",
         "",
         0,
     ),

@@ -68,10 +68,29 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _CLOCK = re.compile(r"[T ]\d{2}:\d{2}(:\d{2}(?:[.,](\d+))?)?")
 
 
+_SEQ = re.compile(r"[0-9]+")
+_SEQ_DIGITS = 19  # 2**63 - 1, SQLite's largest integer
+
+
+def as_seq(text: str) -> int | None:
+    """Return `text` as a seq if it is ASCII digits, else None (a time, then).
+
+    Not `isdigit()`: it takes '²' and other scripts' digits, which `int()` refuses or reads
+    as a different number.
+
+    :raises UsageError: more digits than any seq has (`int()` fails past 4,300).
+    """
+    if not _SEQ.fullmatch(text):
+        return None
+    if len(text.lstrip("0")) > _SEQ_DIGITS:
+        raise errors.UsageError(f"{text[:64]!r}: no seq has {len(text)} digits")
+    return int(text)
+
+
 def point(journal: Journal, text: str) -> int:
     """Turn SEQ or TIME into a seq: for a time, the last seq at or before it (0 if none)."""
-    if text.isdigit():
-        return int(text)
+    if (seq := as_seq(text)) is not None:
+        return seq
     row = journal.connection.execute(
         "SELECT max(seq) FROM events WHERE at_ns <= ?", (parse_time(text, end=True),)
     ).fetchone()
@@ -211,7 +230,8 @@ class EventFilter:
 def _bound(text: str | None, *, end: bool) -> tuple[str, int] | None:
     if text is None:
         return None
-    return ("seq", int(text)) if text.isdigit() else ("ns", parse_time(text, end=end))
+    seq = as_seq(text)
+    return ("seq", seq) if seq is not None else ("ns", parse_time(text, end=end))
 
 
 def _ge(a: int, b: int) -> bool:

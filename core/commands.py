@@ -503,6 +503,17 @@ def wants_dry_run(ws: Workspace, *, dry_run: bool = False) -> bool:
     return dry_run or ws.settings.dry_run
 
 
+def check_target(ws: Workspace, target: str | None) -> None:
+    """Refuse an unknown `target` before a run starts (the API then answers 400 at once).
+
+    :raises UsageError: `target` is neither a migration version nor a schema_version.
+    """
+    if target is not None:
+        from flywall.core.planner import resolve_target
+
+        resolve_target(ws.migrations, target)
+
+
 # Named as its CLI subcommand (STYLE §2), not a pytest test: hence the PT028 noqa.
 def test(
     ws: Workspace,

@@ -40,9 +40,9 @@ __all__ = [
 COMPONENTS = ("database", "state", "config", "api")
 # Patterns, not compiled ones: `status` and the writers mostly take files from the cache,
 # and re compiles (and keeps) a pattern on its first use only.
-_FILE_NAME = r"^(\d{12,})_([a-z0-9][a-z0-9_]*)\.(py|sql|hcl)$"
+_FILE_NAME = r"^([0-9]{12,})_([a-z0-9][a-z0-9_]*)\.(py|sql|hcl)$"
 _EXPECTED_NAME = "expected NNNNNNNNNNNN_slug.py, .sql or .hcl, version of at least 12 digits"
-_VERSION = r"^\d{12,}$"
+_VERSION = r"^[0-9]{12,}\Z"  # ASCII: `\d` also matches other scripts' digits
 _BOM = b"\xef\xbb\xbf"
 _SQL_MARKERS = {f"-- migrate:{section}": section for section in ("up", "down", "verify")}
 _SQL_HEADER = r"^(schema_version|depends_on):(.*)$"

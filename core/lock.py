@@ -40,7 +40,10 @@ class Holder(msgspec.Struct, frozen=True, kw_only=True):
 class WriterLock:
     """Hold the lock for the life of a `with` block; raise `Busy` if someone else has it."""
 
-    _RETRY_FOR = 0.5  # a reader's momentary shared probe must not look like a writer
+    # A reader's momentary shared probe must not look like a writer: with no live writer
+    # named in the file, retry this long. A live writer named there is busy at once (an API
+    # request refused at once frees its worker for the next request).
+    _RETRY_FOR = 0.5
 
     def __init__(self, path: Path, holder: Holder) -> None:
         self.path = path
@@ -59,10 +62,10 @@ class WriterLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.02)
-                    continue
                 other = _read_holder(fd)
+                if (other is None or not _alive(other.pid)) and time.monotonic() < deadline:
+                    time.sleep(0.02)  # a reader's probe, or a writer about to say who it is
+                    continue
                 os.close(fd)
                 who = other.describe() if other else "another process"
                 raise Busy(f"busy: {who} holds {self.path}") from None
@@ -103,6 +106,17 @@ def current_holder(path: Path) -> Holder | None:
         return None
     finally:
         os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    """Tell whether process `pid` exists (a holder record left by a killed writer names none)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return pid > 0
 
 
 def _read_holder(fd: int) -> Holder | None:

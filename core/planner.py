@@ -8,6 +8,7 @@ checks and the orders it yields are testable on their own (anchor: alembic's Rev
 from __future__ import annotations
 
 import heapq
+import re
 from typing import TYPE_CHECKING, Protocol
 
 from flywall.core.errors import GraphError, NothingToDo, UsageError
@@ -129,8 +130,8 @@ def plan_down(
             raise UsageError("--steps must be at least 1")
         chosen = newest_first[:steps]
     else:
-        if not str(to).isdigit():
-            raise UsageError(f"--to {to!r}: expected a migration version (digits)")
+        if not re.fullmatch(r"[0-9]{1,64}", str(to)):  # int() takes "²" or 5,000 digits badly
+            raise UsageError(f"--to {str(to)[:64]!r}: expected a migration version (digits)")
         chosen = [v for v in newest_first if order_key(v) > order_key(str(to))]
     if not chosen:
         raise NothingToDo("nothing to roll back")

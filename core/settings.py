@@ -96,7 +96,7 @@ class SlackSettings(_Block):
 class ServerSettings(_Block):
     """`server { }`: the HTTP API; `tokens_file` here overrides the block-level one."""
 
-    listen: str = "127.0.0.1:8080"
+    listen: str = "127.0.0.1:8089"  # never Flywall's own 8080/8443
     tokens_file: str | None = None
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import json
+import logging
 import re
+import resource
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -15,8 +20,10 @@ import httpx
 import pytest
 from conftest import FLYWALL, Appliance, create_table_migration, hold_lock_migration
 
+from flywall.api.server import Throttled, loop_error_handler
+
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 
@@ -63,31 +70,61 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(appliance: Appliance, log: Path) -> Iterator[Server]:
-    """Run `flywall migration serve` on a free loopback port until the block ends."""
-    write_tokens(appliance)
-    port = free_port()
-    listen = f"127.0.0.1:{port}"
+def serving(
+    appliance: Appliance,
+    log: Path,
+    *args: str,
+    uds: Path | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[Server]:
+    """Run `flywall migration serve ARGS` on a free loopback port (or `uds`) until the block ends."""
+    if not (appliance.root / "etc/flywall/migration-api.tokens").exists():
+        write_tokens(appliance)
+    if uds is None:
+        port = free_port()
+        listen, url = f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"
+    else:
+        listen, url = f"unix:{uds}", "http://flywall"
+
+    def transport() -> httpx.HTTPTransport | None:  # a client closes its transport
+        return None if uds is None else httpx.HTTPTransport(uds=str(uds))
+
     with log.open("w") as out:
         process = subprocess.Popen(
-            [FLYWALL, "migration", "--root", str(appliance.root), "serve", "--listen", listen],
+            [
+                FLYWALL,
+                "migration",
+                "--root",
+                str(appliance.root),
+                "serve",
+                "--listen",
+                listen,
+                *args,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - only sets a resource limit
         )
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "serve did not come up"
+            if uds is not None and "serving the API" not in log.read_text():
+                time.sleep(0.05)  # httpcore leaks the socket of a failed unix connect
+                continue
             try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
+                with httpx.Client(transport=transport(), timeout=1) as probe:
+                    if probe.get(f"{url}/healthz").status_code == 200:
+                        break
             except httpx.TransportError:
                 pass
             assert time.monotonic() < deadline, "serve did not come up"
             time.sleep(0.05)
         headers = {"Authorization": f"Bearer {TOKEN}"}
-        with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
+        with httpx.Client(
+            base_url=url, headers=headers, timeout=10, transport=transport()
+        ) as client:
             yield Server(url, client, log)
     finally:
         process.terminate()
@@ -192,6 +229,274 @@ def test_serve_refuses_a_remote_address_without_allow_remote(appliance):
     )
 
 
+TOKENS_REFUSED = [
+    (
+        "a # inside a token",
+        b"ops ops-token-0123#456789abcdef\n",
+        ":1: the token of 'ops' holds '#' (a comment starts only after a space)",
+    ),
+    (
+        "one token under two names",
+        b"ops shared-token-0123456789\n# rotated\nfleet shared-token-0123456789\n",
+        (
+            ":3: the token of 'fleet' is also the token of 'ops' (line 1); "
+            "give each client its own token"
+        ),
+    ),
+    (
+        "a control character in a name",
+        b"op\x1bs ops-token-0123456789abcdef\n",
+        ":1: the name 'op\\x1bs' holds a control character",
+    ),
+    (
+        "bytes that are not UTF-8",
+        b"ops ops-token-0123456789abcdef\nfl\xffeet fleet-token-0123456789abcdef\n",
+        ":2: not UTF-8 text",
+    ),
+    (
+        "a token that is not visible ASCII",
+        "ops ops-token-0123456789abcdéf\n".encode(),
+        ":1: the token of 'ops' must be visible ASCII characters",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("content", "error"), [t[1:] for t in TOKENS_REFUSED], ids=[t[0] for t in TOKENS_REFUSED]
+)
+def test_serve_refuses_a_tokens_file_whose_lines_mean_something_else(appliance, content, error):
+    path = appliance.root / "etc/flywall/migration-api.tokens"
+    path.write_bytes(content)
+    path.chmod(0o600)
+
+    result = appliance.cli("serve", "--listen", f"127.0.0.1:{free_port()}", timeout=30)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"FAILED: {path}{error}\n"
+
+
+def test_serve_refuses_a_directory_in_place_of_the_tokens_file(appliance):
+    path = appliance.root / "etc/flywall/migration-api.tokens"
+    path.mkdir(mode=0o700)
+
+    result = appliance.cli("serve", "--listen", f"127.0.0.1:{free_port()}", timeout=30)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"FAILED: {path}: not a file; the API tokens file holds `name token` lines\n"
+    )
+
+
+def test_a_comment_after_a_token_and_a_rotated_name_are_still_accepted(appliance, tmp_path):
+    path = write_tokens(appliance)
+    path.write_text(f"ops {TOKEN}  # ops\nops rotated-token-0123456789 #new\n")
+    with serving(appliance, tmp_path / "serve.log") as server:
+        path.write_text(f"ops {TOKEN}\n")  # what was loaded at start is what counts
+        with server.as_("rotated-token-0123456789") as rotated:
+            assert rotated.get("/api/migrations").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "127.0.0.1:\u0668\u0660\u0668\u0669",  # Arabic-Indic digits: int() takes them
+        "127.0.0.1:\uff18\uff10\uff18\uff19",  # full-width digits
+        "127.0.0.1:+8089",
+        "127.0.0.1: 8089",
+        "127.0.0.1:8089\n",
+        "127.0.0.1:" + "8" * 5000,
+        "unix:",
+    ],
+)
+def test_serve_refuses_a_listen_port_of_anything_but_ascii_digits(appliance, listen):
+    write_tokens(appliance)
+
+    result = appliance.cli("serve", "--listen", listen, timeout=30)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("FAILED: bad --listen ")
+    assert result.stderr.count("\n") == 1
+    assert len(result.stderr) < 200
+
+
+def test_serve_listens_on_127_0_0_1_port_8089_by_default(appliance, tmp_path):
+    """Never Flywall's own 8080/8443: an upgrade tool must not take the firmware's port."""
+    write_tokens(appliance)
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [FLYWALL, "migration", "--root", str(appliance.root), "serve"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "serving the API" not in log.read_text() and process.poll() is None:
+            assert time.monotonic() < deadline, "serve did not come up"
+            time.sleep(0.05)
+        if process.poll() is not None and "in use" in log.read_text():
+            pytest.skip("port 8089 is taken on this machine")
+        assert log.read_text().startswith(
+            "serving the API on http://127.0.0.1:8089 (2 tokens)\n"
+        ), log.read_text()
+        response = httpx.get("http://127.0.0.1:8089/healthz", timeout=10)
+        assert response.json() == {"status": "ok"}
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def test_serve_listens_on_a_unix_socket_only_its_owner_may_open(appliance, tmp_path):
+    sock = tmp_path / "api.sock"
+    with serving(appliance, tmp_path / "serve.log", uds=sock) as server:
+        assert stat.S_ISSOCK(sock.lstat().st_mode)
+        assert stat.S_IMODE(sock.lstat().st_mode) == 0o600
+        assert server.client.get("/api/migrations").json() == []
+        anonymous = server.client.get("/api/migrations", headers={"Authorization": ""})
+        assert_json_error(anonymous, 401)
+        assert (
+            (tmp_path / "serve.log")
+            .read_text()
+            .startswith(f"serving the API on unix:{sock} (2 tokens)\n")
+        )
+    assert not sock.exists()  # removed on the way out
+
+
+def test_serve_replaces_a_stale_socket_and_refuses_a_file_or_a_live_one(appliance, tmp_path):
+    sock = tmp_path / "api.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(sock))
+    stale.close()  # as a killed server leaves it: bound, nobody listening
+    with serving(appliance, tmp_path / "serve.log", uds=sock):
+        again = appliance.cli("serve", "--listen", f"unix:{sock}", timeout=30)
+        assert (again.returncode, again.stdout) == (2, "")
+        assert again.stderr == f"FAILED: --listen unix:{sock}: another server listens there\n"
+    plain = tmp_path / "plain"
+    plain.write_text("not a socket")
+
+    result = appliance.cli("serve", "--listen", f"unix:{plain}", timeout=30)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"FAILED: --listen unix:{plain}: exists and is not a socket\n"
+    assert plain.read_text() == "not a socket"
+
+
+def test_serve_says_in_one_line_that_its_port_is_taken(appliance):
+    write_tokens(appliance)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = appliance.cli("serve", "--listen", f"127.0.0.1:{port}", timeout=30)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"FAILED: --listen http://127.0.0.1:{port}: Address already in use\n"
+
+
+# -- slow and idle clients -------------------------------------------------------------------
+
+
+def low_file_limit() -> None:
+    """In the server's process: 128 file descriptors, as on a small appliance."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+
+
+def test_200_idle_connections_neither_silence_healthz_nor_flood_the_log(appliance, tmp_path):
+    log = tmp_path / "serve.log"
+    with serving(appliance, log, preexec_fn=low_file_limit) as server:
+        port = int(server.url.rpartition(":")[2])
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(200)]
+        try:
+            assert httpx.get(f"{server.url}/healthz", timeout=15).json() == {"status": "ok"}
+            assert server.client.get("/api/migrations").status_code == 200
+        finally:
+            for connection in idle:
+                connection.close()
+        before = log.read_text()
+    lines = before.splitlines()
+    evictions = [line for line in lines if "connections open: closed" in line]
+    assert 1 <= len(evictions) <= 3, before  # one line per 10 s, with a count
+    # asyncio accepts a burst before any connection is counted: out of descriptors for a
+    # moment, it retries each second; that too is one line per 10 s, never a traceback.
+    assert len([line for line in lines if "cannot accept" in line]) <= 3, before
+    assert len(lines) < 30, before
+
+
+def read_until_closed(connection: socket.socket, limit: float) -> bytes:
+    """Read until the server closes the connection; fail after `limit` seconds."""
+    connection.settimeout(limit)
+    data = b""
+    with contextlib.suppress(ConnectionResetError):  # closed with our bytes unread
+        while chunk := connection.recv(4096):
+            data += chunk
+    return data
+
+
+def healthz_answer(connection: socket.socket) -> bytes:
+    """Read one whole answer of /healthz (its body ends it) from a raw connection."""
+    data = b""
+    while not data.endswith(b'{"status":"ok"}'):
+        chunk = connection.recv(4096)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(appliance, tmp_path):
+    log = tmp_path / "serve.log"
+    with serving(appliance, log, "--header-timeout", "1") as server:
+        port = int(server.url.rpartition(":")[2])
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+        slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no blank line, ever
+        kept = socket.create_connection(("127.0.0.1", port), timeout=10)
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        t0 = time.monotonic()
+        with silent, slow, kept:
+            assert healthz_answer(kept).startswith(b"HTTP/1.1 200 ")
+            assert read_until_closed(silent, 10) == b""
+            assert read_until_closed(slow, 10) == b""
+            took = time.monotonic() - t0
+            # Answered in time, a connection is kept alive (uvicorn's 5 s) past the 1 s.
+            kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert healthz_answer(kept).startswith(b"HTTP/1.1 200 ")
+        assert server.client.get("/healthz").status_code == 200
+    assert 0.5 < took < 5
+    assert "no request headers within 1 s" in log.read_text()
+
+
+def test_garbage_on_many_connections_writes_one_warning(server):
+    port = int(server.url.rpartition(":")[2])
+    for _ in range(40):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(b"\x16\x03\x01 not HTTP at all\r\n\r\n")
+            assert read_until_closed(connection, 10).startswith(b"HTTP/1.1 400 ")
+    assert server.client.get("/healthz").status_code == 200
+
+    assert server.log.read_text().count("Invalid HTTP request received.") == 1
+
+
+def test_accept_errors_are_logged_one_line_at_a_time(caplog):
+    """Out of file descriptors, asyncio fails `accept` every second, each with a traceback."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.set_exception_handler(loop_error_handler(Throttled(logging.getLogger("t"), 60)))
+        error = OSError(errno.EMFILE, "Too many open files")
+        with caplog.at_level(logging.WARNING):
+            for _ in range(50):
+                loop.call_exception_handler(
+                    {"message": "socket.accept() out of system resource", "exception": error}
+                )
+    finally:
+        loop.close()
+
+    assert [(r.getMessage(), r.exc_info) for r in caplog.records] == [
+        ("cannot accept connections: Too many open files", None)
+    ]
+
+
 # -- the same JSON as the CLI ---------------------------------------------------------------
 
 
@@ -266,14 +571,30 @@ def test_rollback_answers_202_with_a_run_that_undoes_the_migration(appliance, se
 
 
 def test_a_run_that_fails_after_taking_the_lock_reports_failed(appliance, server):
-    create_table_migration(appliance, V1, "alpha")
+    path = create_table_migration(appliance, V1, "alpha")
+    create_table_migration(appliance, V2, "beta")
+    assert appliance.cli("migrate", "--target", V1).returncode == 0
+    path.write_text(path.read_text() + "\n-- edited after it was applied\n")
 
-    accepted = server.client.post("/api/migrations/apply", json={"target_version": "nope"})
+    accepted = server.client.post("/api/migrations/apply", json={})
 
     assert accepted.status_code == 202
     run = server.wait_run(accepted.json()["run_id"])
     assert (run["state"], run["report"]) == ("failed", None)
-    assert run["error"].startswith("unknown target 'nope'")
+    assert "checksum" in run["error"]
+
+
+def test_an_unknown_target_is_refused_before_a_run_starts(appliance, server):
+    """Issue 16 item 23: a 400 at once, as for a dry run, not a 202 and a failed run."""
+    create_table_migration(appliance, V1, "alpha")
+    for dry_run in (False, True):
+        response = server.client.post(
+            "/api/migrations/apply", json={"target_version": "nope", "dry_run": dry_run}
+        )
+        error = assert_json_error(response, 400)
+        assert error.startswith("unknown target 'nope'")
+        kinds = {item["kind"] for item in cli_json(appliance, "history")}
+        assert "RunStarted" not in kinds
 
 
 def test_apply_as_a_dry_run_answers_200_with_the_report(appliance, server):
@@ -432,6 +753,54 @@ BAD = [
     ("misspelt list filter", "GET", "/api/migrations?pendin=true", None, 400),
     ("query on a route without", "GET", f"/api/migrations/{V1}?verbose=true", None, 400),
     ("negative after", "GET", "/api/events?after=-1", None, 400),
+    ("dry_run 0", "POST", "/api/migrations/apply", b'{"dry_run": 0}', 400),
+    ("dry_run 1", "POST", "/api/migrations/apply", b'{"dry_run": 1}', 400),
+    ("dry_run as a string", "POST", "/api/migrations/apply", b'{"dry_run": "false"}', 400),
+    ("unknown target", "POST", "/api/migrations/apply", b'{"target_version": "nope"}', 400),
+    (
+        "target of 65 digits",
+        "POST",
+        "/api/migrations/apply",
+        b'{"target_version": "%s"}' % (b"1" * 65),
+        400,
+    ),
+    ("JSON nested 1,000 deep", "POST", "/api/migrations/apply", b"[" * 1000 + b"]" * 1000, 400),
+    (
+        "JSON nested 1,000 deep in a field",
+        "POST",
+        "/api/migrations/rollback",
+        b'{"version": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+        400,
+    ),
+    (
+        "deep JSON inside a string is a string",
+        "POST",
+        "/api/migrations/apply",
+        b'{"target_version": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}',
+        400,
+    ),
+    ("version of other digits", "GET", "/api/migrations/" + "\u0662" * 12, None, 400),
+    ("version of full-width digits", "GET", "/api/migrations/" + "\uff11" * 12, None, 400),
+    (
+        "version with a newline",
+        "POST",
+        "/api/migrations/rollback",
+        b'{"version": "202401010001\\n"}',
+        400,
+    ),
+    (
+        "version of other digits in a body",
+        "POST",
+        "/api/migrations/rollback",
+        b'{"version": "%s"}' % ("\u0662" * 12).encode(),
+        400,
+    ),
+    ("verbose=1", "GET", "/api/migration/status?verbose=1", None, 400),
+    ("pending=True", "GET", "/api/migrations?pending=True", None, 400),
+    ("applied=yes", "GET", "/api/migrations?applied=yes", None, 400),
+    ("after 2^63", "GET", f"/api/events?after={2**63}", None, 400),
+    ("after of 5,000 digits", "GET", f"/api/events?after={'9' * 5000}", None, 400),
+    ("after of other digits", "GET", "/api/events?after=\u0663", None, 400),
     ("wrong method", "DELETE", "/api/migrations/apply", None, 405),
     ("GET on a POST route", "GET", "/api/migrations/apply", None, 405),
     ("unknown route", "GET", "/api/nothing", None, 404),
@@ -450,3 +819,95 @@ def test_bad_input_answers_4xx_with_a_json_error(shared, method, path, body, sta
     assert_json_error(response, status)
     assert cli_json(app, "list")[0]["state"] == "pending"
     assert not app.journal.exists()  # nothing was journaled, not even a refused run
+
+
+# -- hostile input, answers and the log (issue 16 items 22 and 26) ----------------------------
+
+
+@pytest.mark.parametrize(
+    "last_id",
+    ["\u0663".encode(), "\u00b2".encode(), b"1" * 5000, str(2**63).encode(), b"-1", b"+1"],
+    ids=["Arabic-Indic digit", "superscript two", "5,000 digits", "2^63", "negative", "plus"],
+)
+def test_a_last_event_id_that_is_no_seq_answers_400(appliance, server, last_id):
+    create_table_migration(appliance, V1, "alpha")
+    assert appliance.cli("migrate").returncode == 0  # a journal to read from
+
+    response = server.client.get("/api/events", headers={"Last-Event-ID": last_id})
+
+    error = assert_json_error(response, 400)
+    assert error.startswith("bad Last-Event-ID ")
+    assert len(error) < 140
+
+
+def test_errors_echo_at_most_64_characters_of_the_input(shared):
+    _, server = shared
+    long = "q" * 500
+    requests = [
+        ("POST", "/api/migrations/apply", {long: True}),
+        ("POST", "/api/migrations/rollback", {"version": long}),
+        ("GET", f"/api/migrations/history?kind={long}", None),
+        ("GET", f"/api/migrations/history?{long}=1", None),
+        ("GET", f"/api/migrations/{long}", None),
+        ("GET", f"/api/runs/{long}", None),
+    ]
+    for method, path, body in requests:
+        response = server.client.request(method, path, json=body)
+        assert 400 <= response.status_code < 500
+        error = response.json()["error"]
+        assert "q" * 65 not in error, error
+
+
+def test_every_answer_forbids_caching_and_sniffing(shared):
+    _, server = shared
+    answers = [
+        httpx.get(f"{server.url}/healthz", timeout=10),
+        server.client.get("/api/migrations"),
+        server.client.get("/schema/openapi.json"),
+        server.client.get("/api/nothing"),
+        server.client.post("/api/migrations/apply", content=b"{"),
+        server.client.delete("/api/migrations/apply"),
+        httpx.get(f"{server.url}/api/migrations", timeout=10),
+    ]
+    with server.client.stream("GET", "/api/events") as stream:
+        answers.append(stream)
+    for response in answers:
+        assert response.headers["cache-control"] == "no-store", response.url
+        assert response.headers["x-content-type-options"] == "nosniff", response.url
+
+
+def test_the_access_log_never_writes_a_token_given_in_the_query(shared):
+    _, server = shared
+    secret = "query-token-0123456789abcdef"
+    for query in (f"token={secret}", f"access_token={secret}", f"%74oken={secret}&after=1"):
+        response = httpx.get(f"{server.url}/api/events?{query}", timeout=10)
+        assert_json_error(response, 401)
+    assert server.client.get("/api/migrations/history", params={"Token": secret}).status_code == 400
+
+    log = server.log.read_text()
+    assert secret not in log
+    assert log.count("oken=REDACTED") == 4
+
+
+def test_refused_writes_answer_409_at_once(appliance, server, tmp_path):
+    """50 refused writes once held workers 0.5 s each, delaying a status read by 3 s."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    hold_lock_migration(appliance, V1, started, release)
+    command = [FLYWALL, "migration", "--root", str(appliance.root), "migrate"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert started.exists(), "the CLI migrate never reached its migration"
+        t0 = time.monotonic()
+        statuses = [
+            server.client.post("/api/migrations/apply", json={}).status_code for _ in range(10)
+        ]
+        took = time.monotonic() - t0
+    finally:
+        release.touch()
+        first.communicate(timeout=60)
+
+    assert statuses == [409] * 10
+    assert took < 2.5  # retrying the lock would take 5 s

@@ -839,3 +839,36 @@ def test_history_of_an_unknown_migration_is_exit_2_as_log_and_the_api_answer(app
     (appliance.migrations_dir / f"{V1}_create_hosts.sql").unlink()  # gone, but journaled
     kinds = [e["kind"] for e in cli_json(appliance, "history", "--migration", V1)]
     assert kinds == ["MigrationStarted", "MigrationApplied"]
+
+
+@pytest.mark.parametrize("to", ["\u00b2" * 12, "\u0662" * 12, "1" * 5000, "+202401010001"])
+def test_rollback_to_takes_only_ascii_digits(appliance, to):
+    """`isdigit()` let `²` and 5,000 digits through to `int()`: a traceback, not exit 2."""
+    create_table_migration(appliance, V1, "hosts")
+    assert appliance.cli("migrate").returncode == 0
+
+    result = appliance.cli("rollback", "--to", to)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (f"FAILED: --to {to[:64]!r}: expected a migration version (digits)\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("history", "--since", "\u00b2"), "'\u00b2' is neither a seq nor an ISO-8601 time"),
+        (("history", "--until", "\u0663"), "'\u0663' is neither a seq nor an ISO-8601 time"),
+        (("replay", "--until", "\u00b2"), "'\u00b2' is neither a seq nor an ISO-8601 time"),
+        (("history", "--since", "1" * 5000), f"{'1' * 64!r}: no seq has 5000 digits"),
+    ],
+    ids=["superscript since", "Arabic-Indic until", "superscript replay", "5,000 digits"],
+)
+def test_a_seq_is_ascii_digits(appliance, args, error):
+    """`isdigit()` took '²' (then int() failed: a traceback) and read '٣' as seq 3."""
+    create_table_migration(appliance, V1, "hosts")
+    assert appliance.cli("migrate").returncode == 0
+
+    result = appliance.cli(*args)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"FAILED: {error}\n"

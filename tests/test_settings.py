@@ -69,7 +69,7 @@ def test_a_missing_config_file_means_all_defaults_and_remembers_the_path(tmp_pat
     assert settings.device_key_file is None
     assert settings.email is None
     assert settings.slack is None
-    assert settings.server.listen == "127.0.0.1:8080"
+    assert settings.server.listen == "127.0.0.1:8089"
     assert settings.server.tokens_file is None
     assert settings.state.resume_on_crash is True
     assert settings.state.batch_size is None
@@ -227,7 +227,7 @@ def test_nested_blocks_take_their_own_defaults_for_missing_keys(tmp_path):
     assert s.email.credentials_file is None
     assert s.slack is not None
     assert s.slack.webhook_url is None
-    assert s.server.listen == "127.0.0.1:8080"
+    assert s.server.listen == "127.0.0.1:8089"
     assert s.server.tokens_file == "api.tokens"
     assert s.state.resume_on_crash is True
     assert s.state.batch_size == 10
