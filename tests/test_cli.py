@@ -280,7 +280,7 @@ def test_demo_builds_a_tree_that_migrates(tmp_path):
     migrate = [FLYWALL, "migration", "--root", str(directory), "migrate"]
     result = subprocess.run(migrate, capture_output=True, text=True, check=False)
     # the shipped migrations, and the seed's examples demo writes into the box
-    count = len(discover([shipped_directory(), directory / "etc/flywall/migrations"]))
+    count = len(discover([shipped_directory(), directory / "opt/flywall/etc/migrations"]))
     assert re.fullmatch(rf"applied {count} migrations \(run {RUN_ID}\)\n", result.stdout)
 
 
