@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/flywall-migration demo $(DEMO)
 	$(BIN)/flywall-migration --root $(DEMO) migrate
 	$(BIN)/flywall-migration --root $(DEMO) status --verbose
+	$(BIN)/flywall-migration --root $(DEMO) validate
 
 test: $(STAMP)
 	$(BIN)/ruff check .

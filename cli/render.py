@@ -211,7 +211,7 @@ def trial(report: TrialReport) -> None:
     """Render `test`: one line per migration, then its problems and the checks."""
     if report.prepared:
         prepared = ", ".join(report.prepared)
-        echo(f"fresh database built up to just before {report.version}: {prepared}")
+        echo(f"fresh store, with what {report.version} depends on applied: {prepared}")
     if not report.steps:
         echo("nothing pending to test")
     for step in report.steps:

@@ -1,13 +1,16 @@
-"""`flywall-migration demo DIR`: a sample appliance tree to try every command on.
+"""`flywall-migration demo DIR`: a sample v0.2 appliance to try every command on.
 
-The tree is what a Flywall box looks like before the shipped migrations: a realistic
-pre-1.1 flywall.hcl (comments throughout), our settings in migration.hcl beside it, an
-empty vendor migrations folder, an api.json, and a state.db at the pre-migration schema
-holding a few hundred DHCP leases, hosts and JSON lease records: all four components have
-work to do. Laid out as Flywall lays out a box (`opt/flywall/etc`, `opt/flywall/var/lib`,
-and a `flywall.pid` in `opt/flywall/var/run` left by a daemon that is no longer running),
-or with `layout="seed"` as the seed does (`etc/flywall`, `var/lib/flywall`).
-Deterministic (a seeded generator), so two demos are byte-for-byte comparable.
+The tree is what a Flywall v0.2 box looks like before an upgrade: a flywall.hcl using every
+legacy shape Flywall v0.3 still rewrites in memory (comments throughout), our settings in
+migration.hcl beside it, the seed's example migrations in the migrations folder, an
+api.json, and a state.db holding Flywall's v0.2 store (buckets of JSON entries and their
+change log, no `hash` column: ~3,500 entries, ~4,000 changes) beside the seed's sample
+tables (DHCP leases, hosts and JSON lease records) that the examples work on: every
+component has work to do. Laid out as Flywall lays out a box (`opt/flywall/etc`,
+`opt/flywall/var/lib`, and a `flywall.pid` in `opt/flywall/var/run` left by a daemon that
+is no longer running), or with `layout="seed"` as the seed does (`etc/flywall`,
+`var/lib/flywall`). Deterministic (seeded generators), so two demos are byte-for-byte
+comparable.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import msgspec
 
 from flywall.core.errors import UsageError
 from flywall.core.layout import detect
+from flywall.core.targets.store import SCHEMA_V02, go_time
 
 CONFIG = """\
 # Flywall appliance configuration (demo tree built by `flywall migration demo`).
-# A pre-1.1 layout: zone membership on interfaces, the legacy dns_server block,
-# listeners inside api { }, and vpn_link groups.
+# A v0.2-era layout: zone membership on interfaces and in zones (v0.2's interfaces
+# list too), unlabelled protection blocks, the legacy dns_server block, listeners
+# inside api { }, and vpn_link groups: every shape Flywall still rewrites in memory.
 schema_version = "1.0"
 
 interface "eth0" {
@@ -43,6 +48,17 @@ interface "eth1" {
 interface "eth2" {
   description = "Servers"
   ipv4        = ["10.0.20.1/24"]
+  management { web = true } # admins reach the UI from the server room
+}
+
+interface "eth3" {
+  description = "Guest Wi-Fi"
+  ipv4        = ["192.168.50.1/24"]
+}
+
+interface "eth4" {
+  description = "Guest wired ports"
+  ipv4        = ["192.168.51.1/24"]
 }
 
 zone "wan" {
@@ -56,6 +72,20 @@ zone "lan" {
 
 zone "dmz" {
   interface = "eth2"
+}
+
+# v0.2 listed a zone's interfaces in the zone itself (v0.3 no longer loads this).
+zone "guest" {
+  interfaces = ["eth3", "eth4"]
+}
+
+# Packet sanity on every interface, as written before protection blocks had labels.
+protection {
+  invalid_packets = true
+}
+
+global_protection {
+  syn_flood_protection = true
 }
 
 // Legacy resolver block (replaced by dns { } in 1.4).
@@ -91,7 +121,7 @@ dhcp {
     range_start = "192.168.1.100"
     range_end   = "192.168.1.250"
     lease_time  = "24h"
-    domain      = "${LOCAL_DOMAIN}"
+    domain      = "office.lan"
   }
 }
 """
@@ -158,6 +188,19 @@ CREATE TABLE lease_records (
 
 LEASES = 300
 HOSTS = 200
+STORE_BUCKETS = (
+    "dhcp_leases",
+    "dhcp_reserved",
+    "dns_cache",
+    "dns_blocked",
+    "sessions",
+    "metrics",
+    "config",
+)
+STORE_LEASES, STORE_DNS, STORE_SESSIONS = 1200, 1500, 60
+"""Flywall's v0.2 store in the demo's state.db: ~3,500 entries, ~4,000 changes."""
+STORE_START_NS = 1_771_146_000_000_000_000
+"""2026-02-15 09:00:00 UTC: when the demo store's history begins."""
 _EPOCH = 1_764_000_000
 
 
@@ -239,6 +282,8 @@ def _state_db(path: Path) -> None:
     db = apsw.Connection(str(path))
     try:
         with db:
+            db.execute(SCHEMA_V02)
+            _StoreWriter(db, random.Random(20260215)).fill()  # noqa: S311 - sample data
             db.execute(SCHEMA)
             for i, mac in enumerate(macs):
                 issued = _EPOCH + rng.randrange(86_400)
@@ -262,3 +307,113 @@ def _state_db(path: Path) -> None:
                 )
     finally:
         db.close()
+
+
+class _StoreWriter:
+    """Writes Flywall's v0.2 store as the daemon would have: entries and their change log.
+
+    Every write takes the store's next version (one counter for the whole store) and
+    appends one `changes` row in the same transaction; v0.2 has no `hash` column (the
+    shipped 202602150001 adds it and fills the chain, as v0.3 does at open). Leases are
+    renewed and some expire (deleted), so the log holds inserts, updates and deletes.
+    """
+
+    def __init__(self, db: apsw.Connection, rng: random.Random) -> None:
+        self.db, self.rng = db, rng
+        self.version = 0
+        self.clock_ns = STORE_START_NS
+
+    def fill(self) -> None:
+        for bucket in STORE_BUCKETS:
+            self.db.execute(
+                "INSERT INTO buckets (name, created_at) VALUES (?, ?)",
+                (bucket, "2026-01-05 09:00:00"),
+            )
+        macs = [self._mac() for _ in range(STORE_LEASES)]
+        for i, mac in enumerate(macs):
+            self.put("dhcp_leases", mac, self._lease(i, mac), expires=True)
+            if i % 4 == 0:  # a reservation: every fourth device, half of them nameless
+                self.put(
+                    "dhcp_reserved",
+                    mac,
+                    {"mac": mac, "ip": self._ip(i), "hostname": f"desk-{i:04d}"},
+                )
+        for i in range(0, STORE_LEASES, 3):  # renewals, and clients gone for good
+            if i % 9 == 0:
+                self.delete("dhcp_leases", macs[i])
+            else:
+                self.put(
+                    "dhcp_leases", macs[i], self._lease(i, macs[i], renewed=True), expires=True
+                )
+        for i in range(STORE_DNS):
+            name = (
+                f"{('www', 'api', 'cdn', 'mail')[i % 4]}{i}.example.{('com', 'net', 'org')[i % 3]}"
+            )
+            qtype = ("A", "AAAA")[i % 2]
+            answer = f"93.184.{i % 250}.{1 + i % 200}" if qtype == "A" else f"2606:2800::{i:x}"
+            self.put(
+                "dns_cache",
+                f"{name}:{qtype}",
+                {"name": name, "type": qtype, "ttl": 300, "answers": [answer]},
+                expires=True,
+            )
+        for i in range(STORE_SESSIONS):
+            self.put(
+                "sessions",
+                f"sess-{i:05d}",
+                {"user": ("admin", "operator")[i % 2], "created": "2026-02-14T08:00:00Z"},
+            )
+
+    def put(self, bucket: str, key: str, value: dict, *, expires: bool = False) -> None:
+        exists = self.db.execute(
+            "SELECT 1 FROM entries WHERE bucket = ? AND key = ?", (bucket, key)
+        ).fetchone()
+        raw = msgspec.json.encode(value)
+        self.version, self.clock_ns = (
+            self.version + 1,
+            self.clock_ns + self.rng.randrange(10**6, 10**9),
+        )
+        now = go_time(self.clock_ns)
+        until = go_time(self.clock_ns + 86_400 * 10**9) if expires else None
+        self.db.execute(
+            "INSERT INTO entries (bucket, key, value, version, updated_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (bucket, key) DO UPDATE SET "
+            "value = excluded.value, version = excluded.version, "
+            "updated_at = excluded.updated_at, expires_at = excluded.expires_at",
+            (bucket, key, raw, self.version, now, until),
+        )
+        self._log(bucket, key, raw, "update" if exists else "insert", now)
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.db.execute("DELETE FROM entries WHERE bucket = ? AND key = ?", (bucket, key))
+        self.version, self.clock_ns = (
+            self.version + 1,
+            self.clock_ns + self.rng.randrange(10**6, 10**9),
+        )
+        self._log(bucket, key, None, "delete", go_time(self.clock_ns))
+
+    def _log(self, bucket: str, key: str, raw: bytes | None, change_type: str, now: str) -> None:
+        self.db.execute(
+            "INSERT INTO changes (bucket, key, value, change_type, version, timestamp) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (bucket, key, raw, change_type, self.version, now),
+        )
+
+    def _mac(self) -> str:
+        return ":".join(f"{b:02x}" for b in (0x02, *(self.rng.randrange(256) for _ in range(5))))
+
+    def _ip(self, i: int) -> str:
+        return f"192.168.{1 + i // 240}.{10 + i % 240}"
+
+    def _lease(self, i: int, mac: str, *, renewed: bool = False) -> dict:
+        lease = {
+            "mac": mac,
+            "ip": self._ip(i),
+            "hostname": "" if i % 3 == 0 else f"client-{i:04d}",
+            "interface": ("eth1", "eth3")[i % 5 == 0],
+            "lease_start": "2026-02-15T08:00:00Z",
+            "lease_end": "2026-02-17T08:00:00Z" if renewed else "2026-02-16T08:00:00Z",
+        }
+        if i % 6 == 1:
+            lease["vendor_id"] = "MSFT 5.0"
+        return lease

@@ -77,6 +77,19 @@ def plan_up(
     return _topological(wanted, {v: by_version[v].depends_on for v in wanted})
 
 
+def requirements(nodes: Sequence[Node], version: str) -> set[str]:
+    """Every migration `version` depends on, directly or through others (itself not)."""
+    by_version = {n.version: n for n in nodes}
+    found: set[str] = set()
+    todo = list(by_version[version].depends_on) if version in by_version else []
+    while todo:
+        dep = todo.pop()
+        if dep not in found and dep in by_version:
+            found.add(dep)
+            todo.extend(by_version[dep].depends_on)
+    return found
+
+
 def _topological(wanted: set[str], deps: Mapping[str, Sequence[str]]) -> list[str]:
     """Kahn's algorithm with a min-heap: dependencies first, then the lowest version."""
     waiting = {v: {d for d in deps[v] if d in wanted} for v in wanted}

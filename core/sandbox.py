@@ -60,8 +60,9 @@ class Sandbox:
     """A copy of the appliance in a temp folder; removed when the `with` block ends.
 
     :param workspace: the real appliance.
-    :param fresh: start from an empty state.db and an empty journal (``test --isolation``);
-        flywall.hcl and api.json are still copied.
+    :param fresh: start from an empty journal and a state.db holding Flywall's empty store,
+        as the firmware creates it (``test --isolation``); flywall.hcl and api.json are
+        still copied.
     :param sqlite: how the sandbox opens SQLite files (e.g. with an exec tracer).
     """
 
@@ -118,7 +119,11 @@ class Sandbox:
             content = fileio.read(source)
             if content is not None:
                 target.write_bytes(content)
-        if not self.fresh:
+        if self.fresh:
+            from flywall.core.targets.store import create_store
+
+            create_store(paths.state_db)  # what a box's state.db is before any migration
+        else:
             for source, target in ((real.state_db, paths.state_db), (real.journal, paths.journal)):
                 if source.exists():
                     copy_database(source, target)

@@ -107,3 +107,33 @@ def test_the_shipped_store_migrations_do_nothing_on_a_plain_database(
     assert appliance.cli("migrate").returncode == 0
     assert "nothing to do" in appliance.cli("log", HASH).stdout
     assert "nothing to fill" in appliance.cli("log", FILL).stdout
+
+
+def test_test_isolation_works_for_every_shipped_migration(tmp_path: Path) -> None:
+    """Each shipped migration, alone on Flywall's empty store with what precedes it applied,
+    goes up and down and leaves the schema as it found it (issue 15, item 5)."""
+    import subprocess
+
+    from conftest import FLYWALL
+
+    from flywall.core import demo
+    from flywall.core.discovery import discover
+
+    demo.build(tmp_path / "box")
+    for m in discover([shipped_directory()]):
+        result = subprocess.run(
+            [
+                FLYWALL,
+                "migration",
+                "--root",
+                str(tmp_path / "box"),
+                "test",
+                "--isolation",
+                m.version,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert result.returncode == 0, (m.version, result.stdout, result.stderr)

@@ -30,6 +30,7 @@ import msgspec
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from pathlib import Path
 
     import apsw
 
@@ -76,6 +77,23 @@ SCHEMA_V03 = SCHEMA_V02.replace(
 """v0.3: `changes` gains `hash` (v0.3 adds the column to an older store at open)."""
 
 CHANGE_TYPES = frozenset({"insert", "update", "delete"})
+
+
+def create_store(path: Path, schema: str = SCHEMA_V02) -> None:
+    """Create an empty store at `path`, as the firmware does at its first open.
+
+    v0.2's schema by default: the oldest store our shipped migrations move forward (the
+    v0.3 chain is one of them), so a migration tried on it meets the field's oldest shape.
+    Rollback-journal mode, as Flywall's driver leaves it.
+    """
+    import apsw
+
+    db = apsw.Connection(str(path))
+    try:
+        db.execute(schema)
+    finally:
+        db.close()
+
 
 _CHUNK = 10_000
 """Entries per range of an atomic run (as records.py's): bounds the pending new values."""
