@@ -558,10 +558,26 @@ if want full && has_tool flywall; then
   cd "$WORK" || exit 1
 fi
 
+# ---------------------------------------------------------------- Flywall's store (issue 15)
+# A bucket transform (versions, chained change rows) against a plain UPDATE of the same
+# JSON, and the chain check, on one store of STORE_ROWS dhcp_leases entries.
+STORE_ROWS=${STORE_ROWS:-$([ "${BENCH_QUICK:-0}" = 1 ] && echo 100000 || echo 1000000)}
+log "store: bucket transform vs plain UPDATE, chain check ($STORE_ROWS entries)"
+"$OURPY" "$HERE/store_bench.py" "$STORE_ROWS" >"$WORK/store.txt" 2>>"$LOGS/store.log" ||
+  log "store bench failed (see $LOGS/store.log)"
+
 # ---------------------------------------------------------------- report
 echo "load at end|$(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min)" >>"$WORK/machine.txt"
 echo "bench wall clock|$(( $(date +%s) - T0 )) s" >>"$WORK/machine.txt"
 "$PY" "$HERE/report.py" "$WORK" >"$RESULTS"
+{
+  echo
+  echo "## Flywall's store: $STORE_ROWS entries (bench/store_bench.py, same run)"
+  echo
+  echo '```'
+  cat "$WORK/store.txt" 2>/dev/null
+  echo '```'
+} >>"$RESULTS"
 log "wrote $RESULTS"
 "$PY" "$HERE/report.py" "$WORK" --summary
 if [ "${BENCH_PROFILE:-0}" = 1 ]; then

@@ -149,10 +149,18 @@ def test_the_seed_example_ships_as_package_data_and_demo_writes_it_into_the_box(
     """add_zone_services stamps 1.2, which Flywall v0.3 refuses: an example, not shipped."""
     written = demo.write_examples(tmp_path)
 
-    assert [p.name for p in written] == ["202312010001_add_zone_services.py"]
-    [example] = discover([tmp_path])
-    assert (example.component, example.schema_version) == ("config", "1.2")
-    assert example.version not in {m.version for m in discover([shipped_directory()])}
+    assert [p.name for p in written] == [
+        "202312010001_add_zone_services.py",
+        "202312010002_add_dns_cache_table.sql",
+        "202312010003_migrate_dhcp_leases.py",
+        "202312010008_reshape_lease_records.py",
+        "202312010009_rename_webhook_route.py",
+    ]
+    examples = discover([tmp_path])
+    [zone_services] = [m for m in examples if m.component == "config"]
+    assert (zone_services.component, zone_services.schema_version) == ("config", "1.2")
+    shipped = {m.version for m in discover([shipped_directory()])}
+    assert not shipped & {m.version for m in examples}
     paths = demo.build(tmp_path / "box")
     assert (Path(paths["migrations"]) / "202312010001_add_zone_services.py").is_file()
 
@@ -745,6 +753,8 @@ def test_validate_warns_about_each_deprecated_key_until_the_config_is_migrated(t
         ('  zone        = "wan" # moves to zone "wan" { match { } } in 1.3', "interface.zone"),
         ('  zone          = "lan"', "interface.zone"),
         ('  interface = "eth2"', "zone.interface"),
+        ('  interfaces = ["eth3", "eth4"]', "zone.interfaces"),
+        ("global_protection {", "global_protection"),
         ("dns_server {", "dns_server"),
         ('vpn_link_group "hq" {', "vpn_link_group"),
         ('  vpn_link "primary" {', "vpn_link_group.vpn_link"),
@@ -778,8 +788,8 @@ def test_deprecations_are_warnings_in_the_json_report_and_do_not_fail_it(tmp_pat
 
     report = json.loads(result.stdout)
     assert (result.returncode, report["ok"]) == (0, True)
-    assert report["checks"]["deprecations"] == "7 deprecated key(s) in use"
-    assert len(report["warnings"]) == 7
+    assert report["checks"]["deprecations"] == "9 deprecated key(s) in use"
+    assert len(report["warnings"]) == 9
     assert report["checks"]["config"] == "ok"
 
 
