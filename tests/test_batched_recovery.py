@@ -168,11 +168,7 @@ def test_a_rollback_an_older_recovery_left_half_done_is_named_and_finished(
     appliance: Appliance,
 ) -> None:
     """The repair path: the journal says applied, the checkpoint says a down was under way."""
-    app = _app(appliance)
-    assert app.cli("migrate").returncode == 0
-    cut = app.cli("rollback", STATE, env={"FLYWALL_CRASH_AT": "after-BatchCommitted:2"})
-    assert killed(cut), cut.stderr
-    old_release_recovers(app)
+    app = hit_by_the_old_recovery(appliance)
     assert state_of(app, STATE) == "applied"
     assert shapes(app) == {"mac": 2 * BATCH, "hw": ROWS - 2 * BATCH}
 
@@ -197,11 +193,7 @@ def test_a_rollback_an_older_recovery_left_half_done_is_named_and_finished(
 def test_migrate_also_repairs_a_half_done_rollback_then_applies_again(
     appliance: Appliance,
 ) -> None:
-    app = _app(appliance)
-    assert app.cli("migrate").returncode == 0
-    cut = app.cli("rollback", STATE, env={"FLYWALL_CRASH_AT": "after-BatchCommitted:2"})
-    assert killed(cut), cut.stderr
-    old_release_recovers(app)
+    app = hit_by_the_old_recovery(appliance)
     migrate = app.cli("migrate")
     assert migrate.returncode == 0, migrate.stderr
     assert shapes(app) == {"mac": 0, "hw": ROWS}
@@ -218,6 +210,16 @@ def test_migrate_also_repairs_a_half_done_rollback_then_applies_again(
         ("Recovered", "rolled_back"),
         ("MigrationApplied", None),
     ]
+
+
+def hit_by_the_old_recovery(appliance: Appliance) -> Appliance:
+    """A box as bug 1 left it: a rollback cut after two batches, recovered as "applied"."""
+    app = _app(appliance)
+    assert app.cli("migrate").returncode == 0
+    cut = app.cli("rollback", STATE, env={"FLYWALL_CRASH_AT": "after-BatchCommitted:2"})
+    assert killed(cut), cut.stderr
+    old_release_recovers(app)
+    return app
 
 
 def old_release_recovers(app: Appliance) -> None:
