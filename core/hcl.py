@@ -75,11 +75,89 @@ _ITEMS = ("attribute", "block")
 _DEFAULT_INDENT = "  "
 
 
-class Document:
+class _OnBody:
+    """What a `Block` and a `Document` answer by their body.
+
+    `body` is a block's braces' content, or a document's whole top level: a migration
+    writes `config.blocks("zone")` as it writes `zone.blocks("match")`.
+
+    .. versionadded:: 0.1.0
+    """
+
+    body: Body
+
+    @property
+    def attributes(self) -> dict[str, Value]:
+        """Every attribute's value, in the file's order."""
+        return self.body.attributes
+
+    def get(self, name: str, default: Value = None) -> Value:
+        """See `Body.get`."""
+        return self.body.get(name, default)
+
+    def has(self, name: str) -> bool:
+        """See `Body.has`."""
+        return self.body.has(name)
+
+    def set(self, name: str, value: Value, *, first: bool = False) -> None:
+        """See `Body.set`."""
+        self.body.set(name, value, first=first)
+
+    def source(self, name: str) -> str | None:
+        """See `Body.source`."""
+        return self.body.source(name)
+
+    def move(self, item: str | Block, into: Body | Block) -> None:
+        """See `Body.move`; `into` may be a block, meaning its body."""
+        self.body.move(item, into.body if isinstance(into, Block) else into)
+
+    def delete(self, name: str) -> bool:
+        """See `Body.delete`."""
+        return self.body.delete(name)
+
+    def rename(self, name: str, new_name: str) -> bool:
+        """See `Body.rename`."""
+        return self.body.rename(name, new_name)
+
+    def blocks(self, block_type: str | None = None, /, *labels: str) -> list[Block]:
+        """See `Body.blocks`."""
+        return self.body.blocks(block_type, *labels)
+
+    def block(self, block_type: str, /, *labels: str) -> Block | None:
+        """See `Body.block`."""
+        return self.body.block(block_type, *labels)
+
+    def add_block(self, block_type: str, /, *labels: str, **attributes: Value) -> Block:
+        """See `Body.add_block`."""
+        return self.body.add_block(block_type, *labels, **attributes)
+
+    def setdefault_block(self, block_type: str, /, *labels: str, **attributes: Value) -> Block:
+        """See `Body.setdefault_block`."""
+        return self.body.setdefault_block(block_type, *labels, **attributes)
+
+    def remove_block(self, block: Block) -> None:
+        """See `Body.remove_block`."""
+        self.body.remove_block(block)
+
+    def rename_block(self, block: Block, new_type: str, /, *new_labels: str) -> None:
+        """See `Body.rename_block`."""
+        self.body.rename_block(block, new_type, *new_labels)
+
+    def relabel(self, block: Block, /, *labels: str) -> None:
+        """See `Body.relabel`."""
+        self.body.relabel(block, *labels)
+
+    def items(self) -> list[str | Block]:
+        """See `Body.items`."""
+        return self.body.items()
+
+
+class Document(_OnBody):
     """One HCL file: its text, its tree, and the edits made to it in this session.
 
-    Make one with `Document.parse`; edit through `body` and the `Block` handles it returns;
-    read the result with `text()`.
+    Make one with `Document.parse`; edit through its top-level body (`blocks`, `block`,
+    `get`, `set`, `add_block`, `setdefault_block`, ... answer on the document itself, as on a
+    block) and the `Block` handles it returns; read the result with `text()`.
 
     .. versionadded:: 0.1.0
     """
@@ -706,7 +784,7 @@ class Body:
         document._edit([(start, end, body + closing)])  # noqa: SLF001
 
 
-class Block:
+class Block(_OnBody):
     """A handle on one block; it follows the block through edits until the block is removed.
 
     `get`, `set`, `delete`, `rename`, `has`, `attributes`, `blocks`, `block`, `add_block`,
@@ -744,71 +822,6 @@ class Block:
     def body(self) -> Body:
         """What is between the braces."""
         return Body(self._document, self)
-
-    @property
-    def attributes(self) -> dict[str, Value]:
-        """Every attribute's value, in the file's order."""
-        return self.body.attributes
-
-    def get(self, name: str, default: Value = None) -> Value:
-        """See `Body.get`."""
-        return self.body.get(name, default)
-
-    def has(self, name: str) -> bool:
-        """See `Body.has`."""
-        return self.body.has(name)
-
-    def set(self, name: str, value: Value, *, first: bool = False) -> None:
-        """See `Body.set`."""
-        self.body.set(name, value, first=first)
-
-    def source(self, name: str) -> str | None:
-        """See `Body.source`."""
-        return self.body.source(name)
-
-    def move(self, item: str | Block, into: Body | Block) -> None:
-        """See `Body.move`; `into` may be a block, meaning its body."""
-        self.body.move(item, into.body if isinstance(into, Block) else into)
-
-    def delete(self, name: str) -> bool:
-        """See `Body.delete`."""
-        return self.body.delete(name)
-
-    def rename(self, name: str, new_name: str) -> bool:
-        """See `Body.rename`."""
-        return self.body.rename(name, new_name)
-
-    def blocks(self, block_type: str | None = None, /, *labels: str) -> list[Block]:
-        """See `Body.blocks`."""
-        return self.body.blocks(block_type, *labels)
-
-    def block(self, block_type: str, /, *labels: str) -> Block | None:
-        """See `Body.block`."""
-        return self.body.block(block_type, *labels)
-
-    def add_block(self, block_type: str, /, *labels: str, **attributes: Value) -> Block:
-        """See `Body.add_block`."""
-        return self.body.add_block(block_type, *labels, **attributes)
-
-    def setdefault_block(self, block_type: str, /, *labels: str, **attributes: Value) -> Block:
-        """See `Body.setdefault_block`."""
-        return self.body.setdefault_block(block_type, *labels, **attributes)
-
-    def remove_block(self, block: Block) -> None:
-        """See `Body.remove_block`."""
-        self.body.remove_block(block)
-
-    def rename_block(self, block: Block, new_type: str, /, *new_labels: str) -> None:
-        """See `Body.rename_block`."""
-        self.body.rename_block(block, new_type, *new_labels)
-
-    def relabel(self, block: Block, /, *labels: str) -> None:
-        """See `Body.relabel`."""
-        self.body.relabel(block, *labels)
-
-    def items(self) -> list[str | Block]:
-        """See `Body.items`."""
-        return self.body.items()
 
 
 # -- parsing ---------------------------------------------------------------------------------

@@ -999,3 +999,40 @@ def test_setting_attributes_to_random_values_and_back_restores_every_byte(
     for path, attribute, original in reversed(picked):
         body_at(doc, path).set(attribute, original)  # type: ignore[arg-type]
     assert doc.text() == text
+
+
+DOCUMENT_LEVEL = '''\
+"""Give every zone a description, through the document's own methods."""
+component = "config"
+
+
+def up(ctx, config):
+    for zone in config.blocks("zone"):
+        zone.setdefault_block("services")
+    config.setdefault_block("ebpf", enabled=False)
+
+
+def down(ctx, config):
+    for zone in config.blocks("zone"):
+        services = zone.block("services")
+        if services is not None:
+            zone.remove_block(services)
+    ebpf = config.block("ebpf")
+    if ebpf is not None:
+        config.remove_block(ebpf)
+'''
+
+
+def test_a_config_migration_asks_the_document_itself_for_blocks(appliance) -> None:
+    """Issue 16.5: `config.blocks("zone")` answers as `config.body.blocks("zone")` does."""
+    config = appliance.workspace().paths.config
+    config.write_text('schema_version = "1.0"\n\nzone "lan" {\n  x = 1\n}\n', encoding="utf-8")
+    appliance.write("202401010001_document_level.py", DOCUMENT_LEVEL)
+
+    migrate = appliance.cli("migrate")
+
+    assert migrate.returncode == 0, migrate.stderr
+    assert config.read_text(encoding="utf-8") == (
+        'schema_version = "1.0"\n\nzone "lan" {\n  x = 1\n\n  services {}\n}\n\n'
+        "ebpf {\n  enabled = false\n}\n"
+    )
