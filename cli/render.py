@@ -119,6 +119,8 @@ def status(report: StatusReport) -> None:
         echo(f"CONFIRM     run {run_id} by {deadline}, or it is rolled back (`confirm`)")
     for finding in report.drift:
         echo(f"DRIFT       {finding}")
+    for missing in report.missing:
+        echo(f"MISSING     {missing}")
     if report.migrations is not None:
         echo("")
         migrations(report.migrations)

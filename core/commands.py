@@ -109,6 +109,8 @@ class StatusReport(msgspec.Struct, kw_only=True):
     current_version: str | None = None
     migrations: list[MigrationRow] | None = None
     paths: PathsInfo | None = None
+    missing: list[str] = []
+    """Applied migrations whose file is gone (a warning: rollback uses the journal's copy)."""
 
 
 def _read_state(ws: Workspace) -> tuple[projection.Projection, Journal | None]:
@@ -177,6 +179,8 @@ def _counts(ws: Workspace, state: projection.Projection) -> dict[str, int]:
 
 def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
     """Summarise the appliance: component versions, counts, journal head, interruptions."""
+    from flywall.core.validate import missing_files  # the one rule, shared with validate
+
     state, journal = _read_state(ws)
     try:
         rows = _rows(ws, state, pending=False, applied=False) if verbose else None
@@ -200,6 +204,7 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
             current_version=ws.settings.current_version,
             migrations=rows,
             paths=paths_info(ws),
+            missing=missing_files(ws, state),
         )
     finally:
         if journal is not None:

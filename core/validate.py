@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from flywall.core.targets.database import DatabaseTarget
     from flywall.core.workspace import Workspace
 
-WARNING_CHECKS = frozenset({"deprecations"})
+WARNING_CHECKS = frozenset({"deprecations", "missing files"})
 """Checks whose findings are warnings: reported, but `ok` stays true."""
 
 
@@ -69,8 +69,34 @@ def validate(ws: Workspace) -> ValidationReport:
         if db is not None:
             db.close()
     checks["deprecations"], warnings = _deprecations(ws, document)
+    checks["missing files"], gone = _missing_files(ws, state)
+    warnings += gone
     ok = all(v == "ok" for name, v in checks.items() if name not in WARNING_CHECKS)
     return ValidationReport(checks=checks, ok=ok, warnings=warnings)
+
+
+def missing_files(ws: Workspace, state: projection.Projection) -> list[str]:
+    """Name each applied migration whose file is no longer in any migrations folder.
+
+    Not an error: the journal keeps every applied source, so it can still be rolled back
+    (after a firmware downgrade, say). But an operator should see it, not only `checksums`.
+    """
+    on_disk = {m.version for m in ws.migrations}
+    return [
+        f"{r.version} ({r.file or r.slug}) is applied but its file is gone; "
+        "a rollback uses the journal's copy"
+        for r in state.in_state(State.APPLIED)
+        if r.version not in on_disk
+    ]
+
+
+def _missing_files(ws: Workspace, state: projection.Projection) -> tuple[str, list[str]]:
+    """The warning check for applied migrations whose file is gone (see `missing_files`)."""
+    try:
+        gone = missing_files(ws, state)
+    except FlywallError as e:  # a migrations folder that cannot be listed
+        return f"skipped: {e}", []
+    return (f"{len(gone)} applied migration(s) without their file" if gone else "ok"), gone
 
 
 def _changed_files(ws: Workspace, state: projection.Projection) -> list[str]:

@@ -872,3 +872,25 @@ def test_a_seq_is_ascii_digits(appliance, args, error):
 
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == f"FAILED: {error}\n"
+
+
+def test_status_and_validate_warn_about_an_applied_migration_whose_file_is_gone(
+    appliance: Appliance,
+) -> None:
+    """Issue 16.15: a deleted applied migration showed nowhere but `checksums`."""
+    path = create_table_migration(appliance, "202401010001", "zones")
+    assert appliance.cli("migrate").returncode == 0
+    path.unlink()
+
+    status = appliance.cli("status")
+    validate = appliance.cli("validate")
+
+    line = (
+        "202401010001 (202401010001_create_zones.sql) is applied but its file is gone; "
+        "a rollback uses the journal's copy"
+    )
+    assert status.returncode == 0
+    assert f"MISSING     {line}\n" in status.stdout
+    assert validate.returncode == 0, validate.stdout  # a warning, not a failure
+    assert "warn  missing files: 1 applied migration(s) without their file\n" in validate.stdout
+    assert f"warn  {line}\n" in validate.stdout
