@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from flywall.core import notify as notify_
     from flywall.core.backup import Manifest
     from flywall.core.dryrun import DryRunReport
-    from flywall.core.engine import RunReport
+    from flywall.core.engine import Engine, RunReport
     from flywall.core.trial import TrialReport
     from flywall.core.workspace import Workspace
     from flywall.journal import Journal, StoredEvent
@@ -837,27 +837,44 @@ def force(
         names = ", ".join(s.value for s in State)
         raise errors.UsageError(f"unknown state {state!r}: use one of {names}") from None
     with Engine(ws, "force", actor=actor) as e:
-        known = e.state.migrations.get(version) is not None or ws.migration(version) is not None
-        if not known:
-            raise errors.UsageError(f"unknown migration {version}")
-        current = e.state.state_of(version)
-        e.recorder.append(
-            [
-                (
-                    version,
-                    ev.StateForced(
-                        from_state=current.value,
-                        to_state=target.value,
-                        reason=reason,
-                        actor=e.actor,
-                    ),
-                )
-            ]
-        )
+        forced = _forced(ws, e, version, target, reason)
+        e.recorder.append([(version, forced)])
+        e.force_marker(version, target)
         e.recorder.finish("completed", [version])
         report = _recovery_report(e.run_id, [])
         report.command, report.outcome, report.done = "force", "completed", [version]
         return report
+
+
+def _forced(ws: Workspace, e: Engine, version: str, target: State, reason: str) -> ev.StateForced:
+    """The StateForced event, with the file's identity when the journal has none yet.
+
+    :raises UsageError: the version has no file and the journal never saw it run: there
+        would be no checksum to bind it to.
+    """
+    record = e.state.migrations.get(version)
+    m = ws.migration(version)
+    if m is None and (record is None or not record.checksum):
+        raise errors.UsageError(
+            f"migration {version} has no file (and the journal never saw it run): nothing to force"
+        )
+    forced = ev.StateForced(
+        from_state=e.state.state_of(version).value,
+        to_state=target.value,
+        reason=reason,
+        actor=e.actor,
+    )
+    if m is not None and (record is None or not record.checksum):
+        forced = msgspec.structs.replace(
+            forced,
+            component=m.component,
+            checksum=m.checksum,
+            file=m.path.rsplit("/", 1)[-1],
+            slug=m.slug,
+            description=m.description,
+            schema_version=m.schema_version,
+        )
+    return forced
 
 
 def debug(ws: Workspace, version: str) -> dict[str, Any]:

@@ -387,6 +387,32 @@ class Engine:
             return str(e)
         return None
 
+    def force_marker(self, version: str, target: State) -> None:
+        """After a durable StateForced: make state.db's marker say what the journal now says.
+
+        A database or state migration forced to applied gets its marker (and the
+        component's `schema_versions` row), one forced anywhere else loses it; otherwise
+        the next run would stop on drift between the two. A cut before the commit leaves
+        that drift, named by `validate`; forcing again finishes it.
+        """
+        record = self.state.record(version)
+        applied = target is State.APPLIED
+        if record.component not in MARKED:
+            return
+        db = self.database() if applied else self.existing_database()  # as applying would
+        if db is None or db.has_marker(version) == applied:
+            return
+        with db.transaction(record.component):
+            db.move_marker(
+                version=version,
+                component=record.component,
+                checksum=record.checksum,
+                run_id=self.run_id,
+                schema_version=record.schema_version,
+                applied=applied,
+                previous=None if applied else self._previous(record.component, version),
+            )
+
     def _expire_unconfirmed(self) -> None:
         """Roll back runs whose confirmation window closed unconfirmed (also after a reboot)."""
         now = time.time_ns()

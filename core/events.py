@@ -186,12 +186,23 @@ class ValidationPerformed(Event):
 
 
 class StateForced(Event):
-    """An operator set a migration's state by hand, with a reason."""
+    """An operator set a migration's state by hand, with a reason.
+
+    For a migration the journal has never seen run, it also carries the file's identity
+    (component, checksum, ...), so a forced "applied" is bound to the file as an applied
+    one is, and `migrate` does not take the file for an edited one.
+    """
 
     from_state: str
     to_state: str
     reason: str
     actor: Actor
+    component: str = ""
+    checksum: str = ""
+    file: str = ""
+    slug: str = ""
+    description: str = ""
+    schema_version: str | None = None
 
 
 class Recovered(Event):

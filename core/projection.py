@@ -213,7 +213,7 @@ class Projection(msgspec.Struct, kw_only=True):
                     self.expired[row.run_id] = run
 
 
-def _fold(rec: MigrationRecord, row: StoredEvent, event: ev.Event) -> None:  # noqa: C901, PLR0912
+def _fold(rec: MigrationRecord, row: StoredEvent, event: ev.Event) -> None:  # noqa: C901
     """Copy the facts an event carries into the migration's record."""
     match event:
         case ev.MigrationStarted():
@@ -241,14 +241,24 @@ def _fold(rec: MigrationRecord, row: StoredEvent, event: ev.Event) -> None:  # n
             rec.last_batch = event
         case ev.Recovered(direction="down", decision="applied"):
             pass  # the interrupted down did not happen: still applied as before
+        case ev.StateForced(checksum=checksum) if checksum and not rec.checksum:
+            rec.component, rec.checksum, rec.file = event.component, checksum, event.file
+            rec.slug, rec.description = event.slug, event.description
+            rec.schema_version, rec.unchanged = event.schema_version, False
+            _decided(rec, row, event.to_state)
         case ev.Recovered(decision=decision) | ev.StateForced(to_state=decision):
             rec.unchanged = False  # applied by hand or by recovery: down decides for itself
-            if decision == State.APPLIED:
-                rec.applied_at_ns, rec.applied_seq = rec.applied_at_ns or row.at_ns, row.seq
-            elif decision in (State.ROLLED_BACK, State.PENDING):
-                rec.applied_at_ns, rec.written = None, None
+            _decided(rec, row, decision)
     if rec.state is not State.RUNNING and rec.state is not State.ROLLING_BACK:
         rec.intent = None
+
+
+def _decided(rec: MigrationRecord, row: StoredEvent, decision: str) -> None:
+    """The facts a decided state carries (recovery's or an operator's)."""
+    if decision == State.APPLIED:
+        rec.applied_at_ns, rec.applied_seq = rec.applied_at_ns or row.at_ns, row.seq
+    elif decision in (State.ROLLED_BACK, State.PENDING):
+        rec.applied_at_ns, rec.written = None, None
 
 
 def _fingerprint_of(event: ev.Event) -> str | None:

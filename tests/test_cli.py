@@ -894,3 +894,68 @@ def test_status_and_validate_warn_about_an_applied_migration_whose_file_is_gone(
     assert validate.returncode == 0, validate.stdout  # a warning, not a failure
     assert "warn  missing files: 1 applied migration(s) without their file\n" in validate.stdout
     assert f"warn  {line}\n" in validate.stdout
+
+
+FORCED_CONFIG = '''\
+"""Set x."""
+component = "config"
+
+
+def up(ctx, config):
+    config.set("x", 1)
+
+
+def down(ctx, config):
+    config.delete("x")
+'''
+
+
+def test_force_binds_a_pending_migration_to_its_file_so_migrate_goes_on(
+    appliance: Appliance,
+) -> None:
+    """Issue 16.6: a forced "applied" had an empty checksum; every migrate then exited 4."""
+    create_table_migration(appliance, "202401010001", "zones")
+    create_table_migration(appliance, "202401010002", "rules")
+    appliance.write("202401010003_set_x.py", FORCED_CONFIG)
+    for version in ("202401010002", "202401010003"):
+        forced = appliance.cli(
+            "force", "--version", version, "--state", "applied", "--reason", "done by hand"
+        )
+        assert forced.returncode == 0, forced.stderr
+
+    migrate = appliance.cli("migrate")
+
+    assert migrate.returncode == 0, migrate.stderr
+    listing = {row["version"]: row for row in json.loads(appliance.cli("list", "--json").stdout)}
+    assert listing["202401010002"]["component"] == "database"
+    assert listing["202401010003"]["checksum"]
+    assert appliance.cli("validate").returncode == 0  # the marker follows the journal
+    assert appliance.cli("checksums").returncode == 0
+
+
+def test_force_refuses_a_version_with_no_file(appliance: Appliance) -> None:
+    result = appliance.cli(
+        "force", "--version", "202401019999", "--state", "applied", "--reason", "typo"
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "FAILED: migration 202401019999 has no file (and the journal never saw it run): "
+        "nothing to force\n"
+    )
+
+
+def test_a_force_cut_before_its_marker_commits_is_named_and_finished_by_forcing_again(
+    appliance: Appliance,
+) -> None:
+    create_table_migration(appliance, "202401010001", "zones")
+    force = ("force", "--version", "202401010001", "--state", "applied", "--reason", "by hand")
+    cut = appliance.cli(*force, env={"FLYWALL_CRASH_AT": "database-before-commit"})
+    assert cut.returncode == -9, cut.stderr
+
+    validate = appliance.cli("validate")
+    assert validate.returncode == 4
+    assert "the journal shows 202401010001 applied but its marker is missing" in validate.stdout
+
+    assert appliance.cli(*force).returncode == 0
+    assert appliance.cli("validate").returncode == 0
+    assert appliance.cli("migrate").returncode == 0

@@ -303,6 +303,24 @@ class DatabaseTarget:
             clear_checkpoints(db, version)
         return self.fingerprint() if fingerprint else None
 
+    def move_marker(
+        self,
+        *,
+        version: str,
+        component: str,
+        checksum: str,
+        run_id: str,
+        schema_version: str | None,
+        applied: bool,
+        previous: tuple[str, str] | None,
+    ) -> None:
+        """Inside the open transaction: set or clear a marker by hand (`force`)."""
+        self._ensure_tables()
+        if applied:
+            self._mark_applied(version, component, checksum, run_id, schema_version)
+        else:
+            self._mark_rolled_back(version, component, previous)
+
     def _ensure_tables(self) -> None:
         if self._tables_ready:
             return
