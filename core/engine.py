@@ -743,9 +743,13 @@ class Engine:
         from flywall.core import validate
 
         db = self.existing_database()
-        checks = validate.target_checks(self.state, db, quick=True)
+        # Drift the operator accepted for this run (journaled in its RunStarted, findings
+        # and fingerprints) is no finding before or after it; any other drift is.
+        checks = validate.target_checks(
+            self.state, db, quick=True, accepted_drift=self._accepted_drift
+        )
         checks.update(validate.verify_migrations(self.ws, versions, db))
-        ok = all(result == "ok" for result in checks.values())
+        ok = all(validate.passed(result) for result in checks.values())
         # Recovery never needs it to explain a side effect: it shares the next write (the
         # first MigrationStarted, or RunFinished, also after a failure) instead of costing
         # a durable transaction of its own.
@@ -753,7 +757,7 @@ class Engine:
             "", ev.ValidationPerformed(checks=checks, ok=ok, phase=f"validate_{phase}")
         )
         if not ok:
-            failed = "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
+            failed = "; ".join(f"{k}: {v}" for k, v in checks.items() if not validate.passed(v))
             raise errors.ValidationFailed(f"validate_{phase} failed: {failed}")
 
     def backup_before_run(self, alongside: Callable[[], None] | None = None) -> None:

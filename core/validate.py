@@ -25,6 +25,11 @@ WARNING_CHECKS = frozenset({"deprecations", "missing files"})
 """Checks whose findings are warnings: reported, but `ok` stays true."""
 
 
+def passed(result: str) -> bool:
+    """Whether a check's result is a pass: "ok", or "ok (...)" with a note (accepted drift)."""
+    return result == "ok" or result.startswith("ok (")
+
+
 class ValidationReport(msgspec.Struct, kw_only=True):
     """Each check's name mapped to "ok" or its findings; `ok` when all but warnings passed.
 
@@ -183,7 +188,11 @@ def _attribute_line(body: Body, name: str) -> int:
 
 
 def target_checks(
-    state: projection.Projection, db: DatabaseTarget | None, *, quick: bool = False
+    state: projection.Projection,
+    db: DatabaseTarget | None,
+    *,
+    quick: bool = False,
+    accepted_drift: list[str] | None = None,
 ) -> dict[str, str]:
     """The data checks of state.db: integrity, foreign keys, drift against the journal.
 
@@ -203,7 +212,11 @@ def target_checks(
         checks["foreign keys"] = "ok" if not fk else f"{len(fk)} violation(s), first {fk[0]}"
         if store.is_store(db.db):
             checks["change log"] = store.check_chain(db.db) or "ok"
-    checks["drift"] = "; ".join(drift.detect(state, db)) or "ok"
+    findings = drift.detect(state, db)
+    if findings and accepted_drift and set(findings) <= set(accepted_drift):
+        checks["drift"] = "ok (accepted for this run: " + "; ".join(findings) + ")"
+    else:
+        checks["drift"] = "; ".join(findings) or "ok"
     checks["batch checkpoints"] = "; ".join(_half_done_steps(state, db)) or "ok"
     return checks
 

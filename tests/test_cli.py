@@ -959,3 +959,30 @@ def test_a_force_cut_before_its_marker_commits_is_named_and_finished_by_forcing_
     assert appliance.cli(*force).returncode == 0
     assert appliance.cli("validate").returncode == 0
     assert appliance.cli("migrate").returncode == 0
+
+
+def test_accept_drift_is_accepted_by_validate_before_too_and_journaled(
+    appliance: Appliance,
+) -> None:
+    """Issue 16.7: every drift error recommends --accept-drift, which validate_before refused."""
+    import apsw
+
+    create_table_migration(appliance, "202401010001", "zones")
+    assert appliance.cli("migrate").returncode == 0
+    db = apsw.Connection(str(appliance.workspace().paths.state_db))
+    db.execute("CREATE TABLE operator_notes (x)")  # a change behind the journal's back
+    db.close()
+    create_table_migration(appliance, "202401010002", "rules")
+
+    refused = appliance.cli("migrate")
+    accepted = appliance.cli("migrate", "--accept-drift")
+
+    assert refused.returncode == 4
+    assert "--accept-drift" in refused.stderr
+    assert accepted.returncode == 0, accepted.stderr
+    history = json.loads(appliance.cli("history", "--json").stdout)
+    started = [e for e in history if e["kind"] == "RunStarted"][-1]
+    assert started["accepted_drift"] and "schema fingerprint" in started["accepted_drift"][0]
+    checked = [e for e in history if e["kind"] == "ValidationPerformed"]
+    assert checked[-2]["checks"]["drift"].startswith("ok (accepted for this run: ")
+    assert appliance.cli("validate").returncode == 0  # the run recorded the schema it left
