@@ -152,7 +152,7 @@ def checksums(rows: Sequence[ChecksumRow]) -> None:
             (
                 r.version,
                 r.state,
-                "ok" if r.match else "MISMATCH",
+                ("repaired" if r.repaired_from else "ok") if r.match else "MISMATCH",
                 (r.on_disk or "(no file)")[:16],
                 (r.recorded or "-")[:16],
             )

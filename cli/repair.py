@@ -122,6 +122,22 @@ def force(version: str, state: str, reason: str, as_json: bool) -> None:
 
 @migration.command()
 @click.argument("version")
+@click.option("--reason", required=True, help="Why the applied file was edited: journaled.")
+@json_option
+def repair(version: str, reason: str, as_json: bool) -> None:
+    """Bind applied VERSION to its edited file (journaled with who, why, both digests)."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    report = commands.repair(_workspace(), version, reason)
+    if as_json:
+        render.emit_json(report)
+    else:
+        click.echo(f"repaired {version}: bound to its file as it is now (run {report.run_id})")
+
+
+@migration.command()
+@click.argument("version")
 @json_option
 def debug(version: str, as_json: bool) -> None:
     """Show everything about VERSION: file, checksums, state, events, log, SQL, backups."""

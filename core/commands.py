@@ -317,6 +317,8 @@ class ChecksumRow(msgspec.Struct, kw_only=True):
     recorded: str | None
     state: str
     match: bool
+    repaired_from: str | None = None
+    """The checksum it was applied with, when `repair` bound it to the edited file."""
 
 
 def checksums(ws: Workspace) -> list[ChecksumRow]:
@@ -340,6 +342,7 @@ def checksums(ws: Workspace) -> list[ChecksumRow]:
                 recorded=recorded,
                 state=(rec.state if rec else State.PENDING).value,
                 match=m is None or not bound or m.checksum == recorded,
+                repaired_from=rec.repaired_from if rec else None,
             )
         )
     return rows
@@ -843,6 +846,39 @@ def force(
         e.recorder.finish("completed", [version])
         report = _recovery_report(e.run_id, [])
         report.command, report.outcome, report.done = "force", "completed", [version]
+        return report
+
+
+def repair(ws: Workspace, version: str, reason: str, *, actor: ev.Actor | None = None) -> RunReport:
+    """Bind an applied migration to its edited file's checksum (as Flyway's `repair`).
+
+    An intentional edit to an applied migration (a comment, a fixed `down`) otherwise has
+    no way forward: every run refuses the changed file. Journaled with who and why, both
+    digests kept; a database or state migration's marker takes the new checksum too.
+
+    :raises UsageError: no reason, not applied, no file, or the file is unchanged.
+    """
+    from flywall.core.engine import Engine
+
+    if not reason.strip():
+        raise errors.UsageError("repair needs --reason: the journal records why")
+    with Engine(ws, "repair", actor=actor) as e:
+        record = e.state.migrations.get(version)
+        if record is None or record.state is not State.APPLIED:
+            raise errors.UsageError(f"migration {version} is not applied: nothing to repair")
+        m = ws.migration(version)
+        if m is None:
+            raise errors.UsageError(f"migration {version} has no file to bind to")
+        if m.checksum == record.checksum:
+            raise errors.UsageError(f"migration {version} is unchanged: nothing to repair")
+        repaired = ev.MigrationRepaired(
+            checksum_before=record.checksum, checksum_after=m.checksum, reason=reason, actor=e.actor
+        )
+        e.recorder.append([(version, repaired)])
+        e.rebind_marker(version, m.checksum)
+        e.recorder.finish("completed", [version])
+        report = _recovery_report(e.run_id, [])
+        report.command, report.outcome, report.done = "repair", "completed", [version]
         return report
 
 

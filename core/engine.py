@@ -387,6 +387,19 @@ class Engine:
             return str(e)
         return None
 
+    def rebind_marker(self, version: str, checksum: str) -> None:
+        """After a durable MigrationRepaired: the marker takes the file's new checksum.
+
+        A cut before the commit is drift (marker and journal checksums differ) that
+        `validate` names; repairing again is refused as unchanged, so `force` it applied.
+        """
+        record = self.state.record(version)
+        db = self.existing_database()
+        if record.component not in MARKED or db is None or not db.has_marker(version):
+            return
+        with db.transaction(record.component):
+            db.rebind_marker(version, checksum)
+
     def force_marker(self, version: str, target: State) -> None:
         """After a durable StateForced: make state.db's marker say what the journal now says.
 

@@ -293,6 +293,18 @@ class DaemonCommandFailed(Event):
     output: str
 
 
+class MigrationRepaired(Event):
+    """An operator bound an applied migration to its edited file (`repair`, as Flyway's).
+
+    Both digests are kept: what was applied and what the file is now, with who and why.
+    """
+
+    checksum_before: str
+    checksum_after: str
+    reason: str
+    actor: Actor
+
+
 AnyEvent = (
     RunStarted
     | RunFinished
@@ -320,6 +332,7 @@ AnyEvent = (
     | DaemonStopped
     | DaemonStarted
     | DaemonCommandFailed
+    | MigrationRepaired
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -42,6 +42,8 @@ _TRANSITIONS = [
     # Facts recorded while a migration runs (logs, write intents, batches) change nothing,
     # but are only legal while it runs: elsewhere they betray a corrupt journal.
     {"trigger": "note", "source": [S.RUNNING, S.ROLLING_BACK], "dest": None},
+    # `repair` binds an applied migration to its edited file: only an applied one is bound.
+    {"trigger": "repair", "source": S.APPLIED, "dest": None},
 ] + [{"trigger": f"force_{s.value}", "source": "*", "dest": s} for s in State]
 
 
@@ -63,7 +65,7 @@ _RECOVERED_TRIGGER = {
 }
 
 
-def trigger_for(event: Event) -> str | None:  # noqa: PLR0911 - one case per event kind
+def trigger_for(event: Event) -> str | None:  # noqa: C901, PLR0911 - one case per event kind
     """Name the trigger a migration event fires; None for events outside the lifecycle."""
     match event:
         case ev.MigrationStarted(direction="up"):
@@ -80,6 +82,8 @@ def trigger_for(event: Event) -> str | None:  # noqa: PLR0911 - one case per eve
             return "roll_back"
         case ev.MigrationLog() | ev.WriteIntent() | ev.BatchCommitted():
             return "note"
+        case ev.MigrationRepaired():
+            return "repair"
         case ev.StateForced(to_state=to_state):
             return f"force_{to_state}"
         case ev.Recovered(direction=direction, decision=decision):

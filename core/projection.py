@@ -56,6 +56,8 @@ class MigrationRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     unchanged: bool = False
     """The applied `up` ran and left its file as it was: its down has nothing to undo."""
     last_batch: ev.BatchCommitted | None = None
+    repaired_from: str | None = None
+    """The checksum it was applied with, when `repair` bound it to an edited file since."""
 
 
 _FILE_COMPONENTS = ("config", "api")
@@ -213,7 +215,7 @@ class Projection(msgspec.Struct, kw_only=True):
                     self.expired[row.run_id] = run
 
 
-def _fold(rec: MigrationRecord, row: StoredEvent, event: ev.Event) -> None:  # noqa: C901
+def _fold(rec: MigrationRecord, row: StoredEvent, event: ev.Event) -> None:  # noqa: C901, PLR0912 - one case per event kind
     """Copy the facts an event carries into the migration's record."""
     match event:
         case ev.MigrationStarted():
@@ -239,6 +241,8 @@ def _fold(rec: MigrationRecord, row: StoredEvent, event: ev.Event) -> None:  # n
                 rec.written = event
         case ev.BatchCommitted():
             rec.last_batch = event
+        case ev.MigrationRepaired(checksum_before=before, checksum_after=after):
+            rec.repaired_from, rec.checksum = rec.repaired_from or before, after
         case ev.Recovered(direction="down", decision="applied"):
             pass  # the interrupted down did not happen: still applied as before
         case ev.StateForced(checksum=checksum) if checksum and not rec.checksum:

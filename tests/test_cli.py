@@ -982,7 +982,36 @@ def test_accept_drift_is_accepted_by_validate_before_too_and_journaled(
     assert accepted.returncode == 0, accepted.stderr
     history = json.loads(appliance.cli("history", "--json").stdout)
     started = [e for e in history if e["kind"] == "RunStarted"][-1]
-    assert started["accepted_drift"] and "schema fingerprint" in started["accepted_drift"][0]
+    assert started["accepted_drift"]
+    assert "schema fingerprint" in started["accepted_drift"][0]
     checked = [e for e in history if e["kind"] == "ValidationPerformed"]
     assert checked[-2]["checks"]["drift"].startswith("ok (accepted for this run: ")
     assert appliance.cli("validate").returncode == 0  # the run recorded the schema it left
+
+
+def test_repair_binds_an_edited_applied_migration_to_its_file(appliance: Appliance) -> None:
+    """Issue 16.8: an intentional edit to an applied migration had no way forward."""
+    path = create_table_migration(appliance, "202401010001", "zones")
+    assert appliance.cli("migrate").returncode == 0
+    before = json.loads(appliance.cli("checksums", "--json").stdout)[0]["recorded"]
+    path.write_text(path.read_text() + "-- a comment the vendor added later\n")
+    assert appliance.cli("migrate").returncode == 4  # the edit is refused, as before
+
+    repaired = appliance.cli("repair", "202401010001", "--reason", "comment only")
+
+    assert repaired.returncode == 0, repaired.stderr
+    assert repaired.stdout.startswith("repaired 202401010001: bound to its file as it is now")
+    row = json.loads(appliance.cli("checksums", "--json").stdout)[0]
+    assert (row["match"], row["repaired_from"]) == (True, before)
+    assert row["recorded"] == row["on_disk"] != before
+    assert " repaired " in appliance.cli("checksums").stdout
+    history = json.loads(appliance.cli("history", "--json", "--kind", "MigrationRepaired").stdout)
+    assert [(e["checksum_before"], e["reason"]) for e in history] == [(before, "comment only")]
+    assert appliance.cli("validate").returncode == 0  # the marker took the new checksum
+    create_table_migration(appliance, "202401010002", "rules")
+    assert appliance.cli("migrate").returncode == 0
+    again = appliance.cli("repair", "202401010001", "--reason", "again")
+    assert (again.returncode, again.stderr) == (
+        2,
+        "FAILED: migration 202401010001 is unchanged: nothing to repair\n",
+    )

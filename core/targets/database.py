@@ -321,6 +321,10 @@ class DatabaseTarget:
         else:
             self._mark_rolled_back(version, component, previous)
 
+    def rebind_marker(self, version: str, checksum: str) -> None:
+        """Inside the open transaction: the marker takes a repaired file's checksum."""
+        self.db.execute(f"UPDATE {MARKERS} SET checksum = ? WHERE version = ?", (checksum, version))
+
     def _ensure_tables(self) -> None:
         if self._tables_ready:
             return
