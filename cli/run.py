@@ -21,7 +21,9 @@ def workspace(obj: dict[str, Any]) -> Workspace:
     """The appliance the `migration` group's options name."""
     from flywall.core.workspace import Workspace
 
-    return Workspace.load(obj["root"], obj["config"])
+    ws = Workspace.load(obj["root"], obj["config"])
+    ws.lock_wait = obj.get("wait") or 0.0  # --wait SECONDS, on writing commands
+    return ws
 
 
 def hooks(events: str | None, as_json: bool) -> dict[str, Any]:

@@ -102,6 +102,7 @@ class Engine:
                 user=self.actor.user,
                 since_ns=time.time_ns(),
             ),
+            wait=workspace.lock_wait,
         )
         self._db: DatabaseTarget | None = None
         self._accepted_drift: list[str] = []

@@ -45,9 +45,11 @@ class WriterLock:
     # request refused at once frees its worker for the next request).
     _RETRY_FOR = 0.5
 
-    def __init__(self, path: Path, holder: Holder) -> None:
+    def __init__(self, path: Path, holder: Holder, *, wait: float = 0.0) -> None:
+        """`wait`: seconds to wait for a busy lock (`--wait`), live holder or not."""
         self.path = path
         self.holder = holder
+        self.wait = wait
         self._fd: int | None = None
 
     def __enter__(self) -> Self:
@@ -56,19 +58,24 @@ class WriterLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:  # as pre-flight reports a folder it cannot write
             raise ValidationFailed(f"{self.path}: cannot take the writer lock: {e.strerror}") from e
-        deadline = time.monotonic() + self._RETRY_FOR
+        start = time.monotonic()
+        deadline = start + self._RETRY_FOR
+        waited = start + self.wait  # --wait: a live holder is waited for too
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 other = _read_holder(fd)
-                if (other is None or not _alive(other.pid)) and time.monotonic() < deadline:
-                    time.sleep(0.02)  # a reader's probe, or a writer about to say who it is
+                now = time.monotonic()
+                probe = (other is None or not _alive(other.pid)) and now < deadline
+                if probe or now < waited:
+                    time.sleep(0.02)  # a reader's probe, a writer about to say who it is
                     continue
                 os.close(fd)
                 who = other.describe() if other else "another process"
-                raise Busy(f"busy: {who} holds {self.path}") from None
+                after = f" (waited {self.wait:g} s)" if self.wait else ""
+                raise Busy(f"busy: {who} holds {self.path}{after}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, msgspec.json.encode(self.holder), 0)
         self._fd = fd
