@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Self
 import apsw
 import msgspec
 
-from flywall.core import errors, planner, projection, recovery
+from flywall.core import errors, planner, projection, pytimeout, recovery
 from flywall.core import events as ev
 from flywall.core.context import MigrationContext
 from flywall.core.crash import crashpoint
@@ -633,9 +633,10 @@ class Engine:
             )
             t0 = time.monotonic_ns()
             current = in_db[0]
-            self._watchdog.arm(db.db, self.ws.settings.timeout)
+            limit = self.ws.settings.timeout
+            self._watchdog.arm(db.db, limit)
             try:
-                with db.transaction("database"):
+                with pytimeout.limit(limit), db.transaction("database"):
                     for current in in_db:
                         ctx = self._context(current, "up", db.db)
                         body = (
@@ -648,7 +649,7 @@ class Engine:
                             component=current.component,
                             direction="up",
                             checksum=current.checksum,
-                            body=body,
+                            body=pytimeout.vendor(body),
                             run_id=self.run_id,
                             schema_version=current.schema_version,
                             previous=None,
@@ -658,13 +659,17 @@ class Engine:
                     # this transaction commits: fingerprinted once, here, not per migration.
                     fingerprint = db.fingerprint()
             except BaseException as e:
+                timed_out = isinstance(e, (apsw.InterruptError, pytimeout.PythonTimeout))
+                failure = _timed_out(current.version, limit, e) if timed_out else e
                 for m in in_db:
                     if m is not current:
                         undone = errors.MigrationFailed(
                             m.version, "up", "RolledBack", f"undone with {current.version}"
                         )
                         self._failed(m.version, "up", undone, t0)
-                self._failed(current.version, "up", e, t0)
+                self._failed(current.version, "up", failure, t0)
+                if timed_out:
+                    raise failure from e
                 raise
             finally:
                 self._watchdog.disarm()
@@ -962,27 +967,31 @@ class Engine:
             if started.component == "state"
             else _body(m, direction, ctx)
         )
-        limit = self.ws.settings.timeout if direction == "up" else self.ws.settings.rollback_timeout
+        limit = self._limit(direction)
         self._watchdog.arm(db.db, limit)
         try:
-            return db.run(
-                version=m.version,
-                component=started.component,
-                direction=direction,
-                checksum=started.checksum,
-                body=body,
-                run_id=self.run_id,
-                schema_version=m.schema_version,
-                previous=None
-                if direction == "up"
-                else self._previous(started.component, m.version),
-            )
-        except apsw.InterruptError as e:
-            raise errors.MigrationFailed(
-                m.version, "timeout", "Timeout", f"exceeded {limit:g} s; its transaction was undone"
-            ) from e
+            with pytimeout.limit(limit):
+                return db.run(
+                    version=m.version,
+                    component=started.component,
+                    direction=direction,
+                    checksum=started.checksum,
+                    body=pytimeout.vendor(body),
+                    run_id=self.run_id,
+                    schema_version=m.schema_version,
+                    previous=None
+                    if direction == "up"
+                    else self._previous(started.component, m.version),
+                )
+        except (apsw.InterruptError, pytimeout.PythonTimeout) as e:
+            raise _timed_out(m.version, limit, e) from e
         finally:
             self._watchdog.disarm()
+
+    def _limit(self, direction: str) -> float:
+        """The step's timeout: `timeout` for an up, `rollback_timeout` for a down."""
+        settings = self.ws.settings
+        return settings.timeout if direction == "up" else settings.rollback_timeout
 
     def _with_records(
         self, m: Migration, direction: str, ctx: MigrationContext, *, atomic: bool = False
@@ -1022,7 +1031,12 @@ class Engine:
             ctx.log("file unchanged since up: restored its exact bytes from before up")
         else:
             document = target.open(before)
-            _function(m, direction)(ctx, document)
+            limit = self._limit(direction)
+            try:
+                with pytimeout.limit(limit):
+                    pytimeout.vendor(_function(m, direction))(ctx, document)
+            except pytimeout.PythonTimeout as e:  # nothing written yet: the file is untouched
+                raise _timed_out(m.version, limit, e) from e
             after = target.render(document, before)
         if after is None or after == before:
             return
@@ -1173,6 +1187,17 @@ class Engine:
         # "JOURNAL#/FILE": from_source takes version and slug from the text after the last
         # "/" (as Path.name); "JOURNAL#FILE" was refused as a bad migration name.
         return from_source(f"{self.journal.path}#/{record.file}", raw)
+
+
+def _timed_out(version: str, limit: float, e: BaseException) -> errors.MigrationFailed:
+    """Say which limit a step hit: SQLite's statement interrupt, or its Python code's alarm."""
+    if isinstance(e, apsw.InterruptError):
+        what = "SQLite statement interrupted"
+    else:
+        what = f"its Python code ran past the {limit:g} s timeout"
+    return errors.MigrationFailed(
+        version, "timeout", "Timeout", f"exceeded {limit:g} s: {what}; its transaction was undone"
+    )
 
 
 def _body(m: Migration, direction: str, ctx: MigrationContext) -> Callable[[Any], None]:
