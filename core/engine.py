@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 from typing import TYPE_CHECKING, Any, Self
 
@@ -531,6 +532,8 @@ class Engine:
                 for version in plan:
                     step(version, self.state.record(version).attempts + 1)
                     done.append(version)
+        except KeyboardInterrupt as e:  # SIGINT or SIGTERM (core/pytimeout.ending_runs)
+            raise self._interrupted(e, done) from e
         except errors.FlywallError as e:  # e.g. a module that raises when loaded, too
             if self.command == "migrate":
                 # The upgrade began in an interrupted run whose plan this run completes:
@@ -555,6 +558,20 @@ class Engine:
             self._prune_backups()
         report.done = done
         return report
+
+    def _interrupted(self, e: KeyboardInterrupt, done: list[str]) -> errors.RunInterrupted:
+        """End the run as failed (interrupted): RunFinished journaled, exit 130 or 143.
+
+        What it applied before the signal stays applied; the step under way was undone.
+        """
+        signum = getattr(e, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
+        message = f"run {self.run_id} interrupted by {name}"
+        # written even when nothing else was: status must show this run as the last one
+        self.recorder.append([("", ev.RunFinished(outcome="failed", done=done, error=message))])
+        n = len(done)
+        kept = f"; the {n} migration{'s' * (n != 1)} it applied before stay applied" if n else ""
+        return errors.RunInterrupted(f"{message}: the migration under way was undone{kept}", signum)
 
     def _upgrade(self, plan: list[str], step: Callable[[str, int], None], done: list[str]) -> None:
         """A migrate run: pre-flight, validate_before, backup, the strategy, validate_after."""
@@ -620,6 +637,7 @@ class Engine:
         failure undoes all of them (each journaled as failed), and recovery decides all of
         them from the same marker evidence: together or not at all.
         """
+        pytimeout.checkpoint()
         migrations = [self.ws.migration(v) for v in plan]
         in_db = [m for m in migrations if m is not None and m.component in MARKED]
         in_files = [m for m in migrations if m is not None and m.component not in MARKED]
@@ -930,6 +948,7 @@ class Engine:
 
     def _step(self, m: Migration, direction: str, attempt: int) -> None:
         """Run one migration in one direction: write-ahead, apply, then record the outcome."""
+        pytimeout.checkpoint()  # a signal that came in the engine's own code stops it here
         record = self.state.record(m.version)
         component = m.component if direction == "up" else record.component
         db = self.database() if component in MARKED else None
@@ -1102,6 +1121,9 @@ class Engine:
         error_type, message = type(e).__name__, str(e).splitlines()[0] if str(e) else ""
         if isinstance(e, SystemExit):
             message = f"the migration called sys.exit({e.code!r})"
+        if isinstance(e, KeyboardInterrupt):
+            signum = getattr(e, "signum", signal.SIGINT)
+            error_type, message = "Interrupted", f"{signal.Signals(signum).name}; undone"
         if isinstance(e, errors.MigrationFailed):  # already classified (e.g. a timeout)
             phase, error_type, message = e.phase, e.error_type, e.detail
         failed = ev.MigrationFailed(

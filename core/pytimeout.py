@@ -10,6 +10,11 @@ after the watchdog (`GRACE`), so a slow SQL statement is still reported as SQLit
 
 Signals reach only the main thread: a run in another thread (the API server's) keeps the
 watchdog's SQLite interrupt alone.
+
+SIGINT (Ctrl-C) and SIGTERM (issue 16.9) stop a run the same way, under `ending_runs`: in
+the vendor's code at once (its transaction is undone), in the engine's own code at the next
+safe point (`checkpoint`, before each step, or back in the vendor's code), so a signal never
+lands between a commit and its journal event. The engine then ends the run as failed.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ GRACE = 0.1
 class _State:
     vendor = False  # the vendor's code is running (the alarm may raise)
     pending = False  # the alarm went off while the engine's own code ran
+    signalled: int | None = None  # SIGINT or SIGTERM arrived (under `ending_runs`)
+    raised = False  # ... and was raised: a second one is ignored while the run ends
 
 
 _state = _State()  # signals run in the main thread only: one state for the process
@@ -40,6 +47,44 @@ class PythonTimeout(BaseException):
     A BaseException, as KeyboardInterrupt: a migration's `except Exception` cannot swallow
     it; the engine's transaction undoes the step as for any error.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run (a KeyboardInterrupt, as Ctrl-C always was)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def ending_runs() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into `Interrupted`, raised only where it is safe (main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _state.signalled, _state.raised = None, False
+    previous = {s: signal.signal(s, _signalled) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _state.signalled = None
+
+
+def checkpoint() -> None:
+    """A safe point of the engine's own code: raise a signal that arrived meanwhile."""
+    if _state.signalled is not None and not _state.raised:
+        _state.raised = True
+        raise Interrupted(_state.signalled)
+
+
+def _signalled(signum: int, _frame: object) -> None:
+    if _state.signalled is None:
+        _state.signalled = signum
+    if _state.vendor:
+        checkpoint()
 
 
 @contextlib.contextmanager
@@ -90,6 +135,8 @@ def _alarm(_signum: int, _frame: object) -> None:
 
 
 def _raise_if_due() -> None:
+    if _state.vendor:
+        checkpoint()
     if _state.vendor and _state.pending:
         _state.pending = False
         raise PythonTimeout
