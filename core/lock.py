@@ -102,7 +102,14 @@ def current_holder(path: Path) -> Holder | None:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
-    except OSError as e:  # e.g. a reader who may not open the 0600 lock: no answer, no guess
+    except PermissionError as e:  # a read-only user may not open the 0600 lock (issue 16.11)
+        held = _flock_holder_pid(path)
+        if held is None:
+            raise ValidationFailed(f"{path}: cannot probe the writer lock: {e.strerror}") from e
+        return (
+            None if held == 0 else Holder(run_id="?", command="?", pid=held, user="?", since_ns=0)
+        )
+    except OSError as e:  # no answer, no guess
         raise ValidationFailed(f"{path}: cannot probe the writer lock: {e.strerror}") from e
     try:
         try:
@@ -113,6 +120,26 @@ def current_holder(path: Path) -> Holder | None:
         return None
     finally:
         os.close(fd)
+
+
+def _flock_holder_pid(path: Path) -> int | None:
+    """Ask the kernel (/proc/locks) who holds an flock on `path`, without opening it.
+
+    Returns the holder's pid, 0 when nobody holds it, None when the kernel cannot say.
+    """
+    try:
+        st = path.stat()
+        with open("/proc/locks", encoding="ascii") as locks:  # noqa: PTH123
+            lines = locks.read().splitlines()
+    except OSError:
+        return None
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (a blocked waiter has "->")
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == inode:  # noqa: PLR2004
+            return int(fields[4])
+    return 0
 
 
 def _alive(pid: int) -> bool:
