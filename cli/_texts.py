@@ -64,7 +64,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "create",
         "--help",
     ): (
-        "Usage: flywall migration backup create [OPTIONS]\n\n  Back up state.db, flywall.hcl and api.json now (journaled; exit 4 if a copy\n  is bad).\n\nOptions:\n  --verify / --no-verify  Re-read the copies against their manifest digests.\n                          [default: verify]\n  --json                  Print JSON.\n  -h, --help              Show this message and exit.\n",
+        "Usage: flywall migration backup create [OPTIONS]\n\n  Back up state.db, flywall.hcl and api.json now (journaled; exit 4 if a copy\n  is bad).\n\nOptions:\n  --verify / --no-verify  Re-read the copies against their manifest digests.\n                          [default: verify]\n  --wait SECONDS          Wait up to SECONDS for another run's writer lock\n                          instead of exiting 3 at once.  [0<=x<=86400]\n  --json                  Print JSON.\n  -h, --help              Show this message and exit.\n",
         "",
         0,
     ),
@@ -74,7 +74,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "create",
         "-h",
     ): (
-        "Usage: flywall migration backup create [OPTIONS]\n\n  Back up state.db, flywall.hcl and api.json now (journaled; exit 4 if a copy\n  is bad).\n\nOptions:\n  --verify / --no-verify  Re-read the copies against their manifest digests.\n                          [default: verify]\n  --json                  Print JSON.\n  -h, --help              Show this message and exit.\n",
+        "Usage: flywall migration backup create [OPTIONS]\n\n  Back up state.db, flywall.hcl and api.json now (journaled; exit 4 if a copy\n  is bad).\n\nOptions:\n  --verify / --no-verify  Re-read the copies against their manifest digests.\n                          [default: verify]\n  --wait SECONDS          Wait up to SECONDS for another run's writer lock\n                          instead of exiting 3 at once.  [0<=x<=86400]\n  --json                  Print JSON.\n  -h, --help              Show this message and exit.\n",
         "",
         0,
     ),
@@ -104,7 +104,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "prune",
         "--help",
     ): (
-        "Usage: flywall migration backup prune [OPTIONS]\n\n  Remove all but the newest --keep backups (the newest is never removed).\n\nOptions:\n  --keep INTEGER RANGE  [default: 1; x>=1]\n  --json                Print JSON.\n  -h, --help            Show this message and exit.\n",
+        "Usage: flywall migration backup prune [OPTIONS]\n\n  Remove all but the newest --keep backups (the newest is never removed).\n\nOptions:\n  --keep INTEGER RANGE  [default: 1; x>=1]\n  --wait SECONDS        Wait up to SECONDS for another run's writer lock\n                        instead of exiting 3 at once.  [0<=x<=86400]\n  --json                Print JSON.\n  -h, --help            Show this message and exit.\n",
         "",
         0,
     ),
@@ -114,7 +114,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "prune",
         "-h",
     ): (
-        "Usage: flywall migration backup prune [OPTIONS]\n\n  Remove all but the newest --keep backups (the newest is never removed).\n\nOptions:\n  --keep INTEGER RANGE  [default: 1; x>=1]\n  --json                Print JSON.\n  -h, --help            Show this message and exit.\n",
+        "Usage: flywall migration backup prune [OPTIONS]\n\n  Remove all but the newest --keep backups (the newest is never removed).\n\nOptions:\n  --keep INTEGER RANGE  [default: 1; x>=1]\n  --wait SECONDS        Wait up to SECONDS for another run's writer lock\n                        instead of exiting 3 at once.  [0<=x<=86400]\n  --json                Print JSON.\n  -h, --help            Show this message and exit.\n",
         "",
         0,
     ),
@@ -124,7 +124,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "restore",
         "--help",
     ): (
-        "Usage: flywall migration backup restore [OPTIONS] BACKUP_ID\n\n  Restore BACKUP_ID (after a safety backup); journals what it rolls back.\n\nOptions:\n  --yes       Restore without asking (unattended use).\n  --json      Print JSON.\n  -h, --help  Show this message and exit.\n",
+        "Usage: flywall migration backup restore [OPTIONS] BACKUP_ID\n\n  Restore BACKUP_ID (after a safety backup); journals what it rolls back.\n\nOptions:\n  --yes           Restore without asking (unattended use).\n  --wait SECONDS  Wait up to SECONDS for another run's writer lock instead of\n                  exiting 3 at once.  [0<=x<=86400]\n  --json          Print JSON.\n  -h, --help      Show this message and exit.\n",
         "",
         0,
     ),
@@ -134,7 +134,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "restore",
         "-h",
     ): (
-        "Usage: flywall migration backup restore [OPTIONS] BACKUP_ID\n\n  Restore BACKUP_ID (after a safety backup); journals what it rolls back.\n\nOptions:\n  --yes       Restore without asking (unattended use).\n  --json      Print JSON.\n  -h, --help  Show this message and exit.\n",
+        "Usage: flywall migration backup restore [OPTIONS] BACKUP_ID\n\n  Restore BACKUP_ID (after a safety backup); journals what it rolls back.\n\nOptions:\n  --yes           Restore without asking (unattended use).\n  --wait SECONDS  Wait up to SECONDS for another run's writer lock instead of\n                  exiting 3 at once.  [0<=x<=86400]\n  --json          Print JSON.\n  -h, --help      Show this message and exit.\n",
         "",
         0,
     ),
@@ -161,7 +161,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "confirm",
         "--help",
     ): (
-        "Usage: flywall migration confirm [OPTIONS]\n\n  Confirm the last run is healthy, within its confirm_within window.\n\nOptions:\n  --json      Print JSON.\n  -h, --help  Show this message and exit.\n",
+        "Usage: flywall migration confirm [OPTIONS]\n\n  Confirm the last run is healthy, within its confirm_within window.\n\nOptions:\n  --wait SECONDS  Wait up to SECONDS for another run's writer lock instead of\n                  exiting 3 at once.  [0<=x<=86400]\n  --json          Print JSON.\n  -h, --help      Show this message and exit.\n",
         "",
         0,
     ),
@@ -170,7 +170,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "confirm",
         "-h",
     ): (
-        "Usage: flywall migration confirm [OPTIONS]\n\n  Confirm the last run is healthy, within its confirm_within window.\n\nOptions:\n  --json      Print JSON.\n  -h, --help  Show this message and exit.\n",
+        "Usage: flywall migration confirm [OPTIONS]\n\n  Confirm the last run is healthy, within its confirm_within window.\n\nOptions:\n  --wait SECONDS  Wait up to SECONDS for another run's writer lock instead of\n                  exiting 3 at once.  [0<=x<=86400]\n  --json          Print JSON.\n  -h, --help      Show this message and exit.\n",
         "",
         0,
     ),
@@ -233,7 +233,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "force",
         "--help",
     ): (
-        "Usage: flywall migration force [OPTIONS]\n\n  Record a migration's state by hand (journaled with actor and reason).\n\nOptions:\n  --version TEXT                  The migration to set.  [required]\n  --state [pending|applied|failed|rolled_back]\n                                  The state to record.  [required]\n  --reason TEXT                   Why: journaled with who did it.  [required]\n  --json                          Print JSON.\n  -h, --help                      Show this message and exit.\n",
+        "Usage: flywall migration force [OPTIONS]\n\n  Record a migration's state by hand (journaled with actor and reason).\n\nOptions:\n  --version TEXT                  The migration to set.  [required]\n  --state [pending|applied|failed|rolled_back]\n                                  The state to record.  [required]\n  --reason TEXT                   Why: journaled with who did it.  [required]\n  --wait SECONDS                  Wait up to SECONDS for another run's writer\n                                  lock instead of exiting 3 at once.\n                                  [0<=x<=86400]\n  --json                          Print JSON.\n  -h, --help                      Show this message and exit.\n",
         "",
         0,
     ),
@@ -242,7 +242,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "force",
         "-h",
     ): (
-        "Usage: flywall migration force [OPTIONS]\n\n  Record a migration's state by hand (journaled with actor and reason).\n\nOptions:\n  --version TEXT                  The migration to set.  [required]\n  --state [pending|applied|failed|rolled_back]\n                                  The state to record.  [required]\n  --reason TEXT                   Why: journaled with who did it.  [required]\n  --json                          Print JSON.\n  -h, --help                      Show this message and exit.\n",
+        "Usage: flywall migration force [OPTIONS]\n\n  Record a migration's state by hand (journaled with actor and reason).\n\nOptions:\n  --version TEXT                  The migration to set.  [required]\n  --state [pending|applied|failed|rolled_back]\n                                  The state to record.  [required]\n  --reason TEXT                   Why: journaled with who did it.  [required]\n  --wait SECONDS                  Wait up to SECONDS for another run's writer\n                                  lock instead of exiting 3 at once.\n                                  [0<=x<=86400]\n  --json                          Print JSON.\n  -h, --help                      Show this message and exit.\n",
         "",
         0,
     ),
@@ -411,7 +411,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "migrate",
         "--help",
     ): (
-        "Usage: flywall migration migrate [OPTIONS]\n\n  Apply pending migrations, recovering any interrupted run first.\n\nOptions:\n  --target VERSION  Stop after this migration (or schema_version).\n  --dry-run         Run the plan on copies: print the SQL and diffs; change\n                    nothing but one audit event.\n  --accept-drift    Run even though state.db no longer matches the journal\n                    (journaled).\n  --json            Print JSON.\n  --events [jsonl]  Stream every journal event as a JSON line on stdout, as it\n                    is written.\n  -h, --help        Show this message and exit.\n",
+        "Usage: flywall migration migrate [OPTIONS]\n\n  Apply pending migrations, recovering any interrupted run first.\n\nOptions:\n  --target VERSION  Stop after this migration (or schema_version).\n  --dry-run         Run the plan on copies: print the SQL and diffs; change\n                    nothing but one audit event.\n  --accept-drift    Run even though state.db no longer matches the journal\n                    (journaled).\n  --wait SECONDS    Wait up to SECONDS for another run's writer lock instead\n                    of exiting 3 at once.  [0<=x<=86400]\n  --json            Print JSON.\n  --events [jsonl]  Stream every journal event as a JSON line on stdout, as it\n                    is written.\n  -h, --help        Show this message and exit.\n",
         "",
         0,
     ),
@@ -420,7 +420,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "migrate",
         "-h",
     ): (
-        "Usage: flywall migration migrate [OPTIONS]\n\n  Apply pending migrations, recovering any interrupted run first.\n\nOptions:\n  --target VERSION  Stop after this migration (or schema_version).\n  --dry-run         Run the plan on copies: print the SQL and diffs; change\n                    nothing but one audit event.\n  --accept-drift    Run even though state.db no longer matches the journal\n                    (journaled).\n  --json            Print JSON.\n  --events [jsonl]  Stream every journal event as a JSON line on stdout, as it\n                    is written.\n  -h, --help        Show this message and exit.\n",
+        "Usage: flywall migration migrate [OPTIONS]\n\n  Apply pending migrations, recovering any interrupted run first.\n\nOptions:\n  --target VERSION  Stop after this migration (or schema_version).\n  --dry-run         Run the plan on copies: print the SQL and diffs; change\n                    nothing but one audit event.\n  --accept-drift    Run even though state.db no longer matches the journal\n                    (journaled).\n  --wait SECONDS    Wait up to SECONDS for another run's writer lock instead\n                    of exiting 3 at once.  [0<=x<=86400]\n  --json            Print JSON.\n  --events [jsonl]  Stream every journal event as a JSON line on stdout, as it\n                    is written.\n  -h, --help        Show this message and exit.\n",
         "",
         0,
     ),
@@ -447,7 +447,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "recover",
         "--help",
     ): (
-        "Usage: flywall migration recover [OPTIONS]\n\n  Resolve interrupted migrations now, from the evidence in the targets.\n\nOptions:\n  --json      Print JSON.\n  -h, --help  Show this message and exit.\n",
+        "Usage: flywall migration recover [OPTIONS]\n\n  Resolve interrupted migrations now, from the evidence in the targets.\n\nOptions:\n  --wait SECONDS  Wait up to SECONDS for another run's writer lock instead of\n                  exiting 3 at once.  [0<=x<=86400]\n  --json          Print JSON.\n  -h, --help      Show this message and exit.\n",
         "",
         0,
     ),
@@ -456,7 +456,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "recover",
         "-h",
     ): (
-        "Usage: flywall migration recover [OPTIONS]\n\n  Resolve interrupted migrations now, from the evidence in the targets.\n\nOptions:\n  --json      Print JSON.\n  -h, --help  Show this message and exit.\n",
+        "Usage: flywall migration recover [OPTIONS]\n\n  Resolve interrupted migrations now, from the evidence in the targets.\n\nOptions:\n  --wait SECONDS  Wait up to SECONDS for another run's writer lock instead of\n                  exiting 3 at once.  [0<=x<=86400]\n  --json          Print JSON.\n  -h, --help      Show this message and exit.\n",
         "",
         0,
     ),
@@ -501,7 +501,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "rollback",
         "--help",
     ): (
-        "Usage: flywall migration rollback [OPTIONS] [VERSION]\n\n  Roll back VERSION, the newest --steps N, or everything after --to VERSION.\n\nOptions:\n  --steps INTEGER RANGE  Roll back the newest N applied.  [x>=1]\n  --to VERSION           Roll back everything applied after VERSION.\n  --yes                  Allow a backup restore for irreversible ones.\n  --accept-drift         Run even though state.db no longer matches the\n                         journal (journaled).\n  --json                 Print JSON.\n  --events [jsonl]       Stream every journal event as a JSON line on stdout,\n                         as it is written.\n  -h, --help             Show this message and exit.\n",
+        "Usage: flywall migration rollback [OPTIONS] [VERSION]\n\n  Roll back VERSION, the newest --steps N, or everything after --to VERSION.\n\nOptions:\n  --steps INTEGER RANGE  Roll back the newest N applied.  [x>=1]\n  --to VERSION           Roll back everything applied after VERSION.\n  --yes                  Allow a backup restore for irreversible ones.\n  --accept-drift         Run even though state.db no longer matches the\n                         journal (journaled).\n  --wait SECONDS         Wait up to SECONDS for another run's writer lock\n                         instead of exiting 3 at once.  [0<=x<=86400]\n  --json                 Print JSON.\n  --events [jsonl]       Stream every journal event as a JSON line on stdout,\n                         as it is written.\n  -h, --help             Show this message and exit.\n",
         "",
         0,
     ),
@@ -510,7 +510,7 @@ TEXTS: dict[tuple[str, ...], tuple[str, str, int]] = {
         "rollback",
         "-h",
     ): (
-        "Usage: flywall migration rollback [OPTIONS] [VERSION]\n\n  Roll back VERSION, the newest --steps N, or everything after --to VERSION.\n\nOptions:\n  --steps INTEGER RANGE  Roll back the newest N applied.  [x>=1]\n  --to VERSION           Roll back everything applied after VERSION.\n  --yes                  Allow a backup restore for irreversible ones.\n  --accept-drift         Run even though state.db no longer matches the\n                         journal (journaled).\n  --json                 Print JSON.\n  --events [jsonl]       Stream every journal event as a JSON line on stdout,\n                         as it is written.\n  -h, --help             Show this message and exit.\n",
+        "Usage: flywall migration rollback [OPTIONS] [VERSION]\n\n  Roll back VERSION, the newest --steps N, or everything after --to VERSION.\n\nOptions:\n  --steps INTEGER RANGE  Roll back the newest N applied.  [x>=1]\n  --to VERSION           Roll back everything applied after VERSION.\n  --yes                  Allow a backup restore for irreversible ones.\n  --accept-drift         Run even though state.db no longer matches the\n                         journal (journaled).\n  --wait SECONDS         Wait up to SECONDS for another run's writer lock\n                         instead of exiting 3 at once.  [0<=x<=86400]\n  --json                 Print JSON.\n  --events [jsonl]       Stream every journal event as a JSON line on stdout,\n                         as it is written.\n  -h, --help             Show this message and exit.\n",
         "",
         0,
     ),

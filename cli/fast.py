@@ -255,6 +255,7 @@ def _write(out: str, err: str, code: int) -> int:
     return code
 
 
+_MAX_WAIT = 86400  # --wait's click.FloatRange(min=0, max=86400)
 _GROUP_OPTIONS = {"--root": "root", "--config": "config"}
 # command: (flags, options taking a value, positional arguments allowed)
 _COMMANDS: dict[str, tuple[dict[str, str], dict[str, str], tuple[str, ...]]] = {
@@ -262,18 +263,18 @@ _COMMANDS: dict[str, tuple[dict[str, str], dict[str, str], tuple[str, ...]]] = {
     "list": ({"--pending": "pending", "--applied": "applied", "--json": "as_json"}, {}, ()),
     "migrate": (
         {"--dry-run": "dry_run", "--accept-drift": "accept_drift", "--json": "as_json"},
-        {"--target": "target", "--events": "events"},
+        {"--target": "target", "--events": "events", "--wait": "wait"},
         (),
     ),
     "rollback": (
         {"--yes": "yes", "--accept-drift": "accept_drift", "--json": "as_json"},
-        {"--steps": "steps", "--to": "to", "--events": "events"},
+        {"--steps": "steps", "--to": "to", "--events": "events", "--wait": "wait"},
         ("version",),
     ),
     # a flag named "!x" sets x to False (click's --x/--no-x pair: x defaults to True)
     "backup create": (
         {"--verify": "verify", "--no-verify": "!verify", "--json": "as_json"},
-        {},
+        {"--wait": "wait"},
         (),
     ),
 }
@@ -336,6 +337,12 @@ def _converted(values: dict[str, object]) -> bool:
         if not (steps.isascii() and steps.isdigit() and steps[0] != "0"):
             return False  # click.IntRange(min=1) reads and refuses the rest
         values["steps"] = int(steps)
+    wait = values.get("wait")
+    if isinstance(wait, str):
+        digits = wait.replace(".", "", 1)
+        if not (digits.isascii() and digits.isdigit() and float(wait) <= _MAX_WAIT):
+            return False  # click.FloatRange(min=0, max=86400) reads and refuses the rest
+        values["wait"] = float(wait)
     return True
 
 
@@ -497,6 +504,7 @@ def _writer(command: str, obj: dict[str, object], values: dict[str, object]) -> 
     """
     from flywall.cli import run
 
+    obj = {**obj, "wait": values.pop("wait")}  # --wait goes with the workspace, as under click
     if command == "backup create":  # as under click: it delivers no notices
         call = lambda: run.backup_create(obj, **values)  # noqa: E731
     else:

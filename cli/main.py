@@ -66,10 +66,9 @@ def migration(ctx: click.Context, root: Path, config: Path | None, traceback: bo
 
 
 def _workspace() -> Workspace:
-    from flywall.core.workspace import Workspace
+    from flywall.cli.run import workspace
 
-    obj = click.get_current_context().obj
-    return Workspace.load(obj["root"], obj["config"])
+    return workspace(click.get_current_context().obj)
 
 
 def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -93,6 +92,24 @@ def drift_option(f: Callable[..., Any]) -> Callable[..., Any]:
         "--accept-drift",
         is_flag=True,
         help="Run even though state.db no longer matches the journal (journaled).",
+    )(f)
+
+
+def _keep_wait(ctx: click.Context, _param: click.Parameter, value: float | None) -> None:
+    if value is not None:
+        ctx.ensure_object(dict)["wait"] = value
+
+
+def wait_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add `--wait SECONDS` to a writing command: wait for the writer lock (as dbmate's)."""
+    return click.option(
+        "--wait",
+        type=click.FloatRange(min=0, max=86400),
+        default=None,
+        expose_value=False,
+        callback=_keep_wait,
+        metavar="SECONDS",
+        help="Wait up to SECONDS for another run's writer lock instead of exiting 3 at once.",
     )(f)
 
 
@@ -140,6 +157,7 @@ def list_(pending: bool, applied: bool, as_json: bool) -> None:
     help="Run the plan on copies: print the SQL and diffs; change nothing but one audit event.",
 )
 @drift_option
+@wait_option
 @json_option
 @events_option
 def migrate(
@@ -164,6 +182,7 @@ def migrate(
 @click.option("--to", "to", metavar="VERSION", help="Roll back everything applied after VERSION.")
 @click.option("--yes", is_flag=True, help="Allow a backup restore for irreversible ones.")
 @drift_option
+@wait_option
 @json_option
 @events_option
 def rollback(
@@ -215,6 +234,7 @@ def test(
 
 
 @migration.command()
+@wait_option
 @json_option
 def recover(as_json: bool) -> None:
     """Resolve interrupted migrations now, from the evidence in the targets."""

@@ -9,7 +9,7 @@ import time
 
 import click
 
-from flywall.cli.main import _workspace, json_option, migration
+from flywall.cli.main import _workspace, json_option, migration, wait_option
 
 
 @migration.group(name="backup")
@@ -24,6 +24,7 @@ def backup_group() -> None:
     show_default=True,
     help="Re-read the copies against their manifest digests.",
 )
+@wait_option
 @json_option
 def backup_create(verify: bool, as_json: bool) -> None:
     """Back up state.db, flywall.hcl and api.json now (journaled; exit 4 if a copy is bad)."""
@@ -58,6 +59,7 @@ def backup_list(as_json: bool) -> None:
 @backup_group.command("restore")
 @click.argument("backup_id")
 @click.option("--yes", is_flag=True, help="Restore without asking (unattended use).")
+@wait_option
 @json_option
 def backup_restore(backup_id: str, yes: bool, as_json: bool) -> None:
     """Restore BACKUP_ID (after a safety backup); journals what it rolls back."""
@@ -83,6 +85,7 @@ def backup_restore(backup_id: str, yes: bool, as_json: bool) -> None:
 
 @backup_group.command("prune")
 @click.option("--keep", type=click.IntRange(min=1), default=1, show_default=True)
+@wait_option
 @json_option
 def backup_prune(keep: int, as_json: bool) -> None:
     """Remove all but the newest --keep backups (the newest is never removed)."""
@@ -107,6 +110,7 @@ def backup_prune(keep: int, as_json: bool) -> None:
     help="The state to record.",
 )
 @click.option("--reason", required=True, help="Why: journaled with who did it.")
+@wait_option
 @json_option
 def force(version: str, state: str, reason: str, as_json: bool) -> None:
     """Record a migration's state by hand (journaled with actor and reason)."""
@@ -162,6 +166,7 @@ def debug(version: str, as_json: bool) -> None:
 
 
 @migration.command()
+@wait_option
 @json_option
 def confirm(as_json: bool) -> None:
     """Confirm the last run is healthy, within its confirm_within window."""

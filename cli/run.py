@@ -8,6 +8,7 @@ The click commands and the fast entry point (`flywall.cli.fast`) both call these
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,9 @@ def workspace(obj: dict[str, Any]) -> Workspace:
     """The appliance the `migration` group's options name."""
     from flywall.core.workspace import Workspace
 
-    return Workspace.load(obj["root"], obj["config"])
+    ws = Workspace.load(obj["root"], obj["config"])
+    ws.lock_wait = obj.get("wait") or 0.0  # --wait SECONDS, on writing commands
+    return ws
 
 
 def hooks(events: str | None, as_json: bool) -> dict[str, Any]:
@@ -40,6 +43,8 @@ def hooks(events: str | None, as_json: bool) -> dict[str, Any]:
             case ev.MigrationStarted(direction=direction, slug=slug):
                 verb = "applying" if direction == "up" else "rolling back"
                 echo(f"{verb} {row.migration} {slug}", err=True)
+            case ev.MigrationFailed(phase="interrupted"):
+                pass  # the run's one FAILED line says it
             case ev.MigrationFailed(error_type=kind, message=message):
                 echo(f"  failed: {kind}: {message}", err=True)
             case ev.Recovered(decision=decision):
@@ -165,11 +170,25 @@ def deliver_quietly(obj: dict[str, Any]) -> None:
 
 
 def then_deliver(run: Callable[[], Any], obj: Callable[[], dict[str, Any]]) -> Any:
-    """Run a writing command, then deliver notices (also after a failure; not after ^C)."""
+    """Run a writing command, then deliver notices (also after a failure; not after ^C).
+
+    SIGINT and SIGTERM end the run as failed (RunInterrupted: one FAILED line, exit 130 or
+    143); its notice waits in the journal for the next delivery, so ^C is not held up by a
+    dead channel.
+    """
+    from flywall.core import pytimeout
+    from flywall.core.errors import RunInterrupted
+
     interrupted = False
     try:
-        return run()
-    except KeyboardInterrupt:
+        with pytimeout.ending_runs():
+            return run()
+    except KeyboardInterrupt as e:  # outside a run's steps (loading, recovery...)
+        interrupted = True
+        signum = getattr(e, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
+        raise RunInterrupted(f"interrupted by {name}", signum) from e
+    except RunInterrupted:
         interrupted = True
         raise
     finally:  # also after a failed run: failures are what operators must hear of

@@ -422,7 +422,7 @@ def adopt_device_key(ws: Workspace, *, actor: ev.Actor | None = None) -> AdoptRe
         run_id="-", command="journal adopt-key", pid=actor.pid, user=actor.user,
         since_ns=time.time_ns(),
     )  # fmt: skip
-    with WriterLock(ws.paths.lock, holder), ws.write_journal() as journal:
+    with WriterLock(ws.paths.lock, holder, wait=ws.lock_wait), ws.write_journal() as journal:
         event = ev.DeviceKeyAdopted(actor=actor, key_id=ident)
         try:  # one walk, inside adopt_key's transaction
             row = journal.adopt_key(Entry(ADOPTED, ev.encode(event)))

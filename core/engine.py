@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 from typing import TYPE_CHECKING, Any, Self
 
 import apsw
 import msgspec
 
-from flywall.core import errors, planner, projection, recovery
+from flywall.core import errors, planner, projection, pytimeout, recovery
 from flywall.core import events as ev
 from flywall.core.context import MigrationContext
 from flywall.core.crash import crashpoint
@@ -102,6 +103,7 @@ class Engine:
                 user=self.actor.user,
                 since_ns=time.time_ns(),
             ),
+            wait=workspace.lock_wait,
         )
         self._db: DatabaseTarget | None = None
         self._accepted_drift: list[str] = []
@@ -569,6 +571,8 @@ class Engine:
                 for version in plan:
                     step(version, self.state.record(version).attempts + 1)
                     done.append(version)
+        except KeyboardInterrupt as e:  # SIGINT or SIGTERM (core/pytimeout.ending_runs)
+            raise self._interrupted(e, done) from e
         except errors.FlywallError as e:  # e.g. a module that raises when loaded, too
             if self.command == "migrate":
                 # The upgrade began in an interrupted run whose plan this run completes:
@@ -593,6 +597,20 @@ class Engine:
             self._prune_backups()
         report.done = done
         return report
+
+    def _interrupted(self, e: KeyboardInterrupt, done: list[str]) -> errors.RunInterrupted:
+        """End the run as failed (interrupted): RunFinished journaled, exit 130 or 143.
+
+        What it applied before the signal stays applied; the step under way was undone.
+        """
+        signum = getattr(e, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
+        message = f"run {self.run_id} interrupted by {name}"
+        # written even when nothing else was: status must show this run as the last one
+        self.recorder.append([("", ev.RunFinished(outcome="failed", done=done, error=message))])
+        n = len(done)
+        kept = f"; the {n} migration{'s' * (n != 1)} it applied before stay applied" if n else ""
+        return errors.RunInterrupted(f"{message}: the migration under way was undone{kept}", signum)
 
     def _upgrade(self, plan: list[str], step: Callable[[str, int], None], done: list[str]) -> None:
         """A migrate run: pre-flight, validate_before, backup, the strategy, validate_after."""
@@ -658,6 +676,7 @@ class Engine:
         failure undoes all of them (each journaled as failed), and recovery decides all of
         them from the same marker evidence: together or not at all.
         """
+        pytimeout.checkpoint()
         migrations = [self.ws.migration(v) for v in plan]
         in_db = [m for m in migrations if m is not None and m.component in MARKED]
         in_files = [m for m in migrations if m is not None and m.component not in MARKED]
@@ -671,9 +690,10 @@ class Engine:
             )
             t0 = time.monotonic_ns()
             current = in_db[0]
-            self._watchdog.arm(db.db, self.ws.settings.timeout)
+            limit = self.ws.settings.timeout
+            self._watchdog.arm(db.db, limit)
             try:
-                with db.transaction("database"):
+                with pytimeout.limit(limit), db.transaction("database"):
                     for current in in_db:
                         ctx = self._context(current, "up", db.db)
                         body = (
@@ -686,7 +706,7 @@ class Engine:
                             component=current.component,
                             direction="up",
                             checksum=current.checksum,
-                            body=body,
+                            body=pytimeout.vendor(body),
                             run_id=self.run_id,
                             schema_version=current.schema_version,
                             previous=None,
@@ -696,13 +716,17 @@ class Engine:
                     # this transaction commits: fingerprinted once, here, not per migration.
                     fingerprint = db.fingerprint()
             except BaseException as e:
+                timed_out = isinstance(e, (apsw.InterruptError, pytimeout.PythonTimeout))
+                failure = _timed_out(current.version, limit, e) if timed_out else e
                 for m in in_db:
                     if m is not current:
                         undone = errors.MigrationFailed(
                             m.version, "up", "RolledBack", f"undone with {current.version}"
                         )
                         self._failed(m.version, "up", undone, t0)
-                self._failed(current.version, "up", e, t0)
+                self._failed(current.version, "up", failure, t0)
+                if timed_out:
+                    raise failure from e
                 raise
             finally:
                 self._watchdog.disarm()
@@ -967,6 +991,7 @@ class Engine:
 
     def _step(self, m: Migration, direction: str, attempt: int) -> None:
         """Run one migration in one direction: write-ahead, apply, then record the outcome."""
+        pytimeout.checkpoint()  # a signal that came in the engine's own code stops it here
         record = self.state.record(m.version)
         component = m.component if direction == "up" else record.component
         db = self.database() if component in MARKED else None
@@ -1004,27 +1029,31 @@ class Engine:
             if started.component == "state"
             else _body(m, direction, ctx)
         )
-        limit = self.ws.settings.timeout if direction == "up" else self.ws.settings.rollback_timeout
+        limit = self._limit(direction)
         self._watchdog.arm(db.db, limit)
         try:
-            return db.run(
-                version=m.version,
-                component=started.component,
-                direction=direction,
-                checksum=started.checksum,
-                body=body,
-                run_id=self.run_id,
-                schema_version=m.schema_version,
-                previous=None
-                if direction == "up"
-                else self._previous(started.component, m.version),
-            )
-        except apsw.InterruptError as e:
-            raise errors.MigrationFailed(
-                m.version, "timeout", "Timeout", f"exceeded {limit:g} s; its transaction was undone"
-            ) from e
+            with pytimeout.limit(limit):
+                return db.run(
+                    version=m.version,
+                    component=started.component,
+                    direction=direction,
+                    checksum=started.checksum,
+                    body=pytimeout.vendor(body),
+                    run_id=self.run_id,
+                    schema_version=m.schema_version,
+                    previous=None
+                    if direction == "up"
+                    else self._previous(started.component, m.version),
+                )
+        except (apsw.InterruptError, pytimeout.PythonTimeout) as e:
+            raise _timed_out(m.version, limit, e) from e
         finally:
             self._watchdog.disarm()
+
+    def _limit(self, direction: str) -> float:
+        """The step's timeout: `timeout` for an up, `rollback_timeout` for a down."""
+        settings = self.ws.settings
+        return settings.timeout if direction == "up" else settings.rollback_timeout
 
     def _with_records(
         self, m: Migration, direction: str, ctx: MigrationContext, *, atomic: bool = False
@@ -1064,7 +1093,12 @@ class Engine:
             ctx.log("file unchanged since up: restored its exact bytes from before up")
         else:
             document = target.open(before)
-            _function(m, direction)(ctx, document)
+            limit = self._limit(direction)
+            try:
+                with pytimeout.limit(limit):
+                    pytimeout.vendor(_function(m, direction))(ctx, document)
+            except pytimeout.PythonTimeout as e:  # nothing written yet: the file is untouched
+                raise _timed_out(m.version, limit, e) from e
             after = target.render(document, before)
         if after is None or after == before:
             return
@@ -1130,6 +1164,9 @@ class Engine:
         error_type, message = type(e).__name__, str(e).splitlines()[0] if str(e) else ""
         if isinstance(e, SystemExit):
             message = f"the migration called sys.exit({e.code!r})"
+        if isinstance(e, KeyboardInterrupt):
+            signum = getattr(e, "signum", signal.SIGINT)
+            error_type, message = "Interrupted", f"{signal.Signals(signum).name}; undone"
         if isinstance(e, errors.MigrationFailed):  # already classified (e.g. a timeout)
             phase, error_type, message = e.phase, e.error_type, e.detail
         failed = ev.MigrationFailed(
@@ -1215,6 +1252,17 @@ class Engine:
         # "JOURNAL#/FILE": from_source takes version and slug from the text after the last
         # "/" (as Path.name); "JOURNAL#FILE" was refused as a bad migration name.
         return from_source(f"{self.journal.path}#/{record.file}", raw)
+
+
+def _timed_out(version: str, limit: float, e: BaseException) -> errors.MigrationFailed:
+    """Say which limit a step hit: SQLite's statement interrupt, or its Python code's alarm."""
+    if isinstance(e, apsw.InterruptError):
+        what = "SQLite statement interrupted"
+    else:
+        what = f"its Python code ran past the {limit:g} s timeout"
+    return errors.MigrationFailed(
+        version, "timeout", "Timeout", f"exceeded {limit:g} s: {what}; its transaction was undone"
+    )
 
 
 def _body(m: Migration, direction: str, ctx: MigrationContext) -> Callable[[Any], None]:

@@ -68,6 +68,15 @@ class MigrationFailed(FlywallError):
         self.detail = message
 
 
+class RunInterrupted(FlywallError):
+    """SIGINT or SIGTERM ended the run, journaled as failed; exit 128 + the signal (130, 143)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+        self.signum = signum
+
+
 class DaemonNotStarted(FlywallError):
     """The run went well but `start_command` failed: Flywall is not running again."""
 

@@ -45,9 +45,11 @@ class WriterLock:
     # request refused at once frees its worker for the next request).
     _RETRY_FOR = 0.5
 
-    def __init__(self, path: Path, holder: Holder) -> None:
+    def __init__(self, path: Path, holder: Holder, *, wait: float = 0.0) -> None:
+        """`wait`: seconds to wait for a busy lock (`--wait`), live holder or not."""
         self.path = path
         self.holder = holder
+        self.wait = wait
         self._fd: int | None = None
 
     def __enter__(self) -> Self:
@@ -56,19 +58,24 @@ class WriterLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:  # as pre-flight reports a folder it cannot write
             raise ValidationFailed(f"{self.path}: cannot take the writer lock: {e.strerror}") from e
-        deadline = time.monotonic() + self._RETRY_FOR
+        start = time.monotonic()
+        deadline = start + self._RETRY_FOR
+        waited = start + self.wait  # --wait: a live holder is waited for too
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 other = _read_holder(fd)
-                if (other is None or not _alive(other.pid)) and time.monotonic() < deadline:
-                    time.sleep(0.02)  # a reader's probe, or a writer about to say who it is
+                now = time.monotonic()
+                probe = (other is None or not _alive(other.pid)) and now < deadline
+                if probe or now < waited:
+                    time.sleep(0.02)  # a reader's probe, a writer about to say who it is
                     continue
                 os.close(fd)
                 who = other.describe() if other else "another process"
-                raise Busy(f"busy: {who} holds {self.path}") from None
+                after = f" (waited {self.wait:g} s)" if self.wait else ""
+                raise Busy(f"busy: {who} holds {self.path}{after}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, msgspec.json.encode(self.holder), 0)
         self._fd = fd
@@ -95,7 +102,14 @@ def current_holder(path: Path) -> Holder | None:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
-    except OSError as e:  # e.g. a reader who may not open the 0600 lock: no answer, no guess
+    except PermissionError as e:  # a read-only user may not open the 0600 lock (issue 16.11)
+        held = _flock_holder_pid(path)
+        if held is None:
+            raise ValidationFailed(f"{path}: cannot probe the writer lock: {e.strerror}") from e
+        return (
+            None if held == 0 else Holder(run_id="?", command="?", pid=held, user="?", since_ns=0)
+        )
+    except OSError as e:  # no answer, no guess
         raise ValidationFailed(f"{path}: cannot probe the writer lock: {e.strerror}") from e
     try:
         try:
@@ -106,6 +120,26 @@ def current_holder(path: Path) -> Holder | None:
         return None
     finally:
         os.close(fd)
+
+
+def _flock_holder_pid(path: Path) -> int | None:
+    """Ask the kernel (/proc/locks) who holds an flock on `path`, without opening it.
+
+    Returns the holder's pid, 0 when nobody holds it, None when the kernel cannot say.
+    """
+    try:
+        st = path.stat()
+        with open("/proc/locks", encoding="ascii") as locks:  # noqa: PTH123
+            lines = locks.read().splitlines()
+    except OSError:
+        return None
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (a blocked waiter has "->")
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == inode:  # noqa: PLR2004
+            return int(fields[4])
+    return 0
 
 
 def _alive(pid: int) -> bool:

@@ -60,6 +60,8 @@ class Workspace:
         self.sqlite = sqlite or SqliteOptions()
         self.sandbox = sandbox
         """Copies made for a dry run or a test: no daemon, no appliance to protect."""
+        self.lock_wait = 0.0
+        """Seconds a writing command waits for the writer lock (`--wait`); 0: busy at once."""
         self._device_key: bytes | None = None
 
     @classmethod

@@ -112,7 +112,7 @@ class Journal:
         path = os.fspath(path)
         if not Path(path).exists():
             return None
-        conn = _connect(path, apsw.SQLITE_OPEN_READWRITE, None)
+        conn = _connect_reader(path)
         found = _schema.version(conn)
         if found == 0:
             conn.close()
@@ -341,4 +341,57 @@ def _connect(path: str, flags: int, vfs: str | None) -> apsw.Connection:
         raise JournalUnreadable(f"{path}: journal is corrupt: {e}") from e
     except apsw.Error as e:
         raise JournalError(f"{path}: cannot open journal: {e}") from e
+    return conn
+
+
+_NO_WRITE_ACCESS = (apsw.ReadOnlyError, apsw.CantOpenError, apsw.PermissionsError)
+
+
+def _connect_reader(path: str) -> apsw.Connection:
+    """Open the journal for a reader, also one who may not write it (issue 16.11).
+
+    As before, read-write first: the last connection to close checkpoints the WAL. A user
+    without write access gets a read-only connection; when SQLite cannot give one either
+    (a WAL database needs its -shm, and the folder is not writable to create it), a
+    snapshot of the file in memory, provided no write-ahead log holds events the file
+    lacks. Never `immutable`: that would read a journal being written as if it were not.
+    """
+    try:
+        return _connect(path, apsw.SQLITE_OPEN_READWRITE, None)
+    except JournalError as e:
+        if not isinstance(e.__cause__, _NO_WRITE_ACCESS):
+            raise
+    try:
+        return _connect(path, apsw.SQLITE_OPEN_READONLY, None)
+    except JournalError as e:
+        if not isinstance(e.__cause__, _NO_WRITE_ACCESS):
+            raise
+    return _snapshot(path)
+
+
+def _snapshot(path: str) -> apsw.Connection:
+    """Read the whole journal file into an in-memory database (no -wal content pending).
+
+    :raises JournalError: a non-empty -wal holds events the file lacks; naming what to do.
+    """
+    wal = Path(path + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        folder = Path(path).parent
+        raise JournalError(
+            f"{path}: cannot read the journal as this user: its write-ahead log {wal.name} "
+            f"holds events not yet in the file and {folder} is not writable to read it; run "
+            "any command once as the journal's owner (its close folds the log into the file)"
+        )
+    try:
+        data = bytearray(Path(path).read_bytes())
+    except OSError as e:
+        raise JournalError(f"{path}: cannot read journal: {e.strerror}") from e
+    if len(data) >= 20 and data[18:20] == b"\x02\x02":  # noqa: PLR2004 - the header's WAL flag
+        data[18:20] = b"\x01\x01"  # read as a rollback-journal file: nothing else differs
+    conn = apsw.Connection(":memory:")
+    try:
+        conn.deserialize("main", bytes(data))
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    except (apsw.NotADBError, apsw.CorruptError) as e:
+        raise JournalUnreadable(f"{path}: journal is corrupt: {e}") from e
     return conn

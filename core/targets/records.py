@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from flywall.core import pytimeout
 from flywall.core.crash import crashpoint
 from flywall.core.targets.store import DELETE, Bucket, Progress
 
@@ -209,7 +210,14 @@ class Records:
         return (row[0], row[1]) if row else (-(2**63), 0)
 
     def _commit_batch(self, table: str, last_key: Any, done: int, total: int) -> None:
-        """Commit this batch with its checkpoint, journal it, and open the next transaction."""
+        """Commit this batch with its checkpoint, journal it, and open the next transaction.
+
+        The engine's own code: a Python timeout waits until it is done (core/pytimeout).
+        """
+        with pytimeout.engine_code():
+            self._commit_and_journal(table, last_key, done, total)
+
+    def _commit_and_journal(self, table: str, last_key: Any, done: int, total: int) -> None:
         self.db.execute(
             f"INSERT INTO {CHECKPOINTS} (step, tbl, last_key, rows) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (step, tbl) DO UPDATE SET last_key = excluded.last_key, "
