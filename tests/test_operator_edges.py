@@ -1,0 +1,59 @@
+"""Issue 16 items 17 and 19: rough edges an operator meets, each as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from conftest import FLYWALL, Appliance, create_table_migration
+
+V1 = "202401010001"
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The refusal is one `FAILED:` line on stderr with its exit code, never a traceback."""
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("FAILED: ")
+    assert result.stderr.count("\n") == 1
+    return result.stderr
+
+
+def test_backup_restore_with_nobody_to_ask_says_yes_is_needed(appliance: Appliance) -> None:
+    create_table_migration(appliance, V1, "hosts")
+    assert appliance.cli("migrate").returncode == 0
+    [listed] = json.loads(appliance.cli("backup", "list", "--json").stdout)
+
+    result = subprocess.run(
+        [
+            FLYWALL,
+            "migration",
+            "--root",
+            str(appliance.root),
+            "backup",
+            "restore",
+            listed["backup_id"],
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert "--yes" in one_line_error(result, 2)
+    assert "Aborted!" not in result.stderr
+    kinds = [e["kind"] for e in json.loads(appliance.cli("history", "--json").stdout)]
+    assert "BackupRestored" not in kinds
+
+
+def test_demo_where_no_folder_can_be_made_is_one_line(appliance: Appliance) -> None:
+    result = subprocess.run(
+        [FLYWALL, "migration", "demo", "/proc/x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert "/proc/x" in one_line_error(result, 2)
