@@ -646,10 +646,8 @@ def create(
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise errors.UsageError(f"{directory}: cannot create the folder: {e.strerror}") from e
-    taken = {m.version for m in ws.migrations}
-    version = int(time.strftime("%Y%m%d%H%M", time.gmtime()))
-    while str(version) in taken or any(directory.glob(f"{version}_*")):
-        version += 1
+    _refuse_duplicate_name(ws, directory, slug)
+    version = _free_version(ws, directory)
     description = name.replace("_", " ").strip().capitalize()
     extension = "hcl" if declarative else "sql" if sql else "py"
     text = _template(ws, extension, component, slug, description)
@@ -660,6 +658,33 @@ def create(
     except OSError as e:
         raise errors.UsageError(f"{path}: cannot write the migration: {e.strerror}") from e
     return path
+
+
+def _refuse_duplicate_name(ws: Workspace, directory: Path, slug: str) -> None:
+    """Two migrations with one name make `log`, `debug` and reviews ambiguous: refuse the second.
+
+    :raises UsageError: a migration (shipped, in the folder, or only on disk) has this slug.
+    """
+    same = [m.path for m in ws.migrations if m.slug == slug]
+    on_disk = sorted(directory.glob(f"*_{slug}.*"))
+    same += [str(p) for p in on_disk if p.name.split("_")[0].isdigit()]
+    if same:
+        raise errors.UsageError(f"a migration named {slug!r} already exists: {same[0]}")
+
+
+def _free_version(ws: Workspace, directory: Path) -> str:
+    """The first free minute from now on, as YYYYMMDDHHMM: always a valid UTC timestamp.
+
+    Adding 1 to the number would give minute 60 after 59; stepping the time keeps the
+    version a real time, so versions still sort as the files were created.
+    """
+    import datetime as dt
+
+    taken = {m.version for m in ws.migrations}
+    at = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    while (version := at.strftime("%Y%m%d%H%M")) in taken or any(directory.glob(f"{version}_*")):
+        at += dt.timedelta(minutes=1)
+    return version
 
 
 def _template(ws: Workspace, extension: str, component: str, slug: str, description: str) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
+from pathlib import Path
 
 from conftest import FLYWALL, Appliance, create_table_migration
 
@@ -57,3 +59,30 @@ def test_demo_where_no_folder_can_be_made_is_one_line(appliance: Appliance) -> N
     )
 
     assert "/proc/x" in one_line_error(result, 2)
+
+
+def test_create_after_minute_59_steps_into_the_next_hour_not_minute_60(
+    appliance: Appliance,
+) -> None:
+    """Versions are YYYYMMDDHHMM timestamps: every minute to the hour's end is taken."""
+    appliance.configure()
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    taken = [now + dt.timedelta(minutes=m) for m in range(60 - now.minute + 1)]
+    for i, at in enumerate(taken):
+        create_table_migration(appliance, at.strftime("%Y%m%d%H%M"), f"t{i}")
+
+    result = appliance.cli("create", "add widgets", "--sql")
+
+    assert result.returncode == 0, result.stderr
+    version = Path(result.stdout.removeprefix("created ").strip()).name.split("_")[0]
+    assert dt.datetime.strptime(version, "%Y%m%d%H%M").replace(tzinfo=dt.UTC) > taken[-1]
+
+
+def test_create_refuses_a_name_that_already_exists(appliance: Appliance) -> None:
+    create_table_migration(appliance, V1, "hosts")
+    before = sorted(appliance.migrations_dir.iterdir())
+
+    result = appliance.cli("create", "create hosts")
+
+    assert "'create_hosts' already exists" in one_line_error(result, 2)
+    assert sorted(appliance.migrations_dir.iterdir()) == before
