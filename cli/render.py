@@ -79,12 +79,13 @@ def migrations(rows: Sequence[MigrationRow]) -> None:
                 r.version,
                 r.component,
                 r.state + ("" if r.checksum_ok else " (file changed!)"),
+                r.checksum[:12] or "-",  # enough to compare by eye; --json has it whole
                 r.applied_at or "-",
                 r.description,
             )
             for r in rows
         ],
-        ("VERSION", "COMPONENT", "STATE", "APPLIED AT", "DESCRIPTION"),
+        ("VERSION", "COMPONENT", "STATE", "CHECKSUM", "APPLIED AT", "DESCRIPTION"),
     )
 
 

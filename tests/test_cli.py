@@ -106,10 +106,14 @@ def test_list_filters_pending_and_applied(appliance):
     pending = appliance.cli("list", "--pending")
     applied = json.loads(appliance.cli("list", "--applied", "--json").stdout)
 
+    digest = json.loads(appliance.cli("list", "--pending", "--json").stdout)[0]["checksum"]
     assert pending.returncode == 0
-    assert pending.stdout == (
-        "VERSION       COMPONENT  STATE    APPLIED AT  DESCRIPTION\n"
-        f"{V2}  database   pending  -           Create beta.\n"
+    assert (
+        pending.stdout
+        == (  # issue 16.19: the checksum column the README promised
+            "VERSION       COMPONENT  STATE    CHECKSUM      APPLIED AT  DESCRIPTION\n"
+            f"{V2}  database   pending  {digest[:12]}  -           Create beta.\n"
+        )
     )
     assert [row["version"] for row in applied] == [V1]
     assert [r["version"] for r in json.loads(appliance.cli("list", "--json").stdout)] == [V1, V2]
