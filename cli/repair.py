@@ -157,13 +157,32 @@ def debug(version: str, as_json: bool) -> None:
 
 
 @migration.command()
+@click.option(
+    "--when-healthy",
+    "url",
+    metavar="URL",
+    help="First wait until Flywall answers URL (the boot unit: http://127.0.0.1:8080/).",
+)
+@click.option(
+    "--deadline",
+    type=click.FloatRange(min=0),
+    default=300,
+    show_default=True,
+    help="Seconds to wait with --when-healthy before giving up (exit 1, nothing confirmed).",
+)
 @json_option
-def confirm(as_json: bool) -> None:
+def confirm(url: str | None, deadline: float, as_json: bool) -> None:
     """Confirm the last run is healthy, within its confirm_within window."""
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.confirm(_workspace())
+    if url is not None:
+        report = commands.confirm_when_healthy(_workspace(), url, deadline)
+        if report is None:
+            render.emit_json({"done": []}) if as_json else click.echo("nothing to confirm")
+            return
+    else:
+        report = commands.confirm(_workspace())
     if as_json:
         render.emit_json(report)
     else:

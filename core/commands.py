@@ -537,9 +537,17 @@ def recover(
     actor: ev.Actor | None = None,
     on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
 ) -> RunReport:
-    """Resolve interrupted migrations and runs now, without applying anything."""
+    """Resolve interrupted migrations and runs now; apply nothing unless `auto_migrate`.
+
+    `recover` is what the boot-time unit runs before Flywall starts. With `auto_migrate =
+    true` the box also applies what is pending there (`migrate` recovers first, in the
+    same run), so a firmware update that shipped new migrations is complete before the
+    daemon reads its files.
+    """
     from flywall.core.engine import Engine
 
+    if ws.settings.auto_migrate:
+        return migrate(ws, actor=actor, on_event=on_event)
     with Engine(ws, "recover", actor=actor, on_event=on_event) as e:
         decisions = e.recover()
         unfinished = [d for d in decisions if "resume" in d.evidence]
@@ -836,6 +844,62 @@ def confirm(
         report = _recovery_report(e.run_id, recovered)
         report.command, report.outcome, report.done = "confirm", "completed", confirmed
         return report
+
+
+def confirm_when_healthy(
+    ws: Workspace,
+    url: str,
+    deadline_s: float,
+    *,
+    actor: ev.Actor | None = None,
+) -> RunReport | None:
+    """Confirm once Flywall answers `url`; what the confirm unit runs after each boot.
+
+    Returns None when no run awaits confirmation (a normal boot: nothing to wait for).
+
+    :raises UsageError: `url` is not http(s).
+    :raises DaemonUnhealthy: no answer within `deadline_s`; the window stays open, and
+        once it closes the next writing command rolls the run back.
+    """
+    from flywall.core import health
+
+    if not url.startswith(("http://", "https://")):
+        raise errors.UsageError(f"--when-healthy {url[:64]!r}: give an http:// or https:// URL")
+    waiting = status(ws).awaiting_confirmation
+    if not waiting:
+        return None
+    if not health.wait_until_answering(url, deadline_s):
+        runs = ", ".join(f"{r} (window until {by or '-'})" for r, by in waiting.items())
+        raise errors.DaemonUnhealthy(
+            f"Flywall did not answer {url} within {deadline_s:g}s: not confirmed: {runs}; "
+            "once the window closes the next writing command rolls it back"
+        )
+    return confirm(ws, actor=actor)
+
+
+def install_units(root: Path, executable: str | None = None) -> list[Path]:
+    """Place the shipped systemd units under ROOT/etc/systemd/system, enabled.
+
+    :param executable: the `flywall-migration` the units run; default this installation's.
+    :raises UsageError: no `flywall-migration` to point the units at, or the folder
+        cannot be written.
+    """
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from flywall.core import systemd
+
+    if executable is None:
+        beside = Path(sys.executable).with_name("flywall-migration")
+        executable = str(beside) if beside.exists() else shutil.which("flywall-migration")
+    if not executable:
+        raise errors.UsageError("no flywall-migration executable found to run from the units")
+    try:
+        return systemd.install(root, str(Path(executable).absolute()))
+    except OSError as e:
+        where = e.filename or root / "etc/systemd/system"
+        raise errors.UsageError(f"{where}: cannot install the units: {e.strerror}") from e
 
 
 def force(
