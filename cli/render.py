@@ -117,7 +117,15 @@ def status(report: StatusReport) -> None:
             + f" ({_evidence(d.evidence)})"
         )
     for run_id, deadline in report.awaiting_confirmation.items():
-        echo(f"CONFIRM     run {run_id} by {deadline}, or it is rolled back (`confirm`)")
+        undone = report.expired_confirmation.get(run_id)
+        if undone is None:
+            echo(f"CONFIRM     run {run_id} by {deadline}, or it is rolled back (`confirm`)")
+            continue
+        what = ", ".join(reversed(undone)) or "nothing it applied"
+        echo(
+            f"EXPIRED     run {run_id}: its window closed at {deadline} unconfirmed; the next "
+            f"writing command (migrate, recover, rollback, confirm...) rolls back {what}"
+        )
     for finding in report.drift:
         echo(f"DRIFT       {finding}")
     if report.migrations is not None:

@@ -109,6 +109,8 @@ class StatusReport(msgspec.Struct, kw_only=True):
     current_version: str | None = None
     migrations: list[MigrationRow] | None = None
     paths: PathsInfo | None = None
+    expired_confirmation: dict[str, list[str]] = {}
+    """Runs whose window closed unconfirmed, with what the next writing command rolls back."""
 
 
 def _read_state(ws: Workspace) -> tuple[projection.Projection, Journal | None]:
@@ -195,6 +197,7 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
             awaiting_confirmation={
                 run_id: iso(run.confirm_by_ns) for run_id, run in state.unconfirmed.items()
             },
+            expired_confirmation=_expired(state),
             lock_holder=holder.describe() if holder else None,
             last_run=run_summary(last),
             current_version=ws.settings.current_version,
@@ -204,6 +207,20 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
     finally:
         if journal is not None:
             journal.close()
+
+
+def _expired(state: projection.Projection) -> dict[str, list[str]]:
+    """Unconfirmed runs past their deadline: the next writing command rolls them back.
+
+    Nothing changes on disk when a window closes (no process watches the clock), so status
+    says it: such a run is no longer confirmable, and its migrations will be undone.
+    """
+    now = time.time_ns()
+    return {
+        run_id: list(run.applied)
+        for run_id, run in state.unconfirmed.items()
+        if run.confirm_by_ns is not None and run.confirm_by_ns <= now
+    }
 
 
 def run_summary(run: projection.RunRecord | None) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+import time
 from pathlib import Path
 
 from conftest import FLYWALL, Appliance, create_table_migration
@@ -86,3 +87,26 @@ def test_create_refuses_a_name_that_already_exists(appliance: Appliance) -> None
 
     assert "'create_hosts' already exists" in one_line_error(result, 2)
     assert sorted(appliance.migrations_dir.iterdir()) == before
+
+
+def test_status_after_the_confirmation_deadline_says_expired_and_what_comes_next(
+    appliance: Appliance,
+) -> None:
+    appliance.configure('confirm_within = "2s"\n')
+    create_table_migration(appliance, V1, "hosts")
+    assert appliance.cli("migrate").returncode == 0
+    before = appliance.cli("status")  # also the memo's chance to keep a stale answer
+    assert "CONFIRM     run " in before.stdout
+    time.sleep(2.5)
+
+    after = appliance.cli("status")
+    report = json.loads(appliance.cli("status", "--json").stdout)
+
+    assert after.returncode == 0, after.stderr
+    assert "CONFIRM" not in after.stdout
+    [line] = [x for x in after.stdout.splitlines() if x.startswith("EXPIRED")]
+    assert "unconfirmed; the next writing command" in line
+    assert line.endswith(f"rolls back {V1}")
+    assert list(report["expired_confirmation"].values()) == [[V1]]
+    assert appliance.cli("recover").returncode == 0
+    assert "EXPIRED" not in appliance.cli("status").stdout
