@@ -541,9 +541,10 @@ def test_an_api_migration_on_a_malformed_api_json_names_the_file(appliance):
 
     result = appliance.cli("migrate")
 
-    assert result.returncode == 1
-    error = f"DecodeError: {api}: JSON is malformed: object keys must be strings (byte 1)"
-    assert result.stderr.endswith(f"FAILED: migration {V1} failed during up: {error}\n")
+    # Issue 16.17: pre-flight parses the file before any migration runs (was exit 1 from up).
+    assert result.returncode == 4
+    error = f"{api}: JSON is malformed: object keys must be strings (byte 1)"
+    assert result.stderr.endswith(f"FAILED: pre-flight: {error}; nothing was changed\n")
     assert api.read_text(encoding="utf-8") == "{not json\n"
 
 

@@ -110,3 +110,47 @@ def test_status_after_the_confirmation_deadline_says_expired_and_what_comes_next
     assert list(report["expired_confirmation"].values()) == [[V1]]
     assert appliance.cli("recover").returncode == 0
     assert "EXPIRED" not in appliance.cli("status").stdout
+
+
+def test_a_malformed_api_json_is_found_by_pre_flight_before_anything_is_applied(
+    appliance: Appliance,
+) -> None:
+    create_table_migration(appliance, V1, "hosts")  # would apply first, before the api step
+    appliance.write(
+        "202401010002_route.py",
+        '"""Rename a route."""\ncomponent = "api"\n\n\ndef up(ctx, document):\n'
+        '    document["route"] = "/v2"\n',
+    )
+    api = appliance.root / "var/lib/flywall/api.json"
+    api.parent.mkdir(parents=True, exist_ok=True)
+    api.write_text("{not json\n", encoding="utf-8")
+
+    result = appliance.cli("migrate")
+
+    error = one_line_error(result, 4)
+    assert error.startswith(f"FAILED: pre-flight: {api}: JSON is malformed")
+    assert error.endswith("; nothing was changed\n")
+    rows = json.loads(appliance.cli("list", "--json").stdout)
+    assert {r["state"] for r in rows} == {"pending"}
+
+
+def test_a_malformed_flywall_hcl_is_refused_before_anything_is_applied(
+    appliance: Appliance,
+) -> None:
+    """Reading the box's layout already parses flywall.hcl (exit 2, file:line:column), ahead
+    of pre-flight; this keeps that order: nothing of the plan is applied."""
+    create_table_migration(appliance, V1, "hosts")
+    appliance.write(
+        "202401010002_zone.py",
+        '"""Add a zone."""\ncomponent = "config"\n\n\ndef up(ctx, config):\n    pass\n',
+    )
+    appliance.config.write_text('schema_version = "1.0"\nzone "lan" {\n', encoding="utf-8")
+
+    result = appliance.cli("migrate")
+
+    assert (
+        one_line_error(result, 2)
+        == "FAILED: etc/flywall/flywall.hcl:3:1: unexpected end of input\n"
+    )
+    rows = json.loads(appliance.cli("list", "--json").stdout)
+    assert {r["state"] for r in rows} == {"pending"}
