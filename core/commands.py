@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from flywall.core import audit, signing
     from flywall.core import notify as notify_
     from flywall.core.backup import Manifest
+    from flywall.core.discovery import Migration
     from flywall.core.dryrun import DryRunReport
     from flywall.core.engine import RunReport
     from flywall.core.trial import TrialReport
@@ -982,12 +983,25 @@ def debug(ws: Workspace, version: str) -> dict[str, Any]:
         "checksum_recorded": rec.checksum if rec else None,
         "state": (rec.state if rec else State.PENDING).value,
         "last_error": rec.last_error if rec else None,
-        "sql": {"up": m.up_sql, "down": m.down_sql, "verify": m.verify_sql} if m else None,
+        "sql": _debug_sql(ws, m, rec),
         "has_down": m.has_down if m else None,
         "events": items,
         "log": [e for e in items if e["kind"] == "MigrationLog"],
         "backups": [b.backup_id for b in backup.list_backups(ws) if version not in b.applied],
     }
+
+
+def _debug_sql(ws: Workspace, m: Migration | None, rec: Any) -> dict[str, str | None] | None:
+    """A SQL file's sections; for a pending Python database migration, its traced up."""
+    if m is None:
+        return None
+    sql = {"up": m.up_sql, "down": m.down_sql, "verify": m.verify_sql}
+    pending = rec is None or rec.state == State.PENDING
+    if m.kind == "python" and m.component == "database" and pending:
+        from flywall.core import dryrun
+
+        sql["up"] = dryrun.traced_sql(ws, m.version)
+    return sql
 
 
 # -- notifications, audit and signatures ----------------------------------------------

@@ -154,3 +154,26 @@ def test_a_malformed_flywall_hcl_is_refused_before_anything_is_applied(
     )
     rows = json.loads(appliance.cli("list", "--json").stdout)
     assert {r["state"] for r in rows} == {"pending"}
+
+
+def test_debug_shows_the_sql_a_pending_python_database_migration_runs(
+    appliance: Appliance,
+) -> None:
+    create_table_migration(appliance, V1, "hosts")
+    appliance.write(
+        "202401010002_add_widgets.py",
+        '"""Add widgets."""\ncomponent = "database"\n\n\ndef up(ctx, db):\n'
+        '    db.execute("CREATE TABLE widgets (id INTEGER PRIMARY KEY)")\n'
+        '    db.execute("INSERT INTO widgets (id) VALUES (1)")\n',
+    )
+    events_before = appliance.cli("history", "--json").stdout
+
+    result = appliance.cli("debug", "202401010002")
+
+    assert result.returncode == 0, result.stderr
+    assert (
+        "-- up\nCREATE TABLE widgets (id INTEGER PRIMARY KEY);\n"
+        "INSERT INTO widgets (id) VALUES (1);\n"
+    ) in result.stdout
+    assert "hosts" not in result.stdout.split("-- up", 1)[1].split("events:")[0]
+    assert appliance.cli("history", "--json").stdout == events_before  # debug only reads
