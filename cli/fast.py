@@ -480,6 +480,8 @@ def _memo_inputs(ws: object, report: object, text: str, code: int) -> dict[str, 
     paths = ws.paths  # type: ignore[attr-defined]
     if report.lock_holder is not None or report.interrupted or paths.device_key_file is not None:  # type: ignore[attr-defined]
         return {}
+    if report.awaiting_confirmation:  # type: ignore[attr-defined]  # it expires with the clock, not a file
+        return {}
     if ws.settings.layout == "none":  # type: ignore[attr-defined]  # no appliance: no memo in it
         return {}
     from flywall.core.layout import candidates

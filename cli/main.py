@@ -393,5 +393,6 @@ def demo(directory: Path, layout: str, as_json: bool) -> None:
 
 
 from flywall.cli import audit as _audit  # noqa: E402, F401 - registers notify/replay/sign
+from flywall.cli import boot as _boot  # noqa: E402, F401 - registers install-units
 from flywall.cli import repair as _repair  # noqa: E402, F401 - registers backup/force/debug
 from flywall.cli import serve as _serve  # noqa: E402, F401 - registers serve

@@ -79,12 +79,13 @@ def migrations(rows: Sequence[MigrationRow]) -> None:
                 r.version,
                 r.component,
                 r.state + ("" if r.checksum_ok else " (file changed!)"),
+                r.checksum[:12] or "-",  # enough to compare by eye; --json has it whole
                 r.applied_at or "-",
                 r.description,
             )
             for r in rows
         ],
-        ("VERSION", "COMPONENT", "STATE", "APPLIED AT", "DESCRIPTION"),
+        ("VERSION", "COMPONENT", "STATE", "CHECKSUM", "APPLIED AT", "DESCRIPTION"),
     )
 
 
@@ -108,6 +109,14 @@ def status(report: StatusReport) -> None:
         echo(f"last run    {r['run_id']} {r['command']} {r['outcome']} at {r['finished_at']}")
     if report.lock_holder:
         echo(f"running     {report.lock_holder}")
+    _status_findings(report)
+    if report.migrations is not None:
+        echo("")
+        migrations(report.migrations)
+
+
+def _status_findings(report: StatusReport) -> None:
+    """What status asks the operator to look at: interruptions, windows, drift, files."""
     for d in report.interrupted:
         echo(
             f"INTERRUPTED {d.version} ({d.direction}, run {d.interrupted_run}): "
@@ -116,14 +125,19 @@ def status(report: StatusReport) -> None:
             + f" ({_evidence(d.evidence)})"
         )
     for run_id, deadline in report.awaiting_confirmation.items():
-        echo(f"CONFIRM     run {run_id} by {deadline}, or it is rolled back (`confirm`)")
+        undone = report.expired_confirmation.get(run_id)
+        if undone is None:
+            echo(f"CONFIRM     run {run_id} by {deadline}, or it is rolled back (`confirm`)")
+            continue
+        what = ", ".join(reversed(undone)) or "nothing it applied"
+        echo(
+            f"EXPIRED     run {run_id}: its window closed at {deadline} unconfirmed; the next "
+            f"writing command (migrate, recover, rollback, confirm...) rolls back {what}"
+        )
     for finding in report.drift:
         echo(f"DRIFT       {finding}")
     for missing in report.missing:
         echo(f"MISSING     {missing}")
-    if report.migrations is not None:
-        echo("")
-        migrations(report.migrations)
 
 
 def _evidence(evidence: dict[str, str]) -> str:

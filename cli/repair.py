@@ -5,6 +5,7 @@ Registered on the `migration` group by importing this module (see the end of mai
 
 from __future__ import annotations
 
+import sys
 import time
 
 import click
@@ -64,17 +65,27 @@ def backup_list(as_json: bool) -> None:
 def backup_restore(backup_id: str, yes: bool, as_json: bool) -> None:
     """Restore BACKUP_ID (after a safety backup); journals what it rolls back."""
     from flywall.cli import render
-    from flywall.core import backup, commands
+    from flywall.core import backup, commands, errors
 
     ws = _workspace()
     manifest = backup.read_manifest(ws, backup_id)  # an unknown id fails before the question
     if not yes and not as_json:
         taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(manifest.created_ns / 1e9))
-        click.confirm(
-            f"Restore backup {backup_id} (taken {taken}, journal seq {manifest.journal_seq}) "
-            "over the live targets?",
-            abort=True,
-        )
+        try:
+            agreed = click.confirm(
+                f"Restore backup {backup_id} (taken {taken}, journal seq "
+                f"{manifest.journal_seq}) over the live targets?"
+            )
+        except click.Abort:
+            if sys.stdin.isatty():  # Ctrl-C at the question: the person said no
+                raise
+            # Nobody to ask (a script, a unit): say what to do, not a bare "Aborted!".
+            raise errors.UsageError(
+                f"restoring {backup_id} overwrites the live targets: with no terminal "
+                "to answer the question, give --yes"
+            ) from None
+        if not agreed:
+            raise click.Abort
     report = commands.backup_restore(ws, backup_id)
     if as_json:
         render.emit_json(report)
@@ -167,13 +178,32 @@ def debug(version: str, as_json: bool) -> None:
 
 @migration.command()
 @wait_option
+@click.option(
+    "--when-healthy",
+    "url",
+    metavar="URL",
+    help="First wait until Flywall answers URL (the boot unit: http://127.0.0.1:8080/).",
+)
+@click.option(
+    "--deadline",
+    type=click.FloatRange(min=0),
+    default=300,
+    show_default=True,
+    help="Seconds to wait with --when-healthy before giving up (exit 1, nothing confirmed).",
+)
 @json_option
-def confirm(as_json: bool) -> None:
+def confirm(url: str | None, deadline: float, as_json: bool) -> None:
     """Confirm the last run is healthy, within its confirm_within window."""
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.confirm(_workspace())
+    if url is not None:
+        report = commands.confirm_when_healthy(_workspace(), url, deadline)
+        if report is None:
+            render.emit_json({"done": []}) if as_json else click.echo("nothing to confirm")
+            return
+    else:
+        report = commands.confirm(_workspace())
     if as_json:
         render.emit_json(report)
     else:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from flywall.core import audit, signing
     from flywall.core import notify as notify_
     from flywall.core.backup import Manifest
+    from flywall.core.discovery import Migration
     from flywall.core.dryrun import DryRunReport
     from flywall.core.engine import Engine, RunReport
     from flywall.core.trial import TrialReport
@@ -111,6 +112,8 @@ class StatusReport(msgspec.Struct, kw_only=True):
     paths: PathsInfo | None = None
     missing: list[str] = []
     """Applied migrations whose file is gone (a warning: rollback uses the journal's copy)."""
+    expired_confirmation: dict[str, list[str]] = {}
+    """Runs whose window closed unconfirmed, with what the next writing command rolls back."""
 
 
 def _read_state(ws: Workspace) -> tuple[projection.Projection, Journal | None]:
@@ -199,6 +202,7 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
             awaiting_confirmation={
                 run_id: iso(run.confirm_by_ns) for run_id, run in state.unconfirmed.items()
             },
+            expired_confirmation=_expired(state),
             lock_holder=holder.describe() if holder else None,
             last_run=run_summary(last),
             current_version=ws.settings.current_version,
@@ -209,6 +213,20 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
     finally:
         if journal is not None:
             journal.close()
+
+
+def _expired(state: projection.Projection) -> dict[str, list[str]]:
+    """Unconfirmed runs past their deadline: the next writing command rolls them back.
+
+    Nothing changes on disk when a window closes (no process watches the clock), so status
+    says it: such a run is no longer confirmable, and its migrations will be undone.
+    """
+    now = time.time_ns()
+    return {
+        run_id: list(run.applied)
+        for run_id, run in state.unconfirmed.items()
+        if run.confirm_by_ns is not None and run.confirm_by_ns <= now
+    }
 
 
 def run_summary(run: projection.RunRecord | None) -> dict[str, Any] | None:
@@ -545,9 +563,17 @@ def recover(
     actor: ev.Actor | None = None,
     on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
 ) -> RunReport:
-    """Resolve interrupted migrations and runs now, without applying anything."""
+    """Resolve interrupted migrations and runs now; apply nothing unless `auto_migrate`.
+
+    `recover` is what the boot-time unit runs before Flywall starts. With `auto_migrate =
+    true` the box also applies what is pending there (`migrate` recovers first, in the
+    same run), so a firmware update that shipped new migrations is complete before the
+    daemon reads its files.
+    """
     from flywall.core.engine import Engine
 
+    if ws.settings.auto_migrate:
+        return migrate(ws, actor=actor, on_event=on_event)
     with Engine(ws, "recover", actor=actor, on_event=on_event) as e:
         decisions = e.recover()
         unfinished = [d for d in decisions if "resume" in d.evidence]
@@ -654,10 +680,8 @@ def create(
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise errors.UsageError(f"{directory}: cannot create the folder: {e.strerror}") from e
-    taken = {m.version for m in ws.migrations}
-    version = int(time.strftime("%Y%m%d%H%M", time.gmtime()))
-    while str(version) in taken or any(directory.glob(f"{version}_*")):
-        version += 1
+    _refuse_duplicate_name(ws, directory, slug)
+    version = _free_version(ws, directory)
     description = name.replace("_", " ").strip().capitalize()
     extension = "hcl" if declarative else "sql" if sql else "py"
     text = _template(ws, extension, component, slug, description)
@@ -668,6 +692,33 @@ def create(
     except OSError as e:
         raise errors.UsageError(f"{path}: cannot write the migration: {e.strerror}") from e
     return path
+
+
+def _refuse_duplicate_name(ws: Workspace, directory: Path, slug: str) -> None:
+    """Two migrations with one name make `log`, `debug` and reviews ambiguous: refuse the second.
+
+    :raises UsageError: a migration (shipped, in the folder, or only on disk) has this slug.
+    """
+    same = [m.path for m in ws.migrations if m.slug == slug]
+    on_disk = sorted(directory.glob(f"*_{slug}.*"))
+    same += [str(p) for p in on_disk if p.name.split("_")[0].isdigit()]
+    if same:
+        raise errors.UsageError(f"a migration named {slug!r} already exists: {same[0]}")
+
+
+def _free_version(ws: Workspace, directory: Path) -> str:
+    """The first free minute from now on, as YYYYMMDDHHMM: always a valid UTC timestamp.
+
+    Adding 1 to the number would give minute 60 after 59; stepping the time keeps the
+    version a real time, so versions still sort as the files were created.
+    """
+    import datetime as dt
+
+    taken = {m.version for m in ws.migrations}
+    at = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    while (version := at.strftime("%Y%m%d%H%M")) in taken or any(directory.glob(f"{version}_*")):
+        at += dt.timedelta(minutes=1)
+    return version
 
 
 def _template(ws: Workspace, extension: str, component: str, slug: str, description: str) -> str:
@@ -821,6 +872,62 @@ def confirm(
         return report
 
 
+def confirm_when_healthy(
+    ws: Workspace,
+    url: str,
+    deadline_s: float,
+    *,
+    actor: ev.Actor | None = None,
+) -> RunReport | None:
+    """Confirm once Flywall answers `url`; what the confirm unit runs after each boot.
+
+    Returns None when no run awaits confirmation (a normal boot: nothing to wait for).
+
+    :raises UsageError: `url` is not http(s).
+    :raises DaemonUnhealthy: no answer within `deadline_s`; the window stays open, and
+        once it closes the next writing command rolls the run back.
+    """
+    from flywall.core import health
+
+    if not url.startswith(("http://", "https://")):
+        raise errors.UsageError(f"--when-healthy {url[:64]!r}: give an http:// or https:// URL")
+    waiting = status(ws).awaiting_confirmation
+    if not waiting:
+        return None
+    if not health.wait_until_answering(url, deadline_s):
+        runs = ", ".join(f"{r} (window until {by or '-'})" for r, by in waiting.items())
+        raise errors.DaemonUnhealthy(
+            f"Flywall did not answer {url} within {deadline_s:g}s: not confirmed: {runs}; "
+            "once the window closes the next writing command rolls it back"
+        )
+    return confirm(ws, actor=actor)
+
+
+def install_units(root: Path, executable: str | None = None) -> list[Path]:
+    """Place the shipped systemd units under ROOT/etc/systemd/system, enabled.
+
+    :param executable: the `flywall-migration` the units run; default this installation's.
+    :raises UsageError: no `flywall-migration` to point the units at, or the folder
+        cannot be written.
+    """
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from flywall.core import systemd
+
+    if executable is None:
+        beside = Path(sys.executable).with_name("flywall-migration")
+        executable = str(beside) if beside.exists() else shutil.which("flywall-migration")
+    if not executable:
+        raise errors.UsageError("no flywall-migration executable found to run from the units")
+    try:
+        return systemd.install(root, str(Path(executable).absolute()))
+    except OSError as e:
+        where = e.filename or root / "etc/systemd/system"
+        raise errors.UsageError(f"{where}: cannot install the units: {e.strerror}") from e
+
+
 def force(
     ws: Workspace,
     version: str,
@@ -934,12 +1041,25 @@ def debug(ws: Workspace, version: str) -> dict[str, Any]:
         "checksum_recorded": rec.checksum if rec else None,
         "state": (rec.state if rec else State.PENDING).value,
         "last_error": rec.last_error if rec else None,
-        "sql": {"up": m.up_sql, "down": m.down_sql, "verify": m.verify_sql} if m else None,
+        "sql": _debug_sql(ws, m, rec),
         "has_down": m.has_down if m else None,
         "events": items,
         "log": [e for e in items if e["kind"] == "MigrationLog"],
         "backups": [b.backup_id for b in backup.list_backups(ws) if version not in b.applied],
     }
+
+
+def _debug_sql(ws: Workspace, m: Migration | None, rec: Any) -> dict[str, str | None] | None:
+    """A SQL file's sections; for a pending Python database migration, its traced up."""
+    if m is None:
+        return None
+    sql = {"up": m.up_sql, "down": m.down_sql, "verify": m.verify_sql}
+    pending = rec is None or rec.state == State.PENDING
+    if m.kind == "python" and m.component == "database" and pending:
+        from flywall.core import dryrun
+
+        sql["up"] = dryrun.traced_sql(ws, m.version)
+    return sql
 
 
 # -- notifications, audit and signatures ----------------------------------------------

@@ -207,7 +207,8 @@ _EPOCH = 1_764_000_000
 def build(directory: Path, layout: str = "flywall") -> dict[str, str]:
     """Create the tree under `directory` in `layout` ("flywall" or "seed"); return the paths.
 
-    :raises UsageError: `directory` already holds an appliance, or the layout is unknown.
+    :raises UsageError: `directory` already holds an appliance, the layout is unknown, or
+        the tree cannot be written there.
     """
     if layout not in LAYOUTS:
         raise UsageError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
@@ -216,6 +217,17 @@ def build(directory: Path, layout: str = "flywall") -> dict[str, str]:
     assert state_dir is not None
     if detect(str(directory), {}).found or (state_dir / "state.db").exists():
         raise UsageError(f"{directory} already holds an appliance; choose an empty folder")
+    try:
+        return _build(directory, layout, config_dir, state_dir, run_dir)
+    except OSError as e:  # /proc/x, a read-only disk, a file in the way: one line, not a traceback
+        where = e.filename or directory
+        raise UsageError(f"{where}: cannot build the demo there: {e.strerror}") from e
+
+
+def _build(
+    directory: Path, layout: str, config_dir: Path, state_dir: Path, run_dir: Path | None
+) -> dict[str, str]:
+    """Write the tree; `build` has checked the layout and that `directory` holds no appliance."""
     config, settings, state = (
         config_dir / "flywall.hcl",
         config_dir / "migration.hcl",

@@ -37,6 +37,7 @@ __all__ = [
     "RecoveryNeeded",
     "Statement",
     "dry_run",
+    "traced_sql",
 ]
 
 
@@ -126,6 +127,26 @@ def dry_run(
     if on_event is not None:
         on_event(row, event)
     return report
+
+
+def traced_sql(ws: Workspace, version: str) -> str | None:
+    """The SQL a pending migration's up runs, traced on copies (what `debug V` shows).
+
+    A Python database migration has no SQL text to show; rehearsing the plan up to it in a
+    sandbox records what it executes. The real appliance is only read (nothing journaled).
+    None when the rehearsal is refused or `version` did not run.
+    """
+    try:
+        report = _rehearse(ws, version, accept_drift=False, actor=ev.current_actor())
+    except errors.FlywallError:
+        return None
+    for step in report.steps:
+        if step.version == version:
+            return "\n".join(
+                s.sql.rstrip().rstrip(";") + ";" + (f"  -- x{s.times}" if s.times > 1 else "")
+                for s in step.sql
+            )
+    return None
 
 
 def _real_names(copy: Workspace, ws: Workspace) -> Callable[[str], str]:

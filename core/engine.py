@@ -615,7 +615,7 @@ class Engine:
     def _upgrade(self, plan: list[str], step: Callable[[str, int], None], done: list[str]) -> None:
         """A migrate run: pre-flight, validate_before, backup, the strategy, validate_after."""
         settings = self.ws.settings
-        self.preflight()
+        self.preflight(plan)
         applied = [r.version for r in self.state.in_state(State.APPLIED)]
         check = (lambda: self._validate("before", applied)) if settings.validate_before else None
         if settings.backup_before:
@@ -747,11 +747,16 @@ class Engine:
 
     # -- the safety net -----------------------------------------------------------------
 
-    def preflight(self) -> None:
+    def preflight(self, plan: list[str] | tuple[str, ...] = ()) -> None:
         """Refuse to start without room for the backup and a table rebuild, or write access.
 
-        :raises ValidationFailed: naming the path and what is missing.
+        Each file target a migration of `plan` touches is parsed too, so a malformed
+        api.json or flywall.hcl stops the run before anything is applied, not at the
+        migration that reads it after others changed the box.
+
+        :raises ValidationFailed: naming the path and what is missing or malformed.
         """
+        self._preflight_documents(plan)
         paths = self.ws.paths
         db_size = paths.state_db.stat().st_size if paths.state_db.exists() else 0
         files = sum(p.stat().st_size for p in (paths.config, paths.api_document) if p.exists())
@@ -771,6 +776,28 @@ class Engine:
                 raise errors.ValidationFailed(f"pre-flight: {target} is not writable")
             if not os.access(folder, os.W_OK):
                 raise errors.ValidationFailed(f"pre-flight: {folder} is not writable")
+
+    def _preflight_documents(self, plan: list[str] | tuple[str, ...]) -> None:
+        """Open flywall.hcl and api.json as their migrations will, if the plan touches them.
+
+        :raises ValidationFailed: the file does not parse; the message names file and line.
+        """
+        from flywall.core.targets import files
+
+        touched = {m.component for v in plan if (m := self.ws.migration(v)) is not None}
+        paths = self.ws.paths
+        for component in ("config", "api"):
+            if component not in touched:
+                continue
+            target = files.target_for(component, paths.config, paths.api_document)
+            try:
+                target.open(files.content_at(target.path))
+            except (errors.ConfigParseError, msgspec.DecodeError) as e:
+                raise errors.ValidationFailed(f"pre-flight: {e}; nothing was changed") from e
+            except UnicodeDecodeError as e:
+                raise errors.ValidationFailed(
+                    f"pre-flight: {target.path}: not UTF-8 at byte {e.start}; nothing was changed"
+                ) from e
 
     def _validate(self, phase: str, versions: list[str]) -> None:
         """validate_before / validate_after: journal the checks; stop (and undo) on a failure.

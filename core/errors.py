@@ -124,3 +124,9 @@ class IllegalTransition(FlywallError):
         self.version = version
         self.state = state
         self.trigger = trigger
+
+
+class DaemonUnhealthy(FlywallError):
+    """Flywall's daemon did not answer its health check in time; nothing was confirmed."""
+
+    exit_code = EXIT_MIGRATION_FAILED

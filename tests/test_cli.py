@@ -106,10 +106,14 @@ def test_list_filters_pending_and_applied(appliance):
     pending = appliance.cli("list", "--pending")
     applied = json.loads(appliance.cli("list", "--applied", "--json").stdout)
 
+    digest = json.loads(appliance.cli("list", "--pending", "--json").stdout)[0]["checksum"]
     assert pending.returncode == 0
-    assert pending.stdout == (
-        "VERSION       COMPONENT  STATE    APPLIED AT  DESCRIPTION\n"
-        f"{V2}  database   pending  -           Create beta.\n"
+    assert (
+        pending.stdout
+        == (  # issue 16.19: the checksum column the README promised
+            "VERSION       COMPONENT  STATE    CHECKSUM      APPLIED AT  DESCRIPTION\n"
+            f"{V2}  database   pending  {digest[:12]}  -           Create beta.\n"
+        )
     )
     assert [row["version"] for row in applied] == [V1]
     assert [r["version"] for r in json.loads(appliance.cli("list", "--json").stdout)] == [V1, V2]
@@ -537,9 +541,10 @@ def test_an_api_migration_on_a_malformed_api_json_names_the_file(appliance):
 
     result = appliance.cli("migrate")
 
-    assert result.returncode == 1
-    error = f"DecodeError: {api}: JSON is malformed: object keys must be strings (byte 1)"
-    assert result.stderr.endswith(f"FAILED: migration {V1} failed during up: {error}\n")
+    # Issue 16.17: pre-flight parses the file before any migration runs (was exit 1 from up).
+    assert result.returncode == 4
+    error = f"{api}: JSON is malformed: object keys must be strings (byte 1)"
+    assert result.stderr.endswith(f"FAILED: pre-flight: {error}; nothing was changed\n")
     assert api.read_text(encoding="utf-8") == "{not json\n"
 
 
