@@ -106,13 +106,7 @@ def test_recover_finishes_a_batched_rollback_cut_between_batches(appliance: Appl
     status = app.cli("status")
     assert "recovery will decide rolled_back by finishing it from its checkpoint" in status.stdout
 
-    recover = app.cli("recover")
-    assert recover.returncode == 0, recover.stderr
-    assert f"recovered {STATE}: rolled_back" in recover.stdout
-    assert shapes(app) == {"mac": ROWS, "hw": 0}
-    assert checkpoints(app) == []
-    assert state_of(app, STATE) == "rolled_back"
-    assert app.cli("validate").returncode == 0
+    recover_finishes_the_rollback(app)
     history = json.loads(app.cli("history", "--json").stdout)
     (recovered,) = [e for e in history if e["kind"] == "Recovered"]
     assert recovered["evidence"]["action"] == "resume"
@@ -124,6 +118,17 @@ def test_recover_finishes_a_batched_rollback_cut_between_batches(appliance: Appl
     # the step is over: migrating again re-applies it from the start, all records
     assert app.cli("migrate").returncode == 0
     assert shapes(app) == {"mac": 0, "hw": ROWS}
+
+
+def recover_finishes_the_rollback(app: Appliance) -> None:
+    """`recover` alone: every record back in the old shape, no checkpoint, rolled back."""
+    recover = app.cli("recover")
+    assert recover.returncode == 0, recover.stderr
+    assert f"recovered {STATE}: rolled_back" in recover.stdout
+    assert shapes(app) == {"mac": ROWS, "hw": 0}
+    assert checkpoints(app) == []
+    assert state_of(app, STATE) == "rolled_back"
+    assert app.cli("validate").returncode == 0
 
 
 def cut_run(history: list[dict]) -> str:
@@ -179,13 +184,7 @@ def test_a_rollback_an_older_recovery_left_half_done_is_named_and_finished(
         in validate.stdout
     )
 
-    recover = app.cli("recover")
-    assert recover.returncode == 0, recover.stderr
-    assert f"recovered {STATE}: rolled_back" in recover.stdout
-    assert shapes(app) == {"mac": ROWS, "hw": 0}
-    assert checkpoints(app) == []
-    assert state_of(app, STATE) == "rolled_back"
-    assert app.cli("validate").returncode == 0
+    recover_finishes_the_rollback(app)
     logs = app.cli("log", STATE).stdout
     assert "finishing a rollback cut after 40 rows of leases" in logs
 
