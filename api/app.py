@@ -47,12 +47,13 @@ from flywall.api import answers
 from flywall.api.answers import DebugReport, HistoryItem
 from flywall.api.runs import RunAccepted, Runs, RunStatus
 from flywall.api.security import token_name
-from flywall.core import commands, errors
-from flywall.core import events as ev
+from flywall.core import commands
+from flywall.core.appliance.workspace import Workspace
 from flywall.core.commands import MigrationRow, StatusReport
-from flywall.core.dryrun import DryRunReport
-from flywall.core.engine import RunReport
-from flywall.core.workspace import Workspace
+from flywall.core.model import errors
+from flywall.core.model import events as ev
+from flywall.core.rehearsal.dryrun import DryRunReport
+from flywall.core.runtime.engine import RunReport
 from flywall.journal import JournalCorrupt, JournalError, JournalUnreadable
 
 log = logging.getLogger(__name__)

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from flywall.core.commands import iso
-from flywall.core.engine import RunReport, new_run_id
-from flywall.core.errors import FlywallError
+from flywall.core.model.errors import FlywallError
+from flywall.core.runtime.engine import RunReport, new_run_id
 from flywall.journal import JournalError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from flywall.core.workspace import Workspace
+    from flywall.core.appliance.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Runs:
         """
         if self._workspace is None:
             return
-        from flywall.core import notify
+        from flywall.core.services import notify
 
         try:
             notify.deliver(self._workspace())

@@ -27,7 +27,7 @@ def notify(as_json: bool) -> None:
     """Deliver pending notices to every channel now (exit 1 if one is unreachable)."""
     from flywall.cli import render
     from flywall.core import commands
-    from flywall.core.errors import EXIT_MIGRATION_FAILED
+    from flywall.core.model.errors import EXIT_MIGRATION_FAILED
 
     ws = _workspace()
     results = commands.notify(ws)

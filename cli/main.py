@@ -15,7 +15,7 @@ import click
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from flywall.core.workspace import Workspace
+    from flywall.core.appliance.workspace import Workspace
 
 EXIT_CODES = """Exit codes: 0 ok; 1 a migration failed; 2 usage or invalid input;
 3 busy (another run holds the lock); 4 validation failed, drift, or tampered journal."""
@@ -131,7 +131,7 @@ def status(verbose: bool, as_json: bool) -> None:
     report = commands.status(_workspace(), verbose=verbose)
     render.emit_json(report) if as_json else render.status(report)
     if report.drift:
-        from flywall.core.errors import EXIT_VALIDATION
+        from flywall.core.model.errors import EXIT_VALIDATION
 
         sys.exit(EXIT_VALIDATION)
 
@@ -318,7 +318,7 @@ def checksums(as_json: bool) -> None:
     """Compare each migration file's checksum with the one it was applied with."""
     from flywall.cli import render
     from flywall.core import commands
-    from flywall.core.errors import EXIT_VALIDATION
+    from flywall.core.model.errors import EXIT_VALIDATION
 
     rows = commands.checksums(_workspace())
     render.emit_json(rows) if as_json else render.checksums(rows)
@@ -331,9 +331,9 @@ def checksums(as_json: bool) -> None:
 def validate(as_json: bool) -> None:
     """Check the journal, checksums, config, state.db and drift (exit 4; deprecations only warn)."""
     from flywall.cli import render
-    from flywall.core.errors import EXIT_VALIDATION
-    from flywall.core.validate import WARNING_CHECKS
-    from flywall.core.validate import validate as run_checks
+    from flywall.core.model.errors import EXIT_VALIDATION
+    from flywall.core.services.validate import WARNING_CHECKS
+    from flywall.core.services.validate import validate as run_checks
 
     report = run_checks(_workspace())
     if as_json:
@@ -382,7 +382,7 @@ def journal_verify(as_json: bool) -> None:
 def demo(directory: Path, layout: str, as_json: bool) -> None:
     """Build a sample appliance tree in DIRECTORY to try every command on."""
     from flywall.cli import render
-    from flywall.core import demo as demo_tree
+    from flywall.core.appliance import demo as demo_tree
 
     made = demo_tree.build(directory, layout)
     if as_json:

@@ -12,9 +12,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     from flywall.core.commands import ChecksumRow, MigrationRow, StatusReport
-    from flywall.core.dryrun import DryRunReport
-    from flywall.core.engine import RunReport
-    from flywall.core.trial import TrialReport, TrialStep
+    from flywall.core.rehearsal.dryrun import DryRunReport
+    from flywall.core.rehearsal.trial import TrialReport, TrialStep
+    from flywall.core.runtime.engine import RunReport
 
 
 _captured: list[str] | None = None

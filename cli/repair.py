@@ -65,7 +65,9 @@ def backup_list(as_json: bool) -> None:
 def backup_restore(backup_id: str, yes: bool, as_json: bool) -> None:
     """Restore BACKUP_ID (after a safety backup); journals what it rolls back."""
     from flywall.cli import render
-    from flywall.core import backup, commands, errors
+    from flywall.core import commands
+    from flywall.core.model import errors
+    from flywall.core.services import backup
 
     ws = _workspace()
     manifest = backup.read_manifest(ws, backup_id)  # an unknown id fails before the question

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from flywall.core.workspace import Workspace
+    from flywall.core.appliance.workspace import Workspace
 
 
 def workspace(obj: dict[str, Any]) -> Workspace:
     """The appliance the `migration` group's options name."""
-    from flywall.core.workspace import Workspace
+    from flywall.core.appliance.workspace import Workspace
 
     ws = Workspace.load(obj["root"], obj["config"])
     ws.lock_wait = obj.get("wait") or 0.0  # --wait SECONDS, on writing commands
@@ -31,7 +31,7 @@ def hooks(events: str | None, as_json: bool) -> dict[str, Any]:
     """Return the engine callbacks: JSON lines, or human progress on stderr."""
     from flywall.cli.render import echo, emit_json
     from flywall.core import commands
-    from flywall.core import events as ev
+    from flywall.core.model import events as ev
 
     if events == "jsonl":
         return {"on_event": lambda row, event: emit_json(commands.event_dict(row, event))}
@@ -83,7 +83,7 @@ def _dry_run(
     """`migrate --dry-run` (or `dry_run = true`): exit 1 when a migration failed."""
     from flywall.cli import render
     from flywall.core import commands
-    from flywall.core.errors import EXIT_MIGRATION_FAILED
+    from flywall.core.model.errors import EXIT_MIGRATION_FAILED
 
     report = commands.dry_run(
         ws, target=target, accept_drift=accept_drift, **hooks(events, as_json)
@@ -126,7 +126,7 @@ def backup_create(obj: dict[str, Any], *, verify: bool, as_json: bool) -> None:
     """`backup create`: back up every target now; exit 4 if a copy does not match."""
     from flywall.cli.render import echo, emit_json
     from flywall.core import commands
-    from flywall.core.errors import EXIT_VALIDATION
+    from flywall.core.model.errors import EXIT_VALIDATION
 
     row = commands.backup_create(workspace(obj), verify=verify)
     if as_json:
@@ -148,7 +148,7 @@ def deliver_quietly(obj: dict[str, Any]) -> None:
     """Deliver notices; a dead channel is a warning on stderr, never the command's failure."""
     from flywall.cli.render import echo
     from flywall.core import commands
-    from flywall.core.errors import FlywallError
+    from flywall.core.model.errors import FlywallError
     from flywall.journal import JournalError
 
     try:
@@ -176,8 +176,8 @@ def then_deliver(run: Callable[[], Any], obj: Callable[[], dict[str, Any]]) -> A
     143); its notice waits in the journal for the next delivery, so ^C is not held up by a
     dead channel.
     """
-    from flywall.core import pytimeout
-    from flywall.core.errors import RunInterrupted
+    from flywall.core.model.errors import RunInterrupted
+    from flywall.core.runtime import pytimeout
 
     interrupted = False
     try:
@@ -204,7 +204,7 @@ def error_exit_code(error: Exception, traceback: bool) -> int | None:
 
     None: not an error a user can cause (or --traceback): the caller re-raises it.
     """
-    from flywall.core.errors import FlywallError
+    from flywall.core.model.errors import FlywallError
     from flywall.journal import JournalCorrupt, JournalError
 
     if not isinstance(error, (FlywallError, JournalError)) or traceback:

@@ -77,7 +77,7 @@ def config_path(root: str, config: str | None) -> str:
     """The settings file as load_settings finds it (migration.hcl in the layout found)."""
     if config is not None:
         return config
-    from flywall.core.layout import detect
+    from flywall.core.appliance.layout import detect
 
     return detect(root).settings
 
@@ -290,7 +290,7 @@ def store(
 
     Returns whether a memo was written (nothing is, if an input is racy or the lock is held).
     """
-    from flywall.core.crash import crashpoint
+    from flywall.core.runtime.crash import crashpoint
 
     if _has_device_key(root, config):
         return False

@@ -13,25 +13,26 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from flywall.core import errors, projection
-from flywall.core import events as ev
-from flywall.core.lifecycle import State
-from flywall.core.lock import current_holder
-from flywall.core.recovery import Decision  # noqa: TC001 - at runtime: msgspec and OpenAPI read annotations
+from flywall.core.model import errors, projection
+from flywall.core.model import events as ev
+from flywall.core.model.lifecycle import State
+from flywall.core.runtime.lock import current_holder
+from flywall.core.runtime.recovery import Decision  # noqa: TC001 - at runtime: msgspec and OpenAPI read annotations
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
     from typing import TextIO
 
-    from flywall.core import audit, signing
-    from flywall.core import notify as notify_
-    from flywall.core.backup import Manifest
-    from flywall.core.discovery import Migration
-    from flywall.core.dryrun import DryRunReport
-    from flywall.core.engine import Engine, RunReport
-    from flywall.core.trial import TrialReport
-    from flywall.core.workspace import Workspace
+    from flywall.core.appliance.workspace import Workspace
+    from flywall.core.rehearsal.dryrun import DryRunReport
+    from flywall.core.rehearsal.trial import TrialReport
+    from flywall.core.runtime.engine import Engine, RunReport
+    from flywall.core.scripts import signing
+    from flywall.core.scripts.discovery import Migration
+    from flywall.core.services import audit
+    from flywall.core.services import notify as notify_
+    from flywall.core.services.backup import Manifest
     from flywall.journal import Journal, StoredEvent
 
 
@@ -182,7 +183,7 @@ def _counts(ws: Workspace, state: projection.Projection) -> dict[str, int]:
 
 def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
     """Summarise the appliance: component versions, counts, journal head, interruptions."""
-    from flywall.core.validate import missing_files  # the one rule, shared with validate
+    from flywall.core.services.validate import missing_files  # the one rule, shared with validate
 
     state, journal = _read_state(ws)
     try:
@@ -246,7 +247,8 @@ def _evidence(ws: Workspace, state: projection.Projection) -> tuple[list[Decisio
 
     Skipped while a writer holds the lock: mid-run, the target is legitimately ahead.
     """
-    from flywall.core import drift, recovery
+    from flywall.core.runtime import recovery
+    from flywall.core.services import drift
     from flywall.core.targets.database import open_existing
 
     db = open_existing(ws.paths.state_db, ws.settings.version_table)
@@ -292,7 +294,7 @@ def history(
     :raises UsageError: `migration` names no file and no journaled migration (as `log`:
         a typo must not look like a migration without history).
     """
-    from flywall.core.audit import EventFilter
+    from flywall.core.services.audit import EventFilter
 
     keep = EventFilter(kinds=kinds, actor=actor, since=since, until=until)
     journal = ws.read_journal()
@@ -382,7 +384,7 @@ def journal_verify(ws: Workspace) -> VerifyReport:
 
     :raises JournalTampered: naming the first bad seq.
     """
-    from flywall.core.lifecycle import Lifecycle
+    from flywall.core.model.lifecycle import Lifecycle
     from flywall.journal import JournalCorrupt
 
     journal = ws.read_journal()
@@ -423,8 +425,8 @@ def adopt_device_key(ws: Workspace, *, actor: ev.Actor | None = None) -> AdoptRe
     :raises JournalTampered: the plain chain is broken (nothing is written).
     :raises Busy: another writer holds the lock.
     """
-    from flywall.core.crash import crashpoint
-    from flywall.core.lock import Holder, WriterLock
+    from flywall.core.runtime.crash import crashpoint
+    from flywall.core.runtime.lock import Holder, WriterLock
     from flywall.journal import ADOPTED, Entry, JournalCorrupt, JournalKeyedAlready, key_id
 
     key = ws.device_key()
@@ -471,7 +473,7 @@ def migrate(
     :param run_id: the run's id (the API chooses it to answer before the run ends).
     :param on_locked: called once the writer lock is held (the API answers 202 then).
     """
-    from flywall.core.engine import Engine
+    from flywall.core.runtime.engine import Engine
 
     with Engine(
         ws, "migrate", actor=actor, on_event=on_event, on_progress=on_progress, run_id=run_id
@@ -499,7 +501,7 @@ def rollback(
     An irreversible migration (no down) is rolled back only by restoring a backup taken
     before it, with `yes`. `run_id` and `on_locked` as for `migrate`.
     """
-    from flywall.core.engine import Engine
+    from flywall.core.runtime.engine import Engine
 
     with Engine(ws, "rollback", actor=actor, on_event=on_event, run_id=run_id) as e:
         if on_locked is not None:
@@ -519,7 +521,7 @@ def dry_run(
 
     `migrate` does this instead when `dry_run = true` in settings (see `wants_dry_run`).
     """
-    from flywall.core.dryrun import dry_run as rehearse
+    from flywall.core.rehearsal.dryrun import dry_run as rehearse
 
     return rehearse(ws, target=target, accept_drift=accept_drift, actor=actor, on_event=on_event)
 
@@ -535,7 +537,7 @@ def check_target(ws: Workspace, target: str | None) -> None:
     :raises UsageError: `target` is neither a migration version nor a schema_version.
     """
     if target is not None:
-        from flywall.core.planner import resolve_target
+        from flywall.core.model.planner import resolve_target
 
         resolve_target(ws.migrations, target)
 
@@ -549,7 +551,7 @@ def test(
     actor: ev.Actor | None = None,  # noqa: PT028
 ) -> TrialReport:
     """Rehearse pending migrations on a copy: with-data, rollback, performance, isolation."""
-    from flywall.core import trial
+    from flywall.core.rehearsal import trial
 
     return trial.run(ws, mode, version, actor=actor)
 
@@ -570,7 +572,7 @@ def recover(
     same run), so a firmware update that shipped new migrations is complete before the
     daemon reads its files.
     """
-    from flywall.core.engine import Engine
+    from flywall.core.runtime.engine import Engine
 
     if ws.settings.auto_migrate:
         return migrate(ws, actor=actor, on_event=on_event)
@@ -590,7 +592,7 @@ def recover(
 
 
 def _recovery_report(run_id: str | None, decisions: list[Decision]) -> RunReport:
-    from flywall.core.engine import RunReport
+    from flywall.core.runtime.engine import RunReport
 
     outcome = "completed" if decisions or run_id else "nothing_to_do"
     return RunReport(command="recover", run_id=run_id, outcome=outcome, recovered=decisions)
@@ -764,7 +766,7 @@ class BackupRow(msgspec.Struct, kw_only=True):
 
 def backup_list(ws: Workspace) -> list[BackupRow]:
     """List complete backups, oldest first, each verified against its manifest."""
-    from flywall.core import backup
+    from flywall.core.services import backup
 
     return [_backup_row(m, ok=not backup.verify(ws, m)) for m in backup.list_backups(ws)]
 
@@ -794,8 +796,8 @@ def backup_create(
     `verify` re-reads the copies against the digests taken of the sources, so a faulty
     copy is caught now rather than at restore time (about 0.2 s per GiB).
     """
-    from flywall.core import backup
-    from flywall.core.engine import Engine
+    from flywall.core.runtime.engine import Engine
+    from flywall.core.services import backup
 
     with Engine(ws, "backup create", actor=actor, on_event=on_event) as e:
         e.recover()
@@ -812,7 +814,7 @@ def backup_restore(
     on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
 ) -> RunReport:
     """Verify a backup, take a safety backup, restore it, journal what it rolled back."""
-    from flywall.core.engine import Engine
+    from flywall.core.runtime.engine import Engine
 
     with Engine(ws, "backup restore", actor=actor, on_event=on_event) as e:
         recovered = e.recover()
@@ -825,8 +827,8 @@ def backup_restore(
 
 def backup_prune(ws: Workspace, *, keep: int = 1, actor: ev.Actor | None = None) -> list[str]:
     """Remove all but the newest `keep` backups (never the newest); return the removed ids."""
-    from flywall.core import backup
-    from flywall.core.engine import Engine
+    from flywall.core.runtime.engine import Engine
+    from flywall.core.services import backup
 
     if keep < 1:
         raise errors.UsageError("--keep must be at least 1: the newest backup is never pruned")
@@ -852,7 +854,7 @@ def confirm(
     on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
 ) -> RunReport:
     """Confirm the runs awaiting confirmation (`confirm_within`), so they are kept."""
-    from flywall.core.engine import Engine
+    from flywall.core.runtime.engine import Engine
 
     with Engine(ws, "confirm", actor=actor, on_event=on_event) as e:
         waiting = set(e.state.unconfirmed)
@@ -887,7 +889,7 @@ def confirm_when_healthy(
     :raises DaemonUnhealthy: no answer within `deadline_s`; the window stays open, and
         once it closes the next writing command rolls the run back.
     """
-    from flywall.core import health
+    from flywall.core.appliance import health
 
     if not url.startswith(("http://", "https://")):
         raise errors.UsageError(f"--when-healthy {url[:64]!r}: give an http:// or https:// URL")
@@ -914,7 +916,7 @@ def install_units(root: Path, executable: str | None = None) -> list[Path]:
     import sys
     from pathlib import Path
 
-    from flywall.core import systemd
+    from flywall.core.appliance import systemd
 
     if executable is None:
         beside = Path(sys.executable).with_name("flywall-migration")
@@ -937,7 +939,7 @@ def force(
     actor: ev.Actor | None = None,
 ) -> RunReport:
     """Set a migration's state by hand, journaled with actor and reason (StateForced)."""
-    from flywall.core.engine import Engine
+    from flywall.core.runtime.engine import Engine
 
     if not reason.strip():
         raise errors.UsageError("force needs --reason: the journal records why")
@@ -965,7 +967,7 @@ def repair(ws: Workspace, version: str, reason: str, *, actor: ev.Actor | None =
 
     :raises UsageError: no reason, not applied, no file, or the file is unchanged.
     """
-    from flywall.core.engine import Engine
+    from flywall.core.runtime.engine import Engine
 
     if not reason.strip():
         raise errors.UsageError("repair needs --reason: the journal records why")
@@ -1022,7 +1024,7 @@ def _forced(ws: Workspace, e: Engine, version: str, target: State, reason: str) 
 
 def debug(ws: Workspace, version: str) -> dict[str, Any]:
     """Everything known about one migration: file, checksums, state, events, log, backups."""
-    from flywall.core import backup
+    from flywall.core.services import backup
 
     state, journal = _read_state(ws)
     m = ws.migration(version)
@@ -1056,7 +1058,7 @@ def _debug_sql(ws: Workspace, m: Migration | None, rec: Any) -> dict[str, str | 
     sql = {"up": m.up_sql, "down": m.down_sql, "verify": m.verify_sql}
     pending = rec is None or rec.state == State.PENDING
     if m.kind == "python" and m.component == "database" and pending:
-        from flywall.core import dryrun
+        from flywall.core.rehearsal import dryrun
 
         sql["up"] = dryrun.traced_sql(ws, m.version)
     return sql
@@ -1069,41 +1071,41 @@ def notify(ws: Workspace) -> list[notify_.ChannelResult]:
     """Deliver pending start/complete/failure notices to every channel (at least once)."""
     if not ws.settings.notification_channels:
         return []  # what deliver() answers then, without importing the outbox after every run
-    from flywall.core import notify as outbox
+    from flywall.core.services import notify as outbox
 
     return outbox.deliver(ws)
 
 
 def replay(ws: Workspace, until: str) -> audit.ReplayReport:
     """Show the state as it was at seq or ISO-8601 time `until`, replayed from the journal."""
-    from flywall.core import audit as forensics
+    from flywall.core.services import audit as forensics
 
     return forensics.replay(ws, until)
 
 
 def journal_export(ws: Workspace, out: TextIO) -> int:
     """Write every journal event to `out` as JSON lines; return how many."""
-    from flywall.core import audit as forensics
+    from flywall.core.services import audit as forensics
 
     return forensics.export(ws, out)
 
 
 def journal_export_to(ws: Workspace, path: Path) -> int:
     """Write the export to the file `path`, whole or not at all; return how many events."""
-    from flywall.core import audit as forensics
+    from flywall.core.services import audit as forensics
 
     return forensics.export_to(ws, path)
 
 
 def journal_verify_export(ws: Workspace, path: Path) -> audit.ExportReport:
     """Re-hash an exported journal offline; name the first altered line."""
-    from flywall.core import audit as forensics
+    from flywall.core.services import audit as forensics
 
     return forensics.verify_export(ws, path)
 
 
 def sign(ws: Workspace, key: Path) -> signing.SignReport:
     """Write signatures.json for the migrations directory, signed with Ed25519 `key`."""
-    from flywall.core import signing as signer
+    from flywall.core.scripts import signing as signer
 
     return signer.sign(ws, key)

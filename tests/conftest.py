@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flywall.core.workspace import Workspace
+from flywall.core.appliance.workspace import Workspace
 
 FLYWALL = str(Path(sys.executable).with_name("flywall"))
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from conftest import Appliance, create_table_migration
 from crashkit import check_after_cut, killed
 
-from flywall.core import backup
+from flywall.core.services import backup
 from flywall.journal import Journal
 
 if TYPE_CHECKING:

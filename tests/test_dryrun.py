@@ -11,14 +11,16 @@ import msgspec
 import pytest
 from conftest import Appliance, create_table_migration
 
-from flywall.core import commands, demo, projection
-from flywall.core import events as ev
-from flywall.core.dryrun import RecoveryNeeded
+from flywall.core import commands
+from flywall.core.appliance import demo
+from flywall.core.model import events as ev
+from flywall.core.model import projection
+from flywall.core.rehearsal.dryrun import RecoveryNeeded
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from flywall.core.workspace import Workspace
+    from flywall.core.appliance.workspace import Workspace
 
 CONFIG_MIGRATION = '''\
 """Set a login banner (a config migration of the test's own)."""

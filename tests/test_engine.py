@@ -10,10 +10,12 @@ import freezegun
 import pytest
 from conftest import create_table_migration
 
-from flywall.core import commands, demo, errors, projection
-from flywall.core.engine import Engine
+from flywall.core import commands
+from flywall.core.appliance import demo
+from flywall.core.appliance.workspace import Workspace
+from flywall.core.model import errors, projection
+from flywall.core.runtime.engine import Engine
 from flywall.core.targets.database import bookkeeping, schema_fingerprint
-from flywall.core.workspace import Workspace
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -329,7 +331,7 @@ def test_the_state_machine_is_imported_only_by_a_writer_that_writes_an_event(app
     probe = (
         "import sys\n"
         "from flywall.core import commands\n"
-        "from flywall.core.workspace import Workspace\n"
+        "from flywall.core.appliance.workspace import Workspace\n"
         f"commands.migrate(Workspace.load({str(appliance.root)!r}))\n"
         "print('transitions' in sys.modules)\n"
     )
@@ -386,7 +388,7 @@ def test_a_sql_verify_is_an_assertion_on_the_data(
 
 
 def test_a_sql_verify_query_that_returns_no_row_fails() -> None:
-    from flywall.core import sqlverify
+    from flywall.core.scripts import sqlverify
 
     db = apsw.Connection(":memory:")
     db.execute("CREATE TABLE t (x)")

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from flywall.core import events as ev
+from flywall.core.model import events as ev
 from flywall.journal import (
     GENESIS,
     Entry,

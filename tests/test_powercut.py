@@ -31,9 +31,11 @@ import pytest
 from crashsim import vfs
 from crashsim.invariants import AckLog, Observed, check_after_cut, observe
 
-from flywall.core import backup, commands, errors
-from flywall.core.settings import load_settings
-from flywall.core.workspace import SqliteOptions, Workspace
+from flywall.core import commands
+from flywall.core.appliance.settings import load_settings
+from flywall.core.appliance.workspace import SqliteOptions, Workspace
+from flywall.core.model import errors
+from flywall.core.services import backup
 
 LONG = os.environ.get("FLYWALL_TORTURE") == "long"
 SAMPLES = 8

@@ -14,13 +14,14 @@ from conftest import Appliance, create_table_migration
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from flywall.core import commands, errors, projection
-from flywall.core import events as ev
-from flywall.core.engine import Engine, RunReport
-from flywall.core.lifecycle import Lifecycle, State
-from flywall.core.planner import UP_FROM
-from flywall.core.projection import Projection
-from flywall.core.recorder import Recorder
+from flywall.core import commands
+from flywall.core.model import errors, projection
+from flywall.core.model import events as ev
+from flywall.core.model.lifecycle import Lifecycle, State
+from flywall.core.model.planner import UP_FROM
+from flywall.core.model.projection import Projection
+from flywall.core.runtime.engine import Engine, RunReport
+from flywall.core.runtime.recorder import Recorder
 from flywall.core.targets.database import MARKERS
 from flywall.journal import GENESIS, Journal
 

@@ -466,7 +466,7 @@ def test_every_listed_file_is_keyed(tmp_path, monkeypatch):
     memo = statusmemo._decode(Path(statusmemo.memo_path(str(root), "status")).read_bytes())
     assert memo is not None
     listed = set(memo[2])
-    for module in ("flywall.cli.statusmemo", "flywall.core.crash", "blake3"):
+    for module in ("flywall.cli.statusmemo", "flywall.core.runtime.crash", "blake3"):
         assert sys.modules[module].__file__ in listed, module
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import apsw
 import blake3
 
-from flywall.core.crash import crashpoint
+from flywall.core.runtime.crash import crashpoint
 from flywall.core.targets.records import CHECKPOINTS, clear_checkpoints
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class DatabaseTarget:
         try:
             self.db = apsw.Connection(str(path), flags=flags, **kwargs)
         except apsw.CantOpenError as e:  # e.g. a directory in its place
-            from flywall.core.errors import ValidationFailed
+            from flywall.core.model.errors import ValidationFailed
 
             raise ValidationFailed(f"{path}: cannot open the database: {e}") from e
         self.db.set_busy_timeout(5000)
@@ -62,7 +62,7 @@ class DatabaseTarget:
                 self.db.execute("PRAGMA journal_mode = WAL").fetchall()
             mode = self.db.execute("PRAGMA journal_mode").fetchall()[0][0]
         except (apsw.NotADBError, apsw.CorruptError, apsw.CantOpenError) as e:
-            from flywall.core.errors import ValidationFailed
+            from flywall.core.model.errors import ValidationFailed
 
             self.db.close()
             raise ValidationFailed(f"{path}: cannot open the database: {e}") from e

@@ -15,7 +15,7 @@ from typing import Any
 import blake3
 import msgspec
 
-from flywall.core import fileio
+from flywall.core.runtime import fileio
 
 
 def digest(content: bytes | None) -> str | None:
@@ -50,7 +50,7 @@ class ConfigTarget(FileTarget):
 
         :raises ConfigParseError: naming the file, line and column.
         """
-        from flywall.core.hcl import Document
+        from flywall.core.formats.hcl import Document
 
         text = "" if content is None else content.decode("utf-8")
         return Document.parse(text, str(self.path))

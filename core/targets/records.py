@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from flywall.core import pytimeout
-from flywall.core.crash import crashpoint
+from flywall.core.runtime import pytimeout
+from flywall.core.runtime.crash import crashpoint
 from flywall.core.targets.store import DELETE, Bucket, Progress
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ class Records:
     def _commit_batch(self, table: str, last_key: Any, done: int, total: int) -> None:
         """Commit this batch with its checkpoint, journal it, and open the next transaction.
 
-        The engine's own code: a Python timeout waits until it is done (core/pytimeout).
+        The engine's own code: a Python timeout waits until it is done (core/runtime/pytimeout).
         """
         with pytimeout.engine_code():
             self._commit_and_journal(table, last_key, done, total)

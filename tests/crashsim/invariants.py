@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING
 import apsw
 import msgspec
 
-from flywall.core import events as ev
-from flywall.core import projection
-from flywall.core.lifecycle import Lifecycle, State
+from flywall.core.model import events as ev
+from flywall.core.model import projection
+from flywall.core.model.lifecycle import Lifecycle, State
 from flywall.core.targets.database import open_existing
 from flywall.journal import Journal, JournalCorrupt
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from flywall.core.workspace import Workspace
+    from flywall.core.appliance.workspace import Workspace
     from flywall.journal import StoredEvent
 
 
