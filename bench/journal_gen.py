@@ -27,6 +27,7 @@ from flywall.core.appliance.workspace import Workspace
 from flywall.core.model import events as ev
 from flywall.core.model import projection as proj
 from flywall.core.model.lifecycle import Lifecycle, State
+from flywall.core.runtime import snapshot
 from flywall.core.runtime.lock import Holder, WriterLock
 from flywall.core.targets.database import MARKERS, bookkeeping, schema_fingerprint
 from flywall.journal import Entry, Journal
@@ -136,7 +137,7 @@ def main() -> int:  # noqa: PLR0915 - one straight story, told in order
             if len(w.pending) >= FLUSH:
                 w.flush()
         w.flush()
-        proj.save_snapshot(journal, w.projection)
+        snapshot.save(journal, w.projection)
         # state.db as the history leaves it: each cycled marker rewritten by its last re-apply
         with db:
             for v, r in last_run.items():

@@ -16,6 +16,8 @@ import msgspec
 from flywall.core.model import errors, projection
 from flywall.core.model import events as ev
 from flywall.core.model.lifecycle import State
+from flywall.core.model.times import iso
+from flywall.core.runtime import snapshot
 from flywall.core.runtime.lock import current_holder
 from flywall.core.runtime.recovery import Decision  # noqa: TC001 - at runtime: msgspec and OpenAPI read annotations
 
@@ -34,14 +36,6 @@ if TYPE_CHECKING:
     from flywall.core.services import notify as notify_
     from flywall.core.services.backup import Manifest
     from flywall.journal import Journal, StoredEvent
-
-
-def iso(at_ns: int | None) -> str | None:
-    """Render a journal time as UTC ISO-8601 with milliseconds."""
-    if at_ns is None:
-        return None
-    seconds, ns = divmod(at_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ns // 1_000_000:03d}Z"
 
 
 # -- read-only ------------------------------------------------------------------------
@@ -119,7 +113,7 @@ class StatusReport(msgspec.Struct, kw_only=True):
 
 def _read_state(ws: Workspace) -> tuple[projection.Projection, Journal | None]:
     journal = ws.read_journal()
-    return projection.load(journal), journal
+    return snapshot.load(journal), journal
 
 
 def list_migrations(
@@ -205,7 +199,7 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
             },
             expired_confirmation=_expired(state),
             lock_holder=holder.describe() if holder else None,
-            last_run=run_summary(last),
+            last_run=projection.run_summary(last),
             current_version=ws.settings.current_version,
             migrations=rows,
             paths=paths_info(ws),
@@ -227,18 +221,6 @@ def _expired(state: projection.Projection) -> dict[str, list[str]]:
         run_id: list(run.applied)
         for run_id, run in state.unconfirmed.items()
         if run.confirm_by_ns is not None and run.confirm_by_ns <= now
-    }
-
-
-def run_summary(run: projection.RunRecord | None) -> dict[str, Any] | None:
-    """The last finished run as status shows it (also `replay`)."""
-    if run is None:
-        return None
-    return {
-        "run_id": run.run_id,
-        "command": run.command,
-        "outcome": run.outcome,
-        "finished_at": iso(run.finished_ns),
     }
 
 

@@ -17,7 +17,8 @@ from flywall.journal.errors import (
     JournalTooNew,
     JournalUnreadable,
 )
-from flywall.journal.store import Entry, Journal, StoredEvent
+from flywall.journal.rows import Entry, StoredEvent
+from flywall.journal.store import Journal
 
 __all__ = [
     "ADOPTED",

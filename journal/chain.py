@@ -30,7 +30,7 @@ from flywall.journal.errors import JournalCorrupt
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from flywall.journal.store import StoredEvent
+    from flywall.journal.rows import StoredEvent
 
 GENESIS = bytes(32)
 """The prev_hash of seq 1."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Self
+from typing import TYPE_CHECKING, Self
 
 import apsw
 
@@ -25,6 +25,7 @@ from flywall.journal.errors import (
     JournalTooNew,
     JournalUnreadable,
 )
+from flywall.journal.rows import Entry, StoredEvent
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,29 +40,6 @@ _STORED_BYTES = (
     "seq, at_ns, CAST(run_id AS BLOB), CAST(migration AS BLOB), CAST(kind AS BLOB), "
     "CAST(body AS BLOB), CAST(prev_hash AS BLOB), CAST(hash AS BLOB)"
 )
-
-
-class Entry(NamedTuple):
-    """An event to append; the store assigns seq, time (if not given) and hashes."""
-
-    kind: str
-    body: bytes
-    run_id: str = ""
-    migration: str = ""
-    at_ns: int | None = None
-
-
-class StoredEvent(NamedTuple):
-    """One row of the `events` table, exactly as stored."""
-
-    seq: int
-    at_ns: int
-    run_id: str
-    migration: str
-    kind: str
-    body: bytes
-    prev_hash: bytes
-    hash: bytes
 
 
 class Journal:

@@ -14,6 +14,7 @@ from flywall.core import commands
 from flywall.core.appliance import demo
 from flywall.core.appliance.workspace import Workspace
 from flywall.core.model import errors, projection
+from flywall.core.runtime import snapshot
 from flywall.core.runtime.engine import Engine
 from flywall.core.targets.database import bookkeeping, schema_fingerprint
 
@@ -106,7 +107,7 @@ def replayed(app: Appliance) -> tuple[projection.Projection, projection.Projecti
     journal = app.workspace().read_journal()
     assert journal is not None
     with journal:
-        return projection.load(journal, use_snapshot=False), projection.load(journal)
+        return snapshot.load(journal, use_snapshot=False), snapshot.load(journal)
 
 
 # -- replay ---------------------------------------------------------------------------
@@ -142,10 +143,10 @@ def test_replaying_the_journal_reproduces_the_live_state_and_status(appliance):
     before = commands.status(ws, verbose=True)
     with ws.read_journal() as journal:
         journal.connection.execute("DELETE FROM snapshots")
-        assert projection.load(journal) == live
+        assert snapshot.load(journal) == live
         # An old snapshot is only a head start: the events after it are replayed on top.
         journal.connection.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?)", old_snapshot[0])
-        assert projection.load(journal) == live
+        assert snapshot.load(journal) == live
         journal.connection.execute("DELETE FROM snapshots")
     assert commands.status(ws, verbose=True) == before
     assert before.counts["applied"] == 2
@@ -173,8 +174,8 @@ def test_a_snapshot_with_every_field_written_out_still_loads_as_the_same_state(a
         assert "last_error" in record, "the older form names every field"
         assert len(full) > len(body), "the snapshot written now leaves defaults out"
         conn.execute("UPDATE snapshots SET body = ?", (full,))
-        assert projection._load_snapshot(journal) == live  # decoded, not replayed instead
-        assert projection.load(journal) == live
+        assert snapshot._load_cached(journal) == live  # decoded, not replayed instead
+        assert snapshot.load(journal) == live
 
 
 def test_the_database_refuses_to_change_or_delete_journal_rows(appliance):

@@ -202,16 +202,6 @@ class Workspace:
             self._device_key = _read_device_key(path)
         return self._device_key
 
-    def check_signatures(self) -> None:
-        """With `require_signatures`, refuse migrations not signed by a trusted key.
-
-        :raises SignatureRefused: naming the unsigned, modified or untrusted file.
-        """
-        if self.settings.require_signatures:
-            from flywall.core.scripts.signing import check
-
-            check(self)
-
 
 def _read_device_key(path: Path) -> bytes:
     from flywall.core.model.errors import SettingsError
@@ -223,7 +213,7 @@ def _read_device_key(path: Path) -> bytes:
         raise SettingsError(f"{path}: device key file: cannot read: {e.strerror}") from e
     if mode & 0o077:
         raise SettingsError(f"{path}: device key file must be mode 0600 (it is {mode:04o})")
-    from flywall.core.scripts.signing import raw_or_hex  # the same two forms as a signing key
+    from flywall.core.appliance.keys import raw_or_hex  # the same two forms as a signing key
 
     key = raw_or_hex(raw)
     if key is not None:

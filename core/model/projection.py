@@ -1,28 +1,71 @@
 """Replay: every status, state and version is derived from the journal here (DESIGN §2, §6).
 
-`Projection` is the replayed state. It is a msgspec Struct so it can be cached as a snapshot
-beside the journal, keyed by the seq and chain hash it was computed at: a read loads the
-snapshot, checks that the journal still has that hash at that seq, and replays only what
-follows. Dropping the snapshot loses nothing.
+`Projection` is the replayed state: a pure fold of journal rows through the lifecycle. It is
+a msgspec Struct so `flywall.core.runtime.snapshot` can cache it beside the journal;
+dropping that cache loses nothing.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-import apsw
 import msgspec
 
 from flywall.core.model import events as ev
 from flywall.core.model.errors import IllegalTransition, JournalTampered
 from flywall.core.model.lifecycle import State, trigger_for
-from flywall.journal import GENESIS
+from flywall.core.model.times import iso
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from flywall.core.model.lifecycle import Lifecycle
-    from flywall.journal import Journal, StoredEvent
+
+
+# The hash before the journal's first event (the journal's GENESIS; a test keeps them equal).
+START_HASH = bytes(32)
+
+
+class EventRow(Protocol):
+    """One stored journal event, as the fold reads it (the journal's `StoredEvent` is one).
+
+    A protocol, not the journal's type: the model is pure and imports no storage.
+    """
+
+    @property
+    def seq(self) -> int:
+        """Its place in the chain."""
+        ...
+
+    @property
+    def at_ns(self) -> int:
+        """When it was appended (ns since the epoch)."""
+        ...
+
+    @property
+    def run_id(self) -> str:
+        """The run that wrote it."""
+        ...
+
+    @property
+    def migration(self) -> str:
+        """The migration it is about, or empty."""
+        ...
+
+    @property
+    def kind(self) -> str:
+        """The event's type name."""
+        ...
+
+    @property
+    def body(self) -> bytes:
+        """The msgpack-encoded event."""
+        ...
+
+    @property
+    def hash(self) -> bytes:
+        """The chain hash up to and including it."""
+        ...
 
 
 class MigrationRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -85,7 +128,7 @@ class Projection(msgspec.Struct, kw_only=True):
     """The replayed state of the whole journal up to `seq`."""
 
     seq: int = 0
-    head_hash: bytes = GENESIS
+    head_hash: bytes = START_HASH
     migrations: dict[str, MigrationRecord] = {}
     open_runs: dict[str, RunRecord] = {}
     last_run: RunRecord | None = None
@@ -134,9 +177,7 @@ class Projection(msgspec.Struct, kw_only=True):
             counts[rec.state.value] += 1
         return counts
 
-    def apply(
-        self, row: StoredEvent, lifecycle: Lifecycle, written: ev.Event | None = None
-    ) -> None:
+    def apply(self, row: EventRow, lifecycle: Lifecycle, written: ev.Event | None = None) -> None:
         """Fold one stored event into the projection.
 
         `written` is the event the live engine just encoded into `row.body` (the recorder
@@ -161,7 +202,7 @@ class Projection(msgspec.Struct, kw_only=True):
         self.seq, self.head_hash = row.seq, row.hash
 
     def _step_migration(
-        self, row: StoredEvent, event: ev.Event, trigger: str, lifecycle: Lifecycle
+        self, row: EventRow, event: ev.Event, trigger: str, lifecycle: Lifecycle
     ) -> None:
         if not row.migration:
             raise JournalTampered(row.seq, f"{row.kind} names no migration")
@@ -183,7 +224,7 @@ class Projection(msgspec.Struct, kw_only=True):
             self.fingerprints["database"] = fingerprint
             rec.fingerprint = fingerprint
 
-    def _note_run(self, row: StoredEvent, event: ev.Event) -> None:
+    def _note_run(self, row: EventRow, event: ev.Event) -> None:
         match event:
             case ev.RunStarted(command=command, actor=actor):
                 self.open_runs[row.run_id] = RunRecord(
@@ -215,7 +256,7 @@ class Projection(msgspec.Struct, kw_only=True):
                     self.expired[row.run_id] = run
 
 
-def _fold(rec: MigrationRecord, row: StoredEvent, event: ev.Event) -> None:  # noqa: C901, PLR0912 - one case per event kind
+def _fold(rec: MigrationRecord, row: EventRow, event: ev.Event) -> None:  # noqa: C901, PLR0912 - one case per event kind
     """Copy the facts an event carries into the migration's record."""
     match event:
         case ev.MigrationStarted():
@@ -257,7 +298,7 @@ def _fold(rec: MigrationRecord, row: StoredEvent, event: ev.Event) -> None:  # n
         rec.intent = None
 
 
-def _decided(rec: MigrationRecord, row: StoredEvent, decision: str) -> None:
+def _decided(rec: MigrationRecord, row: EventRow, decision: str) -> None:
     """The facts a decided state carries (recovery's or an operator's)."""
     if decision == State.APPLIED:
         rec.applied_at_ns, rec.applied_seq = rec.applied_at_ns or row.at_ns, row.seq
@@ -277,7 +318,7 @@ def _fingerprint_of(event: ev.Event) -> str | None:
 
 
 def replay(
-    rows: Iterable[StoredEvent], lifecycle: Lifecycle, start: Projection | None = None
+    rows: Iterable[EventRow], lifecycle: Lifecycle, start: Projection | None = None
 ) -> Projection:
     """Fold `rows` into `start` (or an empty projection) through the lifecycle."""
     projection = start if start is not None else Projection()
@@ -286,60 +327,13 @@ def replay(
     return projection
 
 
-_SNAPSHOT = "projection"
-_snapshot_decoder = msgspec.msgpack.Decoder(Projection)
-
-
-def save_snapshot(journal: Journal, projection: Projection) -> None:
-    """Cache `projection` beside the journal's events (a derived cache: safe to lose).
-
-    Written with the journal's own durability (synchronous = FULL), never less: the
-    snapshot shares the journal's file, and a commit can push the WAL past SQLite's
-    auto-checkpoint threshold, so this write may be the one that copies the run's events
-    into the main file and resets the WAL. Under a lower setting that copy would skip its
-    fsync, and a power cut right after the command returned would lose every event of the
-    run (issue 13). It is keyed by the seq and hash it was computed at, so it cannot be
-    taken for another point of the chain.
-    """
-    journal.connection.execute(
-        "INSERT OR REPLACE INTO snapshots (name, seq, hash, body) VALUES (?, ?, ?, ?)",
-        (_SNAPSHOT, projection.seq, projection.head_hash, msgspec.msgpack.encode(projection)),
-    )
-
-
-def load(journal: Journal | None, *, use_snapshot: bool = True) -> Projection:
-    """Return the projection of the whole journal, starting from a valid snapshot if any.
-
-    `transitions` is imported only when events follow the snapshot.
-    """
-    if journal is None:
-        return Projection()
-    start = _load_snapshot(journal) if use_snapshot else None
-    head_seq, _ = journal.head()
-    if start is not None and start.seq == head_seq:
-        return start
-    from flywall.core.model.lifecycle import Lifecycle
-
-    after = 0 if start is None else start.seq
-    return replay(journal.read(after), Lifecycle(), start)
-
-
-def _load_snapshot(journal: Journal) -> Projection | None:
-    conn = journal.connection
-    try:
-        row = conn.execute(
-            "SELECT s.seq, s.hash, s.body FROM snapshots s "
-            "JOIN events e ON e.seq = s.seq AND e.hash = s.hash WHERE s.name = ?",
-            (_SNAPSHOT,),
-        ).fetchone()
-    except apsw.SQLError:
-        # No snapshots table: a journal at schema version 1, written by an older release
-        # or left there by a power cut between the upgrade's steps. Readers never upgrade,
-        # and the cache is derived, so there is simply no snapshot.
+def run_summary(run: RunRecord | None) -> dict[str, Any] | None:
+    """The last finished run as status shows it (also `replay`)."""
+    if run is None:
         return None
-    if row is None:
-        return None
-    try:
-        return _snapshot_decoder.decode(row[2])
-    except msgspec.DecodeError:
-        return None
+    return {
+        "run_id": run.run_id,
+        "command": run.command,
+        "outcome": run.outcome,
+        "finished_at": iso(run.finished_ns),
+    }

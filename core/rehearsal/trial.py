@@ -25,10 +25,10 @@ import apsw
 import blake3
 import msgspec
 
-from flywall.core.model import errors, planner, projection
+from flywall.core.model import errors, planner
 from flywall.core.model import events as ev
 from flywall.core.rehearsal import sandbox
-from flywall.core.runtime import fileio
+from flywall.core.runtime import fileio, snapshot
 from flywall.core.runtime.recovery import MARKED
 from flywall.core.scripts import sqlverify
 from flywall.core.targets.database import bookkeeping, schema_fingerprint
@@ -274,7 +274,7 @@ class _Trial:
     def _plan(self, ws: Workspace) -> list[Migration]:
         journal = ws.read_journal()
         try:
-            state = projection.load(journal)
+            state = snapshot.load(journal)
         finally:
             if journal is not None:
                 journal.close()

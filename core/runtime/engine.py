@@ -19,13 +19,15 @@ import msgspec
 from flywall.core.model import errors, planner, projection
 from flywall.core.model import events as ev
 from flywall.core.model.lifecycle import Lifecycle, State
-from flywall.core.runtime import pytimeout, recovery
+from flywall.core.model.times import iso_seconds
+from flywall.core.runtime import pytimeout, recovery, snapshot
 from flywall.core.runtime.context import MigrationContext
 from flywall.core.runtime.crash import crashpoint
 from flywall.core.runtime.lock import Holder, WriterLock
 from flywall.core.runtime.recorder import Recorder
 from flywall.core.runtime.recovery import MARKED
 from flywall.core.runtime.watchdog import Watchdog
+from flywall.core.scripts import signing
 from flywall.core.targets.database import DatabaseTarget
 
 if TYPE_CHECKING:
@@ -58,13 +60,6 @@ def _existing_parent(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
-
-
-def iso_ns(at_ns: int | None) -> str | None:
-    """Render a wall-clock time in ns as UTC ISO-8601 (seconds)."""
-    if at_ns is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at_ns / 1e9))
 
 
 def new_run_id() -> str:
@@ -123,7 +118,7 @@ class Engine:
         try:
             self.journal = self.ws.write_journal()
             self._preflight_chain()
-            state = projection.load(self.journal)
+            state = snapshot.load(self.journal)
             self.lifecycle = Lifecycle()
             started = ev.RunStarted(command=self.command, actor=self.actor)
             self.recorder = Recorder(
@@ -153,7 +148,7 @@ class Engine:
                     not_started = e  # raised once the run is closed properly
             if self.recorder.started:
                 crashpoint("before-snapshot")
-                projection.save_snapshot(self.journal, self.recorder.projection)
+                snapshot.save(self.journal, self.recorder.projection)
             if self._db is not None:
                 self._db.close()
             self.journal.close()
@@ -460,11 +455,19 @@ class Engine:
             self.recorder.append_for_run(run_id, ev.RunConfirmed(actor=self.actor))
         return waiting
 
+    def _check_signatures(self) -> None:
+        """With `require_signatures`, refuse migrations not signed by a trusted key.
+
+        :raises SignatureRefused: naming the unsigned, modified or untrusted file.
+        """
+        if self.ws.settings.require_signatures:
+            signing.check(self.ws)
+
     def migrate(self, target: str | None = None, *, accept_drift: bool = False) -> RunReport:
         """Apply every pending migration (up to `target`), in dependency order."""
         recovered = self.recover()
         self.check_checksums()
-        self.ws.check_signatures()
+        self._check_signatures()
         self.check_drift(accept=accept_drift)
         nodes = self.ws.migrations
         plan = planner.plan_up(nodes, self._states(), target)
@@ -492,7 +495,7 @@ class Engine:
         """
         recovered = self.recover()
         self.check_checksums()
-        self.ws.check_signatures()
+        self._check_signatures()
         self.check_drift(accept=accept_drift)
         applied = [(r.version, r.applied_seq) for r in self.state.in_state(State.APPLIED)]
         dependents: dict[str, list[str]] = {}
@@ -592,7 +595,7 @@ class Engine:
                 else None
             )
             self.recorder.finish("completed", done, confirm_by_ns=confirm_by)
-            report.run_id, report.confirm_by = self.run_id, iso_ns(confirm_by)
+            report.run_id, report.confirm_by = self.run_id, iso_seconds(confirm_by)
         if plan:
             report.outcome = "completed"
             self._prune_backups()

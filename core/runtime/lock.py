@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Self
 import msgspec
 
 from flywall.core.model.errors import Busy, ValidationFailed
+from flywall.core.model.times import iso_seconds
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -33,7 +34,7 @@ class Holder(msgspec.Struct, frozen=True, kw_only=True):
 
     def describe(self) -> str:
         """One line for the busy message and for status."""
-        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since_ns / 1e9))
+        since = iso_seconds(self.since_ns)
         return f"run {self.run_id} ({self.command}) by pid {self.pid} ({self.user}) since {since}"
 
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import itertools
 import re
 import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from flywall.core.formats.hcl import Block, Body, Document
-    from flywall.core.scripts.discovery import Migration
 
 __all__ = [
     "OPERATIONS",
@@ -183,7 +182,16 @@ def invert(operation: Operation) -> Operation:
     return msgspec.structs.replace(operation, target=target, new_name=operation.name)
 
 
-def functions(migration: Migration) -> types.ModuleType:
+class Script(Protocol):
+    """What `functions` reads of a discovered migration (discovery's `Migration` is one)."""
+
+    path: str
+    version: str
+    description: str
+    source: bytes
+
+
+def functions(migration: Script) -> types.ModuleType:
     """The `up` and `down` the engine calls for a declarative migration, as for a module.
 
     Built from `migration.source` (not the file), like a Python migration's module, so a

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import blake3
 import msgspec
 
+from flywall.core.appliance.keys import raw_or_hex
 from flywall.core.model import errors
 
 if TYPE_CHECKING:
@@ -104,19 +105,6 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
             f"{path}: not an Ed25519 private key (32 raw bytes, 64 hex characters or PEM)"
         )
     return Ed25519PrivateKey.from_private_bytes(seed)
-
-
-def raw_or_hex(raw: bytes) -> bytes | None:
-    """32 key bytes from a key file's content: 32 raw bytes or 64 hex characters, else None."""
-    if len(raw) == 32:  # noqa: PLR2004 - an Ed25519 seed
-        return raw
-    text = raw.strip()
-    if len(text) == 64:  # noqa: PLR2004 - 32 bytes in hex
-        try:
-            return bytes.fromhex(text.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            return None
-    return None
 
 
 def _public_raw(key: Ed25519PrivateKey) -> bytes:

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any, TextIO, get_args
 
 import msgspec
 
-from flywall.core.commands import iso, run_summary
 from flywall.core.model import errors, projection
 from flywall.core.model import events as ev
+from flywall.core.model.projection import run_summary
+from flywall.core.model.times import iso
 from flywall.journal import ADOPTED, GENESIS, JournalCorrupt, event_hash, walk_chain
 
 if TYPE_CHECKING:
