@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import apsw
 import click
 import pytest
-from conftest import Appliance, create_table_migration
+from conftest import FLYWALL, Appliance, create_table_migration, hold_lock_migration
 from test_api import serving
 from test_notify import PASSWORD, SmtpServer, Webhook, free_port
 
@@ -191,6 +192,37 @@ def test_the_apis_confirm_and_apply_deliver(appliance: Appliance, tmp_path: Path
         hook.close()
 
     assert texts == ["migrate started", "migrate completed", "confirm started", "confirm completed"]
+
+
+def test_the_start_notice_arrives_while_the_run_still_runs(
+    appliance: Appliance, tmp_path: Path
+) -> None:
+    started, release = tmp_path / "started", tmp_path / "release"
+    hold_lock_migration(appliance, V1, started, release)
+    hook = Webhook()
+    try:
+        settings(appliance, webhook_url=hook.url)
+        command = [FLYWALL, "migration", "--root", str(appliance.root), "migrate"]
+        run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not (started.exists() and hook.posts) and time.monotonic() < deadline:
+                assert run.poll() is None, run.communicate()
+                time.sleep(0.02)
+            during = hook.texts()  # the migration still holds the run open here
+        finally:
+            release.touch()
+            _, err = run.communicate(timeout=60)
+        after = hook.texts()
+    finally:
+        hook.close()
+
+    assert run.returncode == 0, err
+    assert [t.split(" (run")[0].split("] ")[-1] for t in during] == ["migrate started"]
+    assert [t.split(" (run")[0].split("] ")[-1] for t in after] == [
+        "migrate started",
+        "migrate completed",
+    ]
 
 
 # -- a dead channel never delays the run -----------------------------------------------------
