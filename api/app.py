@@ -546,4 +546,4 @@ def create_app(workspace: Callable[[], Workspace], tokens: Sequence[tuple[str, s
 def _state(workspace: Callable[[], Workspace], tokens: Sequence[tuple[str, str]]) -> Any:
     from litestar.datastructures import State
 
-    return State({"workspace": workspace, "tokens": list(tokens), "runs": Runs(workspace)})
+    return State({"workspace": workspace, "tokens": list(tokens), "runs": Runs()})

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from flywall.core.backup import Manifest
     from flywall.core.discovery import Migration
+    from flywall.core.notify import Courier
     from flywall.core.projection import MigrationRecord
     from flywall.core.workspace import Workspace
     from flywall.journal import Journal, StoredEvent
@@ -71,6 +72,20 @@ def new_run_id() -> str:
     # os.urandom, not `secrets`: the id only needs to be unique, and `secrets` (hmac,
     # hashlib, random) costs every writing command ~4 ms of imports.
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
+
+
+def _courier(ws: Workspace) -> Courier | None:
+    """The run's notification delivery (core/notify.py); None, unimported, without channels."""
+    if not ws.settings.notification_channels or ws.sandbox:
+        return None
+    from flywall.core.notify import Courier
+
+    return Courier(ws)
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """^C or SIGTERM: its notice waits for the next delivery rather than hold the exit up."""
+    return isinstance(exc, (KeyboardInterrupt, errors.RunInterrupted))
 
 
 class Engine:
@@ -113,6 +128,7 @@ class Engine:
         self._inherited_backup: str | None = None
         self._manage_daemon = daemon and not workspace.sandbox
         self._start_owed = False
+        self._courier = _courier(workspace)
         self.journal: Journal
         self.recorder: Recorder
 
@@ -126,7 +142,7 @@ class Engine:
             self.lifecycle = Lifecycle()
             started = ev.RunStarted(command=self.command, actor=self.actor)
             self.recorder = Recorder(
-                self.journal, state, self.lifecycle, self.run_id, started, self._on_event
+                self.journal, state, self.lifecycle, self.run_id, started, self._recorded
             )
             if self._manage_daemon:
                 self._stop_daemon()
@@ -158,8 +174,17 @@ class Engine:
             self.journal.close()
         finally:
             self._lock.__exit__(exc_type, exc, tb)
+            if self._courier is not None:  # after the lock: a dead channel holds no one up
+                self._courier.finish(interrupted=_interrupted(exc))
         if not_started is not None:
             raise not_started
+
+    def _recorded(self, row: StoredEvent, event: ev.Event) -> None:
+        """Each journaled event of the run: to the courier (start notice), then the caller."""
+        if self._courier is not None:
+            self._courier.on_event(event)
+        if self._on_event is not None:
+            self._on_event(row, event)
 
     def _preflight_chain(self) -> None:
         """Refuse to write on a journal whose hash chain is broken (DESIGN §7 pre-flight).
