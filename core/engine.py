@@ -50,6 +50,8 @@ class RunReport(msgspec.Struct, kw_only=True):
     confirm_by: str | None = None
     recovered: list[recovery.Decision] = []
     error: str | None = None
+    note: str | None = None
+    """One line the operator must see, e.g. why `recover` left pending migrations alone."""
 
 
 def _existing_parent(path: Path) -> Path:
