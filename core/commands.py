@@ -996,9 +996,12 @@ def repair(ws: Workspace, version: str, reason: str, *, actor: ev.Actor | None =
 
     An intentional edit to an applied migration (a comment, a fixed `down`) otherwise has
     no way forward: every run refuses the changed file. Journaled with who and why, both
-    digests kept; a database or state migration's marker takes the new checksum too.
+    digests kept; a database or state migration's marker takes the new checksum too. A
+    repair cut between its event and the marker is finished by repairing again (the
+    marker alone moves; nothing more is journaled).
 
-    :raises UsageError: no reason, not applied, no file, or the file is unchanged.
+    :raises UsageError: no reason, not applied, no file, or the file is unchanged (and
+        the marker already agrees).
     """
     from flywall.core.engine import Engine
 
@@ -1013,11 +1016,17 @@ def repair(ws: Workspace, version: str, reason: str, *, actor: ev.Actor | None =
         if m is None:
             raise errors.UsageError(f"migration {version} has no file to bind to")
         if m.checksum == record.checksum:
-            raise errors.UsageError(f"migration {version} is unchanged: nothing to repair")
-        repaired = ev.MigrationRepaired(
-            checksum_before=record.checksum, checksum_after=m.checksum, reason=reason, actor=e.actor
-        )
-        e.recorder.append([(version, repaired)])
+            if not e.marker_lags(version):
+                raise errors.UsageError(f"migration {version} is unchanged: nothing to repair")
+            # A repair cut after its durable MigrationRepaired: only the marker is left.
+        else:
+            repaired = ev.MigrationRepaired(
+                checksum_before=record.checksum,
+                checksum_after=m.checksum,
+                reason=reason,
+                actor=e.actor,
+            )
+            e.recorder.append([(version, repaired)])
         e.rebind_marker(version, m.checksum)
         e.recorder.finish("completed", [version])
         report = _recovery_report(e.run_id, [])
