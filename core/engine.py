@@ -51,6 +51,8 @@ class RunReport(msgspec.Struct, kw_only=True):
     confirm_by: str | None = None
     recovered: list[recovery.Decision] = []
     error: str | None = None
+    note: str | None = None
+    """One line the operator must see, e.g. why `recover` left pending migrations alone."""
 
 
 def _existing_parent(path: Path) -> Path:
@@ -414,11 +416,23 @@ class Engine:
             return str(e)
         return None
 
+    def marker_lags(self, version: str) -> bool:
+        """Tell whether state.db's marker holds another checksum than the journal's.
+
+        That is a `repair` cut between its durable MigrationRepaired and the marker.
+        """
+        record = self.state.record(version)
+        db = self.existing_database()
+        if record.component not in MARKED or db is None:
+            return False
+        marked = db.markers().get(version)
+        return marked is not None and marked != record.checksum
+
     def rebind_marker(self, version: str, checksum: str) -> None:
         """After a durable MigrationRepaired: the marker takes the file's new checksum.
 
         A cut before the commit is drift (marker and journal checksums differ) that
-        `validate` names; repairing again is refused as unchanged, so `force` it applied.
+        `validate` names; repairing again moves the marker alone (`marker_lags`).
         """
         record = self.state.record(version)
         db = self.existing_database()
