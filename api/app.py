@@ -105,7 +105,8 @@ _WHEN = {
     400: "malformed or invalid input (JSON, field, type, version, filter), or nothing to do",
     401: "missing or wrong bearer token",
     404: "unknown migration or run",
-    409: "busy: another run holds the writer lock; or an illegal transition",
+    409: "busy: another run holds the writer lock; an illegal transition; or migrations are "
+    "disabled (`enabled = false`)",
     413: "request body over 64 KiB",
     422: "validation failed: checksum mismatch, drift, tampered or corrupt journal",
 }
@@ -129,7 +130,7 @@ READ = (400, 401, 422)
 def status_of(error: Exception) -> int:
     """Map a user-causable core error to its HTTP status (README, "HTTP API")."""
     match error:
-        case errors.Busy() | errors.IllegalTransition():
+        case errors.Busy() | errors.IllegalTransition() | errors.MigrationsDisabled():
             return HTTP_409_CONFLICT
         case errors.ValidationFailed() | JournalCorrupt() | JournalUnreadable():
             return HTTP_422_UNPROCESSABLE_ENTITY
@@ -547,4 +548,4 @@ def create_app(workspace: Callable[[], Workspace], tokens: Sequence[tuple[str, s
 def _state(workspace: Callable[[], Workspace], tokens: Sequence[tuple[str, str]]) -> Any:
     from litestar.datastructures import State
 
-    return State({"workspace": workspace, "tokens": list(tokens), "runs": Runs(workspace)})
+    return State({"workspace": workspace, "tokens": list(tokens), "runs": Runs()})

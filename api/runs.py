@@ -22,8 +22,6 @@ from flywall.journal import JournalError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from flywall.core.appliance.workspace import Workspace
-
 log = logging.getLogger(__name__)
 
 LOCK_WAIT = 60.0
@@ -53,31 +51,15 @@ class RunStatus(msgspec.Struct, kw_only=True):
 class Runs:
     """The runs this server started, by id (the journal keeps the lasting record)."""
 
-    def __init__(self, workspace: Callable[[], Workspace] | None = None) -> None:
+    def __init__(self) -> None:
         self._runs: dict[str, RunStatus] = {}
         self._guard = threading.Lock()
-        self._workspace = workspace
 
     def get(self, run_id: str) -> RunStatus | None:
         """Return a copy of the run's status, or None if this server never started it."""
         with self._guard:
             run = self._runs.get(run_id)
             return None if run is None else msgspec.structs.replace(run)
-
-    def _notify(self) -> None:
-        """Deliver the run's notices, as the CLI does after a writing command.
-
-        A dead channel never fails the run: its error is logged and journaled as
-        NotificationFailed, and `flywall migration notify` retries.
-        """
-        if self._workspace is None:
-            return
-        from flywall.core.services import notify
-
-        try:
-            notify.deliver(self._workspace())
-        except (FlywallError, JournalError, OSError) as e:
-            log.warning("notifications not delivered: %s", e)
 
     def start(self, command: str, work: Callable[[str, Callable[[], None]], RunReport]) -> str:
         """Run `work(run_id, on_locked)` in a thread; return once it holds the lock.
@@ -108,9 +90,8 @@ class Runs:
                 self._finish(
                     run_id, "failed" if report.outcome == "failed" else "completed", report
                 )
-            finally:
+            finally:  # notices: the core delivered them as the run closed
                 locked.set()
-                self._notify()
 
         # Not a daemon: stopping the server waits for the run instead of cutting it off.
         threading.Thread(target=worker, name=f"run-{run_id}").start()

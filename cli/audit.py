@@ -1,7 +1,7 @@
-"""Notification, audit and signing commands, and delivery after every writing command.
+"""Notification, audit and signing commands; ^C handling around the run commands.
 
-`notify`, `replay`, `journal export`, `journal verify-export` and `sign`; `migrate`,
-`rollback`, `recover`, `confirm` and `backup restore` deliver pending notices when done.
+`notify`, `replay`, `journal export`, `journal verify-export` and `sign`. Notices are
+delivered by the core after every writing command (flywall.core.services.notify), not here.
 
 Registered on the `migration` group by importing this module (see the end of main.py).
 """
@@ -172,30 +172,22 @@ def sign(key: Path, as_json: bool) -> None:
     click.echo(f"public key (for trusted_keys): {report.public_key}")
 
 
-# -- deliver notices after every writing command -------------------------------------------
+# -- ^C and SIGTERM end a run as interrupted ------------------------------------------------
 
 
-def _delivering(callback: Callable[..., Any]) -> Callable[..., Any]:
-    """Deliver notices after the command (flywall.cli.run.then_deliver, as the fast path)."""
+def _interruptible(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Run the command under flywall.cli.run.interruptible, as the fast path does."""
 
     @functools.wraps(callback)
-    def run_then_deliver(*args: Any, **kwargs: Any) -> Any:
-        from flywall.cli.run import then_deliver
+    def run_interruptible(*args: Any, **kwargs: Any) -> Any:
+        from flywall.cli.run import interruptible
 
-        return then_deliver(
-            lambda: callback(*args, **kwargs), lambda: click.get_current_context().obj
-        )
+        return interruptible(lambda: callback(*args, **kwargs))
 
-    return run_then_deliver
+    return run_interruptible
 
 
-def _wrap(command: click.Command | None) -> None:
-    if command is not None and command.callback is not None:
-        command.callback = _delivering(command.callback)
-
-
-for _name in ("migrate", "rollback", "recover", "confirm"):
-    _wrap(migration.commands.get(_name))
-_backup = migration.commands.get("backup")
-if isinstance(_backup, click.Group):
-    _wrap(_backup.commands.get("restore"))
+for _name in ("migrate", "rollback", "recover"):
+    _command = migration.commands.get(_name)
+    if _command is not None and _command.callback is not None:
+        _command.callback = _interruptible(_command.callback)

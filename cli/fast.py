@@ -507,11 +507,11 @@ def _writer(command: str, obj: dict[str, object], values: dict[str, object]) -> 
     from flywall.cli import run
 
     obj = {**obj, "wait": values.pop("wait")}  # --wait goes with the workspace, as under click
-    if command == "backup create":  # as under click: it delivers no notices
+    if command == "backup create":  # as under click: not interruptible as a run
         call = lambda: run.backup_create(obj, **values)  # noqa: E731
     else:
         body = run.migrate if command == "migrate" else run.rollback
-        call = lambda: run.then_deliver(lambda: body(obj, **values), lambda: obj)  # noqa: E731
+        call = lambda: run.interruptible(lambda: body(obj, **values))  # noqa: E731
     try:
         call()
     except (EOFError, KeyboardInterrupt):

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from flywall.core.appliance.workspace import Workspace
+    from flywall.core.services.validate import ValidationReport
 
 EXIT_CODES = """Exit codes: 0 ok; 1 a migration failed; 2 usage or invalid input;
 3 busy (another run holds the lock); 4 validation failed, drift, or tampered journal."""
@@ -327,21 +328,56 @@ def checksums(as_json: bool) -> None:
 
 
 @migration.command()
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Also check the journal file's SQLite integrity and every backup against its manifest.",
+)
 @json_option
-def validate(as_json: bool) -> None:
-    """Check the journal, checksums, config, state.db and drift (exit 4; deprecations only warn)."""
-    from flywall.cli import render
-    from flywall.core.model.errors import EXIT_VALIDATION
-    from flywall.core.services.validate import WARNING_CHECKS
+def validate(everything: bool, as_json: bool) -> None:
+    """Check the journal, checksums, config, state.db and drift (exit 4; deprecations only warn).
+
+    Always runs the full integrity check of state.db, the whole journal chain and each
+    applied migration's verify; --all adds the checks marked "(--all only)".
+    """
     from flywall.core.services.validate import validate as run_checks
 
-    report = run_checks(_workspace())
+    _report_checks(run_checks(_workspace(), everything=everything), as_json=as_json)
+
+
+@migration.command()
+@click.option(
+    "--data",
+    is_flag=True,
+    help="The data checks (the default, and the only scope today).",
+)
+@json_option
+def verify(data: bool, as_json: bool) -> None:  # noqa: ARG001 - --data is the only scope
+    """Run the data checks alone: state.db, its change log, each migration's verify (exit 4).
+
+    --data is the default and the only scope today: state.db's PRAGMA integrity_check and
+    foreign_key_check, Flywall's change-log chain, and each applied migration's verify.
+    """
+    from flywall.core.services.validate import verify_data
+
+    _report_checks(verify_data(_workspace()), as_json=as_json)
+
+
+def _report_checks(report: ValidationReport, *, as_json: bool) -> None:
+    """Print each check as ok / warn / FAIL (or the report as JSON); exit 4 on a failure."""
+    from flywall.cli import render
+    from flywall.core.model.errors import EXIT_VALIDATION
+    from flywall.core.services.validate import ALL_ONLY, WARNING_CHECKS, passed
+
     if as_json:
         render.emit_json(report)
     else:
         for name, result in report.checks.items():
-            label = "ok  " if result == "ok" else "warn" if name in WARNING_CHECKS else "FAIL"
-            click.echo(f"{label}  {name}: {result}")
+            ok = passed(result)
+            label = "ok  " if ok else "warn" if name in WARNING_CHECKS else "FAIL"
+            scope = " (--all only)" if name in ALL_ONLY else ""
+            click.echo(f"{label}  {name}{scope}: {result}")
         for warning in report.warnings:
             click.echo(f"warn  {warning}")
     if not report.ok:

@@ -149,6 +149,8 @@ def run(report: RunReport) -> None:
     """Render the summary of migrate / rollback / recover."""
     for d in report.recovered:
         echo(f"recovered {d.version}: {d.decision} ({_evidence(d.evidence)})")
+    if report.note:
+        echo(report.note)
     if report.outcome == "nothing_to_do":
         echo("nothing to do")
         return

@@ -22,6 +22,7 @@ def workspace(obj: dict[str, Any]) -> Workspace:
     """The appliance the `migration` group's options name."""
     from flywall.core.appliance.workspace import Workspace
 
+    show_warnings()
     ws = Workspace.load(obj["root"], obj["config"])
     ws.lock_wait = obj.get("wait") or 0.0  # --wait SECONDS, on writing commands
     return ws
@@ -141,59 +142,40 @@ def backup_create(obj: dict[str, Any], *, verify: bool, as_json: bool) -> None:
         sys.exit(EXIT_VALIDATION)
 
 
-# -- after every writing command: deliver notices -------------------------------------------
+# -- around every writing command: ^C and SIGTERM end the run ------------------------------
 
 
-def deliver_quietly(obj: dict[str, Any]) -> None:
-    """Deliver notices; a dead channel is a warning on stderr, never the command's failure."""
-    from flywall.cli.render import echo
-    from flywall.core import commands
-    from flywall.core.model.errors import FlywallError
-    from flywall.journal import JournalError
+def show_warnings() -> None:
+    """Print core's delivery warnings (flywall.core.services.notify's log) as lines on stderr.
 
-    try:
-        ws = workspace(obj)
-    except FlywallError:
-        return  # the command itself has already said what is wrong with the settings
-    try:
-        results = commands.notify(ws)
-    except (FlywallError, JournalError, OSError) as e:
-        echo(f"warning: notifications not delivered: {e}", err=True)
-        return
-    for r in results:
-        if r.error is not None:
-            echo(
-                f"warning: notification to {r.channel} failed: {r.error} "
-                "(retry with `flywall migration notify`)",
-                err=True,
-            )
+    Delivery is the core's step after every writing command; the CLI only shows its word.
+    """
+    import logging
+
+    logger = logging.getLogger("flywall.core.services.notify")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
-def then_deliver(run: Callable[[], Any], obj: Callable[[], dict[str, Any]]) -> Any:
-    """Run a writing command, then deliver notices (also after a failure; not after ^C).
+def interruptible(run: Callable[[], Any]) -> Any:
+    """Run a writing command; SIGINT and SIGTERM end it as failed (interrupted).
 
-    SIGINT and SIGTERM end the run as failed (RunInterrupted: one FAILED line, exit 130 or
-    143); its notice waits in the journal for the next delivery, so ^C is not held up by a
-    dead channel.
+    RunInterrupted: one FAILED line, exit 130 or 143; the core does not deliver after it,
+    so ^C is not held up by a dead channel (the notice waits in the journal).
     """
     from flywall.core.model.errors import RunInterrupted
     from flywall.core.runtime import pytimeout
 
-    interrupted = False
     try:
         with pytimeout.ending_runs():
             return run()
     except KeyboardInterrupt as e:  # outside a run's steps (loading, recovery...)
-        interrupted = True
         signum = getattr(e, "signum", signal.SIGINT)
         name = signal.Signals(signum).name
         raise RunInterrupted(f"interrupted by {name}", signum) from e
-    except RunInterrupted:
-        interrupted = True
-        raise
-    finally:  # also after a failed run: failures are what operators must hear of
-        if not interrupted:
-            deliver_quietly(obj())
 
 
 # -- errors -----------------------------------------------------------------------------------

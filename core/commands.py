@@ -439,6 +439,22 @@ def adopt_device_key(ws: Workspace, *, actor: ev.Actor | None = None) -> AdoptRe
 # -- writing ------------------------------------------------------------------------
 
 
+def refuse_if_disabled(ws: Workspace) -> None:
+    """Refuse a command that would apply, roll back or rebind migrations (`enabled = false`).
+
+    Checked before the writer lock is taken, so the API answers at once. Read-only
+    commands, `backup create`, `confirm`, `journal verify`, dry runs and `test` (on
+    copies) stay allowed; `recover` finishes interrupted work but applies nothing.
+
+    :raises MigrationsDisabled: naming the settings file and the line.
+    """
+    from flywall.core.appliance.settings import disabled
+
+    reason = disabled(ws.settings)
+    if reason is not None:
+        raise errors.MigrationsDisabled(reason)
+
+
 def migrate(
     ws: Workspace,
     *,
@@ -457,6 +473,7 @@ def migrate(
     """
     from flywall.core.runtime.engine import Engine
 
+    refuse_if_disabled(ws)
     with Engine(
         ws, "migrate", actor=actor, on_event=on_event, on_progress=on_progress, run_id=run_id
     ) as e:
@@ -485,6 +502,7 @@ def rollback(
     """
     from flywall.core.runtime.engine import Engine
 
+    refuse_if_disabled(ws)
     with Engine(ws, "rollback", actor=actor, on_event=on_event, run_id=run_id) as e:
         if on_locked is not None:
             on_locked()
@@ -552,14 +570,19 @@ def recover(
     `recover` is what the boot-time unit runs before Flywall starts. With `auto_migrate =
     true` the box also applies what is pending there (`migrate` recovers first, in the
     same run), so a firmware update that shipped new migrations is complete before the
-    daemon reads its files.
+    daemon reads its files. With `enabled = false` it still finishes interrupted work (a
+    refusal would hold Flywall back forever) but applies nothing, and its `note` says so.
     """
+    from flywall.core.appliance.settings import disabled
     from flywall.core.runtime.engine import Engine
 
-    if ws.settings.auto_migrate:
+    # Disabled, recovery still runs: a half-moved box is never safer than a finished one.
+    off = disabled(ws.settings)
+    if ws.settings.auto_migrate and off is None:
         return migrate(ws, actor=actor, on_event=on_event)
     with Engine(ws, "recover", actor=actor, on_event=on_event) as e:
         decisions = e.recover()
+        note = None if off is None else f"{off}: {_pending_count(ws, e.state)} pending left"
         unfinished = [d for d in decisions if "resume" in d.evidence]
         if unfinished:  # a half-done batched step whose migration failed when resumed
             d = unfinished[0]
@@ -570,7 +593,18 @@ def recover(
             raise failure
         if e.recorder.started:
             e.recorder.finish("completed", [])
-        return _recovery_report(e.run_id if e.recorder.started else None, decisions)
+        report = _recovery_report(e.run_id if e.recorder.started else None, decisions)
+        report.note = note
+        return report
+
+
+def _pending_count(ws: Workspace, state: projection.Projection) -> str:
+    """How many migrations on disk are not applied ("some" if the folder cannot be read)."""
+    try:
+        waiting = (State.PENDING, State.FAILED, State.ROLLED_BACK)
+        return str(sum(1 for m in ws.migrations if state.state_of(m.version) in waiting))
+    except errors.FlywallError:
+        return "some"
 
 
 def _recovery_report(run_id: str | None, decisions: list[Decision]) -> RunReport:
@@ -923,6 +957,7 @@ def force(
     """Set a migration's state by hand, journaled with actor and reason (StateForced)."""
     from flywall.core.runtime.engine import Engine
 
+    refuse_if_disabled(ws)
     if not reason.strip():
         raise errors.UsageError("force needs --reason: the journal records why")
     try:
@@ -945,12 +980,16 @@ def repair(ws: Workspace, version: str, reason: str, *, actor: ev.Actor | None =
 
     An intentional edit to an applied migration (a comment, a fixed `down`) otherwise has
     no way forward: every run refuses the changed file. Journaled with who and why, both
-    digests kept; a database or state migration's marker takes the new checksum too.
+    digests kept; a database or state migration's marker takes the new checksum too. A
+    repair cut between its event and the marker is finished by repairing again (the
+    marker alone moves; nothing more is journaled).
 
-    :raises UsageError: no reason, not applied, no file, or the file is unchanged.
+    :raises UsageError: no reason, not applied, no file, or the file is unchanged (and
+        the marker already agrees).
     """
     from flywall.core.runtime.engine import Engine
 
+    refuse_if_disabled(ws)
     if not reason.strip():
         raise errors.UsageError("repair needs --reason: the journal records why")
     with Engine(ws, "repair", actor=actor) as e:
@@ -961,11 +1000,17 @@ def repair(ws: Workspace, version: str, reason: str, *, actor: ev.Actor | None =
         if m is None:
             raise errors.UsageError(f"migration {version} has no file to bind to")
         if m.checksum == record.checksum:
-            raise errors.UsageError(f"migration {version} is unchanged: nothing to repair")
-        repaired = ev.MigrationRepaired(
-            checksum_before=record.checksum, checksum_after=m.checksum, reason=reason, actor=e.actor
-        )
-        e.recorder.append([(version, repaired)])
+            if not e.marker_lags(version):
+                raise errors.UsageError(f"migration {version} is unchanged: nothing to repair")
+            # A repair cut after its durable MigrationRepaired: only the marker is left.
+        else:
+            repaired = ev.MigrationRepaired(
+                checksum_before=record.checksum,
+                checksum_after=m.checksum,
+                reason=reason,
+                actor=e.actor,
+            )
+            e.recorder.append([(version, repaired)])
         e.rebind_marker(version, m.checksum)
         e.recorder.finish("completed", [version])
         report = _recovery_report(e.run_id, [])

@@ -33,6 +33,7 @@ __all__ = [
     "SlackSettings",
     "StateSettings",
     "check_parses",
+    "disabled",
     "load_settings",
     "parse_duration",
 ]
@@ -203,9 +204,7 @@ def load_settings(
     root = Path(root).absolute()
     found = layouts.detect(str(root), environ)
     config = Path(found.settings) if config_path is None else Path(config_path).absolute()
-    # Name the file as the operator knows it: relative to a demo root, else absolute.
-    demo = root != Path("/") and config.is_relative_to(root)
-    shown = str(config.relative_to(root) if demo else config)
+    shown = _shown(config, root)
     try:
         text = config.read_text(encoding="utf-8")
     except FileNotFoundError as e:
@@ -237,6 +236,44 @@ def load_settings(
         paths=_resolve(block, config, root, found),
         layout=found.name,
     )
+
+
+def _shown(config: Path, root: Path) -> str:
+    """Name the file as the operator knows it: relative to a demo root, else absolute."""
+    demo = root != Path("/") and config.is_relative_to(root)
+    return str(config.relative_to(root) if demo else config)
+
+
+def disabled(settings: Settings) -> str | None:
+    """Why migrations may not move on this box, or None when `enabled` is true.
+
+    "migrations are disabled in PATH (line N: enabled = false)": the line is found again in
+    the file (the parsed block keeps no lines), so the operator can go straight to it.
+    """
+    if settings.enabled:
+        return None
+    shown = _shown(settings.config_path, settings.root)
+    try:
+        text = settings.config_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""  # changed since it was read: still disabled, by what was read
+    line = _enabled_line(text)
+    where = f"line {line}: " if line is not None else ""
+    return f"migrations are disabled in {shown} ({where}enabled = false)"
+
+
+def _enabled_line(text: str) -> int | None:
+    """The line setting `enabled` directly inside the `migration { }` block."""
+    depth, in_comment, heredoc = 0, False, None
+    for number, line in enumerate(text.splitlines(), 1):
+        if heredoc is not None:
+            heredoc = None if line.strip() == heredoc else heredoc
+            continue
+        key = None if in_comment or depth != 1 else _KEY.match(line)
+        if key and key[1] == "enabled":
+            return number
+        depth, in_comment, heredoc = layouts.scan_line(line, depth, in_comment)
+    return None
 
 
 _CACHE_FORMAT = 1

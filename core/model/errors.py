@@ -25,6 +25,10 @@ class UsageError(FlywallError):
     """The command's arguments do not make sense (unknown version, bad option mix)."""
 
 
+class MigrationsDisabled(UsageError):
+    """`enabled = false` in the settings: commands that would move migrations refuse (exit 2)."""
+
+
 class SettingsError(FlywallError):
     """The `migration { }` block is invalid; the message names the file and key."""
 

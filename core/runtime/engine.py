@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from flywall.core.model.projection import MigrationRecord
     from flywall.core.scripts.discovery import Migration
     from flywall.core.services.backup import Manifest
+    from flywall.core.services.notify import Courier
     from flywall.journal import Journal, StoredEvent
 
 
@@ -53,6 +54,8 @@ class RunReport(msgspec.Struct, kw_only=True):
     confirm_by: str | None = None
     recovered: list[recovery.Decision] = []
     error: str | None = None
+    note: str | None = None
+    """One line the operator must see, e.g. why `recover` left pending migrations alone."""
 
 
 def _existing_parent(path: Path) -> Path:
@@ -67,6 +70,20 @@ def new_run_id() -> str:
     # os.urandom, not `secrets`: the id only needs to be unique, and `secrets` (hmac,
     # hashlib, random) costs every writing command ~4 ms of imports.
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
+
+
+def _courier(ws: Workspace) -> Courier | None:
+    """The run's notification delivery (services/notify.py); None, unimported, without channels."""
+    if not ws.settings.notification_channels or ws.sandbox:
+        return None
+    from flywall.core.services.notify import Courier
+
+    return Courier(ws)
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """^C or SIGTERM: its notice waits for the next delivery rather than hold the exit up."""
+    return isinstance(exc, (KeyboardInterrupt, errors.RunInterrupted))
 
 
 class Engine:
@@ -109,6 +126,7 @@ class Engine:
         self._inherited_backup: str | None = None
         self._manage_daemon = daemon and not workspace.sandbox
         self._start_owed = False
+        self._courier = _courier(workspace)
         self.journal: Journal
         self.recorder: Recorder
 
@@ -122,7 +140,7 @@ class Engine:
             self.lifecycle = Lifecycle()
             started = ev.RunStarted(command=self.command, actor=self.actor)
             self.recorder = Recorder(
-                self.journal, state, self.lifecycle, self.run_id, started, self._on_event
+                self.journal, state, self.lifecycle, self.run_id, started, self._recorded
             )
             if self._manage_daemon:
                 self._stop_daemon()
@@ -154,8 +172,17 @@ class Engine:
             self.journal.close()
         finally:
             self._lock.__exit__(exc_type, exc, tb)
+            if self._courier is not None:  # after the lock: a dead channel holds no one up
+                self._courier.finish(interrupted=_interrupted(exc))
         if not_started is not None:
             raise not_started
+
+    def _recorded(self, row: StoredEvent, event: ev.Event) -> None:
+        """Each journaled event of the run: to the courier (start notice), then the caller."""
+        if self._courier is not None:
+            self._courier.on_event(event)
+        if self._on_event is not None:
+            self._on_event(row, event)
 
     def _preflight_chain(self) -> None:
         """Refuse to write on a journal whose hash chain is broken (DESIGN §7 pre-flight).
@@ -385,11 +412,23 @@ class Engine:
             return str(e)
         return None
 
+    def marker_lags(self, version: str) -> bool:
+        """Tell whether state.db's marker holds another checksum than the journal's.
+
+        That is a `repair` cut between its durable MigrationRepaired and the marker.
+        """
+        record = self.state.record(version)
+        db = self.existing_database()
+        if record.component not in MARKED or db is None:
+            return False
+        marked = db.markers().get(version)
+        return marked is not None and marked != record.checksum
+
     def rebind_marker(self, version: str, checksum: str) -> None:
         """After a durable MigrationRepaired: the marker takes the file's new checksum.
 
         A cut before the commit is drift (marker and journal checksums differ) that
-        `validate` names; repairing again is refused as unchanged, so `force` it applied.
+        `validate` names; repairing again moves the marker alone (`marker_lags`).
         """
         record = self.state.record(version)
         db = self.existing_database()

@@ -15,13 +15,21 @@ A channel that cannot be reached is retried a bounded number of times, then jour
 `NotificationFailed` (its error with every secret redacted) and waits for the next run or
 `notify`; it never blocks a run for long nor changes a run's outcome. Secrets (the SMTP
 password, the webhook URL's path) never reach an event, an error or the output.
+
+Delivery is one step of the core, not of a face: every writing command opens an `Engine`,
+and the engine hands its run to a `Courier` (below). The courier sends the start notice
+from a background thread the moment `RunStarted` is journaled (a dead channel cannot delay
+the run), and delivers everything else once the run has closed and released its lock,
+after waiting (bounded) for the start notice, so a start never arrives after its end.
 """
 
 from __future__ import annotations
 
 import fcntl
 import functools
+import logging
 import os
+import threading
 import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
@@ -29,9 +37,9 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from flywall.core.model import events as ev
-from flywall.core.model.errors import Busy, JournalTampered
+from flywall.core.model.errors import Busy, FlywallError, JournalTampered
 from flywall.core.runtime.crash import crashpoint
-from flywall.journal import Entry
+from flywall.journal import Entry, JournalError
 
 if TYPE_CHECKING:
     import ssl
@@ -50,7 +58,15 @@ TIMEOUT = 5.0
 LOCK_WAIT = 30.0
 """How long a delivery waits for another one (they never send the same notice twice)."""
 
-_NOTIFIED_COMMANDS = ("migrate", "rollback")
+START_WAIT = 2 * TIMEOUT * TRIES
+"""How long the end-of-run delivery waits for the start notice's thread (then goes on: the
+outbox lock still keeps the order, and `notify` retries what is left)."""
+
+_REHEARSALS = ("migrate --dry-run", "test")
+"""Runs on copies: they change nothing, so they start and complete no notice."""
+
+log = logging.getLogger(__name__)
+"""Where delivery says a channel failed: the CLI prints it on stderr, the API logs it."""
 
 
 class Notice(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,6 +100,7 @@ class ChannelError(Exception):
 def deliver(
     ws: Workspace,
     *,
+    channels: Sequence[str] | None = None,
     tries: int = TRIES,
     backoff: Sequence[float] = BACKOFF,
     timeout: float = TIMEOUT,
@@ -93,10 +110,12 @@ def deliver(
     Safe to call any time (after every writing command, and by `notify`): with no channel
     configured, or no journal yet, it returns at once and writes nothing.
 
+    :param channels: only these of the configured channels (default: all).
     :param tries: attempts per notice; between them it sleeps `backoff` seconds.
     :raises JournalError: the journal cannot be written.
     """
-    channels = ws.settings.notification_channels
+    configured = ws.settings.notification_channels
+    channels = [c for c in configured if channels is None or c in channels]
     if not channels or not ws.paths.journal.exists():
         return []
     results: list[ChannelResult] = []
@@ -125,6 +144,63 @@ def deliver(
                 done = ev.NotificationDelivered(channel=channel, through_seq=notice.seq)
                 journal.append([Entry(ev.kind_of(done), ev.encode(done))])
                 result.sent, result.through_seq = result.sent + 1, notice.seq
+    return results
+
+
+class Courier:
+    """Delivery around one run: its start notice in the background, the rest after it.
+
+    The engine calls `on_event` for each journaled event and `finish` once the run has
+    released its lock; faces (CLI, API) deliver nothing themselves.
+    """
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self._start: threading.Thread | None = None
+        self._start_results: list[ChannelResult] = []
+
+    def on_event(self, event: ev.Event) -> None:
+        """Send the start notice now, from a daemon thread, when the run starts."""
+        wanted = self.ws.settings.notify_on_start and self._start is None
+        if wanted and isinstance(event, ev.RunStarted) and event.command not in _REHEARSALS:
+            self._start = threading.Thread(
+                target=self._send_start, name="notify-start", daemon=True
+            )
+            self._start.start()
+
+    def _send_start(self) -> None:
+        self._start_results = deliver_and_warn(self.ws)
+
+    def finish(self, *, interrupted: bool) -> None:
+        """Deliver what the run left (also after a failure; not after ^C: it would hold it).
+
+        An interrupted run's notice waits in the journal for the next delivery. A channel
+        the start notice found dead is not tried again in the same run: one run, one wait.
+        """
+        if self._start is not None:
+            self._start.join(START_WAIT)
+        if interrupted:
+            return
+        dead = {r.channel for r in self._start_results if r.error is not None}
+        alive = [c for c in self.ws.settings.notification_channels if c not in dead]
+        if alive:
+            deliver_and_warn(self.ws, alive)
+
+
+def deliver_and_warn(ws: Workspace, channels: Sequence[str] | None = None) -> list[ChannelResult]:
+    """Deliver; a dead channel is a logged warning, never the command's failure."""
+    try:
+        results = deliver(ws, channels=channels)
+    except (FlywallError, JournalError, OSError) as e:
+        log.warning("warning: notifications not delivered: %s", e)
+        return []
+    for r in results:
+        if r.error is not None:
+            log.warning(
+                "warning: notification to %s failed: %s (retry with `flywall migration notify`)",
+                r.channel,
+                r.error,
+            )
     return results
 
 
@@ -167,14 +243,14 @@ def _notice(
     s = ws.settings
     command, who = started.command, f"{started.actor.user}@{started.actor.host}"
     head = f"[flywall {started.actor.host}] {command}"
-    ours = command in _NOTIFIED_COMMANDS
+    ours = command not in _REHEARSALS
     match event:
         case ev.RunStarted(planned=planned) if s.notify_on_start and ours:
             subject = f"{head} started (run {run_id})"
             return "start", subject, f"{subject} by {who}; planned: {', '.join(planned) or '-'}"
         case ev.RunFinished(outcome="completed", done=done) if s.notify_on_complete and ours:
             subject = f"{head} completed (run {run_id})"
-            verb = "applied" if command == "migrate" else "rolled back"
+            verb = {"migrate": "applied", "rollback": "rolled back"}.get(command, "done")
             return "complete", subject, f"{subject} by {who}; {verb}: {', '.join(done) or '-'}"
         case ev.RunFinished(outcome="failed" | "interrupted" as outcome, done=done, error=error):
             if not s.notify_on_failure:

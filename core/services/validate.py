@@ -22,8 +22,11 @@ if TYPE_CHECKING:
     from flywall.core.scripts.discovery import Migration
     from flywall.core.targets.database import DatabaseTarget
 
-WARNING_CHECKS = frozenset({"deprecations", "missing files"})
+WARNING_CHECKS = frozenset({"deprecations", "missing files", "current_version"})
 """Checks whose findings are warnings: reported, but `ok` stays true."""
+
+ALL_ONLY = frozenset({"journal integrity", "backups"})
+"""Checks only `validate --all` runs: they read every page of the journal and every backup."""
 
 
 def passed(result: str) -> bool:
@@ -42,24 +45,21 @@ class ValidationReport(msgspec.Struct, kw_only=True):
     warnings: list[str] = []
 
 
-def validate(ws: Workspace) -> ValidationReport:
-    """Run every check; never raises for a finding (findings are the result)."""
+def validate(ws: Workspace, *, everything: bool = False) -> ValidationReport:
+    """Run every check; never raises for a finding (findings are the result).
+
+    The default already runs the full `PRAGMA integrity_check` of state.db, the whole
+    journal chain and each applied migration's verify. `everything` (`validate --all`)
+    adds the `ALL_ONLY` checks: SQLite's integrity check of the journal file itself, and
+    every backup's files against its manifest digests.
+    """
     from flywall.core.targets.database import open_existing
-    from flywall.journal import JournalCorrupt
 
     checks: dict[str, str] = {}
-    journal = ws.read_journal()
-    state = projection.Projection()
-    if journal is not None:
-        with journal:
-            try:
-                journal.verify()
-                state = projection.replay(journal.read(), Lifecycle())
-                checks["journal chain"] = "ok"
-            except (JournalCorrupt, FlywallError) as e:
-                checks["journal chain"] = str(e)
-    else:
-        checks["journal chain"] = "ok"
+    state, checks["journal chain"], journal_integrity = _journal(ws, integrity=everything)
+    if everything:
+        checks["journal integrity"] = journal_integrity
+        checks["backups"] = _backups(ws)
     try:
         checks["checksums"] = "; ".join(_changed_files(ws, state)) or "ok"
     except FlywallError as e:
@@ -77,8 +77,95 @@ def validate(ws: Workspace) -> ValidationReport:
     checks["deprecations"], warnings = _deprecations(ws, document)
     checks["missing files"], gone = _missing_files(ws, state)
     warnings += gone
+    checks["current_version"] = _current_version(ws, state)
     ok = all(v == "ok" for name, v in checks.items() if name not in WARNING_CHECKS)
     return ValidationReport(checks=checks, ok=ok, warnings=warnings)
+
+
+def verify_data(ws: Workspace) -> ValidationReport:
+    """The data checks alone (`verify --data`), each applied migration's verify included.
+
+    state.db's integrity, foreign keys and change-log chain come from `data_checks`.
+
+    The journal is read only to learn which migrations are applied; a journal that cannot
+    be read is a finding (`journal chain`), since no verify could then be chosen.
+    """
+    from flywall.core.targets.database import open_existing
+
+    checks: dict[str, str] = {}
+    state, chain, _ = _journal(ws, integrity=False)
+    if chain != "ok":
+        checks["journal chain"] = chain
+    db = open_existing(ws.paths.state_db, ws.settings.version_table)
+    try:
+        if db is None:
+            checks["state.db"] = "ok (not created yet)"
+        else:
+            checks.update(data_checks(db))
+        applied = [r.version for r in state.in_state(State.APPLIED)]
+        checks.update(verify_migrations(ws, applied, db))
+    finally:
+        if db is not None:
+            db.close()
+    return ValidationReport(checks=checks, ok=all(passed(v) for v in checks.values()))
+
+
+def _journal(ws: Workspace, *, integrity: bool) -> tuple[projection.Projection, str, str]:
+    """Replay the journal: its state, the chain check, and SQLite's check of its file.
+
+    The file's `PRAGMA integrity_check` runs only when asked (`validate --all`); a box
+    that never journaled passes both.
+    """
+    from flywall.journal import JournalCorrupt
+
+    journal = ws.read_journal()
+    if journal is None:
+        return projection.Projection(), "ok", "ok"
+    state, chain, checked = projection.Projection(), "ok", "ok"
+    with journal:
+        try:
+            journal.verify()
+            state = projection.replay(journal.read(), Lifecycle())
+        except (JournalCorrupt, FlywallError) as e:
+            chain = str(e)
+        if integrity:
+            rows = [row[0] for row in journal.connection.execute("PRAGMA integrity_check")]
+            checked = "ok" if rows == ["ok"] else f"{ws.paths.journal}: " + "; ".join(rows)
+    return state, chain, checked
+
+
+def _backups(ws: Workspace) -> str:
+    """Every backup's files against the digests its manifest recorded (`validate --all`)."""
+    from flywall.core.services import backup
+
+    try:
+        problems = [p for m in backup.list_backups(ws) for p in backup.verify(ws, m)]
+    except (OSError, FlywallError) as e:
+        return f"{ws.paths.backups}: cannot read: {e}"
+    return "; ".join(problems) or "ok"
+
+
+def _current_version(ws: Workspace, state: projection.Projection) -> str:
+    """Warn when `current_version` in the settings is not what the box has applied.
+
+    The setting is what the operator believes the box is at; the journal is the truth, so
+    a mismatch is worth a look but never a failure. It may name the newest applied
+    migration's version or a component's version (`status`'s "components").
+    """
+    expected = ws.settings.current_version
+    if expected is None:
+        return "ok"
+    applied = [r.version for r in state.in_state(State.APPLIED)]
+    newest = max(applied) if applied else None
+    components = state.components()
+    if expected == newest or expected in components.values():
+        return "ok"
+    shown = ", ".join(f"{k} {v}" for k, v in components.items())
+    actual = f"{newest} ({shown})" if newest else "none (nothing applied)"
+    return (
+        f"{ws.settings.config_path}: current_version is {expected} "
+        f"but the applied version is {actual}"
+    )
 
 
 def missing_files(ws: Workspace, state: projection.Projection) -> list[str]:
@@ -201,24 +288,32 @@ def target_checks(
     skips only the index-versus-table cross-check that the full `validate` still runs.
     On Flywall's store, the change log's hash chain too: replication peers verify it.
     """
-    from flywall.core.targets import store
-
-    checks: dict[str, str] = {}
-    if db is not None:
-        pragma = "quick_check" if quick else "integrity_check"
-        with db.checkpointing():  # after a big commit: the WAL's copy runs alongside
-            integrity = [row[0] for row in db.db.execute(f"PRAGMA {pragma}")]
-        checks["integrity"] = "ok" if integrity == ["ok"] else "; ".join(integrity)
-        fk = db.db.execute("PRAGMA foreign_key_check").fetchall()
-        checks["foreign keys"] = "ok" if not fk else f"{len(fk)} violation(s), first {fk[0]}"
-        if store.is_store(db.db):
-            checks["change log"] = store.check_chain(db.db) or "ok"
+    checks = data_checks(db, quick=quick) if db is not None else {}
     findings = drift.detect(state, db)
     if findings and accepted_drift and set(findings) <= set(accepted_drift):
         checks["drift"] = "ok (accepted for this run: " + "; ".join(findings) + ")"
     else:
         checks["drift"] = "; ".join(findings) or "ok"
     checks["batch checkpoints"] = "; ".join(_half_done_steps(state, db)) or "ok"
+    return checks
+
+
+def data_checks(db: DatabaseTarget, *, quick: bool = False) -> dict[str, str]:
+    """state.db's own data checks: integrity, foreign keys, Flywall's change-log chain.
+
+    Shared by `validate`, validate_before/after (`quick`) and `verify --data`.
+    """
+    from flywall.core.targets import store
+
+    checks: dict[str, str] = {}
+    pragma = "quick_check" if quick else "integrity_check"
+    with db.checkpointing():  # after a big commit: the WAL's copy runs alongside
+        integrity = [row[0] for row in db.db.execute(f"PRAGMA {pragma}")]
+    checks["integrity"] = "ok" if integrity == ["ok"] else "; ".join(integrity)
+    fk = db.db.execute("PRAGMA foreign_key_check").fetchall()
+    checks["foreign keys"] = "ok" if not fk else f"{len(fk)} violation(s), first {fk[0]}"
+    if store.is_store(db.db):
+        checks["change log"] = store.check_chain(db.db) or "ok"
     return checks
 
 
