@@ -48,13 +48,15 @@ from flywall.api.answers import DebugReport, HistoryItem
 from flywall.api.runs import RunAccepted, Runs, RunStatus
 from flywall.api.security import token_name
 from flywall.core import commands
-from flywall.core.appliance.workspace import Workspace
-from flywall.core.commands import MigrationRow, StatusReport
-from flywall.core.model import errors
-from flywall.core.model import events as ev
-from flywall.core.rehearsal.dryrun import DryRunReport
-from flywall.core.runtime.engine import RunReport
-from flywall.journal import JournalCorrupt, JournalError, JournalUnreadable
+from flywall.core.commands import (
+    JournalCorrupt,
+    JournalError,
+    JournalUnreadable,
+    Workspace,
+    errors,
+    ev,
+)
+from flywall.core.commands.reports import DryRunReport, MigrationRow, RunReport, StatusReport
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ def notify(as_json: bool) -> None:
     """Deliver pending notices to every channel now (exit 1 if one is unreachable)."""
     from flywall.cli import render
     from flywall.core import commands
-    from flywall.core.model.errors import EXIT_MIGRATION_FAILED
 
     ws = _workspace()
     results = commands.notify(ws)
@@ -47,7 +46,7 @@ def notify(as_json: bool) -> None:
         else:
             click.echo(f"{r.channel}: {r.target}: FAILED: {r.error}; {r.waiting} notice(s) waiting")
     if any(r.error for r in results):
-        sys.exit(EXIT_MIGRATION_FAILED)
+        sys.exit(commands.errors.EXIT_MIGRATION_FAILED)
 
 
 @migration.command()

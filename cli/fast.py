@@ -443,8 +443,7 @@ def _read_only(
     """
     from flywall.cli import render
     from flywall.core import commands
-    from flywall.core.appliance.workspace import Workspace
-    from flywall.core.model.errors import EXIT_VALIDATION
+    from flywall.core.commands import EXIT_VALIDATION, Workspace
 
     code = 0
     try:

@@ -15,8 +15,8 @@ import click
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from flywall.core.appliance.workspace import Workspace
-    from flywall.core.services.validate import ValidationReport
+    from flywall.core.commands import Workspace
+    from flywall.core.commands.reports import ValidationReport
 
 EXIT_CODES = """Exit codes: 0 ok; 1 a migration failed; 2 usage or invalid input;
 3 busy (another run holds the lock); 4 validation failed, drift, or tampered journal."""
@@ -132,9 +132,7 @@ def status(verbose: bool, as_json: bool) -> None:
     report = commands.status(_workspace(), verbose=verbose)
     render.emit_json(report) if as_json else render.status(report)
     if report.drift:
-        from flywall.core.model.errors import EXIT_VALIDATION
-
-        sys.exit(EXIT_VALIDATION)
+        sys.exit(commands.errors.EXIT_VALIDATION)
 
 
 @migration.command("list")
@@ -319,12 +317,11 @@ def checksums(as_json: bool) -> None:
     """Compare each migration file's checksum with the one it was applied with."""
     from flywall.cli import render
     from flywall.core import commands
-    from flywall.core.model.errors import EXIT_VALIDATION
 
     rows = commands.checksums(_workspace())
     render.emit_json(rows) if as_json else render.checksums(rows)
     if not all(r.match for r in rows):
-        sys.exit(EXIT_VALIDATION)
+        sys.exit(commands.errors.EXIT_VALIDATION)
 
 
 @migration.command()
@@ -341,9 +338,9 @@ def validate(everything: bool, as_json: bool) -> None:
     Always runs the full integrity check of state.db, the whole journal chain and each
     applied migration's verify; --all adds the checks marked "(--all only)".
     """
-    from flywall.core.services.validate import validate as run_checks
+    from flywall.core import commands
 
-    _report_checks(run_checks(_workspace(), everything=everything), as_json=as_json)
+    _report_checks(commands.validate(_workspace(), everything=everything), as_json=as_json)
 
 
 @migration.command()
@@ -359,29 +356,27 @@ def verify(data: bool, as_json: bool) -> None:  # noqa: ARG001 - --data is the o
     --data is the default and the only scope today: state.db's PRAGMA integrity_check and
     foreign_key_check, Flywall's change-log chain, and each applied migration's verify.
     """
-    from flywall.core.services.validate import verify_data
+    from flywall.core import commands
 
-    _report_checks(verify_data(_workspace()), as_json=as_json)
+    _report_checks(commands.verify_data(_workspace()), as_json=as_json)
 
 
 def _report_checks(report: ValidationReport, *, as_json: bool) -> None:
     """Print each check as ok / warn / FAIL (or the report as JSON); exit 4 on a failure."""
     from flywall.cli import render
-    from flywall.core.model.errors import EXIT_VALIDATION
-    from flywall.core.services.validate import ALL_ONLY, WARNING_CHECKS, passed
+    from flywall.core import commands
 
     if as_json:
         render.emit_json(report)
     else:
-        for name, result in report.checks.items():
-            ok = passed(result)
-            label = "ok  " if ok else "warn" if name in WARNING_CHECKS else "FAIL"
-            scope = " (--all only)" if name in ALL_ONLY else ""
-            click.echo(f"{label}  {name}{scope}: {result}")
+        labels = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
+        for v in commands.verdicts(report):
+            scope = " (--all only)" if v.all_only else ""
+            click.echo(f"{labels[v.level]}  {v.name}{scope}: {v.result}")
         for warning in report.warnings:
             click.echo(f"warn  {warning}")
     if not report.ok:
-        sys.exit(EXIT_VALIDATION)
+        sys.exit(commands.errors.EXIT_VALIDATION)
 
 
 @migration.group(cls=_Group)
@@ -418,9 +413,9 @@ def journal_verify(as_json: bool) -> None:
 def demo(directory: Path, layout: str, as_json: bool) -> None:
     """Build a sample appliance tree in DIRECTORY to try every command on."""
     from flywall.cli import render
-    from flywall.core.appliance import demo as demo_tree
+    from flywall.core import commands
 
-    made = demo_tree.build(directory, layout)
+    made = commands.demo(directory, layout)
     if as_json:
         render.emit_json(made)
         return

@@ -11,10 +11,15 @@ import msgspec
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-    from flywall.core.commands import ChecksumRow, MigrationRow, StatusReport
-    from flywall.core.rehearsal.dryrun import DryRunReport
-    from flywall.core.rehearsal.trial import TrialReport, TrialStep
-    from flywall.core.runtime.engine import RunReport
+    from flywall.core.commands.reports import (
+        ChecksumRow,
+        DryRunReport,
+        MigrationRow,
+        RunReport,
+        StatusReport,
+        TrialReport,
+        TrialStep,
+    )
 
 
 _captured: list[str] | None = None

@@ -66,11 +66,10 @@ def backup_restore(backup_id: str, yes: bool, as_json: bool) -> None:
     """Restore BACKUP_ID (after a safety backup); journals what it rolls back."""
     from flywall.cli import render
     from flywall.core import commands
-    from flywall.core.model import errors
-    from flywall.core.services import backup
+    from flywall.core.commands import errors
 
     ws = _workspace()
-    manifest = backup.read_manifest(ws, backup_id)  # an unknown id fails before the question
+    manifest = commands.backup_manifest(ws, backup_id)  # an unknown id fails before the question
     if not yes and not as_json:
         taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(manifest.created_ns / 1e9))
         try:

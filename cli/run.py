@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from flywall.core.appliance.workspace import Workspace
+    from flywall.core.commands import Workspace
 
 
 def workspace(obj: dict[str, Any]) -> Workspace:
     """The appliance the `migration` group's options name."""
-    from flywall.core.appliance.workspace import Workspace
+    from flywall.core.commands import Workspace
 
     show_warnings()
     ws = Workspace.load(obj["root"], obj["config"])
@@ -32,7 +32,7 @@ def hooks(events: str | None, as_json: bool) -> dict[str, Any]:
     """Return the engine callbacks: JSON lines, or human progress on stderr."""
     from flywall.cli.render import echo, emit_json
     from flywall.core import commands
-    from flywall.core.model import events as ev
+    from flywall.core.commands import ev
 
     if events == "jsonl":
         return {"on_event": lambda row, event: emit_json(commands.event_dict(row, event))}
@@ -84,7 +84,7 @@ def _dry_run(
     """`migrate --dry-run` (or `dry_run = true`): exit 1 when a migration failed."""
     from flywall.cli import render
     from flywall.core import commands
-    from flywall.core.model.errors import EXIT_MIGRATION_FAILED
+    from flywall.core.commands import EXIT_MIGRATION_FAILED
 
     report = commands.dry_run(
         ws, target=target, accept_drift=accept_drift, **hooks(events, as_json)
@@ -127,7 +127,7 @@ def backup_create(obj: dict[str, Any], *, verify: bool, as_json: bool) -> None:
     """`backup create`: back up every target now; exit 4 if a copy does not match."""
     from flywall.cli.render import echo, emit_json
     from flywall.core import commands
-    from flywall.core.model.errors import EXIT_VALIDATION
+    from flywall.core.commands import EXIT_VALIDATION
 
     row = commands.backup_create(workspace(obj), verify=verify)
     if as_json:
@@ -166,11 +166,11 @@ def interruptible(run: Callable[[], Any]) -> Any:
     RunInterrupted: one FAILED line, exit 130 or 143; the core does not deliver after it,
     so ^C is not held up by a dead channel (the notice waits in the journal).
     """
-    from flywall.core.model.errors import RunInterrupted
-    from flywall.core.runtime import pytimeout
+    from flywall.core import commands
+    from flywall.core.commands import RunInterrupted
 
     try:
-        with pytimeout.ending_runs():
+        with commands.ending_runs():
             return run()
     except KeyboardInterrupt as e:  # outside a run's steps (loading, recovery...)
         signum = getattr(e, "signum", signal.SIGINT)
@@ -186,8 +186,7 @@ def error_exit_code(error: Exception, traceback: bool) -> int | None:
 
     None: not an error a user can cause (or --traceback): the caller re-raises it.
     """
-    from flywall.core.model.errors import FlywallError
-    from flywall.journal import JournalCorrupt, JournalError
+    from flywall.core.commands import FlywallError, JournalCorrupt, JournalError
 
     if not isinstance(error, (FlywallError, JournalError)) or traceback:
         return None

@@ -52,7 +52,7 @@ def serve(
     from flywall.api.server import bind
     from flywall.api.server import serve as run_server
     from flywall.cli import render
-    from flywall.core.appliance.workspace import Workspace
+    from flywall.core.commands import Workspace
 
     ws = _workspace()
     address = parse_listen(listen or ws.settings.server.listen, allow_remote=allow_remote)

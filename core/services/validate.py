@@ -34,6 +34,28 @@ def passed(result: str) -> bool:
     return result == "ok" or result.startswith("ok (")
 
 
+class Verdict(msgspec.Struct, kw_only=True, frozen=True):
+    """One check as a face shows it: its level ("ok", "warn" or "fail") and scope."""
+
+    name: str
+    level: str
+    all_only: bool
+    result: str
+
+
+def verdicts(report: ValidationReport) -> list[Verdict]:
+    """Each check of `report` with its level: a failed warning check is "warn", not "fail"."""
+    return [
+        Verdict(
+            name=name,
+            level="ok" if passed(result) else "warn" if name in WARNING_CHECKS else "fail",
+            all_only=name in ALL_ONLY,
+            result=result,
+        )
+        for name, result in report.checks.items()
+    ]
+
+
 class ValidationReport(msgspec.Struct, kw_only=True):
     """Each check's name mapped to "ok" or its findings; `ok` when all but warnings passed.
 

@@ -13,20 +13,33 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from flywall.core.model import errors, projection
+# What the faces (cli/, api/) use besides the functions below: they import nothing else of
+# the core (tests/test_layers.py). Journal errors are still caught raw by the faces.
+from flywall.core.appliance.workspace import Workspace as Workspace  # noqa: TC001 - the faces load it
+from flywall.core.model import errors as errors
 from flywall.core.model import events as ev
+from flywall.core.model import projection
+from flywall.core.model.errors import EXIT_MIGRATION_FAILED as EXIT_MIGRATION_FAILED
+from flywall.core.model.errors import EXIT_VALIDATION as EXIT_VALIDATION
+from flywall.core.model.errors import FlywallError as FlywallError
+from flywall.core.model.errors import RunInterrupted as RunInterrupted
+from flywall.core.model.errors import SettingsError as SettingsError
+from flywall.core.model.errors import UsageError as UsageError
 from flywall.core.model.lifecycle import State
 from flywall.core.model.times import iso
 from flywall.core.runtime import snapshot
 from flywall.core.runtime.lock import current_holder
+from flywall.core.runtime.pytimeout import ending_runs as ending_runs
 from flywall.core.runtime.recovery import Decision  # noqa: TC001 - at runtime: msgspec and OpenAPI read annotations
+from flywall.journal import JournalCorrupt as JournalCorrupt
+from flywall.journal import JournalError as JournalError
+from flywall.journal import JournalUnreadable as JournalUnreadable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
     from typing import TextIO
 
-    from flywall.core.appliance.workspace import Workspace
     from flywall.core.rehearsal.dryrun import DryRunReport
     from flywall.core.rehearsal.trial import TrialReport
     from flywall.core.runtime.engine import Engine, RunReport
@@ -35,6 +48,7 @@ if TYPE_CHECKING:
     from flywall.core.services import audit
     from flywall.core.services import notify as notify_
     from flywall.core.services.backup import Manifest
+    from flywall.core.services.validate import ValidationReport, Verdict
     from flywall.journal import Journal, StoredEvent
 
 
@@ -1136,3 +1150,48 @@ def sign(ws: Workspace, key: Path) -> signing.SignReport:
     from flywall.core.scripts import signing as signer
 
     return signer.sign(ws, key)
+
+
+# -- checks, the demo tree, backups -----------------------------------------------------
+
+
+def validate(ws: Workspace, *, everything: bool = False) -> ValidationReport:
+    """Run every check (`validate`); `everything` adds the `--all` ones."""
+    from flywall.core.services.validate import validate as run_checks
+
+    return run_checks(ws, everything=everything)
+
+
+def verify_data(ws: Workspace) -> ValidationReport:
+    """Run the data checks alone (`verify --data`)."""
+    from flywall.core.services.validate import verify_data as run_data_checks
+
+    return run_data_checks(ws)
+
+
+def verdicts(report: ValidationReport) -> list[Verdict]:
+    """Each check of a validation report with its level (ok, warn, fail) and scope."""
+    from flywall.core.services.validate import verdicts as levels
+
+    return levels(report)
+
+
+def demo(directory: Path, layout: str) -> dict[str, str]:
+    """Build a sample appliance tree in `directory` (`demo`)."""
+    from flywall.core.appliance import demo as demo_tree
+
+    return demo_tree.build(directory, layout)
+
+
+def backup_manifest(ws: Workspace, backup_id: str) -> Manifest:
+    """The manifest of `backup_id`; an unknown id raises before any question is asked."""
+    from flywall.core.services import backup
+
+    return backup.read_manifest(ws, backup_id)
+
+
+def new_run_id() -> str:
+    """A fresh run id, for a face that names a run before it starts (the API's background runs)."""
+    from flywall.core.runtime.engine import new_run_id as fresh
+
+    return fresh()
