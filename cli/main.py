@@ -8,42 +8,35 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from flywall.cli.options import (
+    Group,
+    drift_option,
+    events_option,
+    hooks,
+    interruptible,
+    json_option,
+    wait_option,
+    workspace,
+)
 
-    from flywall.core.commands import Workspace
+if TYPE_CHECKING:
     from flywall.core.commands.reports import ValidationReport
 
 EXIT_CODES = """Exit codes: 0 ok; 1 a migration failed; 2 usage or invalid input;
 3 busy (another run holds the lock); 4 validation failed, drift, or tampered journal."""
 
 
-class _Group(click.Group):
-    """Turns every error a user can cause into one line and its documented exit code."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except Exception as e:
-            from flywall.cli.run import error_exit_code  # the fast entry point's too
-
-            code = error_exit_code(e, traceback=bool((ctx.obj or {}).get("traceback")))
-            if code is None:
-                raise
-            ctx.exit(code)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="flywall-migration", prog_name="flywall")
 def main() -> None:
     """Flywall appliance tools."""
 
 
-@main.group(cls=_Group, epilog=EXIT_CODES)
+@main.group(cls=Group, epilog=EXIT_CODES)
 @click.version_option(package_name="flywall-migration", prog_name="flywall-migration")
 @click.option(
     "--root",
@@ -66,61 +59,6 @@ def migration(ctx: click.Context, root: Path, config: Path | None, traceback: bo
     ctx.obj = {"root": root, "config": config, "traceback": traceback}
 
 
-def _workspace() -> Workspace:
-    from flywall.cli.run import workspace
-
-    return workspace(click.get_current_context().obj)
-
-
-def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add `--json` to a command."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
-
-
-def events_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add `--events jsonl` to a writing command."""
-    return click.option(
-        "--events",
-        type=click.Choice(["jsonl"]),
-        default=None,
-        help="Stream every journal event as a JSON line on stdout, as it is written.",
-    )(f)
-
-
-def drift_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add `--accept-drift` to a writing command."""
-    return click.option(
-        "--accept-drift",
-        is_flag=True,
-        help="Run even though state.db no longer matches the journal (journaled).",
-    )(f)
-
-
-def _keep_wait(ctx: click.Context, _param: click.Parameter, value: float | None) -> None:
-    if value is not None:
-        ctx.ensure_object(dict)["wait"] = value
-
-
-def wait_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add `--wait SECONDS` to a writing command: wait for the writer lock (as dbmate's)."""
-    return click.option(
-        "--wait",
-        type=click.FloatRange(min=0, max=86400),
-        default=None,
-        expose_value=False,
-        callback=_keep_wait,
-        metavar="SECONDS",
-        help="Wait up to SECONDS for another run's writer lock instead of exiting 3 at once.",
-    )(f)
-
-
-def _hooks(events: str | None, as_json: bool) -> dict[str, Any]:
-    """Return the engine callbacks: JSON lines, or human progress on stderr."""
-    from flywall.cli.run import hooks
-
-    return hooks(events, as_json)
-
-
 @migration.command()
 @click.option("--verbose", "-v", is_flag=True, help="Also list every migration.")
 @json_option
@@ -129,7 +67,7 @@ def status(verbose: bool, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.status(_workspace(), verbose=verbose)
+    report = commands.status(workspace(), verbose=verbose)
     render.emit_json(report) if as_json else render.status(report)
     if report.drift:
         sys.exit(commands.errors.EXIT_VALIDATION)
@@ -144,7 +82,7 @@ def list_(pending: bool, applied: bool, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    rows = commands.list_migrations(_workspace(), pending=pending, applied=applied)
+    rows = commands.list_migrations(workspace(), pending=pending, applied=applied)
     render.emit_json(rows) if as_json else render.migrations(rows)
 
 
@@ -159,6 +97,7 @@ def list_(pending: bool, applied: bool, as_json: bool) -> None:
 @wait_option
 @json_option
 @events_option
+@interruptible
 def migrate(
     target: str | None, dry_run: bool, accept_drift: bool, as_json: bool, events: str | None
 ) -> None:
@@ -184,6 +123,7 @@ def migrate(
 @wait_option
 @json_option
 @events_option
+@interruptible
 def rollback(
     version: str | None,
     steps: int | None,
@@ -227,7 +167,7 @@ def test(
         raise click.UsageError(
             "give exactly one of --with-data, --rollback, --performance, --isolation V"
         )
-    report = commands.test(_workspace(), chosen[0], isolation)
+    report = commands.test(workspace(), chosen[0], isolation)
     render.emit_json(report) if as_json else render.trial(report)
     sys.exit(report.exit_code)
 
@@ -235,12 +175,13 @@ def test(
 @migration.command()
 @wait_option
 @json_option
+@interruptible
 def recover(as_json: bool) -> None:
     """Resolve interrupted migrations now, from the evidence in the targets."""
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.recover(_workspace(), **_hooks(None, as_json))
+    report = commands.recover(workspace(), **hooks(None, as_json))
     render.emit_json(report) if as_json else render.run(report)
 
 
@@ -264,7 +205,7 @@ def history(
     from flywall.core import commands
 
     items = commands.history(
-        _workspace(), migration=version, kinds=kinds, actor=actor, since=since, until=until
+        workspace(), migration=version, kinds=kinds, actor=actor, since=since, until=until
     )
     render.emit_json(items) if as_json else render.events(items)
 
@@ -277,7 +218,7 @@ def log(version: str, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    lines = commands.log(_workspace(), version)
+    lines = commands.log(workspace(), version)
     if as_json:
         render.emit_json(lines)
         return
@@ -305,9 +246,7 @@ def create(name: str, component: str | None, sql: bool, declarative: bool, as_js
     from flywall.cli import render
     from flywall.core import commands
 
-    path = commands.create(
-        _workspace(), name, component=component, sql=sql, declarative=declarative
-    )
+    path = commands.create(workspace(), name, component=component, sql=sql, declarative=declarative)
     render.emit_json({"path": str(path)}) if as_json else click.echo(f"created {path}")
 
 
@@ -318,7 +257,7 @@ def checksums(as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    rows = commands.checksums(_workspace())
+    rows = commands.checksums(workspace())
     render.emit_json(rows) if as_json else render.checksums(rows)
     if not all(r.match for r in rows):
         sys.exit(commands.errors.EXIT_VALIDATION)
@@ -340,7 +279,7 @@ def validate(everything: bool, as_json: bool) -> None:
     """
     from flywall.core import commands
 
-    _report_checks(commands.validate(_workspace(), everything=everything), as_json=as_json)
+    _report_checks(commands.validate(workspace(), everything=everything), as_json=as_json)
 
 
 @migration.command()
@@ -358,7 +297,7 @@ def verify(data: bool, as_json: bool) -> None:  # noqa: ARG001 - --data is the o
     """
     from flywall.core import commands
 
-    _report_checks(commands.verify_data(_workspace()), as_json=as_json)
+    _report_checks(commands.verify_data(workspace()), as_json=as_json)
 
 
 def _report_checks(report: ValidationReport, *, as_json: bool) -> None:
@@ -379,7 +318,7 @@ def _report_checks(report: ValidationReport, *, as_json: bool) -> None:
         sys.exit(commands.errors.EXIT_VALIDATION)
 
 
-@migration.group(cls=_Group)
+@migration.group(cls=Group)
 def journal() -> None:
     """Inspect the journal itself."""
 
@@ -391,7 +330,7 @@ def journal_verify(as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.journal_verify(_workspace())
+    report = commands.journal_verify(workspace())
     if as_json:
         render.emit_json(report)
     else:
@@ -423,7 +362,12 @@ def demo(directory: Path, layout: str, as_json: bool) -> None:
     click.echo(f"try: flywall-migration --root {directory} status")
 
 
-from flywall.cli import audit as _audit  # noqa: E402, F401 - registers notify/replay/sign
-from flywall.cli import boot as _boot  # noqa: E402, F401 - registers install-units
-from flywall.cli import repair as _repair  # noqa: E402, F401 - registers backup/force/debug
-from flywall.cli import serve as _serve  # noqa: E402, F401 - registers serve
+# The commands of the other modules join the groups defined above (they import only
+# flywall.cli.options, never this module).
+from flywall.cli import audit, boot, repair, serve  # noqa: E402
+
+for _module in (audit, boot, repair, serve):
+    for _command in _module.COMMANDS:
+        migration.add_command(_command)
+for _command in audit.JOURNAL_COMMANDS:
+    journal.add_command(_command)

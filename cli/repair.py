@@ -1,6 +1,6 @@
 """Backup and repair commands: `backup create|list|restore|prune`, `force`, `debug`.
 
-Registered on the `migration` group by importing this module (see the end of main.py).
+main.py adds `COMMANDS` to the `migration` group.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import time
 
 import click
 
-from flywall.cli.main import _workspace, json_option, migration, wait_option
+from flywall.cli.options import json_option, wait_option, workspace
 
 
-@migration.group(name="backup")
+@click.group(name="backup")
 def backup_group() -> None:
     """Create, list, restore and prune backups of state.db, flywall.hcl and api.json."""
 
@@ -41,7 +41,7 @@ def backup_list(as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    rows = commands.backup_list(_workspace())
+    rows = commands.backup_list(workspace())
     if as_json:
         render.emit_json(rows)
         return
@@ -68,7 +68,7 @@ def backup_restore(backup_id: str, yes: bool, as_json: bool) -> None:
     from flywall.core import commands
     from flywall.core.commands import errors
 
-    ws = _workspace()
+    ws = workspace()
     manifest = commands.backup_manifest(ws, backup_id)  # an unknown id fails before the question
     if not yes and not as_json:
         taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(manifest.created_ns / 1e9))
@@ -104,7 +104,7 @@ def backup_prune(keep: int, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    removed = commands.backup_prune(_workspace(), keep=keep)
+    removed = commands.backup_prune(workspace(), keep=keep)
     if as_json:
         render.emit_json({"removed": removed})
     else:
@@ -113,7 +113,7 @@ def backup_prune(keep: int, as_json: bool) -> None:
         )
 
 
-@migration.command()
+@click.command()
 @click.option("--version", "version", required=True, help="The migration to set.")
 @click.option(
     "--state",
@@ -129,14 +129,14 @@ def force(version: str, state: str, reason: str, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.force(_workspace(), version, state, reason)
+    report = commands.force(workspace(), version, state, reason)
     if as_json:
         render.emit_json(report)
     else:
         click.echo(f"forced {version} to {state} (run {report.run_id})")
 
 
-@migration.command()
+@click.command()
 @click.argument("version")
 @click.option("--reason", required=True, help="Why the applied file was edited: journaled.")
 @json_option
@@ -145,14 +145,14 @@ def repair(version: str, reason: str, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.repair(_workspace(), version, reason)
+    report = commands.repair(workspace(), version, reason)
     if as_json:
         render.emit_json(report)
     else:
         click.echo(f"repaired {version}: bound to its file as it is now (run {report.run_id})")
 
 
-@migration.command()
+@click.command()
 @click.argument("version")
 @json_option
 def debug(version: str, as_json: bool) -> None:
@@ -160,7 +160,7 @@ def debug(version: str, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    info = commands.debug(_workspace(), version)
+    info = commands.debug(workspace(), version)
     if as_json:
         render.emit_json(info)
         return
@@ -177,7 +177,7 @@ def debug(version: str, as_json: bool) -> None:
     render.events(info["events"])
 
 
-@migration.command()
+@click.command()
 @wait_option
 @click.option(
     "--when-healthy",
@@ -199,13 +199,16 @@ def confirm(url: str | None, deadline: float, as_json: bool) -> None:
     from flywall.core import commands
 
     if url is not None:
-        report = commands.confirm_when_healthy(_workspace(), url, deadline)
+        report = commands.confirm_when_healthy(workspace(), url, deadline)
         if report is None:
             render.emit_json({"done": []}) if as_json else click.echo("nothing to confirm")
             return
     else:
-        report = commands.confirm(_workspace())
+        report = commands.confirm(workspace())
     if as_json:
         render.emit_json(report)
     else:
         click.echo(f"confirmed run(s) {', '.join(report.done)}")
+
+
+COMMANDS = [backup_group, force, repair, debug, confirm]
