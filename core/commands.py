@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from flywall.core.discovery import Migration
     from flywall.core.dryrun import DryRunReport
     from flywall.core.engine import Engine, RunReport
+    from flywall.core.rescue import RescueReport
     from flywall.core.trial import TrialReport
     from flywall.core.workspace import Workspace
     from flywall.journal import Journal, StoredEvent
@@ -1124,6 +1125,18 @@ def replay(ws: Workspace, until: str) -> audit.ReplayReport:
     from flywall.core import audit as forensics
 
     return forensics.replay(ws, until)
+
+
+def journal_recover_from_backup(
+    ws: Workspace, backup_id: str, *, force: bool = False, actor: ev.Actor | None = None
+) -> RescueReport:
+    """Replace a damaged journal by a backup's copy and restore the targets from it.
+
+    See `flywall.core.rescue`: the damaged journal is kept aside, never deleted.
+    """
+    from flywall.core import rescue
+
+    return rescue.recover_from_backup(ws, backup_id, force=force, actor=actor)
 
 
 def journal_export(ws: Workspace, out: TextIO) -> int:
