@@ -14,6 +14,7 @@ import click
 
 from flywall.cli.options import (
     Group,
+    ask_or_refuse,
     drift_option,
     events_option,
     hooks,
@@ -320,7 +321,7 @@ def _report_checks(report: ValidationReport, *, as_json: bool) -> None:
 
 @migration.group(cls=Group)
 def journal() -> None:
-    """Inspect the journal itself."""
+    """Inspect the journal itself; get a box back from a damaged one."""
 
 
 @journal.command("verify")
@@ -337,6 +338,35 @@ def journal_verify(as_json: bool) -> None:
         since = report.keyed_from
         keyed = f" (device key MAC from seq {since})" if since else ""
         click.echo(f"ok: {report.events} events, head {report.head_hash[:16] or '-'}{keyed}")
+
+
+@journal.command("recover-from-backup")
+@click.argument("backup_id")
+@click.option("--yes", is_flag=True, help="Recover without asking (unattended use).")
+@click.option("--force", is_flag=True, help="Replace the journal even though it is sound.")
+@wait_option
+@json_option
+def journal_recover_from_backup(backup_id: str, yes: bool, force: bool, as_json: bool) -> None:
+    """Replace a damaged journal by BACKUP_ID's copy; restore the targets from it too."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    ws = workspace()
+    commands.backup_manifest(ws, backup_id)  # an unknown id fails before the question
+    if not yes and not as_json:
+        ask_or_refuse(
+            f"Replace the journal by backup {backup_id}'s copy and restore its targets?",
+            f"recovering from {backup_id} replaces the journal and restores the targets",
+        )
+    report = commands.journal_recover_from_backup(ws, backup_id, force=force)
+    if as_json:
+        render.emit_json(report)
+        return
+    kept = f"damaged journal kept as {report.damaged}" if report.damaged else "no journal was kept"
+    click.echo(
+        f"recovered the journal from backup {backup_id} (seq {report.journal_seq}, "
+        f"event {report.seq}); {kept}; reason: {report.reason}"
+    )
 
 
 @migration.command()

@@ -7,6 +7,7 @@ import it, and none of them imports another: main.py adds their commands to its 
 from __future__ import annotations
 
 import functools
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -102,3 +103,17 @@ def interruptible(callback: Callable[..., Any]) -> Callable[..., Any]:
         return guarded(lambda: callback(*args, **kwargs))
 
     return run_interruptible
+
+
+def ask_or_refuse(question: str, what: str) -> None:
+    """Ask; with no terminal to answer, refuse in one line naming --yes (exit 2)."""
+    from flywall.core.commands import UsageError
+
+    try:
+        agreed = click.confirm(question)
+    except click.Abort:
+        if sys.stdin.isatty():  # Ctrl-C at the question: the person said no
+            raise
+        raise UsageError(f"{what}: with no terminal to answer the question, give --yes") from None
+    if not agreed:
+        raise click.Abort

@@ -5,12 +5,9 @@ main.py adds `COMMANDS` to the `migration` group.
 
 from __future__ import annotations
 
-import sys
-import time
-
 import click
 
-from flywall.cli.options import json_option, wait_option, workspace
+from flywall.cli.options import ask_or_refuse, json_option, wait_option, workspace
 
 
 @click.group(name="backup")
@@ -66,27 +63,16 @@ def backup_restore(backup_id: str, yes: bool, as_json: bool) -> None:
     """Restore BACKUP_ID (after a safety backup); journals what it rolls back."""
     from flywall.cli import render
     from flywall.core import commands
-    from flywall.core.commands import errors
 
     ws = workspace()
     manifest = commands.backup_manifest(ws, backup_id)  # an unknown id fails before the question
     if not yes and not as_json:
-        taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(manifest.created_ns / 1e9))
-        try:
-            agreed = click.confirm(
-                f"Restore backup {backup_id} (taken {taken}, journal seq "
-                f"{manifest.journal_seq}) over the live targets?"
-            )
-        except click.Abort:
-            if sys.stdin.isatty():  # Ctrl-C at the question: the person said no
-                raise
-            # Nobody to ask (a script, a unit): say what to do, not a bare "Aborted!".
-            raise errors.UsageError(
-                f"restoring {backup_id} overwrites the live targets: with no terminal "
-                "to answer the question, give --yes"
-            ) from None
-        if not agreed:
-            raise click.Abort
+        taken = commands.iso_seconds(manifest.created_ns)
+        ask_or_refuse(
+            f"Restore backup {backup_id} (taken {taken}, journal seq "
+            f"{manifest.journal_seq}) over the live targets?",
+            f"restoring {backup_id} overwrites the live targets",
+        )
     report = commands.backup_restore(ws, backup_id)
     if as_json:
         render.emit_json(report)

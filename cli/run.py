@@ -193,7 +193,24 @@ def error_exit_code(error: Exception, traceback: bool) -> int | None:
     code = getattr(error, "exit_code", 4 if isinstance(error, JournalCorrupt) else 2)
     from flywall.cli.render import echo, emit_json
 
+    message = str(error) + _damage_hint(error)
     if "--json" in sys.argv:
-        emit_json({"error": str(error), "exit_code": code})
-    echo(f"FAILED: {error}", err=True)
+        emit_json({"error": message, "exit_code": code})
+    echo(f"FAILED: {message}", err=True)
     return code
+
+
+def _damage_hint(error: Exception) -> str:
+    """Point a damaged journal file's error at the way out (README, "a damaged journal").
+
+    Only a file SQLite cannot read: a broken chain may be tampering, to be looked at
+    (`journal verify`, the audit export) before anything replaces it.
+    """
+    from flywall.core.commands import JournalUnreadable
+
+    if not isinstance(error, JournalUnreadable):
+        return ""
+    return (
+        "; if it is damaged, get the box back from a backup: flywall migration journal "
+        "recover-from-backup BACKUP_ID --yes (backup list names them)"
+    )

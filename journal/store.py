@@ -8,6 +8,7 @@ event that recovery needs is on disk before the caller starts the side effect it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -118,6 +119,19 @@ class Journal:
     ) -> None:
         self.close()
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Turn SQLite finding the file malformed into `JournalUnreadable`, naming it.
+
+        A damaged page is found only when a statement reaches it, long after the open.
+
+        :raises JournalUnreadable: the file is corrupt (truncated, a page of garbage).
+        """
+        try:
+            yield
+        except (apsw.CorruptError, apsw.NotADBError) as e:
+            raise JournalUnreadable(f"{self.path}: journal is corrupt: {e}") from e
+
     @property
     def connection(self) -> apsw.Connection:
         """The APSW connection, for the derived caches kept beside the events."""
@@ -130,7 +144,8 @@ class Journal:
 
         :raises JournalConflict: SQLite refused the rows (the chain trigger, a constraint).
         """
-        return self._transaction(lambda: self._insert(entries, sources))
+        with self.reading():
+            return self._transaction(lambda: self._insert(entries, sources))
 
     def adopt_key(self, entry: Entry) -> StoredEvent:
         """Start keying a plain chain: check it whole, then append `entry` as its first MAC.
@@ -158,7 +173,8 @@ class Journal:
             )
             return stored
 
-        return self._transaction(adopt)[0]
+        with self.reading():
+            return self._transaction(adopt)[0]
 
     def _check_key_fits(self, *, adopting: bool) -> None:
         """Refuse to hash new events unlike the chain's: that would break it for good.
@@ -226,7 +242,8 @@ class Journal:
 
     def head(self) -> tuple[int, bytes]:
         """Return (seq, hash) of the newest event; (0, GENESIS) when empty."""
-        return self._head()
+        with self.reading():
+            return self._head()
 
     def _head(self) -> tuple[int, bytes]:
         row = self._conn.execute(
@@ -246,18 +263,23 @@ class Journal:
         if migration is not None:
             sql += " AND migration = ?"
             args.append(migration)
-        for row in self._conn.execute(sql + " ORDER BY seq", args):
-            yield StoredEvent(*row)
+        with self.reading():
+            for row in self._conn.execute(sql + " ORDER BY seq", args):
+                yield StoredEvent(*row)
 
     def source(self, digest: str) -> bytes | None:
         """Return the migration source stored under `digest`, if any."""
-        row = self._conn.execute("SELECT body FROM sources WHERE digest = ?", (digest,)).fetchone()
+        with self.reading():
+            row = self._conn.execute(
+                "SELECT body FROM sources WHERE digest = ?", (digest,)
+            ).fetchone()
         return None if row is None else row[0]
 
     def chain_kind(self) -> str | None:
         """Return "keyed" or "plain" as recorded with seq 1; None if not recorded."""
         try:
-            row = self._conn.execute("SELECT value FROM meta WHERE name = 'chain'").fetchone()
+            with self.reading():
+                row = self._conn.execute("SELECT value FROM meta WHERE name = 'chain'").fetchone()
         except apsw.SQLError:  # a journal at schema version 2 or older, opened to read
             return None
         return None if row is None else str(row[0])
@@ -298,9 +320,10 @@ class Journal:
         kind = self.chain_kind()
         if kind == "keyed" and not self._key:
             raise JournalCorrupt(1, "this journal is keyed (device key MAC); no key given")
-        rows = self._conn.execute(f"SELECT {_STORED_BYTES} FROM events ORDER BY seq")
-        # plain tuples, in StoredEvent's field order
-        return walk_chain(rows, self._key, keyed=kind != "plain" and self._key is not None)
+        with self.reading():
+            rows = self._conn.execute(f"SELECT {_STORED_BYTES} FROM events ORDER BY seq")
+            # plain tuples, in StoredEvent's field order
+            return walk_chain(rows, self._key, keyed=kind != "plain" and self._key is not None)
 
 
 def _connect(path: str, flags: int, vfs: str | None) -> apsw.Connection:

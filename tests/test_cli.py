@@ -786,9 +786,10 @@ def test_a_journal_that_is_not_a_database_is_exit_4_everywhere_and_left_alone(ap
         result = appliance.cli(*command)
 
         assert result.returncode == 4, (command, result.stderr)
-        assert (
-            result.stderr
-            == f"FAILED: {appliance.journal}: journal is corrupt: file is not a database\n"
+        assert result.stderr == (
+            f"FAILED: {appliance.journal}: journal is corrupt: file is not a database; "
+            "if it is damaged, get the box back from a backup: flywall migration journal "
+            "recover-from-backup BACKUP_ID --yes (backup list names them)\n"
         )
     assert appliance.journal.read_bytes() == before
 

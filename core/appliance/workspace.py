@@ -162,9 +162,14 @@ class Workspace:
         return {m.version: m for m in self.migrations}
 
     def read_journal(self) -> Journal | None:
-        """Open the journal for reading; None when nothing was ever journaled."""
+        """Open the journal for reading; None when nothing was ever journaled.
+
+        :raises RecoveryPending: a `journal recover-from-backup` was cut short.
+        """
+        from flywall.core.appliance.recovery_intent import refuse_if_pending
         from flywall.journal import Journal
 
+        refuse_if_pending(self.paths.journal)
         return Journal.open_existing(self.paths.journal, key=self.device_key())
 
     def write_journal(self) -> Journal:
@@ -172,9 +177,13 @@ class Workspace:
 
         Appends are safe from either: SQLite serialises writers and the chain trigger refuses
         an event that does not extend the head.
+
+        :raises RecoveryPending: a `journal recover-from-backup` was cut short.
         """
+        from flywall.core.appliance.recovery_intent import refuse_if_pending
         from flywall.journal import Journal
 
+        refuse_if_pending(self.paths.journal)
         self.paths.journal.parent.mkdir(parents=True, exist_ok=True)
         return Journal.open(
             self.paths.journal,

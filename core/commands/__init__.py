@@ -27,6 +27,7 @@ from flywall.core.model.errors import SettingsError as SettingsError
 from flywall.core.model.errors import UsageError as UsageError
 from flywall.core.model.lifecycle import State
 from flywall.core.model.times import iso
+from flywall.core.model.times import iso_seconds as iso_seconds
 from flywall.core.runtime import snapshot
 from flywall.core.runtime.lock import current_holder
 from flywall.core.runtime.pytimeout import ending_runs as ending_runs
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from flywall.core.services import audit
     from flywall.core.services import notify as notify_
     from flywall.core.services.backup import Manifest
+    from flywall.core.services.rescue import RescueReport
     from flywall.core.services.validate import ValidationReport, Verdict
     from flywall.journal import Journal, StoredEvent
 
@@ -1122,6 +1124,18 @@ def replay(ws: Workspace, until: str) -> audit.ReplayReport:
     from flywall.core.services import audit as forensics
 
     return forensics.replay(ws, until)
+
+
+def journal_recover_from_backup(
+    ws: Workspace, backup_id: str, *, force: bool = False, actor: ev.Actor | None = None
+) -> RescueReport:
+    """Replace a damaged journal by a backup's copy and restore the targets from it.
+
+    See `flywall.core.services.rescue`: the damaged journal is kept aside, never deleted.
+    """
+    from flywall.core.services import rescue
+
+    return rescue.recover_from_backup(ws, backup_id, force=force, actor=actor)
 
 
 def journal_export(ws: Workspace, out: TextIO) -> int:

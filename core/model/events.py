@@ -305,6 +305,22 @@ class MigrationRepaired(Event):
     actor: Actor
 
 
+class JournalRecovered(Event):
+    """A damaged journal was replaced by a backup's copy (`journal recover-from-backup`).
+
+    The targets were restored from the same backup; the damaged journal was kept at
+    `damaged_path` (with its -wal and -shm), its main file's blake3 is `damaged_digest`.
+    `journal_seq` is the copy's head: every event before this one is the backup's.
+    """
+
+    backup_id: str
+    damaged_path: str
+    damaged_digest: str
+    reason: str
+    journal_seq: int
+    actor: Actor
+
+
 AnyEvent = (
     RunStarted
     | RunFinished
@@ -333,6 +349,7 @@ AnyEvent = (
     | DaemonStarted
     | DaemonCommandFailed
     | MigrationRepaired
+    | JournalRecovered
 )
 
 _encoder = msgspec.msgpack.Encoder()

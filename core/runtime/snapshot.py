@@ -45,7 +45,8 @@ def load(journal: Journal | None, *, use_snapshot: bool = True) -> Projection:
     """
     if journal is None:
         return Projection()
-    start = _load_cached(journal) if use_snapshot else None
+    with journal.reading():
+        start = _load_cached(journal) if use_snapshot else None
     head_seq, _ = journal.head()
     if start is not None and start.seq == head_seq:
         return start

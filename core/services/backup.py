@@ -6,6 +6,13 @@ to, what was applied then). It is written as `.<id>.partial`, every file fsynced
 renamed into place and the folder fsynced: a folder without the dot is always complete.
 state.db is copied byte for byte under its write lock (readers go on), in the kernel; only
 a database kept busy past the timeout falls back to SQLite's online backup API.
+
+The journal is copied too (`journal.db`, never a raw copy of its WAL files: SQLite's online
+backup API in one step, so one read transaction), and the manifest records the head the
+copy holds (seq and hash, read from the copy itself). The copy is taken before the
+`BackupCreated` that names the backup: a run defers that event to share its next write, so
+it cannot be in the copy, and need not be. A journal restored from the copy is explained by
+the recorded head, and `journal recover-from-backup` journals the recovery on top of it.
 """
 
 from __future__ import annotations
@@ -61,6 +68,11 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     applied: list[str]
     items: list[BackupItem]
+    journal: BackupItem | None = None
+    """The journal's consistent copy; None in backups older than issue 16.16."""
+    journal_head_seq: int = 0
+    journal_head_hash: str = ""
+    """The copy's last event: seq and hash (hex), read from the copy itself."""
 
     @property
     def size(self) -> int:
@@ -106,6 +118,7 @@ def create(
         partial.mkdir(mode=0o700)
         items = [_copy(ws, source, partial, io, once) for source in _sources(ws)]
         once()  # no state.db to copy
+        journal, head = _copy_journal(ws, partial)
         manifest = Manifest(
             backup_id=backup_id,
             created_ns=time.time_ns(),
@@ -113,6 +126,9 @@ def create(
             reason=reason,
             applied=applied,
             items=items,
+            journal=journal,
+            journal_head_seq=head[0],
+            journal_head_hash=head[1],
         )
         io.write_new(partial / MANIFEST, msgspec.json.encode(manifest), 0o600)
         io.fsync_dir(partial)
@@ -219,6 +235,46 @@ def _copy(
         io.write_new(copy, data, 0o600)
         size, digest = len(data), blake3.blake3(data).hexdigest()
     return BackupItem(name=name, component=component, source=str(path), size=size, digest=digest)
+
+
+JOURNAL_COPY = "journal.db"
+
+
+def _copy_journal(ws: Workspace, folder: Path) -> tuple[BackupItem | None, tuple[int, str]]:
+    """Copy the journal with SQLite's online backup API; return its item and copied head.
+
+    One `step(-1)` copies every page inside one read transaction, so the copy is a
+    committed state of the journal whatever its WAL holds; a raw copy of journal.db
+    without its -wal would miss committed events. The head is read from the copy: it is
+    exactly what a recovery from this backup gets back.
+    """
+    source = ws.paths.journal
+    if not source.exists():
+        return None, (0, "")
+    copy = folder / JOURNAL_COPY
+    src = _connect(str(source), ws.sqlite.vfs, apsw.SQLITE_OPEN_READONLY)
+    dest = _connect(str(copy), None)
+    try:
+        with dest.backup("main", src, "main") as job:
+            job.step(-1)
+        dest.execute("PRAGMA journal_mode = DELETE")
+        row = dest.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    finally:
+        dest.close()
+        src.close()
+    os.chmod(copy, 0o600)  # noqa: PTH101 - before anyone can read it
+    fd = os.open(copy, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        digest = _digest(fd, size)
+    finally:
+        os.close(fd)
+    crashpoint("backup-journal-copied")
+    item = BackupItem(
+        name=JOURNAL_COPY, component="journal", source=str(source), size=size, digest=digest
+    )
+    return item, (0, "") if row is None else (int(row[0]), bytes(row[1]).hex())
 
 
 def file_digest(path: Path) -> str:
@@ -418,7 +474,8 @@ def verify(ws: Workspace, manifest: Manifest) -> list[str]:
     """Check every file of a backup against its manifest digest; return the problems."""
     folder = ws.paths.backups / manifest.backup_id
     problems = []
-    for item in manifest.items:
+    copies = manifest.items + ([manifest.journal] if manifest.journal else [])
+    for item in copies:
         if item.absent:
             continue
         copy = folder / item.name

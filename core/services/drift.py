@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from flywall.core.targets.database import DatabaseTarget
 
 
+LOST_EVENTS = (
+    "the journal lacks migrations state.db records as applied: if the journal lost events "
+    "(a deleted -wal, a damaged file), get the box back from a backup: flywall migration "
+    "journal recover-from-backup BACKUP_ID --yes"
+)
+
+
 def detect(state: Projection, db: DatabaseTarget | None) -> list[str]:
     """Return one line per disagreement between the journal and state.db; [] if none."""
     journal_applied = {
@@ -31,6 +38,8 @@ def detect(state: Projection, db: DatabaseTarget | None) -> list[str]:
         for v in sorted(markers)
         if v not in journal_applied and v not in in_flight
     ]
+    if findings:  # the journal is behind state.db: perhaps it lost its newest events
+        findings.append(LOST_EVENTS)
     for v, rec in sorted(journal_applied.items()):
         if v not in markers:
             findings.append(f"{where}: the journal shows {v} applied but its marker is missing")
