@@ -130,7 +130,7 @@ def status(verbose: bool, as_json: bool) -> None:
 
     report = commands.status(_workspace(), verbose=verbose)
     render.emit_json(report) if as_json else render.status(report)
-    if report.drift:
+    if report.drift or report.broken:
         from flywall.core.errors import EXIT_VALIDATION
 
         sys.exit(EXIT_VALIDATION)
@@ -147,6 +147,10 @@ def list_(pending: bool, applied: bool, as_json: bool) -> None:
 
     rows = commands.list_migrations(_workspace(), pending=pending, applied=applied)
     render.emit_json(rows) if as_json else render.migrations(rows)
+    if any(r.state == "broken" for r in rows):
+        from flywall.core.errors import EXIT_VALIDATION
+
+        sys.exit(EXIT_VALIDATION)
 
 
 @migration.command()

@@ -69,10 +69,18 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
 
 
 def migrations(rows: Sequence[MigrationRow]) -> None:
-    """Render `list`."""
+    """Render `list`; broken files after the table, one `BROKEN` line each."""
+    broken = [r for r in rows if r.state == "broken"]
+    rows = [r for r in rows if r.state != "broken"]
     if not rows:
         echo("no migrations")
-        return
+    else:
+        _table(rows)
+    for r in broken:
+        echo(f"BROKEN      {r.file}: {r.last_error}")
+
+
+def _table(rows: Sequence[MigrationRow]) -> None:
     table(
         [
             (
@@ -138,6 +146,8 @@ def _status_findings(report: StatusReport) -> None:
         echo(f"DRIFT       {finding}")
     for missing in report.missing:
         echo(f"MISSING     {missing}")
+    for broken in report.broken:
+        echo(f"BROKEN      {broken.path}: {broken.reason}")
 
 
 def _evidence(evidence: dict[str, str]) -> str:

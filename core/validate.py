@@ -47,6 +47,7 @@ def validate(ws: Workspace) -> ValidationReport:
     from flywall.journal import JournalCorrupt
 
     checks: dict[str, str] = {}
+    checks["migration files"] = "; ".join(_broken_files(ws)) or "ok"
     journal = ws.read_journal()
     state = projection.Projection()
     if journal is not None:
@@ -80,13 +81,33 @@ def validate(ws: Workspace) -> ValidationReport:
     return ValidationReport(checks=checks, ok=ok, warnings=warnings)
 
 
+def _broken_files(ws: Workspace) -> list[str]:
+    """Each file that is not a usable migration, and why.
+
+    Invalid as status shows it, or a Python migration whose body raises when loaded
+    (which only running it can tell; status never runs a migration's code).
+    """
+    from flywall.core.discovery import load_module
+    from flywall.core.errors import DiscoveryError
+
+    ws.tolerate_broken = True  # a broken file is this check's finding, not a stop
+    found = [f"{b.path}: {b.reason}" for b in ws.broken]
+    for m in ws.migrations:
+        if m.kind == "python":
+            try:
+                load_module(m)
+            except DiscoveryError as e:
+                found.append(str(e))
+    return found
+
+
 def missing_files(ws: Workspace, state: projection.Projection) -> list[str]:
     """Name each applied migration whose file is no longer in any migrations folder.
 
     Not an error: the journal keeps every applied source, so it can still be rolled back
     (after a firmware downgrade, say). But an operator should see it, not only `checksums`.
     """
-    on_disk = {m.version for m in ws.migrations}
+    on_disk = {m.version for m in ws.migrations} | {b.version for b in ws.broken}
     return [
         f"{r.version} ({r.file or r.slug}) is applied but its file is gone; "
         "a rollback uses the journal's copy"
