@@ -86,6 +86,15 @@ def events_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def progress_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add `--no-progress` to a command that can run batched state migrations."""
+    return click.option(
+        "--no-progress",
+        is_flag=True,
+        help="No progress line for batched migrations (shown only when stderr is a terminal).",
+    )(f)
+
+
 def drift_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """Add `--accept-drift` to a writing command."""
     return click.option(
@@ -164,8 +173,14 @@ def list_(pending: bool, applied: bool, as_json: bool) -> None:
 @wait_option
 @json_option
 @events_option
+@progress_option
 def migrate(
-    target: str | None, dry_run: bool, accept_drift: bool, as_json: bool, events: str | None
+    target: str | None,
+    dry_run: bool,
+    accept_drift: bool,
+    as_json: bool,
+    events: str | None,
+    no_progress: bool,
 ) -> None:
     """Apply pending migrations, recovering any interrupted run first."""
     from flywall.cli import run
@@ -177,6 +192,7 @@ def migrate(
         accept_drift=accept_drift,
         as_json=as_json,
         events=events,
+        no_progress=no_progress,
     )
 
 
@@ -189,6 +205,7 @@ def migrate(
 @wait_option
 @json_option
 @events_option
+@progress_option
 def rollback(
     version: str | None,
     steps: int | None,
@@ -197,6 +214,7 @@ def rollback(
     accept_drift: bool,
     as_json: bool,
     events: str | None,
+    no_progress: bool,
 ) -> None:
     """Roll back VERSION, the newest --steps N, or everything after --to VERSION."""
     from flywall.cli import run
@@ -210,6 +228,7 @@ def rollback(
         accept_drift=accept_drift,
         as_json=as_json,
         events=events,
+        no_progress=no_progress,
     )
 
 
