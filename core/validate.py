@@ -42,7 +42,21 @@ class ValidationReport(msgspec.Struct, kw_only=True):
 
 
 def validate(ws: Workspace) -> ValidationReport:
-    """Run every check; never raises for a finding (findings are the result)."""
+    """Run every check; never raises for a finding (findings are the result).
+
+    A broken migration file is a finding here (the `migration files` check), so the other
+    checks look past it; the workspace refuses broken files again afterwards, since a
+    writer's run (validate_before) goes on with it.
+    """
+    tolerant = ws.tolerate_broken
+    ws.tolerate_broken = True
+    try:
+        return _checks(ws)
+    finally:
+        ws.tolerate_broken = tolerant
+
+
+def _checks(ws: Workspace) -> ValidationReport:
     from flywall.core.targets.database import open_existing
     from flywall.journal import JournalCorrupt
 
@@ -90,7 +104,6 @@ def _broken_files(ws: Workspace) -> list[str]:
     from flywall.core.discovery import load_module
     from flywall.core.errors import DiscoveryError
 
-    ws.tolerate_broken = True  # a broken file is this check's finding, not a stop
     found = [f"{b.path}: {b.reason}" for b in ws.broken]
     for m in ws.migrations:
         if m.kind == "python":
