@@ -87,6 +87,15 @@ def events_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def progress_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add `--no-progress` to a command that can run batched state migrations."""
+    return click.option(
+        "--no-progress",
+        is_flag=True,
+        help="No progress line for batched migrations (shown only when stderr is a terminal).",
+    )(f)
+
+
 def drift_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """Add `--accept-drift` to a writing command."""
     return click.option(
@@ -131,7 +140,7 @@ def status(verbose: bool, as_json: bool) -> None:
 
     report = commands.status(_workspace(), verbose=verbose)
     render.emit_json(report) if as_json else render.status(report)
-    if report.drift:
+    if report.drift or report.broken:
         from flywall.core.errors import EXIT_VALIDATION
 
         sys.exit(EXIT_VALIDATION)
@@ -148,6 +157,10 @@ def list_(pending: bool, applied: bool, as_json: bool) -> None:
 
     rows = commands.list_migrations(_workspace(), pending=pending, applied=applied)
     render.emit_json(rows) if as_json else render.migrations(rows)
+    if any(r.state == "broken" for r in rows):
+        from flywall.core.errors import EXIT_VALIDATION
+
+        sys.exit(EXIT_VALIDATION)
 
 
 @migration.command()
@@ -161,8 +174,14 @@ def list_(pending: bool, applied: bool, as_json: bool) -> None:
 @wait_option
 @json_option
 @events_option
+@progress_option
 def migrate(
-    target: str | None, dry_run: bool, accept_drift: bool, as_json: bool, events: str | None
+    target: str | None,
+    dry_run: bool,
+    accept_drift: bool,
+    as_json: bool,
+    events: str | None,
+    no_progress: bool,
 ) -> None:
     """Apply pending migrations, recovering any interrupted run first."""
     from flywall.cli import run
@@ -174,6 +193,7 @@ def migrate(
         accept_drift=accept_drift,
         as_json=as_json,
         events=events,
+        no_progress=no_progress,
     )
 
 
@@ -186,6 +206,7 @@ def migrate(
 @wait_option
 @json_option
 @events_option
+@progress_option
 def rollback(
     version: str | None,
     steps: int | None,
@@ -194,6 +215,7 @@ def rollback(
     accept_drift: bool,
     as_json: bool,
     events: str | None,
+    no_progress: bool,
 ) -> None:
     """Roll back VERSION, the newest --steps N, or everything after --to VERSION."""
     from flywall.cli import run
@@ -207,6 +229,7 @@ def rollback(
         accept_drift=accept_drift,
         as_json=as_json,
         events=events,
+        no_progress=no_progress,
     )
 
 

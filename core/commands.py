@@ -15,6 +15,7 @@ import msgspec
 
 from flywall.core import errors, projection
 from flywall.core import events as ev
+from flywall.core.discovery import Broken  # noqa: TC001 - at runtime: msgspec and OpenAPI read annotations
 from flywall.core.lifecycle import State
 from flywall.core.lock import current_holder
 from flywall.core.recovery import Decision  # noqa: TC001 - at runtime: msgspec and OpenAPI read annotations
@@ -115,6 +116,8 @@ class StatusReport(msgspec.Struct, kw_only=True):
     """Applied migrations whose file is gone (a warning: rollback uses the journal's copy)."""
     expired_confirmation: dict[str, list[str]] = {}
     """Runs whose window closed unconfirmed, with what the next writing command rolls back."""
+    broken: list[Broken] = []
+    """Files in the migrations folders that are not valid migrations (exit 4; writers refuse)."""
 
 
 def _read_state(ws: Workspace) -> tuple[projection.Projection, Journal | None]:
@@ -125,11 +128,30 @@ def _read_state(ws: Workspace) -> tuple[projection.Projection, Journal | None]:
 def list_migrations(
     ws: Workspace, *, pending: bool = False, applied: bool = False
 ) -> list[MigrationRow]:
-    """List every migration with its state (files on disk, plus journal-only ones)."""
+    """List every migration with its state (files on disk, plus journal-only ones).
+
+    A file that is not a valid migration is a row in state "broken" (its reason in
+    `last_error`), whatever the filter: one bad file must not hide the others, nor itself.
+    """
+    ws.tolerate_broken = True
     state, journal = _read_state(ws)
     if journal is not None:
         journal.close()
-    return _rows(ws, state, pending=pending, applied=applied)
+    rows = _rows(ws, state, pending=pending, applied=applied)
+    return rows + [_broken_row(b) for b in ws.broken]
+
+
+def _broken_row(broken: Broken) -> MigrationRow:
+    return MigrationRow(
+        version=broken.version,
+        component="",
+        description="",
+        state="broken",
+        checksum="",
+        applied_at=None,
+        file=broken.path,
+        last_error=broken.reason,
+    )
 
 
 def _rows(
@@ -185,6 +207,7 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
     """Summarise the appliance: component versions, counts, journal head, interruptions."""
     from flywall.core.validate import missing_files  # the one rule, shared with validate
 
+    ws.tolerate_broken = True  # shown as `broken`, beside everything else
     state, journal = _read_state(ws)
     try:
         rows = _rows(ws, state, pending=False, applied=False) if verbose else None
@@ -210,6 +233,7 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
             migrations=rows,
             paths=paths_info(ws),
             missing=missing_files(ws, state),
+            broken=ws.broken,
         )
     finally:
         if journal is not None:
