@@ -573,14 +573,16 @@ def wants_dry_run(ws: Workspace, *, dry_run: bool = False) -> bool:
 
 
 def check_target(ws: Workspace, target: str | None) -> None:
-    """Refuse an unknown `target` before a run starts (the API then answers 400 at once).
+    """Refuse a run before it starts (the API then answers at once, not with a failed run).
 
-    :raises UsageError: `target` is neither a migration version nor a schema_version.
+    :raises BrokenMigration: a migration file is broken (the API's 422).
+    :raises UsageError: `target` is neither a migration version nor a schema_version (400).
     """
+    migrations = ws.migrations
     if target is not None:
         from flywall.core.planner import resolve_target
 
-        resolve_target(ws.migrations, target)
+        resolve_target(migrations, target)
 
 
 # Named as its CLI subcommand (STYLE §2), not a pytest test: hence the PT028 noqa.

@@ -180,3 +180,13 @@ def test_the_api_status_carries_the_broken_list(box, tmp_path):
     assert answer.status_code == 200
     assert answer.json()["broken"] == json.loads(cli(box, "status", "--json").stdout)["broken"]
     assert answer.json()["broken"][0]["path"] == str(path)
+
+
+def test_the_api_refuses_a_run_over_a_broken_file_as_422_naming_it(box, tmp_path):
+    """A broken file is a refusal (the CLI's exit 4), not a server error (it was a 500)."""
+    path = box.write(*BROKEN["sql without sections"][:2])
+    with serving(box, tmp_path / "serve.log") as server:
+        for body in ({}, {"dry_run": True}, {"target_version": "202401010001"}):
+            answer = server.client.post("/api/migrations/apply", json=body)
+            assert answer.status_code == 422, (body, answer.text)
+            assert str(path) in answer.json()["error"]
