@@ -134,7 +134,12 @@ def status_of(error: Exception) -> int:
     match error:
         case errors.Busy() | errors.IllegalTransition() | errors.MigrationsDisabled():
             return HTTP_409_CONFLICT
-        case errors.ValidationFailed() | JournalCorrupt() | JournalUnreadable():
+        case (
+            errors.ValidationFailed()
+            | errors.BrokenMigration()
+            | JournalCorrupt()
+            | JournalUnreadable()
+        ):
             return HTTP_422_UNPROCESSABLE_ENTITY
         case errors.UsageError() | errors.NothingToDo():
             return HTTP_400_BAD_REQUEST
@@ -411,6 +416,7 @@ def rollback(request: Request[Any, Any, Any], data: RollbackRequest) -> RunAccep
     """Roll back one migration via its `down`: 202 with a run id."""
     ws, actor = _workspace(request), _actor(request)
     _row(ws, _version(data.version))
+    commands.check_target(ws, None)  # a 422 now for a broken file, not a failed run later
     run_id = request.app.state.runs.start(
         "rollback",
         lambda run_id, on_locked: commands.rollback(

@@ -452,12 +452,13 @@ def _read_only(
             if command == "status":
                 report = commands.status(ws, verbose=flags["verbose"])
                 render.emit_json(report) if flags["as_json"] else render.status(report)
-                code = EXIT_VALIDATION if report.drift else 0
+                code = EXIT_VALIDATION if report.drift or report.broken else 0
             else:
                 rows = commands.list_migrations(
                     ws, pending=flags["pending"], applied=flags["applied"]
                 )
                 render.emit_json(rows) if flags["as_json"] else render.migrations(rows)
+                code = EXIT_VALIDATION if any(r.state == "broken" for r in rows) else 0
     except KeyboardInterrupt:
         return _write("", "\nAborted!\n", 1)
     except Exception:

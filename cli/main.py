@@ -20,6 +20,7 @@ from flywall.cli.options import (
     hooks,
     interruptible,
     json_option,
+    progress_option,
     wait_option,
     workspace,
 )
@@ -70,7 +71,7 @@ def status(verbose: bool, as_json: bool) -> None:
 
     report = commands.status(workspace(), verbose=verbose)
     render.emit_json(report) if as_json else render.status(report)
-    if report.drift:
+    if report.drift or report.broken:
         sys.exit(commands.errors.EXIT_VALIDATION)
 
 
@@ -85,6 +86,8 @@ def list_(pending: bool, applied: bool, as_json: bool) -> None:
 
     rows = commands.list_migrations(workspace(), pending=pending, applied=applied)
     render.emit_json(rows) if as_json else render.migrations(rows)
+    if any(r.state == "broken" for r in rows):
+        sys.exit(commands.errors.EXIT_VALIDATION)
 
 
 @migration.command()
@@ -99,8 +102,14 @@ def list_(pending: bool, applied: bool, as_json: bool) -> None:
 @json_option
 @events_option
 @interruptible
+@progress_option
 def migrate(
-    target: str | None, dry_run: bool, accept_drift: bool, as_json: bool, events: str | None
+    target: str | None,
+    dry_run: bool,
+    accept_drift: bool,
+    as_json: bool,
+    events: str | None,
+    no_progress: bool,
 ) -> None:
     """Apply pending migrations, recovering any interrupted run first."""
     from flywall.cli import run
@@ -112,6 +121,7 @@ def migrate(
         accept_drift=accept_drift,
         as_json=as_json,
         events=events,
+        no_progress=no_progress,
     )
 
 
@@ -125,6 +135,7 @@ def migrate(
 @json_option
 @events_option
 @interruptible
+@progress_option
 def rollback(
     version: str | None,
     steps: int | None,
@@ -133,6 +144,7 @@ def rollback(
     accept_drift: bool,
     as_json: bool,
     events: str | None,
+    no_progress: bool,
 ) -> None:
     """Roll back VERSION, the newest --steps N, or everything after --to VERSION."""
     from flywall.cli import run
@@ -146,6 +158,7 @@ def rollback(
         accept_drift=accept_drift,
         as_json=as_json,
         events=events,
+        no_progress=no_progress,
     )
 
 

@@ -56,6 +56,15 @@ def events_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def progress_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add `--no-progress` to a command that can run batched state migrations."""
+    return click.option(
+        "--no-progress",
+        is_flag=True,
+        help="No progress line for batched migrations (shown only when stderr is a terminal).",
+    )(f)
+
+
 def drift_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """Add `--accept-drift` to a writing command."""
     return click.option(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
+    from typing import TextIO
 
     from flywall.core.commands.reports import (
         ChecksumRow,
@@ -74,10 +76,18 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
 
 
 def migrations(rows: Sequence[MigrationRow]) -> None:
-    """Render `list`."""
+    """Render `list`; broken files after the table, one `BROKEN` line each."""
+    broken = [r for r in rows if r.state == "broken"]
+    rows = [r for r in rows if r.state != "broken"]
     if not rows:
         echo("no migrations")
-        return
+    else:
+        _table(rows)
+    for r in broken:
+        echo(f"BROKEN      {r.file}: {r.last_error}")
+
+
+def _table(rows: Sequence[MigrationRow]) -> None:
     table(
         [
             (
@@ -143,6 +153,8 @@ def _status_findings(report: StatusReport) -> None:
         echo(f"DRIFT       {finding}")
     for missing in report.missing:
         echo(f"MISSING     {missing}")
+    for broken in report.broken:
+        echo(f"BROKEN      {broken.path}: {broken.reason}")
 
 
 def _evidence(evidence: dict[str, str]) -> str:
@@ -260,3 +272,56 @@ def _trial_step(s: TrialStep) -> None:
             echo(f"      {line}")
     if s.error:
         echo(f"    {s.error}")
+
+
+class ProgressLine:
+    """One line on a terminal's stderr showing a batched state migration's progress.
+
+    Fed by the `BatchCommitted` events of the run (rows done and the table's total), it is
+    redrawn in place (carriage return) at most every `interval` seconds, with the rate since
+    the migration started and the time left at that rate. `clear` erases it, so the next
+    line (`applying ...`, `failed: ...`, the run's summary) starts on a clean line.
+    The engine knows nothing of it: the CLI builds it only when stderr is a terminal.
+    """
+
+    def __init__(self, stream: TextIO, *, interval: float = 0.1) -> None:
+        self._stream = stream
+        self._interval = interval
+        self._began = time.monotonic()
+        self._drawn_at = 0.0
+        self._width = 0
+
+    def start(self) -> None:
+        """A migration starts: its rate is measured from now."""
+        self.clear()
+        self._began = time.monotonic()
+
+    def update(self, version: str, done: int, total: int) -> None:
+        """Show `done` of `total` rows, unless the line was drawn less than `interval` ago."""
+        now = time.monotonic()
+        if now - self._drawn_at < self._interval or total <= 0:
+            return
+        self._drawn_at = now
+        rate = done / max(now - self._began, 1e-6)
+        eta = _duration((total - done) / rate) if rate > 0 else "--:--"
+        line = (
+            f"  {version}  {done}/{total} rows  {100 * done // total:3d}%  "
+            f"{rate:,.0f} rows/s  ETA {eta}"
+        )
+        self._stream.write("\r" + line.ljust(self._width))
+        self._stream.flush()
+        self._width = len(line)
+
+    def clear(self) -> None:
+        """Erase the line (if one is shown) and put the cursor back at its start."""
+        if self._width:
+            self._stream.write("\r" + " " * self._width + "\r")
+            self._stream.flush()
+            self._width = 0
+
+
+def _duration(seconds: float) -> str:
+    """M:SS, or H:MM:SS from an hour on."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

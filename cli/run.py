@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from flywall.cli.render import ProgressLine
     from flywall.core.commands import Workspace
 
 
@@ -28,9 +29,13 @@ def workspace(obj: dict[str, Any]) -> Workspace:
     return ws
 
 
-def hooks(events: str | None, as_json: bool) -> dict[str, Any]:
-    """Return the engine callbacks: JSON lines, or human progress on stderr."""
-    from flywall.cli.render import echo, emit_json
+def hooks(events: str | None, as_json: bool, *, progress: bool = False) -> dict[str, Any]:
+    """Return the engine callbacks: JSON lines, or human progress on stderr.
+
+    With `progress` and stderr a terminal, a batched state migration also shows a progress
+    line (render.ProgressLine), erased before any other line is printed.
+    """
+    from flywall.cli.render import ProgressLine, echo, emit_json
     from flywall.core import commands
     from flywall.core.commands import ev
 
@@ -38,8 +43,11 @@ def hooks(events: str | None, as_json: bool) -> dict[str, Any]:
         return {"on_event": lambda row, event: emit_json(commands.event_dict(row, event))}
     if as_json:
         return {}
+    bar = ProgressLine(sys.stderr) if progress and _terminal(sys.stderr) else None
 
     def narrate(row: Any, event: Any) -> None:
+        if bar is not None:
+            _show_progress(bar, row, event)
         match event:
             case ev.MigrationStarted(direction=direction, slug=slug):
                 verb = "applying" if direction == "up" else "rolling back"
@@ -54,6 +62,32 @@ def hooks(events: str | None, as_json: bool) -> dict[str, Any]:
     return {"on_event": narrate}
 
 
+def _show_progress(bar: ProgressLine, row: Any, event: Any) -> None:
+    """Draw a batch on the progress line; erase it before any line that follows it."""
+    from flywall.core.commands import ev
+
+    match event:
+        case ev.BatchCommitted(rows=done, total_rows=total):
+            bar.update(row.migration, done, total)
+        case ev.MigrationStarted():
+            bar.start()
+        case (
+            ev.MigrationApplied()
+            | ev.MigrationFailed()
+            | ev.MigrationRolledBack()
+            | ev.RunFinished()
+            | ev.Recovered()
+        ):
+            bar.clear()
+
+
+def _terminal(stream: Any) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
+
+
 def migrate(
     obj: dict[str, Any],
     *,
@@ -62,6 +96,7 @@ def migrate(
     accept_drift: bool,
     as_json: bool,
     events: str | None,
+    no_progress: bool = False,
 ) -> None:
     """`migrate`: apply pending migrations, recovering any interrupted run first."""
     from flywall.cli import render
@@ -72,7 +107,10 @@ def migrate(
         _dry_run(ws, target, accept_drift, as_json, events)
         return
     report = commands.migrate(
-        ws, target=target, accept_drift=accept_drift, **hooks(events, as_json)
+        ws,
+        target=target,
+        accept_drift=accept_drift,
+        **hooks(events, as_json, progress=not no_progress),
     )
     if events is None:
         render.emit_json(report) if as_json else render.run(report)
@@ -105,6 +143,7 @@ def rollback(
     accept_drift: bool,
     as_json: bool,
     events: str | None,
+    no_progress: bool = False,
 ) -> None:
     """`rollback`: VERSION, the newest --steps N, or everything after --to VERSION."""
     from flywall.cli import render
@@ -117,7 +156,7 @@ def rollback(
         to=to,
         accept_drift=accept_drift,
         yes=yes,
-        **hooks(events, as_json),
+        **hooks(events, as_json, progress=not no_progress),
     )
     if events is None:
         render.emit_json(report) if as_json else render.run(report)

@@ -144,13 +144,8 @@ def test_create_writes_a_migration_that_discovery_accepts_and_migrate_applies(ap
             ["status"],
             "etc/flywall/migration.hcl: migration.bogus_key: unknown key",
         ),
-        (
-            lambda app: app.write(f"{V2}_bad.py", "component = 'database'\ndef up(ctx, db)\n"),
-            ["migrate"],
-            rf"/.+/{V2}_bad\.py:2:\d+: syntax error: .+",
-        ),
     ],
-    ids=["rollback alone", "create --sql config", "unknown target", "config key", "syntax"],
+    ids=["rollback alone", "create --sql config", "unknown target", "config key"],
 )
 def test_a_user_error_exits_2_with_one_line_naming_its_cause(appliance, setup, args, message):
     create_table_migration(appliance, V1, "alpha")
@@ -160,6 +155,18 @@ def test_a_user_error_exits_2_with_one_line_naming_its_cause(appliance, setup, a
     result = appliance.cli(*args)
 
     assert re.fullmatch(f"FAILED: {message}\n", assert_one_line_error(result, 2))
+    assert result.stdout == ""
+
+
+def test_a_broken_migration_file_stops_a_writer_with_exit_4_naming_it(appliance):
+    """Issue 16.14: was exit 2 (a usage error); a broken file is now a pre-flight failure."""
+    create_table_migration(appliance, V1, "alpha")
+    appliance.write(f"{V2}_bad.py", "component = 'database'\ndef up(ctx, db)\n")
+
+    result = appliance.cli("migrate")
+
+    message = rf"FAILED: /.+/{V2}_bad\.py:2:\d+: syntax error: .+; nothing was run .+\n"
+    assert re.fullmatch(message, assert_one_line_error(result, 4))
     assert result.stdout == ""
 
 
@@ -769,10 +776,15 @@ def test_a_migration_file_that_cannot_be_read_is_one_line_naming_it(appliance):
     broken = appliance.migrations_dir / f"{V2}_unreadable.sql"
     broken.symlink_to("/proc/self/mem")
 
-    for args in (["list"], ["migrate"]):
-        result = appliance.cli(*args)
-        expected = f"FAILED: {broken}: cannot read: Input/output error\n"
-        assert assert_one_line_error(result, 2) == expected
+    # Issue 16.14 (was exit 2 from both): `list` shows it as broken beside the others,
+    # and a writer refuses it as a pre-flight failure.
+    listed = appliance.cli("list")
+    assert (listed.returncode, listed.stderr) == (4, "")
+    assert V1 in listed.stdout
+    assert f"BROKEN      {broken}: cannot read: Input/output error\n" in listed.stdout
+    result = appliance.cli("migrate")
+    expected = f"FAILED: {broken}: cannot read: Input/output error; nothing was run"
+    assert assert_one_line_error(result, 4).startswith(expected)
     assert cli_json(appliance, "history") == []
 
 

@@ -761,12 +761,16 @@ def test_a_bad_file_fails_every_command_with_one_line_naming_file_and_line(appli
     text, message = BAD_FILES[case]
     path = appliance.write(f"{V}_bad.hcl", text)
 
-    for command in (["list"], ["migrate"]):
-        result = appliance.cli(*command)
-
-        assert result.returncode == 2
-        assert result.stderr == f"FAILED: {message.replace('x.hcl', str(path), 1)}\n"
-        assert "Traceback" not in result.stderr
+    # Issue 16.14 (both were exit 2): `list` shows it as broken, `migrate` refuses (exit 4).
+    listed = appliance.cli("list")
+    assert (listed.returncode, listed.stderr) == (4, "")
+    line, detail = message.removeprefix("x.hcl:").split(":", 1)
+    assert f"BROKEN      {path}: line {line}:{detail}\n" in listed.stdout
+    result = appliance.cli("migrate")
+    assert result.returncode == 4
+    refused = f"FAILED: {message.replace('x.hcl', str(path), 1)}; nothing was run"
+    assert result.stderr == f"{refused} (fix or remove the file)\n"
+    assert "Traceback" not in result.stderr
 
 
 def test_a_declarative_file_is_signed_and_checked_like_any_other(appliance, tmp_path):

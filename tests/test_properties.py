@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from contextlib import closing, suppress
 from pathlib import Path
@@ -357,10 +358,19 @@ def check_outcome(
 ) -> None:
     """Check that the command did what it was asked, or failed or was refused for cause."""
     expected = (RunReport, *REFUSED, errors.IllegalTransition, errors.MigrationFailed)
-    assert isinstance(outcome, (*expected, errors.DiscoveryError)), (op, outcome)
+    assert isinstance(outcome, (*expected, errors.DiscoveryError, errors.ValidationFailed))
     if broken & {r.version for r in before.in_state(State.APPLIED)}:
         if op[0] != "illegal":
             assert isinstance(outcome, errors.ChecksumMismatch), (op, outcome)
+    elif isinstance(outcome, errors.ValidationFailed):
+        # Issue 16.14: a module that raises while loading is found at pre-flight (it was
+        # found at its turn, after the ones before it were applied): nothing changes.
+        match = re.search(r"/([0-9]{12,})_[^/]*\.py: failed to load: ", str(outcome))
+        assert match is not None, (op, outcome)
+        assert match[1] in broken, (op, outcome)
+        assert {v: r.state for v, r in state.migrations.items()} == {
+            v: r.state for v, r in before.migrations.items()
+        }, (op, outcome)
     elif isinstance(outcome, errors.MigrationFailed | errors.DiscoveryError):
         # A module that raises while loading surfaces as an unusable file (exit 2), any
         # other failure as MigrationFailed (exit 1); both are journaled alike.

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from flywall.core.appliance.settings import Settings
-    from flywall.core.scripts.discovery import Migration
+    from flywall.core.model.errors import DiscoveryError
+    from flywall.core.scripts.discovery import Broken, Migration
     from flywall.journal import Journal
 
 
@@ -132,9 +133,39 @@ class Workspace:
             dirs.append(shipped_directory())
         return dirs
 
-    @functools.cached_property
+    tolerate_broken = False
+    """Readers (status, list, validate) set this: `migrations` then skips broken files,
+    which they show from `broken`; every other command refuses while one is there."""
+
+    @property
     def migrations(self) -> list[Migration]:
         """Return every migration file found, sorted by version (read once per command).
+
+        :raises BrokenMigration: a file in a migrations folder is not a valid migration
+            (unless `tolerate_broken`): nothing may run on a box whose plan is unknown.
+        """
+        if "migrations_override" in self.__dict__:  # trial boxes narrow the set by hand
+            return self.__dict__["migrations_override"]
+        migrations, broken = self._scan
+        if broken and not self.tolerate_broken:
+            from flywall.core.model.errors import BrokenMigration
+
+            raise BrokenMigration(broken[0][1])
+        return migrations
+
+    @migrations.setter
+    def migrations(self, value: list[Migration]) -> None:
+        self.__dict__["migrations_override"] = value
+        self.__dict__.pop("_by_version", None)
+
+    @property
+    def broken(self) -> list[Broken]:
+        """The files in the migrations folders that are not valid migrations, and why."""
+        return [b for b, _ in self._scan[1]]
+
+    @functools.cached_property
+    def _scan(self) -> tuple[list[Migration], list[tuple[Broken, DiscoveryError]]]:
+        """Every migration file found, and the broken ones (read once per command).
 
         Every command, writers included, trusts the discovery cache for files whose stat
         fields (ctime among them) are unchanged: see `discover` for why that is sound.
@@ -142,7 +173,7 @@ class Workspace:
         cache here (the commands that need the key report that error themselves).
         """
         from flywall.core.model.errors import SettingsError
-        from flywall.core.scripts.discovery import discover
+        from flywall.core.scripts.discovery import scan
 
         cache: Path | None = self.settings.root / "var/cache/flywall/migrations.msgpack"
         try:
@@ -151,7 +182,7 @@ class Workspace:
             cache = key = None
         if self.settings.layout == "none":  # no appliance here: leave no cache behind either
             cache = None
-        return discover(self.directories(), cache, key=key)
+        return scan(self.directories(), cache, key=key)
 
     def migration(self, version: str) -> Migration | None:
         """Return the migration file with `version`, if one is on disk."""

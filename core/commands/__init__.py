@@ -32,6 +32,7 @@ from flywall.core.runtime import snapshot
 from flywall.core.runtime.lock import current_holder
 from flywall.core.runtime.pytimeout import ending_runs as ending_runs
 from flywall.core.runtime.recovery import Decision  # noqa: TC001 - at runtime: msgspec and OpenAPI read annotations
+from flywall.core.scripts.discovery import Broken  # noqa: TC001 - at runtime: msgspec and OpenAPI read annotations
 from flywall.journal import JournalCorrupt as JournalCorrupt
 from flywall.journal import JournalError as JournalError
 from flywall.journal import JournalUnreadable as JournalUnreadable
@@ -125,6 +126,8 @@ class StatusReport(msgspec.Struct, kw_only=True):
     """Applied migrations whose file is gone (a warning: rollback uses the journal's copy)."""
     expired_confirmation: dict[str, list[str]] = {}
     """Runs whose window closed unconfirmed, with what the next writing command rolls back."""
+    broken: list[Broken] = []
+    """Files in the migrations folders that are not valid migrations (exit 4; writers refuse)."""
 
 
 def _read_state(ws: Workspace) -> tuple[projection.Projection, Journal | None]:
@@ -135,11 +138,30 @@ def _read_state(ws: Workspace) -> tuple[projection.Projection, Journal | None]:
 def list_migrations(
     ws: Workspace, *, pending: bool = False, applied: bool = False
 ) -> list[MigrationRow]:
-    """List every migration with its state (files on disk, plus journal-only ones)."""
+    """List every migration with its state (files on disk, plus journal-only ones).
+
+    A file that is not a valid migration is a row in state "broken" (its reason in
+    `last_error`), whatever the filter: one bad file must not hide the others, nor itself.
+    """
+    ws.tolerate_broken = True
     state, journal = _read_state(ws)
     if journal is not None:
         journal.close()
-    return _rows(ws, state, pending=pending, applied=applied)
+    rows = _rows(ws, state, pending=pending, applied=applied)
+    return rows + [_broken_row(b) for b in ws.broken]
+
+
+def _broken_row(broken: Broken) -> MigrationRow:
+    return MigrationRow(
+        version=broken.version,
+        component="",
+        description="",
+        state="broken",
+        checksum="",
+        applied_at=None,
+        file=broken.path,
+        last_error=broken.reason,
+    )
 
 
 def _rows(
@@ -195,6 +217,7 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
     """Summarise the appliance: component versions, counts, journal head, interruptions."""
     from flywall.core.services.validate import missing_files  # the one rule, shared with validate
 
+    ws.tolerate_broken = True  # shown as `broken`, beside everything else
     state, journal = _read_state(ws)
     try:
         rows = _rows(ws, state, pending=False, applied=False) if verbose else None
@@ -220,6 +243,7 @@ def status(ws: Workspace, *, verbose: bool = False) -> StatusReport:
             migrations=rows,
             paths=paths_info(ws),
             missing=missing_files(ws, state),
+            broken=ws.broken,
         )
     finally:
         if journal is not None:
@@ -548,14 +572,16 @@ def wants_dry_run(ws: Workspace, *, dry_run: bool = False) -> bool:
 
 
 def check_target(ws: Workspace, target: str | None) -> None:
-    """Refuse an unknown `target` before a run starts (the API then answers 400 at once).
+    """Refuse a run before it starts (the API then answers at once, not with a failed run).
 
-    :raises UsageError: `target` is neither a migration version nor a schema_version.
+    :raises BrokenMigration: a migration file is broken (the API's 422).
+    :raises UsageError: `target` is neither a migration version nor a schema_version (400).
     """
+    migrations = ws.migrations
     if target is not None:
         from flywall.core.model.planner import resolve_target
 
-        resolve_target(ws.migrations, target)
+        resolve_target(migrations, target)
 
 
 # Named as its CLI subcommand (STYLE §2), not a pytest test: hence the PT028 noqa.

@@ -51,6 +51,16 @@ class DiscoveryError(FlywallError):
         self.path = path
 
 
+class BrokenMigration(DiscoveryError):
+    """A writing command met a broken migration file: it refuses before doing anything."""
+
+    exit_code = EXIT_VALIDATION
+
+    def __init__(self, error: DiscoveryError) -> None:
+        FlywallError.__init__(self, f"{error}; nothing was run (fix or remove the file)")
+        self.path = error.path
+
+
 class GraphError(FlywallError):
     """The migrations' dependencies cannot be ordered (unknown, cycle, out of order)."""
 

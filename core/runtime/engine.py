@@ -800,6 +800,7 @@ class Engine:
         :raises ValidationFailed: naming the path and what is missing or malformed.
         """
         self._preflight_documents(plan)
+        self._preflight_modules(plan)
         paths = self.ws.paths
         db_size = paths.state_db.stat().st_size if paths.state_db.exists() else 0
         files = sum(p.stat().st_size for p in (paths.config, paths.api_document) if p.exists())
@@ -819,6 +820,25 @@ class Engine:
                 raise errors.ValidationFailed(f"pre-flight: {target} is not writable")
             if not os.access(folder, os.W_OK):
                 raise errors.ValidationFailed(f"pre-flight: {folder} is not writable")
+
+    def _preflight_modules(self, plan: list[str] | tuple[str, ...]) -> None:
+        """Load each Python migration of `plan` once: a body raising at import stops the run.
+
+        Discovery only reads a file's syntax tree, so this is where such a file shows,
+        before anything is applied rather than at its turn after others changed the box.
+
+        :raises ValidationFailed: naming the file and what its body raised.
+        """
+        from flywall.core.scripts.discovery import load_module
+
+        for version in plan:
+            m = self.ws.migration(version)
+            if m is None or m.kind != "python":
+                continue
+            try:
+                load_module(m)
+            except errors.DiscoveryError as e:
+                raise errors.ValidationFailed(f"pre-flight: {e}; nothing was changed") from e
 
     def _preflight_documents(self, plan: list[str] | tuple[str, ...]) -> None:
         """Open flywall.hcl and api.json as their migrations will, if the plan touches them.

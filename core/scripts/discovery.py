@@ -29,11 +29,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPONENTS",
+    "Broken",
     "Migration",
     "checksum",
     "discover",
     "from_source",
     "load_module",
+    "scan",
     "shipped_directory",
 ]
 
@@ -82,6 +84,22 @@ class Migration(msgspec.Struct, frozen=True, kw_only=True):
     def name(self) -> str:
         """The file name without its extension, e.g. ``202312010001_add_zone_services``."""
         return f"{self.version}_{self.slug}"
+
+
+class Broken(msgspec.Struct, frozen=True, kw_only=True):
+    """A file in a migrations folder that is not a usable migration, and the one-line why.
+
+    Readers show it beside the others, so one bad file never hides the box; writers refuse.
+    """
+
+    path: str
+    reason: str
+
+    @property
+    def version(self) -> str:
+        """The version its name gives (12+ leading digits), or "" for a name without one."""
+        match = re.match(r"([0-9]{12,})_", self.path.rpartition("/")[2])
+        return match[1] if match else ""
 
 
 def checksum(raw: bytes) -> tuple[bytes, str]:
@@ -136,8 +154,25 @@ def discover(
 ) -> list[Migration]:
     """Describe every migration file in `directories`, ordered by version.
 
+    The strict form of `scan`, for callers that must not go on past a broken file.
+
+    :raises DiscoveryError: a file is invalid, or two files share a version.
+    """
+    migrations, broken = scan(directories, cache, key=key)
+    if broken:
+        raise broken[0][1]
+    return migrations
+
+
+def scan(
+    directories: Sequence[Path], cache: Path | None = None, *, key: bytes | None = None
+) -> tuple[list[Migration], list[tuple[Broken, DiscoveryError]]]:
+    """Describe every usable migration file, ordered by version, and every broken one.
+
     A configured directory that does not exist yet holds no migrations; that is not an
-    error, because a fresh appliance has only the shipped ones.
+    error, because a fresh appliance has only the shipped ones. A file that is not a valid
+    migration (name, encoding, syntax, a version used twice) is returned as broken, with
+    the error that describes it, so readers can show the rest of the box.
 
     With `cache`, a file whose (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) are
     those recorded is taken from the cache (its source, checksum and metadata) instead of
@@ -145,15 +180,17 @@ def discover(
     write to a file, and any `touch` or `os.utime` putting its mtime back, sets its ctime
     to the current time, which no process can choose; so equal stat fields mean the bytes
     cached are the bytes on disk. Files changed within `RACY_NS` of the scan are never
-    cached. The cache file carries a blake3 digest of its contents, keyed with `key` (the
-    device key) when there is one, so a cache edited or damaged on disk is ignored.
+    cached, and a broken file never is (it is read again on every scan). The cache file
+    carries a blake3 digest of its contents, keyed with `key` (the device key) when there
+    is one, so a cache edited or damaged on disk is ignored.
 
-    :raises DiscoveryError: a file is invalid, or two files share a version.
+    :raises DiscoveryError: a folder cannot be listed.
     """
     known = _load_cache(cache, key) if cache is not None else {}
     fresh_before = time.time_ns() - RACY_NS
     seen: _CacheEntries = {}
     found: dict[str, Migration] = {}
+    broken: list[tuple[Broken, DiscoveryError]] = []
     for directory in directories:
         entries = _listing(directory)
         if entries is None:
@@ -168,19 +205,35 @@ def discover(
             stamp = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
             path = prefix + entry.name
             hit = known.get(path)
-            if hit is not None and hit[0] == stamp:
-                migration = hit[1]
-            else:
-                migration = from_source(path, _read(path, stat.st_size))
+            try:
+                if hit is not None and hit[0] == stamp:
+                    migration = hit[1]
+                else:
+                    migration = from_source(path, _read(path, stat.st_size))
+            except DiscoveryError as e:
+                broken.append((_broken(path, e), e))
+                continue
             if max(stat.st_ctime_ns, stat.st_mtime_ns) < fresh_before:
                 seen[path] = (stamp, migration)
             other = found.setdefault(migration.version, migration)
             if other is not migration:
                 detail = f"version {migration.version} is also used by {other.path}"
-                raise DiscoveryError(migration.path, detail)
+                error = DiscoveryError(migration.path, detail)
+                broken.append((_broken(migration.path, error), error))
     if cache is not None and seen != known:
         _save_cache(cache, seen, key)
-    return sorted(found.values(), key=lambda m: (int(m.version), m.version))
+    return sorted(found.values(), key=lambda m: (int(m.version), m.version)), broken
+
+
+def _broken(path: str, error: DiscoveryError) -> Broken:
+    """The file and the error's message without its leading location (shown as `path`)."""
+    message = str(error)
+    if not message.startswith(path):
+        return Broken(path=path, reason=message)
+    rest = message[len(path) :]
+    if rest.startswith(":") and rest[1:2].isdigit():  # path:LINE:COL: detail
+        return Broken(path=path, reason="line " + rest[1:])
+    return Broken(path=path, reason=rest.removeprefix(": "))
 
 
 def _listing(directory: Path) -> list[os.DirEntry[str]] | None:

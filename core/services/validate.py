@@ -74,10 +74,24 @@ def validate(ws: Workspace, *, everything: bool = False) -> ValidationReport:
     journal chain and each applied migration's verify. `everything` (`validate --all`)
     adds the `ALL_ONLY` checks: SQLite's integrity check of the journal file itself, and
     every backup's files against its manifest digests.
+
+    A broken migration file is a finding here (the `migration files` check), so the other
+    checks look past it; the workspace refuses broken files again afterwards, since a
+    writer's run (validate_before) goes on with it.
     """
+    tolerant = ws.tolerate_broken
+    ws.tolerate_broken = True
+    try:
+        return _checks(ws, everything=everything)
+    finally:
+        ws.tolerate_broken = tolerant
+
+
+def _checks(ws: Workspace, *, everything: bool) -> ValidationReport:
     from flywall.core.targets.database import open_existing
 
     checks: dict[str, str] = {}
+    checks["migration files"] = "; ".join(_broken_files(ws)) or "ok"
     state, checks["journal chain"], journal_integrity = _journal(ws, integrity=everything)
     if everything:
         checks["journal integrity"] = journal_integrity
@@ -102,6 +116,25 @@ def validate(ws: Workspace, *, everything: bool = False) -> ValidationReport:
     checks["current_version"] = _current_version(ws, state)
     ok = all(v == "ok" for name, v in checks.items() if name not in WARNING_CHECKS)
     return ValidationReport(checks=checks, ok=ok, warnings=warnings)
+
+
+def _broken_files(ws: Workspace) -> list[str]:
+    """Each file that is not a usable migration, and why.
+
+    Invalid as status shows it, or a Python migration whose body raises when loaded
+    (which only running it can tell; status never runs a migration's code).
+    """
+    from flywall.core.model.errors import DiscoveryError
+    from flywall.core.scripts.discovery import load_module
+
+    found = [f"{b.path}: {b.reason}" for b in ws.broken]
+    for m in ws.migrations:
+        if m.kind == "python":
+            try:
+                load_module(m)
+            except DiscoveryError as e:
+                found.append(str(e))
+    return found
 
 
 def verify_data(ws: Workspace) -> ValidationReport:
@@ -196,7 +229,7 @@ def missing_files(ws: Workspace, state: projection.Projection) -> list[str]:
     Not an error: the journal keeps every applied source, so it can still be rolled back
     (after a firmware downgrade, say). But an operator should see it, not only `checksums`.
     """
-    on_disk = {m.version for m in ws.migrations}
+    on_disk = {m.version for m in ws.migrations} | {b.version for b in ws.broken}
     return [
         f"{r.version} ({r.file or r.slug}) is applied but its file is gone; "
         "a rollback uses the journal's copy"
