@@ -25,7 +25,7 @@ _ENABLED_BY = {
 
 def unit_text(name: str, executable: str) -> str:
     """The unit `name` as shipped, with `{executable}` filled in."""
-    template = resources.files("flywall.core").joinpath("systemd_units", name)
+    template = resources.files("flywall.core.appliance").joinpath("systemd_units", name)
     return template.read_text(encoding="utf-8").replace("{executable}", executable)
 
 
