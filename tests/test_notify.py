@@ -6,6 +6,8 @@ Real servers on 127.0.0.1 only: aiosmtpd for email, http.server for the Slack we
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 import ipaddress
 import json
 import socket
@@ -85,12 +87,11 @@ class SmtpServer:
             self._controller = None
 
     def subjects(self) -> list[str]:
-        return [
-            line.removeprefix("Subject: ")
-            for m in self.inbox.messages
-            for line in m.splitlines()
-            if line.startswith("Subject: ")
-        ]
+        """Each message's subject, unfolded (a long one is folded over lines, RFC 5322)."""
+        parsed = (
+            email.message_from_string(m, policy=email.policy.default) for m in self.inbox.messages
+        )
+        return [str(message["Subject"]) for message in parsed]
 
 
 class Webhook:
