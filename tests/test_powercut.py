@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import shutil
 import textwrap
 import time
@@ -30,12 +29,12 @@ import apsw
 import pytest
 from crashsim import vfs
 from crashsim.invariants import AckLog, Observed, check_after_cut, observe
+from torture import LONG
 
 from flywall.core import backup, commands, errors
 from flywall.core.settings import load_settings
 from flywall.core.workspace import SqliteOptions, Workspace
 
-LONG = os.environ.get("FLYWALL_TORTURE") == "long"
 SAMPLES = 8
 """Cut points per fate and scenario in the default mode (each fate on a shifted grid; each
 scenario also runs with a low checkpoint threshold, so every run is sampled twice)."""
