@@ -20,10 +20,14 @@ demo: $(STAMP)
 	$(BIN)/flywall-migration --root $(DEMO) status --verbose
 	$(BIN)/flywall-migration --root $(DEMO) validate
 
+# The suite runs spread over the machine's cores (pytest-xdist; CI has two): TEST_JOBS=0
+# runs it in this one process, as a plain `python -m pytest` does.
+TEST_JOBS ?= auto
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -7,13 +7,13 @@ run can leave behind, straight from the files (never through the engine's caches
 
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import apsw
 import blake3
+from torture import LONG
 
 from flywall.core import commands
 from flywall.core.appliance.workspace import Workspace
@@ -28,8 +28,6 @@ from flywall.core.targets.database import (
 )
 from flywall.core.targets.files import digest
 from flywall.journal import Journal
-
-LONG = os.environ.get("FLYWALL_TORTURE") == "long"
 
 
 @dataclass
@@ -247,20 +245,26 @@ def killed(result: subprocess.CompletedProcess[str]) -> bool:
     return result.returncode == -9
 
 
-SAMPLES = 8
-"""Crash points per scenario in the default run; FLYWALL_TORTURE=long kills at every one."""
+SAMPLES = 6
+"""Crash points per scenario in the default run (the first, the last and four spread
+between them); FLYWALL_TORTURE=long kills at every one."""
 LOW_CHECKPOINT = {"FLYWALL_WAL_AUTOCHECKPOINT": "2"}
 """Checkpoints inside every run: the journal and state.db copy their WAL every two pages."""
 
 
+def sample(points: list[str]) -> list[str]:
+    """Every point under FLYWALL_TORTURE=long; else SAMPLES spread evenly, always the first
+    and the last (a scenario is reached at both its ends and across its middle)."""
+    if LONG or len(points) <= SAMPLES:
+        return list(points)
+    step = (len(points) - 1) / (SAMPLES - 1)
+    return [points[round(i * step)] for i in range(SAMPLES)]
+
+
 def cuts(points: list[str]) -> list[tuple[str, dict[str, str]]]:
     """(point, environment) pairs: every point twice (SQLite's and a low checkpoint
-    threshold) under FLYWALL_TORTURE=long; else SAMPLES points spread evenly, always the
-    first and the last, alternating the two thresholds."""
+    threshold) under FLYWALL_TORTURE=long; else the `sample`, alternating the two
+    thresholds."""
     if LONG:
         return [(p, env) for p in points for env in ({}, LOW_CHECKPOINT)]
-    chosen = points
-    if len(points) > SAMPLES:
-        step = (len(points) - 1) / (SAMPLES - 1)
-        chosen = [points[round(i * step)] for i in range(SAMPLES)]
-    return [(p, LOW_CHECKPOINT if i % 2 else {}) for i, p in enumerate(chosen)]
+    return [(p, LOW_CHECKPOINT if i % 2 else {}) for i, p in enumerate(sample(points))]

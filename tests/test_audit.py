@@ -244,7 +244,7 @@ def test_a_rechained_tampered_row_is_caught_only_with_the_device_key(
         create_table_migration(app, "202401010001", "hosts")
     with_device_key(appliance)
     for app in (plain, appliance):
-        assert app.cli("migrate").returncode == 0
+        app.migrate()
         tamper_and_rechain(app, 3)
 
     assert plain.cli("journal", "verify").returncode == 0  # the limit of a plain chain
@@ -274,7 +274,7 @@ def test_a_tampered_row_is_named_with_and_without_the_device_key(
 
 def test_a_plain_journal_fails_with_a_key_and_a_keyed_one_without(appliance: Appliance) -> None:
     create_table_migration(appliance, "202401010001", "hosts")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     with_device_key(appliance)
 
     with_key = appliance.cli("journal", "verify")
@@ -288,7 +288,7 @@ def test_a_plain_journal_fails_with_a_key_and_a_keyed_one_without(appliance: App
     keyed = Appliance(appliance.root.parent / "keyed")
     with_device_key(keyed)
     create_table_migration(keyed, "202401010001", "hosts")
-    assert keyed.cli("migrate").returncode == 0
+    keyed.migrate()
     assert keyed.cli("journal", "verify").returncode == 0
     keyed.configure()  # the key is no longer configured
 
@@ -363,7 +363,7 @@ def journal_rows(app: Appliance) -> list[tuple[int, str]]:
 def adopted_at(app: Appliance) -> int:
     """Begin a journal without a key, then set the key and adopt it; return its seq."""
     create_table_migration(app, "202401010001", "hosts")
-    assert app.cli("migrate").returncode == 0
+    app.migrate()
     with_device_key(app)
     result = app.cli("journal", "adopt-key", "--json")
     assert result.returncode == 0, result.stderr
@@ -376,7 +376,7 @@ def test_a_plain_journal_adopts_the_device_key_and_is_keyed_from_then_on(
     appliance: Appliance,
 ) -> None:
     create_table_migration(appliance, "202401010001", "hosts")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     before = journal_rows(appliance)
     with_device_key(appliance)
 
@@ -399,7 +399,7 @@ def test_a_plain_journal_adopts_the_device_key_and_is_keyed_from_then_on(
     assert f"(device key MAC from seq {len(before) + 1})" in verified.stdout
 
     create_table_migration(appliance, "202401010002", "leases")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     assert appliance.cli("journal", "verify").returncode == 0
     again = appliance.cli("journal", "adopt-key")
     assert again.returncode == 0
@@ -433,7 +433,7 @@ def test_after_adoption_the_plain_history_cannot_be_rewritten_either(
 
 def test_a_broken_plain_chain_is_not_blessed_with_a_mac(appliance: Appliance) -> None:
     create_table_migration(appliance, "202401010001", "hosts")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     conn = apsw.Connection(str(appliance.journal))
     conn.execute("DROP TRIGGER events_refuse_update")
     conn.execute("UPDATE events SET at_ns = at_ns + 1 WHERE seq = 2")
@@ -462,7 +462,7 @@ def test_adopt_key_needs_a_key_and_a_journal(appliance: Appliance) -> None:
 
 def test_a_kill_right_after_the_adoption_leaves_it_whole(appliance: Appliance) -> None:
     create_table_migration(appliance, "202401010001", "hosts")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     with_device_key(appliance)
 
     killed = appliance.cli(
@@ -473,7 +473,7 @@ def test_a_kill_right_after_the_adoption_leaves_it_whole(appliance: Appliance) -
     assert appliance.cli("journal", "verify").returncode == 0
     assert "keyed already" in appliance.cli("journal", "adopt-key").stdout
     create_table_migration(appliance, "202401010002", "leases")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
 
 
 def test_an_export_across_the_adoption_verifies_only_with_the_key_and_whole(
@@ -481,7 +481,7 @@ def test_an_export_across_the_adoption_verifies_only_with_the_key_and_whole(
 ) -> None:
     keyed_from = adopted_at(appliance)
     create_table_migration(appliance, "202401010002", "leases")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     export = tmp_path / "journal.jsonl"
     assert appliance.cli("journal", "export", "--output", str(export)).returncode == 0
 
@@ -505,7 +505,7 @@ def test_an_export_across_the_adoption_verifies_only_with_the_key_and_whole(
 def test_replay_before_and_after_the_adoption_with_the_key(appliance: Appliance) -> None:
     keyed_from = adopted_at(appliance)
     create_table_migration(appliance, "202401010002", "leases")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     ws = appliance.workspace()
 
     before = audit.replay(ws, str(keyed_from - 1))

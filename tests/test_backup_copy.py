@@ -179,7 +179,7 @@ def test_migrate_checkpoints_and_copies_under_a_named_crash_point(
     assert "backup-state-checkpointed" in points.read_text()
     assert rows_of(appliance.state_db)  # state.db whole, its rows there
 
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     assert observe(appliance.root).states == {"202401010001": "applied"}
     (kept,) = commands.backup_list(appliance.workspace())
     assert kept.ok
@@ -286,7 +286,7 @@ def test_a_failing_validate_before_stops_the_run_with_no_backup_and_no_change(
     appliance: Appliance,
 ) -> None:
     appliance.write("202401010001_kept.sql", VERIFIED)
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     (first,) = commands.backup_list(appliance.workspace())
     db = apsw.Connection(str(appliance.state_db))
     db.execute("DELETE FROM kept")  # behind the journal's back: the verify now fails

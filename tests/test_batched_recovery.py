@@ -97,7 +97,7 @@ def state_of(app: Appliance, version: str) -> str:
 
 def test_recover_finishes_a_batched_rollback_cut_between_batches(appliance: Appliance) -> None:
     app = _app(appliance)
-    assert app.cli("migrate").returncode == 0
+    app.migrate()
     assert shapes(app) == {"mac": 0, "hw": ROWS}
     cut = app.cli("rollback", STATE, env={"FLYWALL_CRASH_AT": "after-BatchCommitted:3"})
     assert killed(cut), cut.stderr
@@ -116,7 +116,7 @@ def test_recover_finishes_a_batched_rollback_cut_between_batches(appliance: Appl
     ]
     assert batches, "the resumed batches are journaled as they commit"
     # the step is over: migrating again re-applies it from the start, all records
-    assert app.cli("migrate").returncode == 0
+    app.migrate()
     assert shapes(app) == {"mac": 0, "hw": ROWS}
 
 
@@ -164,7 +164,7 @@ def test_without_resume_on_crash_a_cut_up_is_failed_and_migrate_goes_on(
     assert shapes(app) == {"mac": ROWS - 4 * BATCH, "hw": 4 * BATCH}
     assert checkpoints(app) == [(f"{STATE}:up", "leases", 4 * BATCH)]
     assert app.cli("validate").returncode == 0, "a failed up's checkpoint is expected"
-    assert app.cli("migrate").returncode == 0
+    app.migrate()
     assert shapes(app) == {"mac": 0, "hw": ROWS}
     assert checkpoints(app) == []
 
@@ -214,7 +214,7 @@ def test_migrate_also_repairs_a_half_done_rollback_then_applies_again(
 def hit_by_the_old_recovery(appliance: Appliance) -> Appliance:
     """A box as bug 1 left it: a rollback cut after two batches, recovered as "applied"."""
     app = _app(appliance)
-    assert app.cli("migrate").returncode == 0
+    app.migrate()
     cut = app.cli("rollback", STATE, env={"FLYWALL_CRASH_AT": "after-BatchCommitted:2"})
     assert killed(cut), cut.stderr
     old_release_recovers(app)
@@ -238,7 +238,7 @@ def old_release_recovers(app: Appliance) -> None:
 
 def test_a_resume_that_fails_is_journaled_and_its_checkpoint_named(appliance: Appliance) -> None:
     app = _app(appliance)
-    assert app.cli("migrate").returncode == 0
+    app.migrate()
     cut = app.cli("rollback", STATE, env={"FLYWALL_CRASH_AT": "after-BatchCommitted:2"})
     assert killed(cut), cut.stderr
     recover = app.cli("recover", env={"BREAK_DOWN_AT": "200"})

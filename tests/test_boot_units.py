@@ -137,7 +137,7 @@ def test_confirm_when_healthy_closes_the_window_once_the_daemon_answers(
 ) -> None:
     appliance.configure('confirm_within = "10m"\n')
     create_table_migration(appliance, V1, "alpha")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     assert awaiting(appliance)
 
     result = appliance.cli("confirm", "--when-healthy", answering_daemon, "--deadline", "10")
@@ -150,7 +150,7 @@ def test_confirm_when_healthy_closes_the_window_once_the_daemon_answers(
 def test_confirm_when_healthy_without_an_answer_confirms_nothing(appliance: Appliance) -> None:
     appliance.configure('confirm_within = "10m"\n')
     create_table_migration(appliance, V1, "alpha")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
 
     result = appliance.cli("confirm", "--when-healthy", "http://127.0.0.1:9/", "--deadline", "1")
 
@@ -162,7 +162,7 @@ def test_confirm_when_healthy_without_an_answer_confirms_nothing(appliance: Appl
 
 def test_confirm_when_healthy_on_a_normal_boot_waits_for_nothing(appliance: Appliance) -> None:
     create_table_migration(appliance, V1, "alpha")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
 
     result = appliance.cli("confirm", "--when-healthy", "http://127.0.0.1:9/", "--deadline", "30")
 

@@ -56,7 +56,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int) -
 def applied_appliance(appliance: Appliance) -> Appliance:
     create_table_migration(appliance, V1, "alpha")
     create_table_migration(appliance, V2, "beta")
-    assert appliance.cli("migrate", "--target", V1).returncode == 0
+    appliance.migrate(V1)
     return appliance
 
 
@@ -195,7 +195,7 @@ def test_a_failing_migration_exits_1_and_lists_as_failed(appliance):
 
 def test_an_edited_applied_migration_is_refused_naming_both_digests(appliance):
     path = create_table_migration(appliance, V1, "alpha")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     recorded = checksum(path.read_bytes())[1]
     path.write_text(path.read_text().replace("name TEXT", "name TEXT NOT NULL"))
 
@@ -219,7 +219,7 @@ def test_an_edited_applied_migration_is_refused_naming_both_digests(appliance):
 )
 def test_line_endings_and_a_bom_are_not_an_edit(appliance, edit):
     path = create_table_migration(appliance, V1, "alpha")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     path.write_bytes(edit(path.read_bytes()))
 
     result = appliance.cli("migrate")
@@ -729,7 +729,7 @@ def test_a_migration_whose_file_is_gone_rolls_back_from_the_journals_copy(applia
                 db.execute("DROP TABLE alpha")
             """,
         )
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     path.unlink()  # a firmware downgrade took the file away
 
     result = appliance.cli("rollback", V1)
@@ -820,7 +820,7 @@ def answering(app: Appliance, answer: str, *args: str) -> subprocess.CompletedPr
 
 def test_backup_restore_of_an_unknown_id_fails_before_asking(appliance):
     create_table_migration(appliance, V1, "hosts")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     backups = appliance.root / "var/lib/flywall/migration-backups"
 
     for backup_id in ("no-such-backup", "../..", ".hidden"):
@@ -833,7 +833,7 @@ def test_backup_restore_of_an_unknown_id_fails_before_asking(appliance):
 
 def test_backup_restore_asks_naming_when_the_backup_was_taken(appliance):
     create_table_migration(appliance, V1, "hosts")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     [listed] = cli_json(appliance, "backup", "list")
 
     declined = answering(appliance, "n\n", "backup", "restore", listed["backup_id"])
@@ -849,7 +849,7 @@ def test_history_of_an_unknown_migration_is_exit_2_as_log_and_the_api_answer(app
     create_table_migration(appliance, V2, "zones")
 
     assert cli_json(appliance, "history", "--migration", V2) == []  # pending: no history yet
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     typo = appliance.cli("history", "--migration", "1")
 
     assert typo.returncode == 2
@@ -863,7 +863,7 @@ def test_history_of_an_unknown_migration_is_exit_2_as_log_and_the_api_answer(app
 def test_rollback_to_takes_only_ascii_digits(appliance, to):
     """`isdigit()` let `²` and 5,000 digits through to `int()`: a traceback, not exit 2."""
     create_table_migration(appliance, V1, "hosts")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
 
     result = appliance.cli("rollback", "--to", to)
 
@@ -884,7 +884,7 @@ def test_rollback_to_takes_only_ascii_digits(appliance, to):
 def test_a_seq_is_ascii_digits(appliance, args, error):
     """`isdigit()` took '²' (then int() failed: a traceback) and read '٣' as seq 3."""
     create_table_migration(appliance, V1, "hosts")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
 
     result = appliance.cli(*args)
 
@@ -897,7 +897,7 @@ def test_status_and_validate_warn_about_an_applied_migration_whose_file_is_gone(
 ) -> None:
     """Issue 16.15: a deleted applied migration showed nowhere but `checksums`."""
     path = create_table_migration(appliance, "202401010001", "zones")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     path.unlink()
 
     status = appliance.cli("status")
@@ -986,7 +986,7 @@ def test_accept_drift_is_accepted_by_validate_before_too_and_journaled(
     import apsw
 
     create_table_migration(appliance, "202401010001", "zones")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     db = apsw.Connection(str(appliance.workspace().paths.state_db))
     db.execute("CREATE TABLE operator_notes (x)")  # a change behind the journal's back
     db.close()
@@ -1010,7 +1010,7 @@ def test_accept_drift_is_accepted_by_validate_before_too_and_journaled(
 def test_repair_binds_an_edited_applied_migration_to_its_file(appliance: Appliance) -> None:
     """Issue 16.8: an intentional edit to an applied migration had no way forward."""
     path = create_table_migration(appliance, "202401010001", "zones")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     before = json.loads(appliance.cli("checksums", "--json").stdout)[0]["recorded"]
     path.write_text(path.read_text() + "-- a comment the vendor added later\n")
     assert appliance.cli("migrate").returncode == 4  # the edit is refused, as before

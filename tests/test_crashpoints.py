@@ -72,7 +72,7 @@ def one_migration(app: Appliance) -> None:
 
 def applied_then_rollback(app: Appliance) -> None:
     two_migrations(app)
-    assert app.cli("migrate").returncode == 0
+    app.migrate()
 
 
 def with_failing(app: Appliance) -> None:
@@ -138,13 +138,13 @@ def api_document(app: Appliance) -> None:
 
 def batched_state(app: Appliance) -> None:
     app.write("202401010001_leases.sql", LEASES)
-    assert app.cli("migrate").returncode == 0
+    app.migrate()
     app.write("202401010002_reshape_leases.py", STATE_MIGRATION)
 
 
 def batched_state_applied(app: Appliance) -> None:
     batched_state(app)
-    assert app.cli("migrate").returncode == 0
+    app.migrate()
 
 
 def batched_rollback_cut(app: Appliance) -> None:
@@ -170,7 +170,7 @@ def api_cut_after_temp(app: Appliance) -> None:
 
 def api_applied(app: Appliance) -> None:
     api_document(app)
-    assert app.cli("migrate").returncode == 0
+    app.migrate()
 
 
 def auto_rollback(app: Appliance) -> None:
@@ -197,7 +197,7 @@ def confirmation_expired(app: Appliance) -> None:
     """A run whose confirm_within window has closed: the next command rolls it back."""
     app.configure('confirm_within = "1s"\n')
     two_migrations(app)
-    assert app.cli("migrate").returncode == 0
+    app.migrate()
     time.sleep(1.2)
 
 

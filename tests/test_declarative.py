@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import blake3
 import pytest
 from conftest import Appliance
-from crashkit import check_after_cut, check_settled, killed, observe
+from crashkit import check_after_cut, check_settled, killed, observe, sample
 
 from flywall.core.formats.hcl import Document
 from flywall.core.model.errors import DiscoveryError
@@ -718,14 +718,14 @@ def test_validate_warns_where_the_config_still_uses_a_name_a_declarative_rename_
         "warn  deprecations: 1 deprecated key(s) in use",
         f"warn  {config}:{line}: vpn_link_group is deprecated since 1.1; use uplink_group",
     ]
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     assert "warn" not in appliance.cli("validate").stdout
 
 
 def test_a_declarative_migration_rolls_back_from_the_journal_after_its_file_is_gone(appliance):
     config = declarative_box(appliance)
     before = config.read_text(encoding="utf-8")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     (appliance.migrations_dir / f"{V}_uplinks.hcl").unlink()
     config.write_text(config.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
 
@@ -792,6 +792,7 @@ def test_a_declarative_file_is_signed_and_checked_like_any_other(appliance, tmp_
 
 
 @pytest.mark.torture
+@pytest.mark.torture
 def test_a_kill_at_every_crash_point_of_a_declarative_run_recovers_to_the_uninterrupted_result(
     appliance, tmp_path
 ):
@@ -799,7 +800,7 @@ def test_a_kill_at_every_crash_point_of_a_declarative_run_recovers_to_the_uninte
     declarative_box(appliance)
     reference = Appliance(tmp_path / "reference")
     shutil.copytree(appliance.root, reference.root)
-    assert reference.cli("migrate").returncode == 0
+    reference.migrate()
     expected = observe(reference.root)
     listing = tmp_path / "points.txt"
     enumerate_app = Appliance(tmp_path / "enumerate")
@@ -809,7 +810,8 @@ def test_a_kill_at_every_crash_point_of_a_declarative_run_recovers_to_the_uninte
     assert any(p.startswith("file-") for p in points), points
 
     violations = {}
-    for i, point in enumerate(points):
+    chosen = sample(points)
+    for i, point in enumerate(chosen):
         app = Appliance(tmp_path / f"cut-{i}")
         shutil.copytree(appliance.root, app.root)
         assert killed(app.cli("migrate", env={"FLYWALL_CRASH_AT": point})), point
@@ -822,7 +824,8 @@ def test_a_kill_at_every_crash_point_of_a_declarative_run_recovers_to_the_uninte
             violations[point] = problems
 
     print(
-        f"\ndeclarative migrate: {len(points)} crash points x SIGKILL, {len(violations)} violations"
+        f"\ndeclarative migrate: kills at {len(chosen)} of {len(points)} crash points "
+        f"x SIGKILL, {len(violations)} violations"
     )
     assert violations == {}
 
@@ -843,7 +846,7 @@ def test_create_declarative_writes_a_file_discovery_accepts_one_version_up(appli
     # Unedited, it only moves schema_version on.
     config = appliance.workspace().paths.config
     before = config.read_text(encoding="utf-8")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     assert config.read_text(encoding="utf-8") == before.replace(
         'schema_version = "1.0"', 'schema_version = "1.1"'
     )

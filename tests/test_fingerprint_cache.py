@@ -16,6 +16,7 @@ import apsw
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torture import examples
 
 from flywall.core.targets.database import DatabaseTarget, bookkeeping, schema_fingerprint
 
@@ -91,7 +92,7 @@ def _run_body(target: DatabaseTarget, number: int, body: Callable[[apsw.Connecti
     )
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(40, 80), deadline=None)
 @given(steps=st.lists(step, min_size=1, max_size=8))
 def test_the_cached_fingerprint_always_equals_a_full_read(tmp_path_factory, steps):
     path = tmp_path_factory.mktemp("fp") / "state.db"

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from torture import examples
 
 from flywall.core.model import events as ev
 from flywall.journal import (
@@ -203,7 +204,9 @@ def tampering(draw: st.DrawFn) -> tuple[list[Entry], int, str, int, int]:
     return appended, seq, column, index, mask
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=examples(50, 150), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(case=tampering(), keyed=st.booleans())
 def test_flipping_any_byte_of_any_stored_column_is_reported_at_that_rows_seq(case, keyed):
     """A flipped byte anywhere in row k makes verify raise JournalCorrupt naming seq k.

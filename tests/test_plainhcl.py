@@ -9,6 +9,7 @@ import hcl2
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from torture import examples
 
 from flywall.core.appliance.demo import CONFIG as DEMO_CONFIG
 from flywall.core.appliance.settings import load_settings
@@ -346,7 +347,7 @@ def test_anything_beyond_plain_literals_is_declined(text):
     assert read_plain(text) is None
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(150, 500), deadline=None)
 @given(
     value=st.one_of(dialect(noisy=False, values_only=True), dialect(noisy=True, values_only=True)),
     inline=st.booleans(),
@@ -359,7 +360,9 @@ def test_values_in_the_migration_block_are_read_as_hcl2_reads_them(value, inline
     assert typed(got) == typed(by_hcl2(text))
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=examples(300, 1500), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(text=document, data=st.data())
 @example(text="x {\n  y = {a = 1 b = 2}\n}\n", data=None)
 def test_the_fast_reader_declines_or_agrees_with_hcl2(text, data):
@@ -383,7 +386,9 @@ def outcome(root: Path) -> object:
 
 
 @settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(100, 300),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(text=document)
 def test_load_settings_gives_the_same_settings_or_error_text_by_either_reader(tmp_path, text):

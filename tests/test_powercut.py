@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import shutil
 import textwrap
 import time
@@ -30,6 +29,7 @@ import apsw
 import pytest
 from crashsim import vfs
 from crashsim.invariants import AckLog, Observed, check_after_cut, observe
+from torture import LONG
 
 from flywall.core import commands
 from flywall.core.appliance.settings import load_settings
@@ -37,7 +37,6 @@ from flywall.core.appliance.workspace import SqliteOptions, Workspace
 from flywall.core.model import errors
 from flywall.core.services import backup
 
-LONG = os.environ.get("FLYWALL_TORTURE") == "long"
 SAMPLES = 8
 """Cut points per fate and scenario in the default mode (each fate on a shifted grid; each
 scenario also runs with a low checkpoint threshold, so every run is sampled twice)."""

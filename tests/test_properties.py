@@ -14,6 +14,7 @@ import pytest
 from conftest import Appliance, create_table_migration
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from torture import examples
 
 from flywall.core import commands
 from flywall.core.model import errors, projection
@@ -392,7 +393,7 @@ def check_outcome(
         assert state.state_of(op[1]) is State.ROLLED_BACK
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(30, 60), deadline=None)
 @given(ops=st.lists(operations, min_size=1, max_size=12))
 def test_any_sequence_of_commands_keeps_journal_replay_and_state_db_in_agreement(ops):
     """After every command, whatever it was and however it ended:

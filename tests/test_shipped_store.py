@@ -88,7 +88,7 @@ def test_on_a_v03_store_the_chain_is_kept_as_it_is(appliance: Appliance) -> None
     db = apsw.Connection(str(appliance.state_db))
     hashes = db.execute("SELECT id, hash FROM changes ORDER BY id").fetchall()
     db.close()
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     db = apsw.Connection(str(appliance.state_db))
     try:
         kept = db.execute("SELECT id, hash FROM changes ORDER BY id").fetchall()
@@ -104,7 +104,7 @@ def test_the_shipped_store_migrations_do_nothing_on_a_plain_database(
     for version in (HASH, FILL):
         (source,) = Path(shipped_directory()).glob(f"{version}_*.py")
         shutil.copy(source, appliance.migrations_dir / source.name)
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     assert "nothing to do" in appliance.cli("log", HASH).stdout
     assert "nothing to fill" in appliance.cli("log", FILL).stdout
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from conftest import FLYWALL, Appliance
-from crashkit import LONG, check_after_cut, check_settled, observe
+from crashkit import check_after_cut, check_settled, observe
+from torture import LONG
 
 ITERATIONS = 300 if LONG else 16
 

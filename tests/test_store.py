@@ -25,6 +25,7 @@ from flywallstore import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torture import examples
 
 from flywall.core.targets.records import CHECKPOINTS, Records
 from flywall.core.targets.store import (
@@ -447,7 +448,7 @@ def apply_op(db: apsw.Connection, step: str, op: Op) -> None:
     finish(db, step)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(20, 40), deadline=None)
 @given(ops=st.lists(OPS, max_size=6), hashed=st.booleans())
 def test_after_any_migrations_rollbacks_and_kills_the_store_is_its_log(
     tmp_path_factory: pytest.TempPathFactory, ops: list[Op], *, hashed: bool

@@ -81,7 +81,7 @@ def test_a_run_with_backup_before_off_writes_no_ui_backup(appliance):
     appliance.configure("backup_before = false\n")
     appliance.write(f"{V1}_add_ebpf.py", ADD_EBPF)
 
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
 
     assert ui_backups(appliance) == []
 

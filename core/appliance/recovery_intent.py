@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 COMMAND = "flywall migration journal recover-from-backup"
+COMMAND_NAME = "journal recover-from-backup"
+"""The name its run is journaled under (RunStarted.command), as the CLI spells it."""
 
 
 class RecoveryPending(FlywallError):

@@ -27,6 +27,7 @@ import msgspec
 
 from flywall.core.appliance.recovery_intent import (
     COMMAND,
+    COMMAND_NAME,
     RecoveryIntent,
     intent_path,
 )
@@ -127,7 +128,7 @@ def recover_from_backup(
     run_id = new_run_id()
     holder = Holder(
         run_id=run_id,
-        command="journal recover-from-backup",
+        command=COMMAND_NAME,
         pid=actor.pid,
         user=actor.user,
         since_ns=time.time_ns(),
@@ -146,6 +147,10 @@ def recover_from_backup(
         fileio.REAL.unlink(path)
         fileio.REAL.fsync_dir(path.parent)
         crashpoint("rescue-finished")
+    if ws.settings.notification_channels:  # after the lock, as a run's Courier delivers
+        from flywall.core.services import notify
+
+        notify.deliver_and_warn(ws)
     return RescueReport(
         backup_id=backup_id,
         damaged=intent.damaged,
@@ -252,7 +257,12 @@ def _install(ws: Workspace, manifest: Manifest, intent: RecoveryIntent) -> None:
 def _journal_recovery(
     ws: Workspace, manifest: Manifest, intent: RecoveryIntent, run_id: str, actor: ev.Actor
 ) -> int:
-    """Append `JournalRecovered` unless an earlier, cut-short attempt already did."""
+    """Append `JournalRecovered` unless an earlier, cut-short attempt already did.
+
+    It is appended as a run of its own (RunStarted, JournalRecovered, RunFinished in one
+    transaction), so history shows who recovered the box and the notices go out as for
+    any writing command. Returns the seq of `JournalRecovered`.
+    """
     from flywall.journal import Entry, Journal
 
     event = ev.JournalRecovered(
@@ -273,20 +283,25 @@ def _journal_recovery(
         done = _already_journaled(journal, event)
         if done is not None:
             return done
-        (row,) = journal.append([Entry(ev.kind_of(event), ev.encode(event), run_id)])
+        run = [
+            ev.RunStarted(command=COMMAND_NAME, actor=actor),
+            event,
+            ev.RunFinished(outcome="completed"),
+        ]
+        rows = journal.append([Entry(ev.kind_of(e), ev.encode(e), run_id) for e in run])
     crashpoint("rescue-journaled")
-    return row.seq
+    return rows[1].seq
 
 
 def _already_journaled(journal: Journal, event: ev.JournalRecovered) -> int | None:
-    """The seq of this recovery's event if it is the journal's last one."""
+    """The seq of this recovery's event if its run is the journal's last one."""
     seq, _ = journal.head()
-    if seq <= event.journal_seq:
+    if seq - 1 <= event.journal_seq:
         return None
-    (last,) = journal.read(after=seq - 1)
-    if last.kind != ev.kind_of(event):
+    recovered, finished = journal.read(after=seq - 2)
+    if (recovered.kind, finished.kind) != (ev.kind_of(event), "RunFinished"):
         return None
-    found = ev.decode(last.body)
+    found = ev.decode(recovered.body)
     assert isinstance(found, ev.JournalRecovered)
     same = (found.backup_id, found.damaged_path) == (event.backup_id, event.damaged_path)
-    return seq if same else None
+    return recovered.seq if same else None
