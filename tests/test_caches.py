@@ -10,6 +10,7 @@ import shutil
 from typing import TYPE_CHECKING
 
 import msgspec
+import pytest
 from conftest import create_table_migration
 
 from flywall.core.appliance.caches import Cache, sources_digest
@@ -135,3 +136,47 @@ def test_a_discovery_cache_of_another_version_is_not_read(tmp_path: Path, monkey
     # Negative control: sealed under the current version, the entry is taken as it is.
     cache.write_bytes(discovery.CACHE.seal(msgspec.msgpack.encode(forged), key))
     assert discovery.discover([folder], cache, key=key)[0].description == "Forged."
+
+
+HCL2_ONLY = 'x = max(1, 2)\nmigration {\n  timeout = "%s"\n}\n'  # plainhcl declines a call
+
+
+def test_a_settings_cache_of_another_version_is_not_read(tmp_path: Path) -> None:
+    from flywall.core.appliance import settings
+
+    config = tmp_path / "etc/flywall/migration.hcl"
+    config.parent.mkdir(parents=True)
+    (config.parent / "flywall.hcl").write_text("")
+    config.write_text(HCL2_ONLY % "5m")
+    assert settings.load_settings(tmp_path).timeout == 300
+    cache = tmp_path / "var/cache/flywall/settings.msgpack"
+    entry = msgspec.msgpack.decode(settings.CACHE.read(cache) or b"")
+    forged = msgspec.msgpack.encode({**entry, "block": {**entry["block"], "timeout": "9m"}})
+    older = Cache("settings cache", settings.CACHE.format_version - 1, settings.CACHE.sources)
+    cache.write_bytes(older.seal(forged))
+    assert settings.load_settings(tmp_path).timeout == 300
+    cache.write_bytes(forged)  # the unsealed form of format 1
+    assert settings.load_settings(tmp_path).timeout == 300
+    # Negative control: sealed under the current version, the entry is believed.
+    cache.write_bytes(settings.CACHE.seal(forged))
+    assert settings.load_settings(tmp_path).timeout == 540
+
+
+@pytest.mark.parametrize("point", ["settings-cache-before-replace", "settings-cache-after-replace"])
+def test_a_kill_while_writing_the_settings_cache_costs_nothing_but_the_cache(
+    appliance: Appliance, point: str
+) -> None:
+    """Killed at either side of the cache's rename: the rerun parses or reads it, and is right."""
+    from flywall.core.appliance import settings
+
+    appliance.configure('timeout = "7m"')
+    appliance.settings.write_text("x = max(1, 2)\n" + appliance.settings.read_text())
+    cache = appliance.root / "var/cache/flywall/settings.msgpack"
+
+    cut = appliance.cli("status", env={"FLYWALL_CRASH_AT": point})
+    assert cut.returncode == -9, cut.stderr
+    assert cache.exists() == (point == "settings-cache-after-replace")
+    rerun = appliance.cli("status")
+    assert rerun.returncode == 0, rerun.stderr
+    assert msgspec.msgpack.decode(settings.CACHE.read(cache) or b"")["block"]["timeout"] == "7m"
+    assert settings.load_settings(appliance.root).timeout == 420
