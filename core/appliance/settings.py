@@ -368,7 +368,7 @@ def check_parses(text: str, shown: str) -> None:
 
 def _parse_hcl2(text: str, shown: str) -> dict[str, Any]:
     """Parse the whole file with python-hcl2, the parser of record; syntax errors name the line."""
-    import hcl2  # ~40 ms and ~20 MiB: only for files `read_plain` declines
+    import hcl2  # costly (bench/RESULTS.md, cache figures): only for files `read_plain` declines
     from lark.exceptions import UnexpectedInput
 
     options = hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False)
