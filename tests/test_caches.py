@@ -180,3 +180,10 @@ def test_a_kill_while_writing_the_settings_cache_costs_nothing_but_the_cache(
     assert rerun.returncode == 0, rerun.stderr
     assert msgspec.msgpack.decode(settings.CACHE.read(cache) or b"")["block"]["timeout"] == "7m"
     assert settings.load_settings(appliance.root).timeout == 420
+
+
+def test_an_install_without_sources_still_has_a_version() -> None:
+    """Sources missing (a bytecode-only install): the format number alone keys the cache."""
+    cache = Cache("test", 1, ("model/no_such_module.py",))
+    assert cache.unseal(cache.seal(b"body")) == b"body"
+    assert Cache("test", 2, ("model/no_such_module.py",)).unseal(cache.seal(b"body")) is None

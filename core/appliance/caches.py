@@ -53,7 +53,10 @@ class Cache:
     def version(self) -> bytes:
         """The cache's name, format and code digest, as 32 bytes (computed once a process)."""
         if self._version is None:
-            code = sources_digest(self.sources) if self.sources else ""
+            try:
+                code = sources_digest(self.sources) if self.sources else ""
+            except OSError:  # an install without sources: the format number alone decides
+                code = "no sources"
             ident = f"{self.name}\0{self.format_version}\0{code}".encode()
             self._version = blake3.blake3(ident).digest()
         return self._version
