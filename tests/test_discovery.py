@@ -450,7 +450,7 @@ def test_an_altered_or_foreign_cache_is_ignored(tmp_path, monkeypatch):
     entries = _load_cache(cache, key)
     stamp, m = entries[str(path)]
     forged = {str(path): (stamp, msgspec.structs.replace(m, description="Forged."))}
-    cache.write_bytes(data[:32] + msgspec.msgpack.encode(forged))
+    cache.write_bytes(data[:64] + msgspec.msgpack.encode(forged))  # version, digest, body
     assert _load_cache(cache, key) == {}
     assert discover([folder], cache, key=key)[0].description == "One."
     cache.write_bytes(b"garbage")

@@ -167,13 +167,15 @@ def test_a_snapshot_with_every_field_written_out_still_loads_as_the_same_state(a
     live = engine_run(appliance, "migrate")
     with appliance.workspace().read_journal() as journal:
         conn = journal.connection
-        ((body,),) = conn.execute("SELECT body FROM snapshots").fetchall()
+        ((sealed,),) = conn.execute("SELECT body FROM snapshots").fetchall()
+        body = snapshot.SNAPSHOT.unseal(sealed)
+        assert body is not None
         fields = {f: spelled_out(getattr(live, f)) for f in live.__struct_fields__}
         full = msgspec.msgpack.encode(fields)
         record = msgspec.msgpack.decode(full)["migrations"][V1]
         assert "last_error" in record, "the older form names every field"
         assert len(full) > len(body), "the snapshot written now leaves defaults out"
-        conn.execute("UPDATE snapshots SET body = ?", (full,))
+        conn.execute("UPDATE snapshots SET body = ?", (snapshot.SNAPSHOT.seal(full),))
         assert snapshot._load_cached(journal) == live  # decoded, not replayed instead
         assert snapshot.load(journal) == live
 

@@ -28,11 +28,12 @@ FOLDERS = {
 SAMPLES = ("examples",)  # sample migrations written into a demo box: scripts, not modules
 
 # The fast entry point answers `--help`, `--version` and status memo hits before importing the
-# core (a fleet agent runs `status` every minute): it may find the box and name its crash
-# point through these two small modules, which import nothing else of ours.
+# core (a fleet agent runs `status` every minute): it may find the box and seal its memo
+# through these two small modules, which import nothing else of ours at module level (the
+# cache helper's write, on a miss, imports fileio when the core is loaded anyway).
 FAST_PATH = {
     "flywall.cli.fast": {"flywall.core.appliance.layout"},
-    "flywall.cli.statusmemo": {"flywall.core.appliance.layout", "flywall.core.runtime.crash"},
+    "flywall.cli.statusmemo": {"flywall.core.appliance.layout", "flywall.core.appliance.caches"},
 }
 
 

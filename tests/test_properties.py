@@ -227,7 +227,8 @@ def replayed(app: Appliance) -> tuple[Projection, Projection | None]:
         again = projection.replay(journal.read(), Lifecycle())
         assert again == full
         row = journal.connection.execute("SELECT seq, body FROM snapshots").fetchone()
-        cached = None if row is None else msgspec.msgpack.decode(row[1], type=Projection)
+        body = None if row is None else snapshot.SNAPSHOT.unseal(row[1])
+        cached = None if body is None else msgspec.msgpack.decode(body, type=Projection)
         assert cached is None or cached.seq == row[0]
         assert snapshot.load(journal) == full
     return full, cached

@@ -12,7 +12,6 @@ the settings file's folder; an absolute one is placed under `--root`.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -20,6 +19,7 @@ from typing import Annotated, Any, Literal, get_args
 import msgspec
 
 from flywall.core.appliance import layout as layouts
+from flywall.core.appliance.caches import Cache
 from flywall.core.formats.plainhcl import read_plain
 from flywall.core.model.errors import ConfigParseError, SettingsError
 
@@ -276,19 +276,25 @@ def _enabled_line(text: str) -> int | None:
     return None
 
 
-_CACHE_FORMAT = 1
+CACHE = Cache(
+    "settings cache",
+    2,  # 2: sealed by the cache helper, with its version
+    ("appliance/settings.py",),  # how a parsed file becomes the block kept
+    point="settings-cache",
+)
 
 
 def _cached_block(text: str, shown: str, root: Path) -> dict[str, Any]:
     """Return the `migration { }` body: read plainly if we can, else parsed by hcl2 and cached.
 
     Plain files (literal values only, see `plainhcl`) are read directly in well under a
-    millisecond, with no cache I/O. Anything else goes to python-hcl2, which costs ~80 ms and
-    ~23 MiB per cold process (importing Lark and building its parser), so its answer is
-    cached under `var/cache/flywall/`, keyed by the file's digest: a fleet agent asks every
-    minute while the file changes a few times a year. The cache is derived data: a miss, a
-    stale entry or an unwritable folder only costs the parse. Only a file that parsed is
-    cached, so errors are always reported.
+    millisecond, with no cache I/O. Anything else goes to python-hcl2 (~80 ms and ~23 MiB
+    per cold process: see bench/RESULTS.md), so its answer is cached under
+    `var/cache/flywall/`, keyed by the file's digest and sealed by `CACHE` (docs/caches.md):
+    a fleet agent asks every minute while the file changes a few times a year. The cache is
+    derived data: a miss, a stale entry or an unwritable folder only costs the parse. Only
+    a file that parsed is cached, so errors are always reported. It carries no device-key
+    MAC: the key's file is named by these very settings.
     """
     plain = read_plain(text)
     if plain is not None:
@@ -297,19 +303,16 @@ def _cached_block(text: str, shown: str, root: Path) -> dict[str, Any]:
 
     digest = blake3.blake3(text.encode()).hexdigest()
     cache = root / "var/cache/flywall/settings.msgpack"
-    with contextlib.suppress(OSError, msgspec.DecodeError, AttributeError, TypeError):
-        stored = msgspec.msgpack.decode(cache.read_bytes())
-        if stored.get("format") == _CACHE_FORMAT and stored.get("digest") == digest:
-            return stored["block"]
+    stored = CACHE.read(cache)
+    with contextlib.suppress(msgspec.DecodeError, AttributeError, TypeError, KeyError):
+        entry = None if stored is None else msgspec.msgpack.decode(stored)
+        if entry is not None and entry.get("digest") == digest:
+            return entry["block"]
     _refuse_duplicates(text, shown)
     block = _pick_block(_parse_hcl2(text, shown), shown)
     # OverflowError: an integer msgpack cannot hold; validation, not the cache, judges it.
-    with contextlib.suppress(OSError, OverflowError):
-        entry = msgspec.msgpack.encode({"format": _CACHE_FORMAT, "digest": digest, "block": block})
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        temp = cache.with_name(f".{cache.name}.{os.getpid()}")
-        temp.write_bytes(entry)
-        temp.replace(cache)
+    with contextlib.suppress(OverflowError):
+        CACHE.write(cache, msgspec.msgpack.encode({"digest": digest, "block": block}))
     return block
 
 
@@ -365,7 +368,7 @@ def check_parses(text: str, shown: str) -> None:
 
 def _parse_hcl2(text: str, shown: str) -> dict[str, Any]:
     """Parse the whole file with python-hcl2, the parser of record; syntax errors name the line."""
-    import hcl2  # ~40 ms and ~20 MiB: only for files `read_plain` declines
+    import hcl2  # costly (bench/RESULTS.md, cache figures): only for files `read_plain` declines
     from lark.exceptions import UnexpectedInput
 
     options = hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False)

@@ -1,4 +1,4 @@
-"""Atomic, durable replacement of a plain file (config, api document, backups).
+"""Atomic, durable replacement of a plain file (config, api document, backups); caches' writes.
 
 The one place that writes plain files, so a power cut can be simulated under it: every
 step goes through an `IO` object, and the tests swap in one that keeps only what was
@@ -157,6 +157,28 @@ def replace(path: Path, data: bytes, io: IO = REAL) -> None:
     crashpoint("file-renamed")
     io.fsync_dir(target.parent)
     crashpoint("file-dir-synced")
+
+
+def replace_cache(path: str, data: bytes, point: str, mode: int = 0o666) -> None:
+    """Replace a derived file (a cache) atomically, not durably: a temp file, then rename.
+
+    A cache is safe to lose, so it is not fsynced: after a power cut its reader finds the
+    old entry, none, or a torn one that its seal rejects (`caches.Cache`). The temp file is
+    named by process, so two writers racing never share one, and opened O_NOFOLLOW, so a
+    link planted at its name is not written through. Crash points `{point}-before-replace`
+    (a stray temp file; the old entry or none) and `{point}-after-replace`.
+
+    :raises OSError: the folder or the file cannot be written.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{os.getpid()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with open(fd, "wb") as f:  # noqa: PTH123
+        f.write(data)
+    crashpoint(f"{point}-before-replace")
+    temp.replace(target)
+    crashpoint(f"{point}-after-replace")
 
 
 def remove_stale_temp(path: Path, io: IO = REAL) -> bool:

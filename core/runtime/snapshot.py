@@ -2,7 +2,9 @@
 
 The fold is pure (`flywall.core.model.projection`); this module is where it meets the
 journal: a snapshot of the projection is kept beside the events, keyed by the seq and chain
-hash it was computed at, so a read replays only what was appended since.
+hash it was computed at, so a read replays only what was appended since. It is stored
+under the version of `SNAPSHOT` (the format below and the fold's code), so a snapshot that
+another fold computed is replayed over, never served.
 """
 
 from __future__ import annotations
@@ -12,10 +14,22 @@ from typing import TYPE_CHECKING
 import apsw
 import msgspec
 
+from flywall.core.appliance.caches import Cache
 from flywall.core.model.projection import Projection, replay
 
 if TYPE_CHECKING:
     from flywall.journal import Journal
+
+FOLD = ("model/events.py", "model/lifecycle.py", "model/projection.py")
+"""The modules whose code computes a projection: the fold, its events and its lifecycle."""
+
+SNAPSHOT_FORMAT = 2
+"""Bump on any change to FOLD that changes what a fold of the same events gives (and then
+set FOLD_DIGEST): tests/test_caches.py fails until both agree with the code."""
+FOLD_DIGEST = "04e322fc513a6df926412e13227cbaa4cd6c84b06ae9b17745b8fa8229691e62"
+"""`caches.sources_digest(FOLD)` when SNAPSHOT_FORMAT was last reviewed."""
+
+SNAPSHOT = Cache("projection snapshot", SNAPSHOT_FORMAT, FOLD)
 
 _SNAPSHOT = "projection"
 _snapshot_decoder = msgspec.msgpack.Decoder(Projection)
@@ -30,11 +44,13 @@ def save(journal: Journal, projection: Projection) -> None:
     into the main file and resets the WAL. Under a lower setting that copy would skip its
     fsync, and a power cut right after the command returned would lose every event of the
     run (issue 13). It is keyed by the seq and hash it was computed at, so it cannot be
-    taken for another point of the chain.
+    taken for another point of the chain, and sealed with `SNAPSHOT`'s version, so it
+    cannot be taken for another fold's.
     """
+    body = SNAPSHOT.seal(msgspec.msgpack.encode(projection))
     journal.connection.execute(
         "INSERT OR REPLACE INTO snapshots (name, seq, hash, body) VALUES (?, ?, ?, ?)",
-        (_SNAPSHOT, projection.seq, projection.head_hash, msgspec.msgpack.encode(projection)),
+        (_SNAPSHOT, projection.seq, projection.head_hash, body),
     )
 
 
@@ -69,9 +85,10 @@ def _load_cached(journal: Journal) -> Projection | None:
         # or left there by a power cut between the upgrade's steps. Readers never upgrade,
         # and the cache is derived, so there is simply no snapshot.
         return None
-    if row is None:
+    body = None if row is None else SNAPSHOT.unseal(row[2])
+    if body is None:  # none, or written under another version: replay from the start
         return None
     try:
-        return _snapshot_decoder.decode(row[2])
+        return _snapshot_decoder.decode(body)
     except msgspec.DecodeError:
         return None

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import blake3
 import msgspec
 
+from flywall.core.appliance.caches import Cache
 from flywall.core.model.errors import DiscoveryError
 
 if TYPE_CHECKING:
@@ -181,8 +182,9 @@ def scan(
     to the current time, which no process can choose; so equal stat fields mean the bytes
     cached are the bytes on disk. Files changed within `RACY_NS` of the scan are never
     cached, and a broken file never is (it is read again on every scan). The cache file
-    carries a blake3 digest of its contents, keyed with `key` (the device key) when there
-    is one, so a cache edited or damaged on disk is ignored.
+    is sealed by `CACHE` (docs/caches.md): its version (this code's) and a blake3 digest,
+    keyed with `key` (the device key) when there is one, so a cache written by other code,
+    edited or damaged on disk is ignored.
 
     :raises DiscoveryError: a folder cannot be listed.
     """
@@ -280,39 +282,26 @@ def _read(path: str, size: int) -> bytes:
 _Stamp = tuple[int, int, int, int, int]
 _CacheEntries = dict[str, tuple[_Stamp, Migration]]
 _cache_decoder = msgspec.msgpack.Decoder(_CacheEntries)
-_DIGEST = 32
-
-
-def _cache_digest(body: bytes, key: bytes | None) -> bytes:
-    return blake3.blake3(body, key=key).digest() if key else blake3.blake3(body).digest()
+CACHE = Cache(
+    "discovery cache",
+    2,  # 2: sealed by the cache helper, with its version
+    ("scripts/discovery.py", "scripts/declarative.py"),  # how a file becomes a Migration
+    point="discovery-cache",
+)
 
 
 def _load_cache(path: Path, key: bytes | None) -> _CacheEntries:
     """The cached entries; none if the file is missing, damaged, altered or of another key."""
+    body = CACHE.read(path, key)
     try:
-        data = path.read_bytes()
-        digest, body = data[:_DIGEST], data[_DIGEST:]
-        if len(digest) != _DIGEST or digest != _cache_digest(body, key):
-            return {}
-        return _cache_decoder.decode(body)
-    except (OSError, msgspec.DecodeError):
+        return {} if body is None else _cache_decoder.decode(body)
+    except msgspec.DecodeError:
         return {}
 
 
 def _save_cache(path: Path, entries: _CacheEntries, key: bytes | None) -> None:
     """Best effort: a cache that cannot be written only costs the next read of every file."""
-    from flywall.core.runtime.crash import crashpoint
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}")
-        body = msgspec.msgpack.encode(entries)
-        temp.write_bytes(_cache_digest(body, key) + body)
-        crashpoint("discovery-cache-before-replace")  # a stray temp file; no cache yet
-        temp.replace(path)
-        crashpoint("discovery-cache-after-replace")
-    except OSError:
-        pass
+    CACHE.write(path, msgspec.msgpack.encode(entries), key)
 
 
 def shipped_directory() -> Path:
