@@ -146,15 +146,3 @@ class Lifecycle:
         except (MachineError, AttributeError):
             return _REFUSED
         return State(self._cursor.state)
-
-    def allows(self, state: State, trigger: str) -> bool:
-        """Tell whether `trigger` may fire from `state`, without moving anything."""
-        return trigger in self._machine.get_triggers(state.name)
-
-    def check(self, version: str, state: State, trigger: str) -> None:
-        """Guard a live command: refuse it before anything is journaled.
-
-        :raises IllegalTransition: the trigger is not allowed from `state`.
-        """
-        if not self.allows(state, trigger):
-            raise IllegalTransition(version, state.value, trigger)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
 import blake3
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MODES", "TrialReport", "TrialStep", "data_digest", "run"]
 
-Mode = Literal["with-data", "rollback", "performance", "isolation"]
 MODES: tuple[str, ...] = ("with-data", "rollback", "performance", "isolation")
 
 

@@ -825,6 +825,7 @@ class Engine:
 
         :raises ValidationFailed: the file does not parse; the message names file and line.
         """
+        from flywall.core.runtime import fileio
         from flywall.core.targets import files
 
         touched = {m.component for v in plan if (m := self.ws.migration(v)) is not None}
@@ -834,7 +835,7 @@ class Engine:
                 continue
             target = files.target_for(component, paths.config, paths.api_document)
             try:
-                target.open(files.content_at(target.path))
+                target.open(fileio.read(target.path))
             except (errors.ConfigParseError, msgspec.DecodeError) as e:
                 raise errors.ValidationFailed(f"pre-flight: {e}; nothing was changed") from e
             except UnicodeDecodeError as e:

@@ -190,11 +190,6 @@ class EventFilter:
         self._since, self._until = _bound(since, end=False), _bound(until, end=True)
         self._run_actors: dict[str, dict[str, Any]] = {}
 
-    @property
-    def active(self) -> bool:
-        """Whether anything is filtered at all."""
-        return bool(self.kinds or self.actor or self._since or self._until)
-
     def prepare(self, journal: Journal) -> None:
         """Learn each run's actor (a migration's own events do not repeat it)."""
         if self.actor is None:

@@ -15,8 +15,6 @@ from typing import Any
 import blake3
 import msgspec
 
-from flywall.core.runtime import fileio
-
 
 def digest(content: bytes | None) -> str | None:
     """Return the blake3 of a file's bytes (None for a missing file)."""
@@ -98,8 +96,3 @@ class ApiTarget(FileTarget):
 def target_for(component: str, config: Path, api: Path) -> FileTarget:
     """Return the file target of `component` ("config" or "api")."""
     return ConfigTarget(config) if component == "config" else ApiTarget(api)
-
-
-def content_at(path: Path) -> bytes | None:
-    """Return the file's current bytes (following symlinks), None if missing."""
-    return fileio.read(path)
