@@ -310,7 +310,12 @@ class Engine:
     # -- commands ---------------------------------------------------------------------
 
     def recover(self) -> list[recovery.Decision]:
-        """Resolve whatever a previous run left interrupted."""
+        """Resolve whatever a previous run left interrupted (the `recover` command's work).
+
+        `recovery.resolve_interrupted` decides each interrupted migration from evidence;
+        this adds what only the engine can do: it runs the resumed steps, restores backups,
+        and carries the interrupted runs' auto-rollback or plan on.
+        """
         from flywall.core.services import backup
 
         def restore(backup_id: str) -> None:
@@ -328,7 +333,7 @@ class Engine:
             resume=self._resume,
             resume_up=self.ws.settings.state.resume_on_crash,
         )
-        decisions = recovery.recover(
+        decisions = recovery.resolve_interrupted(
             self.recorder, self.existing_database(), self.ws.file_targets(), steps
         )
         for run in interrupted:

@@ -205,6 +205,9 @@ def change_hash(
 def check_chain(db: apsw.Connection) -> str | None:
     """Walk `changes` in id order; return the first bad row (its id and why), or None.
 
+    Flywall's own change-log chain in state.db (SHA-256, FLYWALL.md §5), not our journal's
+    (`Journal.verify`): a finding for `validate` to show, so it returns rather than raises.
+
     Each row has a known `change_type`, a `version` above the row before it (one counter
     for the store), a Go time, and, when the store has `hash`, the hash the formula gives
     on the previous row's. The first row chains on `""` when it is row 1; after the
