@@ -58,8 +58,7 @@ def event_hash(
 
     The text fields may also be given as their stored UTF-8 bytes (as `walk_chain` gets them).
     """
-    fields = [_raw(text) for text in (kind, run_id, migration)]
-    return _digest(prev_hash, seq, at_ns, *fields, body, key)
+    return _digest(prev_hash, seq, at_ns, _raw(kind), _raw(run_id), _raw(migration), body, key)
 
 
 def _raw(text: str | bytes) -> bytes:

@@ -212,8 +212,8 @@ def _compare(step: TrialStep, expected: _Observed, got: _Observed, when: str, th
         problem = f"{part} {when} differs from {than}"
         step.problems = [*step.problems, problem]
         if text is not None:
-            lines = [sandbox.text_lines(x.texts[text]) for x in (expected, got)]
-            diff = difflib.unified_diff(*lines, f"{part} {than}", f"{part} {when}", n=1)
+            a_lines, b_lines = (sandbox.text_lines(x.texts[text]) for x in (expected, got))
+            diff = difflib.unified_diff(a_lines, b_lines, f"{part} {than}", f"{part} {when}", n=1)
             step.diffs = {**step.diffs, problem: "".join(diff)}
 
 

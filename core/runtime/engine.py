@@ -219,7 +219,8 @@ class Engine:
         if stop is None:
             raise errors.Busy(
                 f"Flywall is running (pid {pid}, {pid_file}): stop it first, or set "
-                f"stop_command and start_command in {self.ws.shown(self.ws.paths.settings)}"
+                f"stop_command and start_command in "
+                f"{self.ws.shown(self.ws.paths.settings or self.ws.paths.config)}"
             )
         self._journal_daemon(ev.DaemonStopRequested(pid=pid, command=list(stop)))
         result = daemon.run(stop)
@@ -1360,4 +1361,5 @@ def _function(m: Migration, direction: str) -> Callable[..., Any]:
     """Load a Python migration's `up` or `down`."""
     from flywall.core.scripts.discovery import load_module
 
-    return getattr(load_module(m), direction)
+    function: Callable[..., Any] = getattr(load_module(m), direction)
+    return function

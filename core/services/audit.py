@@ -95,6 +95,7 @@ def point(journal: Journal, text: str) -> int:
     row = journal.connection.execute(
         "SELECT max(seq) FROM events WHERE at_ns <= ?", (parse_time(text, end=True),)
     ).fetchone()
+    assert row is not None  # an aggregate always returns one row
     return int(row[0] or 0)
 
 
@@ -443,4 +444,5 @@ def _fields(body: bytes) -> dict[str, Any] | None:
     except msgspec.DecodeError:
         return None
     fields.pop("type", None)
-    return msgspec.json.decode(msgspec.json.encode(fields))
+    plain: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(fields))
+    return plain
