@@ -6,7 +6,6 @@ from flywall.journal.chain import (
     ChainEnd,
     event_hash,
     key_id,
-    verify_chain,
     walk_chain,
 )
 from flywall.journal.errors import (
@@ -35,6 +34,5 @@ __all__ = [
     "StoredEvent",
     "event_hash",
     "key_id",
-    "verify_chain",
     "walk_chain",
 ]

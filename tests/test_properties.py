@@ -587,7 +587,7 @@ def test_an_illegal_transition_never_appends_an_event(batches):
                     assert recorder.projection == live_before
                 for version in ("202401010001", "202401010002"):
                     assert recorder.projection.state_of(version) is model.get(version, S.PENDING)
-            assert journal.verify() == journal.head()
+            assert journal.verify()[:2] == journal.head()
             assert snapshot.load(journal, use_snapshot=False) == recorder.projection
         finally:
             journal.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import apsw
 import msgspec
@@ -376,7 +377,7 @@ class _StoreWriter:
                 {"user": ("admin", "operator")[i % 2], "created": "2026-02-14T08:00:00Z"},
             )
 
-    def put(self, bucket: str, key: str, value: dict, *, expires: bool = False) -> None:
+    def put(self, bucket: str, key: str, value: dict[str, Any], *, expires: bool = False) -> None:
         exists = self.db.execute(
             "SELECT 1 FROM entries WHERE bucket = ? AND key = ?", (bucket, key)
         ).fetchone()
@@ -417,7 +418,7 @@ class _StoreWriter:
     def _ip(self, i: int) -> str:
         return f"192.168.{1 + i // 240}.{10 + i % 240}"
 
-    def _lease(self, i: int, mac: str, *, renewed: bool = False) -> dict:
+    def _lease(self, i: int, mac: str, *, renewed: bool = False) -> dict[str, Any]:
         lease = {
             "mac": mac,
             "ip": self._ip(i),

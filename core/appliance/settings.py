@@ -74,7 +74,7 @@ class _Block(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     """Base of every block: a misspelt key is an error, never silently ignored."""
 
 
-class EmailSettings(_Block):
+class EmailSettings(_Block, frozen=True):
     """`email { }`: where failure (and optional start/complete) notices are mailed."""
 
     host: str = "127.0.0.1"
@@ -88,27 +88,27 @@ class EmailSettings(_Block):
     credentials_file: str | None = None
 
 
-class SlackSettings(_Block):
+class SlackSettings(_Block, frozen=True):
     """`slack { }`: the incoming webhook notices are posted to."""
 
     webhook_url: str | None = None
 
 
-class ServerSettings(_Block):
+class ServerSettings(_Block, frozen=True):
     """`server { }`: the HTTP API; `tokens_file` here overrides the block-level one."""
 
     listen: str = "127.0.0.1:8089"  # never Flywall's own 8080/8443
     tokens_file: str | None = None
 
 
-class StateSettings(_Block):
+class StateSettings(_Block, frozen=True):
     """`state { }`: how the state database target runs its migrations."""
 
     resume_on_crash: bool = True
     batch_size: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
-class MigrationSettings(_Block):
+class MigrationSettings(_Block, frozen=True):
     """Every key of the `migration { }` block, with the seed's defaults; paths as written."""
 
     enabled: bool = True
@@ -178,7 +178,7 @@ class Paths(msgspec.Struct, frozen=True, kw_only=True):
     """Flywall's UI backups (`<config dir>/backups`), where a run's config backup also goes."""
 
 
-class Settings(MigrationSettings, kw_only=True):
+class Settings(MigrationSettings, frozen=True, kw_only=True):
     """The validated block plus where it came from and where its paths point."""
 
     root: Path
@@ -307,7 +307,8 @@ def _cached_block(text: str, shown: str, root: Path) -> dict[str, Any]:
     with contextlib.suppress(msgspec.DecodeError, AttributeError, TypeError, KeyError):
         entry = None if stored is None else msgspec.msgpack.decode(stored)
         if entry is not None and entry.get("digest") == digest:
-            return entry["block"]
+            block: dict[str, Any] = entry["block"]
+            return block
     _refuse_duplicates(text, shown)
     block = _pick_block(_parse_hcl2(text, shown), shown)
     # OverflowError: an integer msgpack cannot hold; validation, not the cache, judges it.

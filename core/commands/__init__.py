@@ -414,7 +414,7 @@ def journal_verify(ws: Workspace) -> VerifyReport:
         return VerifyReport(path=str(ws.paths.journal), events=0, head_hash="", ok=True)
     with journal:
         try:
-            end = journal.check()
+            end = journal.verify()
         except JournalCorrupt as e:
             raise errors.JournalTampered(e.seq, e.detail) from e
         projection.replay(journal.read(), Lifecycle())

@@ -819,7 +819,7 @@ class Block(_OnBody):
         return self._document._text.count("\n", 0, self._offset) + 1  # noqa: SLF001
 
     @property
-    def body(self) -> Body:
+    def body(self) -> Body:  # type: ignore[override]  # a Document keeps its body, a Block finds it
         """What is between the braces."""
         return Body(self._document, self)
 

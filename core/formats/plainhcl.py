@@ -249,7 +249,7 @@ class _Reader:
         return items
 
 
-class _Blocks(list):  # type: ignore[type-arg]
+class _Blocks(list[Any]):
     """The occurrences of one block type in one body; `labelled` if any had labels."""
 
     labelled = False

@@ -51,7 +51,7 @@ class Event(msgspec.Struct, frozen=True, tag=True, kw_only=True):
 Direction = Literal["up", "down"]
 
 
-class RunStarted(Event):
+class RunStarted(Event, frozen=True):
     """A writing command took the lock and began; `planned` lists what it means to do."""
 
     command: str
@@ -62,7 +62,7 @@ class RunStarted(Event):
     accepted_drift: list[str] = []
 
 
-class RunFinished(Event):
+class RunFinished(Event, frozen=True):
     """A run ended: completed, failed, or interrupted (written later by recovery)."""
 
     outcome: Literal["completed", "failed", "interrupted"]
@@ -72,19 +72,19 @@ class RunFinished(Event):
     """With `confirm_within`: the run is rolled back unless confirmed by then."""
 
 
-class RunConfirmed(Event):
+class RunConfirmed(Event, frozen=True):
     """The appliance (or an operator) confirmed a run within its confirmation window."""
 
     actor: Actor
 
 
-class ConfirmationExpired(Event):
+class ConfirmationExpired(Event, frozen=True):
     """A run was not confirmed in time; recovery rolls back what it applied."""
 
     confirm_by_ns: int
 
 
-class MigrationStarted(Event):
+class MigrationStarted(Event, frozen=True):
     """Write-ahead: durable before the migration touches its target."""
 
     direction: Direction
@@ -101,7 +101,7 @@ class MigrationStarted(Event):
     """Set when the step is a backup restore rather than the migration's own code."""
 
 
-class WriteIntent(Event):
+class WriteIntent(Event, frozen=True):
     """A file target is about to be replaced: both contents are stored in `sources`."""
 
     direction: Direction
@@ -111,7 +111,7 @@ class WriteIntent(Event):
     backup_id: str | None = None
 
 
-class MigrationApplied(Event):
+class MigrationApplied(Event, frozen=True):
     """`up` committed together with its marker in the target."""
 
     duration_ns: int
@@ -119,7 +119,7 @@ class MigrationApplied(Event):
     schema_version: str | None = None
 
 
-class MigrationFailed(Event):
+class MigrationFailed(Event, frozen=True):
     """The migration failed; its target was left as before (the transaction undone)."""
 
     direction: Direction
@@ -129,7 +129,7 @@ class MigrationFailed(Event):
     duration_ns: int = 0
 
 
-class MigrationRolledBack(Event):
+class MigrationRolledBack(Event, frozen=True):
     """`down` committed (or a backup was restored) and the marker is gone."""
 
     via: Literal["down", "backup"]
@@ -137,14 +137,14 @@ class MigrationRolledBack(Event):
     fingerprint_after: str | None = None
 
 
-class MigrationLog(Event):
+class MigrationLog(Event, frozen=True):
     """A line the migration wrote with `ctx.log()`."""
 
     message: str
     level: str = "info"
 
 
-class BatchCommitted(Event):
+class BatchCommitted(Event, frozen=True):
     """A batch of a state migration committed with its checkpoint in the target."""
 
     last_key: str
@@ -152,7 +152,7 @@ class BatchCommitted(Event):
     total_rows: int = 0
 
 
-class BackupCreated(Event):
+class BackupCreated(Event, frozen=True):
     """A backup of the targets was written and fsynced."""
 
     backup_id: str
@@ -161,7 +161,7 @@ class BackupCreated(Event):
     size: int = 0
 
 
-class BackupRestored(Event):
+class BackupRestored(Event, frozen=True):
     """The targets were restored from a backup."""
 
     backup_id: str
@@ -170,14 +170,14 @@ class BackupRestored(Event):
     fingerprint_after: str | None = None
 
 
-class BackupPruned(Event):
+class BackupPruned(Event, frozen=True):
     """A backup was removed by retention or by the operator."""
 
     backup_id: str
     reason: str
 
 
-class ValidationPerformed(Event):
+class ValidationPerformed(Event, frozen=True):
     """A validation ran; `checks` maps each check's name to "ok" or its finding."""
 
     checks: dict[str, str]
@@ -185,7 +185,7 @@ class ValidationPerformed(Event):
     phase: str = "manual"
 
 
-class StateForced(Event):
+class StateForced(Event, frozen=True):
     """An operator set a migration's state by hand, with a reason.
 
     For a migration the journal has never seen run, it also carries the file's identity
@@ -205,7 +205,7 @@ class StateForced(Event):
     schema_version: str | None = None
 
 
-class Recovered(Event):
+class Recovered(Event, frozen=True):
     """Recovery decided the fate of an interrupted migration, from the named evidence."""
 
     direction: Direction
@@ -214,7 +214,7 @@ class Recovered(Event):
     interrupted_run: str = ""
 
 
-class DryRunPerformed(Event):
+class DryRunPerformed(Event, frozen=True):
     """A dry run executed the plan against copies; nothing else changed."""
 
     planned: list[str]
@@ -222,7 +222,7 @@ class DryRunPerformed(Event):
     ok: bool = True
 
 
-class DeviceKeyAdopted(Event):
+class DeviceKeyAdopted(Event, frozen=True):
     """A journal begun without a device key is keyed from this event on (its first MAC).
 
     `key_id` names the key without revealing it (a keyed hash of a fixed text), so an
@@ -233,14 +233,14 @@ class DeviceKeyAdopted(Event):
     key_id: str
 
 
-class NotificationDelivered(Event):
+class NotificationDelivered(Event, frozen=True):
     """The outbox delivered events up to `through_seq` to `channel`."""
 
     channel: str
     through_seq: int
 
 
-class NotificationChannelStarted(Event):
+class NotificationChannelStarted(Event, frozen=True):
     """A channel met for the first time: it is sent the notices after `after_seq` only.
 
     `after_seq` is just before the newest run's `RunStarted`, so the run that follows adding
@@ -252,7 +252,7 @@ class NotificationChannelStarted(Event):
     after_seq: int
 
 
-class NotificationFailed(Event):
+class NotificationFailed(Event, frozen=True):
     """A channel could not be reached; it will be retried."""
 
     channel: str
@@ -260,7 +260,7 @@ class NotificationFailed(Event):
     error: str
 
 
-class DaemonStopRequested(Event):
+class DaemonStopRequested(Event, frozen=True):
     """The run is about to call `stop_command` on the live Flywall daemon.
 
     Durable before the command runs: a run cut off before `DaemonStarted` tells the next
@@ -271,21 +271,21 @@ class DaemonStopRequested(Event):
     command: list[str]
 
 
-class DaemonStopped(Event):
+class DaemonStopped(Event, frozen=True):
     """`stop_command` succeeded and the daemon's pid is gone."""
 
     pid: int
     output: str = ""
 
 
-class DaemonStarted(Event):
+class DaemonStarted(Event, frozen=True):
     """`start_command` succeeded: the daemon a run stopped runs again."""
 
     command: list[str]
     output: str = ""
 
 
-class DaemonCommandFailed(Event):
+class DaemonCommandFailed(Event, frozen=True):
     """`stop_command` or `start_command` exited non-zero (or could not run)."""
 
     which: Literal["stop", "start"]
@@ -293,7 +293,7 @@ class DaemonCommandFailed(Event):
     output: str
 
 
-class MigrationRepaired(Event):
+class MigrationRepaired(Event, frozen=True):
     """An operator bound an applied migration to its edited file (`repair`, as Flyway's).
 
     Both digests are kept: what was applied and what the file is now, with who and why.
@@ -305,7 +305,7 @@ class MigrationRepaired(Event):
     actor: Actor
 
 
-class JournalRecovered(Event):
+class JournalRecovered(Event, frozen=True):
     """A damaged journal was replaced by a backup's copy (`journal recover-from-backup`).
 
     The targets were restored from the same backup; the damaged journal was kept at

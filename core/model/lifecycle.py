@@ -15,6 +15,8 @@ from flywall.core.model import events as ev
 from flywall.core.model.errors import IllegalTransition
 
 if TYPE_CHECKING:
+    from transitions.core import TransitionConfigDict
+
     from flywall.core.model.events import Event
 
 
@@ -30,7 +32,10 @@ class State(StrEnum):
 
 
 S = State
-_TRANSITIONS = [
+_FORCE: list[TransitionConfigDict] = [
+    {"trigger": f"force_{s.value}", "source": "*", "dest": s} for s in State
+]
+_TRANSITIONS: list[TransitionConfigDict] = [
     {"trigger": "start_up", "source": [S.PENDING, S.FAILED, S.ROLLED_BACK], "dest": S.RUNNING},
     {"trigger": "apply", "source": S.RUNNING, "dest": S.APPLIED},
     {"trigger": "fail", "source": S.RUNNING, "dest": S.FAILED},
@@ -44,7 +49,8 @@ _TRANSITIONS = [
     {"trigger": "note", "source": [S.RUNNING, S.ROLLING_BACK], "dest": None},
     # `repair` binds an applied migration to its edited file: only an applied one is bound.
     {"trigger": "repair", "source": S.APPLIED, "dest": None},
-] + [{"trigger": f"force_{s.value}", "source": "*", "dest": s} for s in State]
+    *_FORCE,
+]
 
 
 _REFUSED = object()
@@ -134,7 +140,7 @@ class Lifecycle:
             answer = self._answers[key] = self._ask(state, trigger)
         if answer is _REFUSED:
             raise IllegalTransition(version, state.value, trigger)
-        return answer
+        return answer  # type: ignore[return-value]  # not _REFUSED, so the State _ask found
 
     def _ask(self, state: State, trigger: str) -> State | object:
         """Fire `trigger` from `state` on the machine; the new state, or _REFUSED."""
@@ -146,15 +152,3 @@ class Lifecycle:
         except (MachineError, AttributeError):
             return _REFUSED
         return State(self._cursor.state)
-
-    def allows(self, state: State, trigger: str) -> bool:
-        """Tell whether `trigger` may fire from `state`, without moving anything."""
-        return trigger in self._machine.get_triggers(state.name)
-
-    def check(self, version: str, state: State, trigger: str) -> None:
-        """Guard a live command: refuse it before anything is journaled.
-
-        :raises IllegalTransition: the trigger is not allowed from `state`.
-        """
-        if not self.allows(state, trigger):
-            raise IllegalTransition(version, state.value, trigger)

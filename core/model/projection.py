@@ -240,20 +240,20 @@ class Projection(msgspec.Struct, kw_only=True):
             case ev.BackupRestored(fingerprint_after=fingerprint) if fingerprint:
                 self.fingerprints["database"] = fingerprint
             case ev.RunFinished(outcome=outcome, confirm_by_ns=confirm_by):
-                run = self.open_runs.pop(row.run_id, None)
-                if run is not None:
-                    run.outcome, run.finished_ns = outcome, row.at_ns
-                    self.last_run = run
+                finished = self.open_runs.pop(row.run_id, None)
+                if finished is not None:
+                    finished.outcome, finished.finished_ns = outcome, row.at_ns
+                    self.last_run = finished
                     if confirm_by is not None and outcome == "completed":
-                        run.confirm_by_ns = confirm_by
-                        self.unconfirmed[row.run_id] = run
+                        finished.confirm_by_ns = confirm_by
+                        self.unconfirmed[row.run_id] = finished
             case ev.RunConfirmed():
                 self.unconfirmed.pop(row.run_id, None)
             case ev.ConfirmationExpired():
-                run = self.unconfirmed.pop(row.run_id, None)
-                if run is not None:
-                    run.expired_seq = row.seq
-                    self.expired[row.run_id] = run
+                expired = self.unconfirmed.pop(row.run_id, None)
+                if expired is not None:
+                    expired.expired_seq = row.seq
+                    self.expired[row.run_id] = expired
 
 
 def _fold(rec: MigrationRecord, row: EventRow, event: ev.Event) -> None:  # noqa: C901, PLR0912 - one case per event kind

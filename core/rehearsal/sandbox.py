@@ -164,7 +164,7 @@ def schema_lines(ws: Workspace) -> list[str]:
     finally:
         db.close()
     objects = sorted(
-        (table, kind != "table", name, _SPACE.sub(" ", sql).strip().rstrip(";"))
+        (table, kind != "table", name, _SPACE.sub(" ", str(sql)).strip().rstrip(";"))
         for kind, name, table, sql in rows
         if table not in exclude
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
 import blake3
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MODES", "TrialReport", "TrialStep", "data_digest", "run"]
 
-Mode = Literal["with-data", "rollback", "performance", "isolation"]
 MODES: tuple[str, ...] = ("with-data", "rollback", "performance", "isolation")
 
 
@@ -148,8 +147,11 @@ def data_digest(db: apsw.Connection | None, exclude: tuple[str, ...] = ()) -> st
     return h.hexdigest()
 
 
-class _Snapshot(NamedTuple):
-    """What must come back: schema, data, and both documents (parsed, not as bytes)."""
+class _Observed(NamedTuple):
+    """What must come back: schema, data, and both documents (parsed, not as bytes).
+
+    What a trial looks at in its sandbox, not a projection snapshot (`runtime.snapshot`).
+    """
 
     schema: str
     data: str
@@ -158,7 +160,7 @@ class _Snapshot(NamedTuple):
     texts: tuple[bytes | None, bytes | None]
 
 
-def _snapshot(ws: Workspace) -> _Snapshot:
+def _observe(ws: Workspace) -> _Observed:
     exclude = bookkeeping(ws.settings.version_table)
     db = sandbox.open_database(ws)
     try:
@@ -170,7 +172,7 @@ def _snapshot(ws: Workspace) -> _Snapshot:
         if db is not None:
             db.close()
     config, api = fileio.read(ws.paths.config), fileio.read(ws.paths.api_document)
-    return _Snapshot(schema, data, _config(config), _api(api), (config, api))
+    return _Observed(schema, data, _config(config), _api(api), (config, api))
 
 
 def _config(content: bytes | None) -> Any:
@@ -193,7 +195,7 @@ def _api(content: bytes | None) -> Any:
         return content
 
 
-def _compare(step: TrialStep, expected: _Snapshot, got: _Snapshot, when: str, than: str) -> None:
+def _compare(step: TrialStep, expected: _Observed, got: _Observed, when: str, than: str) -> None:
     """Add to `step` each part of `got` (taken `when`) that differs from `expected`."""
     import difflib
 
@@ -210,8 +212,8 @@ def _compare(step: TrialStep, expected: _Snapshot, got: _Snapshot, when: str, th
         problem = f"{part} {when} differs from {than}"
         step.problems = [*step.problems, problem]
         if text is not None:
-            lines = [sandbox.text_lines(x.texts[text]) for x in (expected, got)]
-            diff = difflib.unified_diff(*lines, f"{part} {than}", f"{part} {when}", n=1)
+            a_lines, b_lines = (sandbox.text_lines(x.texts[text]) for x in (expected, got))
+            diff = difflib.unified_diff(a_lines, b_lines, f"{part} {than}", f"{part} {when}", n=1)
             step.diffs = {**step.diffs, problem: "".join(diff)}
 
 
@@ -331,25 +333,25 @@ class _Trial:
     def _round_trip(self, box: sandbox.Sandbox, m: Migration, step: TrialStep) -> bool:
         """Fill `step`; return False when a failure leaves later migrations untestable."""
         v = m.version
-        before = _snapshot(box.ws)
+        before = _observe(box.ws)
         t0 = time.monotonic_ns()
         if error := self._engine(box, lambda e: e.migrate(v)):
             step.outcome, step.error = "failed", f"up: {error}"
             return False
         step.duration_ms = (time.monotonic_ns() - t0) / 1e6
-        applied = _snapshot(box.ws)
+        applied = _observe(box.ws)
         if not m.has_down:
             step.outcome = "irreversible"
             return True
         if error := self._engine(box, lambda e: e.rollback(version=v)):
             step.outcome, step.error = "failed", f"down: {error}"
             return False
-        undone = _snapshot(box.ws)
+        undone = _observe(box.ws)
         if error := self._engine(box, lambda e: e.migrate(v)):
             step.outcome, step.error = "failed", f"second up: {error}"
             return False
         _compare(step, before, undone, "after down", "before up")
-        _compare(step, applied, _snapshot(box.ws), "after up → down → up", "after the first up")
+        _compare(step, applied, _observe(box.ws), "after up → down → up", "after the first up")
         if step.problems:
             step.outcome = "lossy"
         return True
@@ -380,7 +382,7 @@ class _Trial:
         return report
 
     def _isolated(self, box: sandbox.Sandbox, m: Migration, step: TrialStep) -> None:
-        before = _snapshot(box.ws)
+        before = _observe(box.ws)
         t0 = time.monotonic_ns()
         if error := self._engine(box, lambda e: e.migrate(m.version)):
             step.outcome, step.error = "failed", f"up: {error}"
@@ -392,7 +394,7 @@ class _Trial:
         if error := self._engine(box, lambda e: e.rollback(version=m.version)):
             step.outcome, step.error = "failed", f"down: {error}"
             return
-        _compare(step, before, _snapshot(box.ws), "after down", f"before {m.version}")
+        _compare(step, before, _observe(box.ws), "after down", f"before {m.version}")
         if step.problems:
             step.outcome = "lossy"
 

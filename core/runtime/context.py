@@ -72,6 +72,7 @@ class MigrationContext:
         db.execute(f'DROP TABLE temp."{aside}"')
         remaining = {row[1] for row in db.execute(f'PRAGMA table_info("{table}")')}
         for (sql,) in keep:
+            assert isinstance(sql, str)  # the query asks for `sql IS NOT NULL`
             if all(_mentions_only(sql, remaining, table)):
                 db.execute(sql)
         problems = db.execute(f'PRAGMA foreign_key_check("{table}")').fetchall()

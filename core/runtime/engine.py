@@ -219,7 +219,8 @@ class Engine:
         if stop is None:
             raise errors.Busy(
                 f"Flywall is running (pid {pid}, {pid_file}): stop it first, or set "
-                f"stop_command and start_command in {self.ws.shown(self.ws.paths.settings)}"
+                f"stop_command and start_command in "
+                f"{self.ws.shown(self.ws.paths.settings or self.ws.paths.config)}"
             )
         self._journal_daemon(ev.DaemonStopRequested(pid=pid, command=list(stop)))
         result = daemon.run(stop)
@@ -310,7 +311,12 @@ class Engine:
     # -- commands ---------------------------------------------------------------------
 
     def recover(self) -> list[recovery.Decision]:
-        """Resolve whatever a previous run left interrupted."""
+        """Resolve whatever a previous run left interrupted (the `recover` command's work).
+
+        `recovery.resolve_interrupted` decides each interrupted migration from evidence;
+        this adds what only the engine can do: it runs the resumed steps, restores backups,
+        and carries the interrupted runs' auto-rollback or plan on.
+        """
         from flywall.core.services import backup
 
         def restore(backup_id: str) -> None:
@@ -328,7 +334,7 @@ class Engine:
             resume=self._resume,
             resume_up=self.ws.settings.state.resume_on_crash,
         )
-        decisions = recovery.recover(
+        decisions = recovery.resolve_interrupted(
             self.recorder, self.existing_database(), self.ws.file_targets(), steps
         )
         for run in interrupted:
@@ -845,6 +851,7 @@ class Engine:
 
         :raises ValidationFailed: the file does not parse; the message names file and line.
         """
+        from flywall.core.runtime import fileio
         from flywall.core.targets import files
 
         touched = {m.component for v in plan if (m := self.ws.migration(v)) is not None}
@@ -854,7 +861,7 @@ class Engine:
                 continue
             target = files.target_for(component, paths.config, paths.api_document)
             try:
-                target.open(files.content_at(target.path))
+                target.open(fileio.read(target.path))
             except (errors.ConfigParseError, msgspec.DecodeError) as e:
                 raise errors.ValidationFailed(f"pre-flight: {e}; nothing was changed") from e
             except UnicodeDecodeError as e:
@@ -1374,4 +1381,5 @@ def _function(m: Migration, direction: str) -> Callable[..., Any]:
     """Load a Python migration's `up` or `down`."""
     from flywall.core.scripts.discovery import load_module
 
-    return getattr(load_module(m), direction)
+    function: Callable[..., Any] = getattr(load_module(m), direction)
+    return function

@@ -106,7 +106,9 @@ class Recorder:
     def _write(
         self, items: list[tuple[str, ev.Event, str]], sources: Iterable[tuple[str, bytes]]
     ) -> list[StoredEvent]:
-        batch = [] if self.started else [("", self._run_started, self.run_id)]
+        batch: list[tuple[str, ev.Event, str]] = (
+            [] if self.started else [("", self._run_started, self.run_id)]
+        )
         batch += [(v, e, self.run_id) for v, e in self._deferred]
         batch += items
         self._check([(v, e) for v, e, _ in batch])

@@ -213,13 +213,17 @@ class Steps(NamedTuple):
     resume_up: bool = True
 
 
-def recover(
+def resolve_interrupted(
     recorder: Recorder,
     db: DatabaseTarget | None,
     files: Mapping[str, Path],
     steps: Steps,
 ) -> list[Decision]:
     """Resolve every interrupted migration and close every interrupted run.
+
+    The step of recovery that reads evidence and journals decisions; `Engine.recover` (the
+    `recover` command's, and every writer's first step) wraps it: removes partial backups,
+    then finishes what the interrupted runs had left to do (their auto-rollback or plan).
 
     Idempotent: each decision moves its migration out of running, so a second call (or a
     call after a crash half-way through) only does what is left. A resumed step that is

@@ -40,14 +40,14 @@ from __future__ import annotations
 import itertools
 import re
 import types
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import msgspec
 
 from flywall.core.model.errors import ConfigParseError, DiscoveryError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Mapping
 
     from flywall.core.formats.hcl import Block, Body, Document
 
@@ -185,10 +185,14 @@ def invert(operation: Operation) -> Operation:
 class Script(Protocol):
     """What `functions` reads of a discovered migration (discovery's `Migration` is one)."""
 
-    path: str
-    version: str
-    description: str
-    source: bytes
+    @property
+    def path(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def source(self) -> bytes: ...
 
 
 def functions(migration: Script) -> types.ModuleType:
@@ -414,7 +418,7 @@ def _equal(value: object, default: Scalar) -> bool:
     return False
 
 
-def _block_text(name: str, attributes: dict[str, Scalar]) -> str:
+def _block_text(name: str, attributes: Mapping[str, object]) -> str:
     inner = ", ".join(f"{k} = {_literal(v)}" for k, v in attributes.items())
     return f"{name} {{ {inner} }}" if inner else f"{name} {{}}"
 
@@ -536,12 +540,14 @@ def _operation(path: str, block: Block) -> Operation:
             raise _error(path, where, detail)
         if name not in _ALLOWED[kind]:
             raise _error(path, where, f"{kind} takes no {name!r}")
-    fields = {
-        "new_name": _new_name(path, block, kind, target),
-        "preserve": _preserve(path, block),
-        "defaults": _defaults(path, block, kind),
-    }
-    return Operation(type=kind, target=target, line=line, **fields)
+    return Operation(
+        type=kind,
+        target=target,
+        line=line,
+        new_name=_new_name(path, block, kind, target),
+        preserve=_preserve(path, block),
+        defaults=_defaults(path, block, kind),
+    )
 
 
 def _new_name(path: str, block: Block, kind: str, target: str) -> str | None:
@@ -596,4 +602,4 @@ def _defaults(path: str, block: Block, kind: str) -> dict[str, Scalar]:
         if kind == "remove_attribute" and block.get("preserve") and "value" not in value:
             detail = "remove_attribute with preserve needs defaults = { value = ... } to compare"
             raise _error(path, block.line, detail)
-    return value
+    return cast("dict[str, Scalar]", value)  # each item was checked to be a Scalar above

@@ -95,6 +95,7 @@ def point(journal: Journal, text: str) -> int:
     row = journal.connection.execute(
         "SELECT max(seq) FROM events WHERE at_ns <= ?", (parse_time(text, end=True),)
     ).fetchone()
+    assert row is not None  # an aggregate always returns one row
     return int(row[0] or 0)
 
 
@@ -189,11 +190,6 @@ class EventFilter:
         self.actor = actor
         self._since, self._until = _bound(since, end=False), _bound(until, end=True)
         self._run_actors: dict[str, dict[str, Any]] = {}
-
-    @property
-    def active(self) -> bool:
-        """Whether anything is filtered at all."""
-        return bool(self.kinds or self.actor or self._since or self._until)
 
     def prepare(self, journal: Journal) -> None:
         """Learn each run's actor (a migration's own events do not repeat it)."""
@@ -448,4 +444,5 @@ def _fields(body: bytes) -> dict[str, Any] | None:
     except msgspec.DecodeError:
         return None
     fields.pop("type", None)
-    return msgspec.json.decode(msgspec.json.encode(fields))
+    plain: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(fields))
+    return plain

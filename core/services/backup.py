@@ -344,8 +344,11 @@ def _copy_database(
     try:
         lock.set_busy_timeout(BUSY_MS)
         if _freeze(lock, str(source), vfs):
-            (page_size,) = lock.execute("PRAGMA page_size").fetchone()
-            (pages,) = lock.execute("PRAGMA page_count").fetchone()
+            size = lock.execute("PRAGMA page_size").fetchone()
+            count = lock.execute("PRAGMA page_count").fetchone()
+            assert size is not None  # these PRAGMAs always return one row
+            assert count is not None
+            (page_size,), (pages,) = size, count
             copied = _copy_frozen(source, page_size * pages, target, io, once)
             if copied is not None:
                 return copied
@@ -368,7 +371,7 @@ def _copy_frozen(
     try:
         if os.fstat(fd).st_size < size:
             return None
-        patch = (WAL_HEADER[0], b"\x01\x01")
+        patch: tuple[int, bytes] | None = (WAL_HEADER[0], b"\x01\x01")
         if os.pread(fd, 2, WAL_HEADER[0]) != WAL_HEADER[1]:
             patch = None
         copying = _Worker(io.copy_new, fd, size, target, 0o600, patch)

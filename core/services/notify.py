@@ -312,9 +312,11 @@ def _start_channel(journal: Journal, channel: str) -> int:
     (delivery follows every writing command) reaches it, the journal's older runs do not.
     The event is written before any send, so a crash after it resumes from the same seq.
     """
-    (newest_run,) = journal.connection.execute(
+    row = journal.connection.execute(
         "SELECT max(seq) FROM events WHERE kind = 'RunStarted'"
     ).fetchone()
+    assert row is not None  # an aggregate always returns one row
+    (newest_run,) = row
     after = newest_run - 1 if newest_run else journal.head()[0]
     started = ev.NotificationChannelStarted(channel=channel, after_seq=after)
     journal.append([Entry(ev.kind_of(started), ev.encode(started))])

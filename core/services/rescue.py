@@ -81,7 +81,7 @@ def _check(ws: Workspace, journal: Journal) -> str | None:
     rows = journal.connection.execute("PRAGMA integrity_check").fetchall()
     if rows != [("ok",)]:
         return f"{journal.path}: integrity check failed: {rows[0][0]}"
-    journal.check()
+    journal.verify()
     return _behind_state_db(ws, journal)
 
 

@@ -327,7 +327,8 @@ def _attribute_line(body: Body, name: str) -> int:
     node = body._attribute(name)  # noqa: SLF001 - no public accessor yet (see above)
     assert node is not None
     first = next(node.scan_values(lambda value: isinstance(value, Token)))
-    return int(first.line)
+    assert first.line is not None  # a token the parser read carries its position
+    return first.line
 
 
 def target_checks(
