@@ -12,7 +12,7 @@ from typing import Any, Union
 
 import msgspec
 
-from flywall.core import events as ev
+from flywall.core.commands import ev
 
 _ROW_FIELDS: list[tuple[str, Any, Any]] = [
     ("seq", int, msgspec.NODEFAULT),

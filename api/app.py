@@ -47,13 +47,16 @@ from flywall.api import answers
 from flywall.api.answers import DebugReport, HistoryItem
 from flywall.api.runs import RunAccepted, Runs, RunStatus
 from flywall.api.security import token_name
-from flywall.core import commands, errors
-from flywall.core import events as ev
-from flywall.core.commands import MigrationRow, StatusReport
-from flywall.core.dryrun import DryRunReport
-from flywall.core.engine import RunReport
-from flywall.core.workspace import Workspace
-from flywall.journal import JournalCorrupt, JournalError, JournalUnreadable
+from flywall.core import commands
+from flywall.core.commands import (
+    JournalCorrupt,
+    JournalError,
+    JournalUnreadable,
+    Workspace,
+    errors,
+    ev,
+)
+from flywall.core.commands.reports import DryRunReport, MigrationRow, RunReport, StatusReport
 
 log = logging.getLogger(__name__)
 

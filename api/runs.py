@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from flywall.core.commands import iso
-from flywall.core.engine import RunReport, new_run_id
-from flywall.core.errors import FlywallError
-from flywall.journal import JournalError
+from flywall.core.commands import FlywallError, JournalError, iso, new_run_id
+from flywall.core.commands.reports import RunReport  # noqa: TC001 - msgspec reads RunStatus's fields at runtime
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -15,7 +15,7 @@ import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from flywall.core.errors import SettingsError, UsageError
+from flywall.core.commands import SettingsError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -32,7 +32,7 @@ from urllib.parse import unquote_plus
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from flywall.core.errors import UsageError
+from flywall.core.commands import UsageError
 
 if TYPE_CHECKING:
     from litestar import Litestar

@@ -53,7 +53,7 @@ FROM c
 """
 
 # The state scenario: JSON lease records shaped like the demo tree's `lease_records`
-# (flywall.core.demo), reshaped as the shipped 202312010008_reshape_lease_records does.
+# (flywall.core.appliance.demo), reshaped as the shipped 202312010008_reshape_lease_records does.
 LEASES_UP = "CREATE TABLE lease_records(mac TEXT PRIMARY KEY, data TEXT NOT NULL)"
 LEASES_DOWN = "DROP TABLE lease_records"
 LEASES_FILL = """

@@ -6,7 +6,7 @@ ROOT must be a tree where `flywall migration migrate` has applied trivial migrat
 (t_i tables; gen.py flywall). The history appended is a long life of that appliance: runs
 that roll one migration back and re-apply it, one in ten re-applies failing once first, each
 run bracketed by RunStarted/RunFinished, with the engine's own event types and encoders
-(flywall.core.events), run ids, actors, attempts, and real schema fingerprints of state.db
+(flywall.core.model.events), run ids, actors, attempts, and real schema fingerprints of state.db
 with and without the table. Events go through `Journal.append` (hash chain, triggers) in
 large transactions, are folded into the projection through the lifecycle (an illegal
 transition raises here, as in the engine), and the projection snapshot is saved at the end
@@ -23,12 +23,13 @@ from pathlib import Path
 
 import apsw
 
-from flywall.core import events as ev
-from flywall.core import projection as proj
-from flywall.core.lifecycle import Lifecycle, State
-from flywall.core.lock import Holder, WriterLock
+from flywall.core.appliance.workspace import Workspace
+from flywall.core.model import events as ev
+from flywall.core.model import projection as proj
+from flywall.core.model.lifecycle import Lifecycle, State
+from flywall.core.runtime import snapshot
+from flywall.core.runtime.lock import Holder, WriterLock
 from flywall.core.targets.database import MARKERS, bookkeeping, schema_fingerprint
-from flywall.core.workspace import Workspace
 from flywall.journal import Entry, Journal
 
 FLUSH = 5000  # events per append transaction
@@ -136,7 +137,7 @@ def main() -> int:  # noqa: PLR0915 - one straight story, told in order
             if len(w.pending) >= FLUSH:
                 w.flush()
         w.flush()
-        proj.save_snapshot(journal, w.projection)
+        snapshot.save(journal, w.projection)
         # state.db as the history leaves it: each cycled marker rewritten by its last re-apply
         with db:
             for v, r in last_run.items():

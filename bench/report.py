@@ -429,6 +429,19 @@ def detail(res: Results) -> list[str]:
     return out
 
 
+CACHE_FIGURES = """\
+Measured by hand when each cache was introduced (issues 7 and 17), not by `make bench`;
+they say what a miss costs, and so why each cache exists (docs/caches.md):
+
+- status memo: a fresh `status` imports msgspec, apsw and the projection and reads a
+  thousand migration files and two databases, ~60 ms; a memo hit is a few stats.
+- settings cache: a flywall.hcl that `plainhcl` declines goes to python-hcl2, ~80 ms and
+  ~23 MiB per cold process (importing hcl2 and Lark alone: ~40 ms and ~20 MiB); a plain
+  file is read in well under a millisecond, with no cache I/O.
+- discovery cache: files whose stat is unchanged are neither read, hashed nor parsed.
+- projection snapshot: a read replays only the events appended since it.
+"""
+
 METHOD = """\
 - Whole processes, start-up included, timed by `bench/benchtime.py` (wall from spawn to
   reap; CPU = user+sys; peak = the largest single process's max RSS, over all runs).
@@ -536,6 +549,8 @@ def main() -> int:
     w.append("")
     w.append("## Method\n")
     w.append(METHOD)
+    w.append("## Cache figures\n")
+    w.append(CACHE_FIGURES)
     print("\n".join(w))
     return 0
 

@@ -1,35 +1,29 @@
 """Notification, audit and signing commands; ^C handling around the run commands.
 
 `notify`, `replay`, `journal export`, `journal verify-export` and `sign`. Notices are
-delivered by the core after every writing command (flywall.core.notify), not here.
+delivered by the core after every writing command (flywall.core.services.notify), not here.
 
-Registered on the `migration` group by importing this module (see the end of main.py).
+main.py adds `COMMANDS` to the `migration` group.
 """
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import click
 
-from flywall.cli.main import _workspace, journal, json_option, migration
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from flywall.cli.options import json_option, workspace
 
 
-@migration.command()
+@click.command()
 @json_option
 def notify(as_json: bool) -> None:
     """Deliver pending notices to every channel now (exit 1 if one is unreachable)."""
     from flywall.cli import render
     from flywall.core import commands
-    from flywall.core.errors import EXIT_MIGRATION_FAILED
 
-    ws = _workspace()
+    ws = workspace()
     results = commands.notify(ws)
     if as_json:
         render.emit_json(results)
@@ -47,10 +41,10 @@ def notify(as_json: bool) -> None:
         else:
             click.echo(f"{r.channel}: {r.target}: FAILED: {r.error}; {r.waiting} notice(s) waiting")
     if any(r.error for r in results):
-        sys.exit(EXIT_MIGRATION_FAILED)
+        sys.exit(commands.errors.EXIT_MIGRATION_FAILED)
 
 
-@migration.command()
+@click.command()
 @click.option("--until", required=True, metavar="SEQ|TIME", help="A seq, or an ISO-8601 time.")
 @json_option
 def replay(until: str, as_json: bool) -> None:
@@ -58,7 +52,7 @@ def replay(until: str, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.replay(_workspace(), until)
+    report = commands.replay(workspace(), until)
     if as_json:
         render.emit_json(report)
         return
@@ -83,7 +77,7 @@ def replay(until: str, as_json: bool) -> None:
         )
 
 
-@journal.command("export")
+@click.command("export")
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -98,7 +92,7 @@ def journal_export(output: Path | None, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    ws = _workspace()
+    ws = workspace()
     if output is None:
         commands.journal_export(ws, sys.stdout)
         return
@@ -109,7 +103,7 @@ def journal_export(output: Path | None, as_json: bool) -> None:
         click.echo(f"exported {count} events to {output}")
 
 
-@journal.command("adopt-key")
+@click.command("adopt-key")
 @json_option
 def journal_adopt_key(as_json: bool) -> None:
     """Start keying a journal begun without the device key (migration.device_key_file).
@@ -122,7 +116,7 @@ def journal_adopt_key(as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.adopt_device_key(_workspace())
+    report = commands.adopt_device_key(workspace())
     if as_json:
         render.emit_json(report)
     elif report.adopted:
@@ -134,7 +128,7 @@ def journal_adopt_key(as_json: bool) -> None:
         click.echo(f"{report.path} is keyed already, from seq {report.keyed_from}")
 
 
-@journal.command("verify-export")
+@click.command("verify-export")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @json_option
 def journal_verify_export(file: Path, as_json: bool) -> None:
@@ -142,7 +136,7 @@ def journal_verify_export(file: Path, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.journal_verify_export(_workspace(), file)
+    report = commands.journal_verify_export(workspace(), file)
     if as_json:
         render.emit_json(report)
     else:
@@ -151,7 +145,7 @@ def journal_verify_export(file: Path, as_json: bool) -> None:
         click.echo(f"ok: {report.events} events, head {report.head_hash[:16] or '-'}{keyed}")
 
 
-@migration.command()
+@click.command()
 @click.option(
     "--key",
     required=True,
@@ -164,7 +158,7 @@ def sign(key: Path, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.sign(_workspace(), key)
+    report = commands.sign(workspace(), key)
     if as_json:
         render.emit_json(report)
         return
@@ -172,22 +166,5 @@ def sign(key: Path, as_json: bool) -> None:
     click.echo(f"public key (for trusted_keys): {report.public_key}")
 
 
-# -- ^C and SIGTERM end a run as interrupted ------------------------------------------------
-
-
-def _interruptible(callback: Callable[..., Any]) -> Callable[..., Any]:
-    """Run the command under flywall.cli.run.interruptible, as the fast path does."""
-
-    @functools.wraps(callback)
-    def run_interruptible(*args: Any, **kwargs: Any) -> Any:
-        from flywall.cli.run import interruptible
-
-        return interruptible(lambda: callback(*args, **kwargs))
-
-    return run_interruptible
-
-
-for _name in ("migrate", "rollback", "recover"):
-    _command = migration.commands.get(_name)
-    if _command is not None and _command.callback is not None:
-        _command.callback = _interruptible(_command.callback)
+COMMANDS = [notify, replay, sign]
+JOURNAL_COMMANDS = [journal_export, journal_adopt_key, journal_verify_export]

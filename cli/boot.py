@@ -1,16 +1,16 @@
 """Boot-time integration: `install-units` (the systemd units shipped in the package).
 
-Registered on the `migration` group by importing this module (see the end of main.py).
+main.py adds `COMMANDS` to the `migration` group.
 """
 
 from __future__ import annotations
 
 import click
 
-from flywall.cli.main import json_option, migration
+from flywall.cli.options import json_option
 
 
-@migration.command("install-units")
+@click.command("install-units")
 @json_option
 def install_units(as_json: bool) -> None:
     """Place the systemd units in ROOT/etc/systemd/system: recover before Flywall, confirm after."""
@@ -25,3 +25,6 @@ def install_units(as_json: bool) -> None:
     for path in written:
         click.echo(f"installed {path}")
     click.echo("then: systemctl daemon-reload (on the box whose root this is)")
+
+
+COMMANDS = [install_units]

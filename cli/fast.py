@@ -443,8 +443,7 @@ def _read_only(
     """
     from flywall.cli import render
     from flywall.core import commands
-    from flywall.core.errors import EXIT_VALIDATION
-    from flywall.core.workspace import Workspace
+    from flywall.core.commands import EXIT_VALIDATION, Workspace
 
     code = 0
     try:
@@ -485,7 +484,7 @@ def _memo_inputs(ws: object, report: object, text: str, code: int) -> dict[str, 
         return {}
     if ws.settings.layout == "none":  # type: ignore[attr-defined]  # no appliance: no memo in it
         return {}
-    from flywall.core.layout import candidates
+    from flywall.core.appliance.layout import candidates
 
     files: list[str] = list(candidates(str(ws.settings.root)))  # type: ignore[attr-defined]
     inputs = (paths.config, paths.settings, paths.api_document, paths.lock)

@@ -8,42 +8,37 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from flywall.cli.options import (
+    Group,
+    ask_or_refuse,
+    drift_option,
+    events_option,
+    hooks,
+    interruptible,
+    json_option,
+    progress_option,
+    wait_option,
+    workspace,
+)
 
-    from flywall.core.validate import ValidationReport
-    from flywall.core.workspace import Workspace
+if TYPE_CHECKING:
+    from flywall.core.commands.reports import ValidationReport
 
 EXIT_CODES = """Exit codes: 0 ok; 1 a migration failed; 2 usage or invalid input;
 3 busy (another run holds the lock); 4 validation failed, drift, or tampered journal."""
 
 
-class _Group(click.Group):
-    """Turns every error a user can cause into one line and its documented exit code."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except Exception as e:
-            from flywall.cli.run import error_exit_code  # the fast entry point's too
-
-            code = error_exit_code(e, traceback=bool((ctx.obj or {}).get("traceback")))
-            if code is None:
-                raise
-            ctx.exit(code)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="flywall-migration", prog_name="flywall")
 def main() -> None:
     """Flywall appliance tools."""
 
 
-@main.group(cls=_Group, epilog=EXIT_CODES)
+@main.group(cls=Group, epilog=EXIT_CODES)
 @click.version_option(package_name="flywall-migration", prog_name="flywall-migration")
 @click.option(
     "--root",
@@ -66,70 +61,6 @@ def migration(ctx: click.Context, root: Path, config: Path | None, traceback: bo
     ctx.obj = {"root": root, "config": config, "traceback": traceback}
 
 
-def _workspace() -> Workspace:
-    from flywall.cli.run import workspace
-
-    return workspace(click.get_current_context().obj)
-
-
-def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add `--json` to a command."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
-
-
-def events_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add `--events jsonl` to a writing command."""
-    return click.option(
-        "--events",
-        type=click.Choice(["jsonl"]),
-        default=None,
-        help="Stream every journal event as a JSON line on stdout, as it is written.",
-    )(f)
-
-
-def progress_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add `--no-progress` to a command that can run batched state migrations."""
-    return click.option(
-        "--no-progress",
-        is_flag=True,
-        help="No progress line for batched migrations (shown only when stderr is a terminal).",
-    )(f)
-
-
-def drift_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add `--accept-drift` to a writing command."""
-    return click.option(
-        "--accept-drift",
-        is_flag=True,
-        help="Run even though state.db no longer matches the journal (journaled).",
-    )(f)
-
-
-def _keep_wait(ctx: click.Context, _param: click.Parameter, value: float | None) -> None:
-    if value is not None:
-        ctx.ensure_object(dict)["wait"] = value
-
-
-def wait_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Add `--wait SECONDS` to a writing command: wait for the writer lock (as dbmate's)."""
-    return click.option(
-        "--wait",
-        type=click.FloatRange(min=0, max=86400),
-        default=None,
-        expose_value=False,
-        callback=_keep_wait,
-        metavar="SECONDS",
-        help="Wait up to SECONDS for another run's writer lock instead of exiting 3 at once.",
-    )(f)
-
-
-def _hooks(events: str | None, as_json: bool) -> dict[str, Any]:
-    """Return the engine callbacks: JSON lines, or human progress on stderr."""
-    from flywall.cli.run import hooks
-
-    return hooks(events, as_json)
-
-
 @migration.command()
 @click.option("--verbose", "-v", is_flag=True, help="Also list every migration.")
 @json_option
@@ -138,12 +69,10 @@ def status(verbose: bool, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.status(_workspace(), verbose=verbose)
+    report = commands.status(workspace(), verbose=verbose)
     render.emit_json(report) if as_json else render.status(report)
     if report.drift or report.broken:
-        from flywall.core.errors import EXIT_VALIDATION
-
-        sys.exit(EXIT_VALIDATION)
+        sys.exit(commands.errors.EXIT_VALIDATION)
 
 
 @migration.command("list")
@@ -155,12 +84,10 @@ def list_(pending: bool, applied: bool, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    rows = commands.list_migrations(_workspace(), pending=pending, applied=applied)
+    rows = commands.list_migrations(workspace(), pending=pending, applied=applied)
     render.emit_json(rows) if as_json else render.migrations(rows)
     if any(r.state == "broken" for r in rows):
-        from flywall.core.errors import EXIT_VALIDATION
-
-        sys.exit(EXIT_VALIDATION)
+        sys.exit(commands.errors.EXIT_VALIDATION)
 
 
 @migration.command()
@@ -174,6 +101,7 @@ def list_(pending: bool, applied: bool, as_json: bool) -> None:
 @wait_option
 @json_option
 @events_option
+@interruptible
 @progress_option
 def migrate(
     target: str | None,
@@ -206,6 +134,7 @@ def migrate(
 @wait_option
 @json_option
 @events_option
+@interruptible
 @progress_option
 def rollback(
     version: str | None,
@@ -252,7 +181,7 @@ def test(
         raise click.UsageError(
             "give exactly one of --with-data, --rollback, --performance, --isolation V"
         )
-    report = commands.test(_workspace(), chosen[0], isolation)
+    report = commands.test(workspace(), chosen[0], isolation)
     render.emit_json(report) if as_json else render.trial(report)
     sys.exit(report.exit_code)
 
@@ -260,12 +189,13 @@ def test(
 @migration.command()
 @wait_option
 @json_option
+@interruptible
 def recover(as_json: bool) -> None:
     """Resolve interrupted migrations now, from the evidence in the targets."""
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.recover(_workspace(), **_hooks(None, as_json))
+    report = commands.recover(workspace(), **hooks(None, as_json))
     render.emit_json(report) if as_json else render.run(report)
 
 
@@ -289,7 +219,7 @@ def history(
     from flywall.core import commands
 
     items = commands.history(
-        _workspace(), migration=version, kinds=kinds, actor=actor, since=since, until=until
+        workspace(), migration=version, kinds=kinds, actor=actor, since=since, until=until
     )
     render.emit_json(items) if as_json else render.events(items)
 
@@ -302,7 +232,7 @@ def log(version: str, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    lines = commands.log(_workspace(), version)
+    lines = commands.log(workspace(), version)
     if as_json:
         render.emit_json(lines)
         return
@@ -330,9 +260,7 @@ def create(name: str, component: str | None, sql: bool, declarative: bool, as_js
     from flywall.cli import render
     from flywall.core import commands
 
-    path = commands.create(
-        _workspace(), name, component=component, sql=sql, declarative=declarative
-    )
+    path = commands.create(workspace(), name, component=component, sql=sql, declarative=declarative)
     render.emit_json({"path": str(path)}) if as_json else click.echo(f"created {path}")
 
 
@@ -342,12 +270,11 @@ def checksums(as_json: bool) -> None:
     """Compare each migration file's checksum with the one it was applied with."""
     from flywall.cli import render
     from flywall.core import commands
-    from flywall.core.errors import EXIT_VALIDATION
 
-    rows = commands.checksums(_workspace())
+    rows = commands.checksums(workspace())
     render.emit_json(rows) if as_json else render.checksums(rows)
     if not all(r.match for r in rows):
-        sys.exit(EXIT_VALIDATION)
+        sys.exit(commands.errors.EXIT_VALIDATION)
 
 
 @migration.command()
@@ -364,9 +291,9 @@ def validate(everything: bool, as_json: bool) -> None:
     Always runs the full integrity check of state.db, the whole journal chain and each
     applied migration's verify; --all adds the checks marked "(--all only)".
     """
-    from flywall.core.validate import validate as run_checks
+    from flywall.core import commands
 
-    _report_checks(run_checks(_workspace(), everything=everything), as_json=as_json)
+    _report_checks(commands.validate(workspace(), everything=everything), as_json=as_json)
 
 
 @migration.command()
@@ -382,32 +309,30 @@ def verify(data: bool, as_json: bool) -> None:  # noqa: ARG001 - --data is the o
     --data is the default and the only scope today: state.db's PRAGMA integrity_check and
     foreign_key_check, Flywall's change-log chain, and each applied migration's verify.
     """
-    from flywall.core.validate import verify_data
+    from flywall.core import commands
 
-    _report_checks(verify_data(_workspace()), as_json=as_json)
+    _report_checks(commands.verify_data(workspace()), as_json=as_json)
 
 
 def _report_checks(report: ValidationReport, *, as_json: bool) -> None:
     """Print each check as ok / warn / FAIL (or the report as JSON); exit 4 on a failure."""
     from flywall.cli import render
-    from flywall.core.errors import EXIT_VALIDATION
-    from flywall.core.validate import ALL_ONLY, WARNING_CHECKS, passed
+    from flywall.core import commands
 
     if as_json:
         render.emit_json(report)
     else:
-        for name, result in report.checks.items():
-            ok = passed(result)
-            label = "ok  " if ok else "warn" if name in WARNING_CHECKS else "FAIL"
-            scope = " (--all only)" if name in ALL_ONLY else ""
-            click.echo(f"{label}  {name}{scope}: {result}")
+        labels = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
+        for v in commands.verdicts(report):
+            scope = " (--all only)" if v.all_only else ""
+            click.echo(f"{labels[v.level]}  {v.name}{scope}: {v.result}")
         for warning in report.warnings:
             click.echo(f"warn  {warning}")
     if not report.ok:
-        sys.exit(EXIT_VALIDATION)
+        sys.exit(commands.errors.EXIT_VALIDATION)
 
 
-@migration.group(cls=_Group)
+@migration.group(cls=Group)
 def journal() -> None:
     """Inspect the journal itself; get a box back from a damaged one."""
 
@@ -419,7 +344,7 @@ def journal_verify(as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.journal_verify(_workspace())
+    report = commands.journal_verify(workspace())
     if as_json:
         render.emit_json(report)
     else:
@@ -437,12 +362,12 @@ def journal_verify(as_json: bool) -> None:
 def journal_recover_from_backup(backup_id: str, yes: bool, force: bool, as_json: bool) -> None:
     """Replace a damaged journal by BACKUP_ID's copy; restore the targets from it too."""
     from flywall.cli import render
-    from flywall.core import backup, commands
+    from flywall.core import commands
 
-    ws = _workspace()
-    backup.read_manifest(ws, backup_id)  # an unknown id fails before the question
+    ws = workspace()
+    commands.backup_manifest(ws, backup_id)  # an unknown id fails before the question
     if not yes and not as_json:
-        _confirm(
+        ask_or_refuse(
             f"Replace the journal by backup {backup_id}'s copy and restore its targets?",
             f"recovering from {backup_id} replaces the journal and restores the targets",
         )
@@ -455,22 +380,6 @@ def journal_recover_from_backup(backup_id: str, yes: bool, force: bool, as_json:
         f"recovered the journal from backup {backup_id} (seq {report.journal_seq}, "
         f"event {report.seq}); {kept}; reason: {report.reason}"
     )
-
-
-def _confirm(question: str, what: str) -> None:
-    """Ask; with no terminal to answer, refuse in one line naming --yes (exit 2)."""
-    from flywall.core import errors
-
-    try:
-        agreed = click.confirm(question)
-    except click.Abort:
-        if sys.stdin.isatty():  # Ctrl-C at the question: the person said no
-            raise
-        raise errors.UsageError(
-            f"{what}: with no terminal to answer the question, give --yes"
-        ) from None
-    if not agreed:
-        raise click.Abort
 
 
 @migration.command()
@@ -486,9 +395,9 @@ def _confirm(question: str, what: str) -> None:
 def demo(directory: Path, layout: str, as_json: bool) -> None:
     """Build a sample appliance tree in DIRECTORY to try every command on."""
     from flywall.cli import render
-    from flywall.core import demo as demo_tree
+    from flywall.core import commands
 
-    made = demo_tree.build(directory, layout)
+    made = commands.demo(directory, layout)
     if as_json:
         render.emit_json(made)
         return
@@ -496,7 +405,12 @@ def demo(directory: Path, layout: str, as_json: bool) -> None:
     click.echo(f"try: flywall-migration --root {directory} status")
 
 
-from flywall.cli import audit as _audit  # noqa: E402, F401 - registers notify/replay/sign
-from flywall.cli import boot as _boot  # noqa: E402, F401 - registers install-units
-from flywall.cli import repair as _repair  # noqa: E402, F401 - registers backup/force/debug
-from flywall.cli import serve as _serve  # noqa: E402, F401 - registers serve
+# The commands of the other modules join the groups defined above (they import only
+# flywall.cli.options, never this module).
+from flywall.cli import audit, boot, repair, serve  # noqa: E402
+
+for _module in (audit, boot, repair, serve):
+    for _command in _module.COMMANDS:
+        migration.add_command(_command)
+for _command in audit.JOURNAL_COMMANDS:
+    journal.add_command(_command)

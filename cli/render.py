@@ -13,10 +13,15 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
     from typing import TextIO
 
-    from flywall.core.commands import ChecksumRow, MigrationRow, StatusReport
-    from flywall.core.dryrun import DryRunReport
-    from flywall.core.engine import RunReport
-    from flywall.core.trial import TrialReport, TrialStep
+    from flywall.core.commands.reports import (
+        ChecksumRow,
+        DryRunReport,
+        MigrationRow,
+        RunReport,
+        StatusReport,
+        TrialReport,
+        TrialStep,
+    )
 
 
 _captured: list[str] | None = None

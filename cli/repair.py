@@ -1,19 +1,16 @@
 """Backup and repair commands: `backup create|list|restore|prune`, `force`, `debug`.
 
-Registered on the `migration` group by importing this module (see the end of main.py).
+main.py adds `COMMANDS` to the `migration` group.
 """
 
 from __future__ import annotations
 
-import sys
-import time
-
 import click
 
-from flywall.cli.main import _workspace, json_option, migration, wait_option
+from flywall.cli.options import ask_or_refuse, json_option, wait_option, workspace
 
 
-@migration.group(name="backup")
+@click.group(name="backup")
 def backup_group() -> None:
     """Create, list, restore and prune backups of state.db, flywall.hcl and api.json."""
 
@@ -41,7 +38,7 @@ def backup_list(as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    rows = commands.backup_list(_workspace())
+    rows = commands.backup_list(workspace())
     if as_json:
         render.emit_json(rows)
         return
@@ -65,27 +62,17 @@ def backup_list(as_json: bool) -> None:
 def backup_restore(backup_id: str, yes: bool, as_json: bool) -> None:
     """Restore BACKUP_ID (after a safety backup); journals what it rolls back."""
     from flywall.cli import render
-    from flywall.core import backup, commands, errors
+    from flywall.core import commands
 
-    ws = _workspace()
-    manifest = backup.read_manifest(ws, backup_id)  # an unknown id fails before the question
+    ws = workspace()
+    manifest = commands.backup_manifest(ws, backup_id)  # an unknown id fails before the question
     if not yes and not as_json:
-        taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(manifest.created_ns / 1e9))
-        try:
-            agreed = click.confirm(
-                f"Restore backup {backup_id} (taken {taken}, journal seq "
-                f"{manifest.journal_seq}) over the live targets?"
-            )
-        except click.Abort:
-            if sys.stdin.isatty():  # Ctrl-C at the question: the person said no
-                raise
-            # Nobody to ask (a script, a unit): say what to do, not a bare "Aborted!".
-            raise errors.UsageError(
-                f"restoring {backup_id} overwrites the live targets: with no terminal "
-                "to answer the question, give --yes"
-            ) from None
-        if not agreed:
-            raise click.Abort
+        taken = commands.iso_seconds(manifest.created_ns)
+        ask_or_refuse(
+            f"Restore backup {backup_id} (taken {taken}, journal seq "
+            f"{manifest.journal_seq}) over the live targets?",
+            f"restoring {backup_id} overwrites the live targets",
+        )
     report = commands.backup_restore(ws, backup_id)
     if as_json:
         render.emit_json(report)
@@ -103,7 +90,7 @@ def backup_prune(keep: int, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    removed = commands.backup_prune(_workspace(), keep=keep)
+    removed = commands.backup_prune(workspace(), keep=keep)
     if as_json:
         render.emit_json({"removed": removed})
     else:
@@ -112,7 +99,7 @@ def backup_prune(keep: int, as_json: bool) -> None:
         )
 
 
-@migration.command()
+@click.command()
 @click.option("--version", "version", required=True, help="The migration to set.")
 @click.option(
     "--state",
@@ -128,14 +115,14 @@ def force(version: str, state: str, reason: str, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.force(_workspace(), version, state, reason)
+    report = commands.force(workspace(), version, state, reason)
     if as_json:
         render.emit_json(report)
     else:
         click.echo(f"forced {version} to {state} (run {report.run_id})")
 
 
-@migration.command()
+@click.command()
 @click.argument("version")
 @click.option("--reason", required=True, help="Why the applied file was edited: journaled.")
 @json_option
@@ -144,14 +131,14 @@ def repair(version: str, reason: str, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    report = commands.repair(_workspace(), version, reason)
+    report = commands.repair(workspace(), version, reason)
     if as_json:
         render.emit_json(report)
     else:
         click.echo(f"repaired {version}: bound to its file as it is now (run {report.run_id})")
 
 
-@migration.command()
+@click.command()
 @click.argument("version")
 @json_option
 def debug(version: str, as_json: bool) -> None:
@@ -159,7 +146,7 @@ def debug(version: str, as_json: bool) -> None:
     from flywall.cli import render
     from flywall.core import commands
 
-    info = commands.debug(_workspace(), version)
+    info = commands.debug(workspace(), version)
     if as_json:
         render.emit_json(info)
         return
@@ -176,7 +163,7 @@ def debug(version: str, as_json: bool) -> None:
     render.events(info["events"])
 
 
-@migration.command()
+@click.command()
 @wait_option
 @click.option(
     "--when-healthy",
@@ -198,13 +185,16 @@ def confirm(url: str | None, deadline: float, as_json: bool) -> None:
     from flywall.core import commands
 
     if url is not None:
-        report = commands.confirm_when_healthy(_workspace(), url, deadline)
+        report = commands.confirm_when_healthy(workspace(), url, deadline)
         if report is None:
             render.emit_json({"done": []}) if as_json else click.echo("nothing to confirm")
             return
     else:
-        report = commands.confirm(_workspace())
+        report = commands.confirm(workspace())
     if as_json:
         render.emit_json(report)
     else:
         click.echo(f"confirmed run(s) {', '.join(report.done)}")
+
+
+COMMANDS = [backup_group, force, repair, debug, confirm]

@@ -16,12 +16,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from flywall.cli.render import ProgressLine
-    from flywall.core.workspace import Workspace
+    from flywall.core.commands import Workspace
 
 
 def workspace(obj: dict[str, Any]) -> Workspace:
     """The appliance the `migration` group's options name."""
-    from flywall.core.workspace import Workspace
+    from flywall.core.commands import Workspace
 
     show_warnings()
     ws = Workspace.load(obj["root"], obj["config"])
@@ -37,7 +37,7 @@ def hooks(events: str | None, as_json: bool, *, progress: bool = False) -> dict[
     """
     from flywall.cli.render import ProgressLine, echo, emit_json
     from flywall.core import commands
-    from flywall.core import events as ev
+    from flywall.core.commands import ev
 
     if events == "jsonl":
         return {"on_event": lambda row, event: emit_json(commands.event_dict(row, event))}
@@ -64,7 +64,7 @@ def hooks(events: str | None, as_json: bool, *, progress: bool = False) -> dict[
 
 def _show_progress(bar: ProgressLine, row: Any, event: Any) -> None:
     """Draw a batch on the progress line; erase it before any line that follows it."""
-    from flywall.core import events as ev
+    from flywall.core.commands import ev
 
     match event:
         case ev.BatchCommitted(rows=done, total_rows=total):
@@ -122,7 +122,7 @@ def _dry_run(
     """`migrate --dry-run` (or `dry_run = true`): exit 1 when a migration failed."""
     from flywall.cli import render
     from flywall.core import commands
-    from flywall.core.errors import EXIT_MIGRATION_FAILED
+    from flywall.core.commands import EXIT_MIGRATION_FAILED
 
     report = commands.dry_run(
         ws, target=target, accept_drift=accept_drift, **hooks(events, as_json)
@@ -166,7 +166,7 @@ def backup_create(obj: dict[str, Any], *, verify: bool, as_json: bool) -> None:
     """`backup create`: back up every target now; exit 4 if a copy does not match."""
     from flywall.cli.render import echo, emit_json
     from flywall.core import commands
-    from flywall.core.errors import EXIT_VALIDATION
+    from flywall.core.commands import EXIT_VALIDATION
 
     row = commands.backup_create(workspace(obj), verify=verify)
     if as_json:
@@ -185,13 +185,13 @@ def backup_create(obj: dict[str, Any], *, verify: bool, as_json: bool) -> None:
 
 
 def show_warnings() -> None:
-    """Print core's delivery warnings (flywall.core.notify's log) as lines on stderr.
+    """Print core's delivery warnings (flywall.core.services.notify's log) as lines on stderr.
 
     Delivery is the core's step after every writing command; the CLI only shows its word.
     """
     import logging
 
-    logger = logging.getLogger("flywall.core.notify")
+    logger = logging.getLogger("flywall.core.services.notify")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -205,11 +205,11 @@ def interruptible(run: Callable[[], Any]) -> Any:
     RunInterrupted: one FAILED line, exit 130 or 143; the core does not deliver after it,
     so ^C is not held up by a dead channel (the notice waits in the journal).
     """
-    from flywall.core import pytimeout
-    from flywall.core.errors import RunInterrupted
+    from flywall.core import commands
+    from flywall.core.commands import RunInterrupted
 
     try:
-        with pytimeout.ending_runs():
+        with commands.ending_runs():
             return run()
     except KeyboardInterrupt as e:  # outside a run's steps (loading, recovery...)
         signum = getattr(e, "signum", signal.SIGINT)
@@ -225,8 +225,7 @@ def error_exit_code(error: Exception, traceback: bool) -> int | None:
 
     None: not an error a user can cause (or --traceback): the caller re-raises it.
     """
-    from flywall.core.errors import FlywallError
-    from flywall.journal import JournalCorrupt, JournalError
+    from flywall.core.commands import FlywallError, JournalCorrupt, JournalError
 
     if not isinstance(error, (FlywallError, JournalError)) or traceback:
         return None
@@ -246,7 +245,7 @@ def _damage_hint(error: Exception) -> str:
     Only a file SQLite cannot read: a broken chain may be tampering, to be looked at
     (`journal verify`, the audit export) before anything replaces it.
     """
-    from flywall.journal import JournalUnreadable
+    from flywall.core.commands import JournalUnreadable
 
     if not isinstance(error, JournalUnreadable):
         return ""

@@ -1,16 +1,16 @@
 """`flywall migration serve`: the HTTP API (DESIGN §10).
 
-Registered on the `migration` group by importing this module (see the end of main.py).
+main.py adds `COMMANDS` to the `migration` group.
 """
 
 from __future__ import annotations
 
 import click
 
-from flywall.cli.main import _workspace, json_option, migration
+from flywall.cli.options import json_option, workspace
 
 
-@migration.command()
+@click.command()
 @click.option(
     "--listen",
     metavar="HOST:PORT|unix:PATH",
@@ -52,9 +52,9 @@ def serve(
     from flywall.api.server import bind
     from flywall.api.server import serve as run_server
     from flywall.cli import render
-    from flywall.core.workspace import Workspace
+    from flywall.core.commands import Workspace
 
-    ws = _workspace()
+    ws = workspace()
     address = parse_listen(listen or ws.settings.server.listen, allow_remote=allow_remote)
     tokens = load_tokens(ws.paths.tokens_file)
     obj = click.get_current_context().obj
@@ -65,3 +65,6 @@ def serve(
     else:
         click.echo(f"serving the API on {address.url()} ({len(tokens)} tokens)")
     run_server(app, sock, header_timeout=header_timeout, max_connections=max_connections)
+
+
+COMMANDS = [serve]

@@ -1,51 +1,17 @@
 """The answer memo of `status`: the last output, reused while none of its inputs changed.
 
-A fleet agent asks `status` every minute, and the answer changes a few times a year; but a
-fresh answer imports msgspec, apsw and the projection and reads a thousand files and two
-databases (~60 ms), where checking that nothing changed takes a few stats (issue 7). So
-the fast entry point keeps, per variant of the command line, the rendered output and exit
-code, keyed by the identity of every input the answer was computed from:
+A fleet agent asks `status` every minute and the answer changes a few times a year, so the
+fast entry point keeps, per variant of the command line, the rendered output and exit
+code, keyed by the identity (`stamp`) of every input the answer was computed from: the
+command line and environment (`_context`), the code that answered (`code_files`), the
+files a status reads and the migration folders with every entry. What each input is, what
+invalidates a memo and why it is safe to lose: docs/caches.md. When one may be written or
+read is said by the predicates below (`device_key_configured`, `writer_holds_lock`,
+`_racy`); figures: bench/RESULTS.md.
 
-- the command line (cwd, --root, --config, flags), the `FLYWALL_*` environment, the
-  interpreter, and the identity of every flywall, msgspec, apsw and blake3 module file the
-  fresh answer ran (an upgrade is a new answer);
-- the settings file, flywall.hcl where each layout would have it (a config appearing
-  changes the layout), and every file a status reads beside them: the journal and state.db, each
-  with its -wal and -journal (as named and as their symlinks resolve), the api document,
-  the lock file. Not their directories: every status opens and closes the journal, whose
-  -wal and -shm come and go with it. SQLite changes a database's content only by writing
-  the main file or its -wal, so their identities (or "absent") cover it; the -shm is an
-  index rebuilt from them;
-- every migration directory, listed, with each entry in it.
-
-Not used (a fresh answer every time, correct but not faster): on a filesystem whose stat
-the kernel may answer from a cache (NFS attribute caching; the discovery cache assumes
-the same), and while a long-lived connection keeps the journal's -wal in place and status
-runs as root (SQLite chowns an existing -wal on every open, which sets its ctime).
-
-A file's identity is (st_dev, st_ino, st_mode, st_size, st_mtime_ns, st_ctime_ns), "absent"
-for a missing one. It stands for the file's bytes for the reason git trusts its index and
-`discovery` its cache: any write, and any `touch` putting mtime back, sets ctime to the
-kernel's current time, which no process chooses. The racy case is a change within one
-tick of the timestamps' clock: `_racy` says which identities are too recent to trust.
-
-A memo is written only when the fresh answer came out of the fast path (no error, no
-terminal escapes), nobody held the writer lock, no device key is configured, and every
-identity, taken *after* the answer was computed, was already old when its computation
-began (`began_ns`): a change at any moment after `began_ns` would leave the file a ctime
-too recent, so an identity that is old afterwards proves the file did not change while it
-was read. A lookup recomputes every identity; any difference (or a lock now held) means
-a fresh answer. Nothing in the output depends on the clock (times shown are the
-journal's), so a memo has no deadline.
-
-Why no device key: the memo can only be checked by a digest, not a MAC (finding the key
-file needs the settings, which is what the memo avoids), so with a device key (whose
-point is that a file writer cannot forge what status shows) the memo is never used. Without
-one, a writer of var/cache can already rewrite the unkeyed discovery cache, and a writer of
-var/lib the whole journal, so a memo forgeable by the former hides nothing new.
-
-Only the standard library and blake3 are imported here: the memo is worth it only if a hit
-costs less than the imports it saves.
+Only the standard library and blake3 are imported here (the seal through
+flywall.core.appliance.caches): the memo is worth it only if a hit costs less than the
+imports it saves.
 """
 
 from __future__ import annotations
@@ -55,7 +21,10 @@ import sys
 
 import blake3
 
-_MAGIC = b"flywall status memo 2\n"
+from flywall.core.appliance.caches import Cache
+
+MEMO = Cache("status memo", 3, point="status-memo")  # 3: sealed by the cache helper
+"""No code digest: every module file that answered is among the memo's stamped inputs."""
 _DIGEST = 32
 _KEY = 2 * _DIGEST  # the files' key, then the key of files and directories
 RACY_COARSE_NS = 3_000_000_000
@@ -77,7 +46,7 @@ def config_path(root: str, config: str | None) -> str:
     """The settings file as load_settings finds it (migration.hcl in the layout found)."""
     if config is not None:
         return config
-    from flywall.core.layout import detect
+    from flywall.core.appliance.layout import detect
 
     return detect(root).settings
 
@@ -98,6 +67,11 @@ def _context(root: str, config: str | None, variant: str) -> bytes:
 
 
 def _identity(st: os.stat_result) -> bytes:
+    """What stands for a file's bytes ("-" for an absent one, `_stat`).
+
+    Any write, and any `touch` putting mtime back, sets ctime to the kernel's current time,
+    which no process chooses (as git trusts its index, and discovery its cache).
+    """
     return b"%d,%d,%d,%d,%d,%d" % (
         st.st_dev,
         st.st_ino,
@@ -111,9 +85,12 @@ def _identity(st: os.stat_result) -> bytes:
 def _racy(st: os.stat_result, began_ns: int) -> bool:
     """True if this identity is too recent to stand for the bytes read since `began_ns`.
 
-    The timestamp granularity of a filesystem divides 10**9 ns and every timestamp it
-    keeps, so gcd(ctime's sub-second part, 10**9) bounds it; a whole-second ctime gets the
-    coarse window. mtime is checked too: one set in the future is never trusted.
+    Identities are taken after the answer was computed: a change at any moment after
+    `began_ns` would leave the file a ctime too recent, so one that is old proves the file
+    did not change while it was read. The timestamp granularity of a filesystem divides
+    10**9 ns and every timestamp it keeps, so gcd(ctime's sub-second part, 10**9) bounds
+    it; a whole-second ctime gets the coarse window. mtime is checked too: one set in the
+    future is never trusted.
     """
     from math import gcd
 
@@ -167,8 +144,13 @@ def _key(context: bytes, parts: list[bytes]) -> bytes:
     return blake3.blake3(b"\0".join([context, *parts])).digest()
 
 
-def _has_device_key(root: str, config: str | None) -> bool:
-    """True unless the config file surely configures no device key (no such word in it)."""
+def device_key_configured(root: str, config: str | None) -> bool:
+    """True unless the config file surely configures no device key (no such word in it).
+
+    With a device key no memo is read or written: a memo can be checked only by a digest,
+    not a MAC (finding the key file needs the settings, which the memo avoids), and the
+    key's point is that a file writer cannot forge what status shows.
+    """
     try:
         with open(config_path(root, config), "rb") as f:  # noqa: PTH123
             return b"device_key_file" in f.read()
@@ -178,8 +160,11 @@ def _has_device_key(root: str, config: str | None) -> bool:
         return True
 
 
-def _lock_held(path: str) -> bool:
-    """True if a writer holds (or may hold) the lock: the probe of `lock.current_holder`."""
+def writer_holds_lock(path: str) -> bool:
+    """True if a writer holds (or may hold) the lock: the probe of `lock.current_holder`.
+
+    Its run is about to change the answer, through files it may not have written yet.
+    """
     import fcntl
 
     try:
@@ -201,10 +186,15 @@ def _lock_held(path: str) -> bool:
 def _encode(
     key: bytes, code: int, files: list[str], dirs: list[str], lock: str, text: str
 ) -> bytes:
+    """The memo's file: its body sealed by `MEMO` (version and digest)."""
+    return MEMO.seal(_body(key, code, files, dirs, lock, text))
+
+
+def _body(key: bytes, code: int, files: list[str], dirs: list[str], lock: str, text: str) -> bytes:
     paths = [os.fsencode(p) for p in (*files, *dirs, lock)]
     if any(b"\0" in p for p in paths) or not 0 <= code < 256:  # noqa: PLR2004
         raise ValueError("not representable")
-    body = b"".join(
+    return b"".join(
         [
             key,
             bytes([code]),
@@ -214,15 +204,11 @@ def _encode(
             text.encode("utf-8", "surrogatepass"),
         ]
     )
-    return _MAGIC + blake3.blake3(body).digest() + body
 
 
 def _decode(data: bytes) -> tuple[bytes, int, list[str], list[str], str, str] | None:
-    if not data.startswith(_MAGIC):
-        return None
-    data = data[len(_MAGIC) :]
-    digest, body = data[:_DIGEST], data[_DIGEST:]
-    if len(digest) != _DIGEST or blake3.blake3(body).digest() != digest:
+    body = MEMO.unseal(data)
+    if body is None:  # another version of the memo, damaged or cut short
         return None
     key, code = body[:_KEY], body[_KEY]
     nfiles = int.from_bytes(body[_KEY + 1 : _KEY + 5], "little")
@@ -239,7 +225,7 @@ def _decode(data: bytes) -> tuple[bytes, int, list[str], list[str], str, str] | 
 
 def lookup(root: str, config: str | None, variant: str) -> tuple[str, str, int] | None:
     """The memoized (stdout, stderr, exit code) of `variant`, if every input is as it was."""
-    memo = None if _has_device_key(root, config) else _read(memo_path(root, variant))
+    memo = None if device_key_configured(root, config) else _read(memo_path(root, variant))
     if memo is None:
         return None
     key, code, files, dirs, lock, text = memo
@@ -250,7 +236,7 @@ def lookup(root: str, config: str | None, variant: str) -> tuple[str, str, int] 
     if parts is None or _key(context, parts) != key[:_DIGEST]:
         return None
     listed = stamp([], dirs)
-    if listed is None or _key(context, parts + listed) != key[_DIGEST:] or _lock_held(lock):
+    if listed is None or _key(context, parts + listed) != key[_DIGEST:] or writer_holds_lock(lock):
         return None
     return text, "", code
 
@@ -290,29 +276,18 @@ def store(
 
     Returns whether a memo was written (nothing is, if an input is racy or the lock is held).
     """
-    from flywall.core.crash import crashpoint
-
-    if _has_device_key(root, config):
+    if device_key_configured(root, config):
         return False
     files = [*files, *code_files()]
     parts = stamp(files, [], began_ns)
     listed = stamp([], dirs, began_ns)
-    if parts is None or listed is None or _lock_held(lock):
+    if parts is None or listed is None or writer_holds_lock(lock):
         return False
     context = _context(root, config, variant)
     key = _key(context, parts) + _key(context, parts + listed)
-    path = memo_path(root, variant)
-    temp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}")  # noqa: PTH118, PTH119, PTH120
     try:
-        data = _encode(key, code, files, dirs, lock, text)
-        os.makedirs(os.path.dirname(path), exist_ok=True)  # noqa: PTH103, PTH120
-        # 0600: the memo is for the user whose answer it holds
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with open(fd, "wb") as f:  # noqa: PTH123
-            f.write(data)
-        crashpoint("status-memo-before-replace")  # a stray temp file; the old memo or none
-        os.replace(temp, path)  # noqa: PTH105
-        crashpoint("status-memo-after-replace")
-    except (OSError, ValueError):
+        body = _body(key, code, files, dirs, lock, text)
+    except ValueError:
         return False
-    return True
+    # 0600: the memo is for the user whose answer it holds (the user is in its key too)
+    return MEMO.write(memo_path(root, variant), body, mode=0o600)

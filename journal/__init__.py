@@ -6,7 +6,6 @@ from flywall.journal.chain import (
     ChainEnd,
     event_hash,
     key_id,
-    verify_chain,
     walk_chain,
 )
 from flywall.journal.errors import (
@@ -17,7 +16,8 @@ from flywall.journal.errors import (
     JournalTooNew,
     JournalUnreadable,
 )
-from flywall.journal.store import Entry, Journal, StoredEvent
+from flywall.journal.rows import Entry, StoredEvent
+from flywall.journal.store import Journal
 
 __all__ = [
     "ADOPTED",
@@ -34,6 +34,5 @@ __all__ = [
     "StoredEvent",
     "event_hash",
     "key_id",
-    "verify_chain",
     "walk_chain",
 ]

@@ -92,7 +92,9 @@ CURRENT = len(STEPS)
 
 def version(conn: apsw.Connection) -> int:
     """Return the journal's schema version (0 for a new, empty file)."""
-    return int(conn.execute("PRAGMA user_version").fetchall()[0][0])
+    (value,) = conn.execute("PRAGMA user_version").fetchall()[0]
+    assert isinstance(value, int)  # SQLite keeps user_version as a 32-bit integer
+    return value
 
 
 def upgrade(conn: apsw.Connection, path: str) -> None:

@@ -30,7 +30,7 @@ from flywall.journal.errors import JournalCorrupt
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from flywall.journal.store import StoredEvent
+    from flywall.journal.rows import StoredEvent
 
 GENESIS = bytes(32)
 """The prev_hash of seq 1."""
@@ -56,10 +56,9 @@ def event_hash(
 ) -> bytes:
     """Return the 32-byte chain hash (or MAC, with `key`) of one event.
 
-    The text fields may also be given as their stored UTF-8 bytes (as `verify` reads them).
+    The text fields may also be given as their stored UTF-8 bytes (as `walk_chain` gets them).
     """
-    fields = [_raw(text) for text in (kind, run_id, migration)]
-    return _digest(prev_hash, seq, at_ns, *fields, body, key)
+    return _digest(prev_hash, seq, at_ns, _raw(kind), _raw(run_id), _raw(migration), body, key)
 
 
 def _raw(text: str | bytes) -> bytes:
@@ -105,19 +104,6 @@ class ChainEnd(NamedTuple):
     keyed_from: int | None
 
 
-def verify_chain(
-    rows: Iterable[StoredEvent | tuple[Any, ...]],
-    key: bytes | None = None,
-    start: tuple[int, bytes] = (0, GENESIS),
-) -> tuple[int, bytes]:
-    """Walk `rows` of a chain keyed from its start (with `key`) or plain (without one).
-
-    :raises JournalCorrupt: as `walk_chain`.
-    """
-    seq, prev, _ = walk_chain(rows, key, start, keyed=key is not None)
-    return seq, prev
-
-
 def walk_chain(
     rows: Iterable[StoredEvent | tuple[Any, ...]],
     key: bytes | None,
@@ -127,7 +113,12 @@ def walk_chain(
 ) -> ChainEnd:
     """Walk `rows` in order; return where the chain ends or raise at the first bad row.
 
-    `rows` are `StoredEvent`s or plain tuples in its field order (what `verify` reads).
+    The one walk of the journal's chain: rows in memory, whatever their source.
+    `Journal.verify` runs it over every stored row (and adds the rules on the device key);
+    `replay --until` over a prefix; a test over rows it built.
+
+    `rows` are `StoredEvent`s or plain tuples in its field order (what `Journal.verify`
+    reads).
     `keyed` says whether the chain is keyed at `start`; if not, it becomes keyed at a
     `DeviceKeyAdopted` event, whose MAC a walk without `key` cannot check.
 

@@ -12,7 +12,7 @@ import contextlib
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Self
+from typing import TYPE_CHECKING, Self
 
 import apsw
 
@@ -26,6 +26,7 @@ from flywall.journal.errors import (
     JournalTooNew,
     JournalUnreadable,
 )
+from flywall.journal.rows import Entry, StoredEvent
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,29 +41,6 @@ _STORED_BYTES = (
     "seq, at_ns, CAST(run_id AS BLOB), CAST(migration AS BLOB), CAST(kind AS BLOB), "
     "CAST(body AS BLOB), CAST(prev_hash AS BLOB), CAST(hash AS BLOB)"
 )
-
-
-class Entry(NamedTuple):
-    """An event to append; the store assigns seq, time (if not given) and hashes."""
-
-    kind: str
-    body: bytes
-    run_id: str = ""
-    migration: str = ""
-    at_ns: int | None = None
-
-
-class StoredEvent(NamedTuple):
-    """One row of the `events` table, exactly as stored."""
-
-    seq: int
-    at_ns: int
-    run_id: str
-    migration: str
-    kind: str
-    body: bytes
-    prev_hash: bytes
-    hash: bytes
 
 
 class Journal:
@@ -184,7 +162,7 @@ class Journal:
             raise JournalError(f"{self.path}: adopt_key needs a device key and {ADOPTED}")
 
         def adopt() -> list[StoredEvent]:
-            end = self.walk()
+            end = self._walk()
             if end.seq == 0:
                 raise JournalError(f"{self.path}: empty journal: its first event will be keyed")
             if end.keyed_from is not None:
@@ -306,13 +284,11 @@ class Journal:
             return None
         return None if row is None else str(row[0])
 
-    def verify(self) -> tuple[int, bytes]:
-        """Walk the whole chain (`check`); return its head."""
-        end = self.check()
-        return end.seq, end.hash
-
-    def check(self) -> ChainEnd:
+    def verify(self) -> ChainEnd:
         """Walk the whole chain; return where it ends and since when it is keyed.
+
+        The journal's one check of its chain (`walk_chain` over every stored row): what
+        `journal verify`, `validate` and every writer's pre-flight run.
 
         Every stored row is walked, whatever its seq (a row renumbered below 1 must not
         drop out of sight), with its text columns as stored bytes. A chain recorded as
@@ -322,7 +298,7 @@ class Journal:
 
         :raises JournalCorrupt: naming the first bad seq.
         """
-        end = self.walk()
+        end = self._walk()
         if self._key and end.keyed_from is None and end.seq:
             raise JournalCorrupt(
                 1,
@@ -331,10 +307,10 @@ class Journal:
             )
         return end
 
-    def walk(self) -> ChainEnd:
+    def _walk(self) -> ChainEnd:
         """Walk every stored row, keyed from seq 1 or plain as recorded with seq 1.
 
-        Unlike `check`, a plain chain that never adopted the given key passes (a key is
+        Unlike `verify`, a plain chain that never adopted the given key passes (a key is
         being adopted); it then ends with `keyed_from` None.
 
         :raises JournalCorrupt: naming the first bad seq.

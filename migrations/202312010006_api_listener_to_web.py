@@ -13,7 +13,7 @@
 # Version-neutral: no schema_version; nothing to copy or allow means nothing is written, so
 # running it twice is running it once.
 
-from flywall.core.hcl import Expression
+from flywall.core.formats.hcl import Expression
 
 component = "config"
 

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from flywall.core import commands
-from flywall.core.workspace import Workspace
+from flywall.core.appliance.workspace import Workspace
 
 if TYPE_CHECKING:
-    from flywall.core.engine import RunReport
+    from flywall.core.runtime.engine import RunReport
 
 FLYWALL = str(Path(sys.executable).with_name("flywall"))
 

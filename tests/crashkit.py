@@ -15,8 +15,11 @@ import apsw
 import blake3
 from torture import LONG
 
-from flywall.core import commands, fileio, projection, recovery
-from flywall.core.lifecycle import Lifecycle, State
+from flywall.core import commands
+from flywall.core.appliance.workspace import Workspace
+from flywall.core.model import projection
+from flywall.core.model.lifecycle import Lifecycle, State
+from flywall.core.runtime import fileio, recovery
 from flywall.core.targets.database import (
     DatabaseTarget,
     bookkeeping,
@@ -24,7 +27,6 @@ from flywall.core.targets.database import (
     schema_fingerprint,
 )
 from flywall.core.targets.files import digest
-from flywall.core.workspace import Workspace
 from flywall.journal import Journal
 
 

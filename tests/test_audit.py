@@ -14,8 +14,9 @@ import apsw
 import pytest
 from conftest import Appliance, create_table_migration
 
-from flywall.core import audit, commands
-from flywall.core.errors import JournalTampered, SettingsError, UsageError
+from flywall.core import commands
+from flywall.core.model.errors import JournalTampered, SettingsError, UsageError
+from flywall.core.services import audit
 from flywall.journal import event_hash
 
 if TYPE_CHECKING:

@@ -14,7 +14,9 @@ import apsw
 import pytest
 from crashkit import observe
 
-from flywall.core import backup, commands, fileio
+from flywall.core import commands
+from flywall.core.runtime import fileio
+from flywall.core.services import backup
 
 if TYPE_CHECKING:
     from pathlib import Path

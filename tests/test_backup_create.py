@@ -16,7 +16,7 @@ import pytest
 from conftest import Appliance, create_table_migration
 from crashkit import check_after_cut, killed, sample
 
-from flywall.core import backup
+from flywall.core.services import backup
 from flywall.journal import Journal
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import apsw
 from crashkit import killed
 
-from flywall.core import events as ev
-from flywall.core.engine import Engine
+from flywall.core.model import events as ev
+from flywall.core.runtime.engine import Engine
 
 if TYPE_CHECKING:
     from conftest import Appliance

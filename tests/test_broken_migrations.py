@@ -20,7 +20,7 @@ from conftest import Appliance, create_table_migration
 from test_api import serving
 
 from flywall.cli import statusmemo
-from flywall.core import discovery
+from flywall.core.scripts import discovery
 
 FLYWALL_MIGRATION = str(Path(sys.executable).with_name("flywall-migration"))
 V1, V2, V3 = "202401010001", "202401010002", "202401010003"

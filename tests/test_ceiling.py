@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import pytest
 from conftest import Appliance, create_table_migration
 
-from flywall.core.errors import UsageError
-from flywall.core.planner import check_config_ceiling, version_tuple
+from flywall.core.model.errors import UsageError
+from flywall.core.model.planner import check_config_ceiling, version_tuple
 
 STAMP = '''\
 """Stamp the config with {version}."""

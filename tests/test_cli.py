@@ -18,7 +18,7 @@ import pytest
 from conftest import FLYWALL, Appliance, create_table_migration, hold_lock_migration
 
 from flywall.cli.main import main
-from flywall.core.discovery import checksum, discover, shipped_directory
+from flywall.core.scripts.discovery import checksum, discover, shipped_directory
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

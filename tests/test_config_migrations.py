@@ -26,12 +26,13 @@ import msgspec
 import pytest
 from conftest import FLYWALL
 
-from flywall.core import commands, demo
-from flywall.core.discovery import discover, from_source, load_module, shipped_directory
-from flywall.core.errors import ConfigParseError, DiscoveryError
-from flywall.core.hcl import Body, Document
-from flywall.core.validate import validate
-from flywall.core.workspace import Workspace
+from flywall.core import commands
+from flywall.core.appliance import demo
+from flywall.core.appliance.workspace import Workspace
+from flywall.core.formats.hcl import Body, Document
+from flywall.core.model.errors import ConfigParseError, DiscoveryError
+from flywall.core.scripts.discovery import discover, from_source, load_module, shipped_directory
+from flywall.core.services.validate import validate
 
 EBPF, ZONES, DNS, WEB, UPLINK, PROTECTION = VERSIONS = [
     "202311300001",

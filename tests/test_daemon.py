@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import Appliance, create_table_migration
 
-from flywall.core.daemon import live_pid
+from flywall.core.appliance.daemon import live_pid
 
 V1 = "202401010001"
 
@@ -269,7 +269,7 @@ def test_live_pid_reads_only_a_number_naming_a_live_process(tmp_path):
 
 
 def test_the_demo_box_has_a_stale_pid_file_that_does_not_block_a_run(tmp_path):
-    from flywall.core import demo
+    from flywall.core.appliance import demo
 
     made = demo.build(tmp_path / "box")
 

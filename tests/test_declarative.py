@@ -19,10 +19,10 @@ import pytest
 from conftest import Appliance
 from crashkit import check_after_cut, check_settled, killed, observe, sample
 
-from flywall.core.declarative import Operation, RenameConflict, Step, invert, parse, run
-from flywall.core.discovery import discover, load_module
-from flywall.core.errors import DiscoveryError
-from flywall.core.hcl import Document
+from flywall.core.formats.hcl import Document
+from flywall.core.model.errors import DiscoveryError
+from flywall.core.scripts.declarative import Operation, RenameConflict, Step, invert, parse, run
+from flywall.core.scripts.discovery import discover, load_module
 
 # A branch-office box as it is found in the field (FLYWALL.md §2): comments, a trailing
 # comment on an aligned attribute, one-line blocks, nested labelled blocks.

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flywall.migrations
-from flywall.core.discovery import (
+from flywall.core.model.errors import DiscoveryError
+from flywall.core.scripts.discovery import (
     Migration,
     checksum,
     discover,
@@ -20,7 +21,6 @@ from flywall.core.discovery import (
     load_module,
     shipped_directory,
 )
-from flywall.core.errors import DiscoveryError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -377,13 +377,13 @@ def test_a_migration_is_a_frozen_value() -> None:
 
 def _cache_everything(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let files written a moment ago be cached (they are "racy" otherwise)."""
-    from flywall.core import discovery
+    from flywall.core.scripts import discovery
 
     monkeypatch.setattr(discovery, "RACY_NS", -(10**18))
 
 
 def _never_parse(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flywall.core import discovery
+    from flywall.core.scripts import discovery
 
     def refuse(path, raw):
         raise AssertionError(f"{path} was read, not taken from the cache")
@@ -422,7 +422,7 @@ def test_a_file_changed_just_now_is_never_cached(tmp_path):
     (folder / "202401010001_a.sql").write_text("-- One.\n-- migrate:up\nSELECT 1;\n")
     cache = tmp_path / "cache.msgpack"
     assert discover([folder], cache)[0].description == "One."
-    from flywall.core.discovery import _load_cache
+    from flywall.core.scripts.discovery import _load_cache
 
     assert _load_cache(cache, None) == {}
 
@@ -431,7 +431,7 @@ def test_an_altered_or_foreign_cache_is_ignored(tmp_path, monkeypatch):
     """The cache carries a (keyed) digest: forged entries or another key's cache are not read."""
     import msgspec
 
-    from flywall.core.discovery import _load_cache
+    from flywall.core.scripts.discovery import _load_cache
 
     _cache_everything(monkeypatch)
     folder = tmp_path / "m"
@@ -450,7 +450,7 @@ def test_an_altered_or_foreign_cache_is_ignored(tmp_path, monkeypatch):
     entries = _load_cache(cache, key)
     stamp, m = entries[str(path)]
     forged = {str(path): (stamp, msgspec.structs.replace(m, description="Forged."))}
-    cache.write_bytes(data[:32] + msgspec.msgpack.encode(forged))
+    cache.write_bytes(data[:64] + msgspec.msgpack.encode(forged))  # version, digest, body
     assert _load_cache(cache, key) == {}
     assert discover([folder], cache, key=key)[0].description == "One."
     cache.write_bytes(b"garbage")
@@ -487,7 +487,8 @@ def test_writers_trusting_the_cache_still_refuse_an_edited_applied_migration(
 
     from conftest import create_table_migration
 
-    from flywall.core import commands, errors
+    from flywall.core import commands
+    from flywall.core.model import errors
 
     _cache_everything(monkeypatch)
     path = create_table_migration(appliance, "202401010001", "hosts")
@@ -557,7 +558,7 @@ def test_a_file_is_read_whole_whatever_size_its_stat_gave(
     tmp_path_factory: pytest.TempPathFactory, content: bytes, stat_size: int
 ) -> None:
     """The cold read is sized by the stat, but a file that grew or shrank since gives every byte."""
-    from flywall.core import discovery
+    from flywall.core.scripts import discovery
 
     path = tmp_path_factory.mktemp("read") / "202401010001_a.sql"
     path.write_bytes(content)
@@ -570,7 +571,7 @@ def test_a_file_that_grew_after_its_stat_is_described_from_all_its_bytes(
     """discover stats, then reads: bytes appended in between are part of what it describes."""
     import os
 
-    from flywall.core import discovery
+    from flywall.core.scripts import discovery
 
     folder = tmp_path / "m"
     folder.mkdir()
@@ -620,7 +621,7 @@ def _reference_parse_sql(path: str, text: str) -> dict[str, object]:
     """_parse_sql as it was before its fast paths: every line stripped and looked up."""
     import re
 
-    from flywall.core import discovery
+    from flywall.core.scripts import discovery
 
     sections: dict[str, list[str]] = {}
     preamble: list[str] = []
@@ -692,7 +693,7 @@ _SQL_LINES = st.sampled_from(
 @settings(max_examples=400, deadline=None)
 def test_the_sql_parser_answers_as_the_plain_line_by_line_one(lines: list[str]) -> None:
     """Same sections, metadata and errors as stripping and looking up every line."""
-    from flywall.core import discovery
+    from flywall.core.scripts import discovery
 
     text = "\n".join(lines)
     try:

@@ -11,14 +11,17 @@ import msgspec
 import pytest
 from conftest import Appliance, create_table_migration
 
-from flywall.core import commands, demo, projection
-from flywall.core import events as ev
-from flywall.core.dryrun import RecoveryNeeded
+from flywall.core import commands
+from flywall.core.appliance import demo
+from flywall.core.model import events as ev
+from flywall.core.model import projection
+from flywall.core.rehearsal.dryrun import RecoveryNeeded
+from flywall.core.runtime import snapshot
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from flywall.core.workspace import Workspace
+    from flywall.core.appliance.workspace import Workspace
 
 CONFIG_MIGRATION = '''\
 """Set a login banner (a config migration of the test's own)."""
@@ -78,7 +81,7 @@ def journal_state(ws: Workspace) -> tuple[list[tuple[int, str]], projection.Proj
     assert journal is not None
     with journal:
         rows = [(row.seq, row.kind) for row in journal.read()]
-        return rows, projection.load(journal, use_snapshot=False)
+        return rows, snapshot.load(journal, use_snapshot=False)
 
 
 def without_head(state: projection.Projection) -> dict[str, object]:

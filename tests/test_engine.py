@@ -10,10 +10,13 @@ import freezegun
 import pytest
 from conftest import create_table_migration
 
-from flywall.core import commands, demo, errors, projection
-from flywall.core.engine import Engine
+from flywall.core import commands
+from flywall.core.appliance import demo
+from flywall.core.appliance.workspace import Workspace
+from flywall.core.model import errors, projection
+from flywall.core.runtime import snapshot
+from flywall.core.runtime.engine import Engine
 from flywall.core.targets.database import bookkeeping, schema_fingerprint
-from flywall.core.workspace import Workspace
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -104,7 +107,7 @@ def replayed(app: Appliance) -> tuple[projection.Projection, projection.Projecti
     journal = app.workspace().read_journal()
     assert journal is not None
     with journal:
-        return projection.load(journal, use_snapshot=False), projection.load(journal)
+        return snapshot.load(journal, use_snapshot=False), snapshot.load(journal)
 
 
 # -- replay ---------------------------------------------------------------------------
@@ -140,10 +143,10 @@ def test_replaying_the_journal_reproduces_the_live_state_and_status(appliance):
     before = commands.status(ws, verbose=True)
     with ws.read_journal() as journal:
         journal.connection.execute("DELETE FROM snapshots")
-        assert projection.load(journal) == live
+        assert snapshot.load(journal) == live
         # An old snapshot is only a head start: the events after it are replayed on top.
         journal.connection.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?)", old_snapshot[0])
-        assert projection.load(journal) == live
+        assert snapshot.load(journal) == live
         journal.connection.execute("DELETE FROM snapshots")
     assert commands.status(ws, verbose=True) == before
     assert before.counts["applied"] == 2
@@ -164,15 +167,17 @@ def test_a_snapshot_with_every_field_written_out_still_loads_as_the_same_state(a
     live = engine_run(appliance, "migrate")
     with appliance.workspace().read_journal() as journal:
         conn = journal.connection
-        ((body,),) = conn.execute("SELECT body FROM snapshots").fetchall()
+        ((sealed,),) = conn.execute("SELECT body FROM snapshots").fetchall()
+        body = snapshot.SNAPSHOT.unseal(sealed)
+        assert body is not None
         fields = {f: spelled_out(getattr(live, f)) for f in live.__struct_fields__}
         full = msgspec.msgpack.encode(fields)
         record = msgspec.msgpack.decode(full)["migrations"][V1]
         assert "last_error" in record, "the older form names every field"
         assert len(full) > len(body), "the snapshot written now leaves defaults out"
-        conn.execute("UPDATE snapshots SET body = ?", (full,))
-        assert projection._load_snapshot(journal) == live  # decoded, not replayed instead
-        assert projection.load(journal) == live
+        conn.execute("UPDATE snapshots SET body = ?", (snapshot.SNAPSHOT.seal(full),))
+        assert snapshot._load_cached(journal) == live  # decoded, not replayed instead
+        assert snapshot.load(journal) == live
 
 
 def test_the_database_refuses_to_change_or_delete_journal_rows(appliance):
@@ -329,7 +334,7 @@ def test_the_state_machine_is_imported_only_by_a_writer_that_writes_an_event(app
     probe = (
         "import sys\n"
         "from flywall.core import commands\n"
-        "from flywall.core.workspace import Workspace\n"
+        "from flywall.core.appliance.workspace import Workspace\n"
         f"commands.migrate(Workspace.load({str(appliance.root)!r}))\n"
         "print('transitions' in sys.modules)\n"
     )
@@ -386,7 +391,7 @@ def test_a_sql_verify_is_an_assertion_on_the_data(
 
 
 def test_a_sql_verify_query_that_returns_no_row_fails() -> None:
-    from flywall.core import sqlverify
+    from flywall.core.scripts import sqlverify
 
     db = apsw.Connection(":memory:")
     db.execute("CREATE TABLE t (x)")

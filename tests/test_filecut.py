@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from flywall.core import fileio
+from flywall.core.runtime import fileio
 
 OLD = b'schema_version = "1.0"\n# comment\nzone "lan" {}\n'
 NEW = b'schema_version = "1.1"\n# comment\nzone "lan" {}\n\nebpf {\n  enabled = false\n}\n'

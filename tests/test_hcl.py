@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flywall.core.errors import ConfigParseError
-from flywall.core.hcl import Block, Body, Document, Expression
+from flywall.core.formats.hcl import Block, Body, Document, Expression
+from flywall.core.model.errors import ConfigParseError
 
 # -- realistic Flywall configs -----------------------------------------------------------------
 

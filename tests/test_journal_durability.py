@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING
 import apsw
 import pytest
 
-from flywall.core import commands, errors, validate
-from flywall.core.settings import load_settings
-from flywall.core.workspace import SqliteOptions, Workspace
+from flywall.core import commands
+from flywall.core.appliance.settings import load_settings
+from flywall.core.appliance.workspace import SqliteOptions, Workspace
+from flywall.core.model import errors
+from flywall.core.services import validate
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import FLYWALL, Appliance, create_table_migration
 
-from flywall.core import layout
-from flywall.core.errors import SettingsError
-from flywall.core.settings import load_settings
+from flywall.core.appliance import layout
+from flywall.core.appliance.settings import load_settings
+from flywall.core.model.errors import SettingsError
 
 V1 = "202401010001"
 FLYWALL_MIGRATION = str(Path(FLYWALL).with_name("flywall-migration"))

@@ -21,7 +21,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from conftest import Appliance, create_table_migration
 
-from flywall.core import commands, notify
+from flywall.core import commands
+from flywall.core.services import notify
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

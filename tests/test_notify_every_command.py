@@ -26,7 +26,7 @@ from test_notify import PASSWORD, SmtpServer, Webhook, free_port
 
 import flywall.core
 from flywall.cli.main import migration
-from flywall.core import rescue
+from flywall.core.services import rescue
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torture import examples
 
-from flywall.core.demo import CONFIG as DEMO_CONFIG
-from flywall.core.errors import ConfigParseError, SettingsError
-from flywall.core.plainhcl import read_plain
-from flywall.core.settings import load_settings
+from flywall.core.appliance.demo import CONFIG as DEMO_CONFIG
+from flywall.core.appliance.settings import load_settings
+from flywall.core.formats.plainhcl import read_plain
+from flywall.core.model.errors import ConfigParseError, SettingsError
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flywall.core.errors import GraphError, NothingToDo, UsageError
-from flywall.core.lifecycle import State
-from flywall.core.planner import UP_FROM, plan_down, plan_up, resolve_target
+from flywall.core.model.errors import GraphError, NothingToDo, UsageError
+from flywall.core.model.lifecycle import State
+from flywall.core.model.planner import UP_FROM, plan_down, plan_up, resolve_target
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,11 @@ from crashsim import vfs
 from crashsim.invariants import AckLog, Observed, check_after_cut, observe
 from torture import LONG
 
-from flywall.core import backup, commands, errors
-from flywall.core.settings import load_settings
-from flywall.core.workspace import SqliteOptions, Workspace
+from flywall.core import commands
+from flywall.core.appliance.settings import load_settings
+from flywall.core.appliance.workspace import SqliteOptions, Workspace
+from flywall.core.model import errors
+from flywall.core.services import backup
 
 SAMPLES = 8
 """Cut points per fate and scenario in the default mode (each fate on a shifted grid; each

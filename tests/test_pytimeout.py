@@ -1,4 +1,4 @@
-"""core/pytimeout: where the alarm and SIGINT/SIGTERM may stop a run, in one process."""
+"""core/runtime/pytimeout: where the alarm and SIGINT/SIGTERM may stop a run, in one process."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from flywall.core import pytimeout
+from flywall.core.runtime import pytimeout
 
 
 def test_a_signal_in_the_engines_code_waits_for_the_next_safe_point():

@@ -11,8 +11,10 @@ import pytest
 from conftest import Appliance
 from crashkit import data_digest, observe
 
-from flywall.core import backup, commands, demo
-from flywall.core.errors import FlywallError, MigrationFailed
+from flywall.core import commands
+from flywall.core.appliance import demo
+from flywall.core.model.errors import FlywallError, MigrationFailed
+from flywall.core.services import backup
 
 FAILING = '''\
 """Fails after changing things."""
@@ -142,7 +144,7 @@ def test_a_disk_that_fills_while_the_backup_is_written_leaves_no_partial_backup(
     """Simulated through the I/O layer: the manifest write hits ENOSPC."""
     import errno
 
-    from flywall.core import fileio
+    from flywall.core.runtime import fileio
 
     class FullDisk(fileio.IO):
         def write_new(self, path: Path, data: bytes, mode: int) -> None:

@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from flywall.core.errors import ConfigParseError, SettingsError
-from flywall.core.settings import Duration, MigrationSettings, load_settings, parse_duration
+from flywall.core.appliance.settings import (
+    Duration,
+    MigrationSettings,
+    load_settings,
+    parse_duration,
+)
+from flywall.core.model.errors import ConfigParseError, SettingsError
 
 CONFIG = "etc/flywall/migration.hcl"
 FLYWALL_HCL = "etc/flywall/flywall.hcl"
@@ -480,7 +485,7 @@ def test_a_plain_file_is_read_without_the_cache_and_without_importing_hcl2(tmp_p
     write_config(tmp_path, 'api {\n  enabled = true\n}\n\nmigration {\n  timeout = "5m"\n}\n')
     probe = (
         "import sys; from pathlib import Path; "
-        "from flywall.core.settings import load_settings; "
+        "from flywall.core.appliance.settings import load_settings; "
         f"assert load_settings(Path({str(tmp_path)!r})).timeout == 300; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hcl2', 'lark')))"
     )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import apsw
 from flywallstore import create_store, entries, independent_chain_problem, replay
 
-from flywall.core.discovery import shipped_directory
+from flywall.core.scripts.discovery import shipped_directory
 from flywall.core.targets.store import check_chain, has_hash
 
 if TYPE_CHECKING:
@@ -116,8 +116,8 @@ def test_test_isolation_works_for_every_shipped_migration(tmp_path: Path) -> Non
 
     from conftest import FLYWALL
 
-    from flywall.core import demo
-    from flywall.core.discovery import discover
+    from flywall.core.appliance import demo
+    from flywall.core.scripts.discovery import discover
 
     demo.build(tmp_path / "box")
     for m in discover([shipped_directory()]):

@@ -11,7 +11,8 @@ from conftest import Appliance, create_table_migration
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from flywall.core import commands, signing
+from flywall.core import commands
+from flywall.core.scripts import signing
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -13,8 +13,11 @@ import blake3
 import pytest
 from conftest import Appliance, create_table_migration
 
-from flywall.core import commands, demo, errors, trial
-from flywall.core.lock import Holder, WriterLock
+from flywall.core import commands
+from flywall.core.appliance import demo
+from flywall.core.model import errors
+from flywall.core.rehearsal import trial
+from flywall.core.runtime.lock import Holder, WriterLock
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import apsw
 import blake3
 
-from flywall.core.crash import crashpoint
+from flywall.core.runtime.crash import crashpoint
 from flywall.core.targets.records import CHECKPOINTS, clear_checkpoints
 
 if TYPE_CHECKING:
@@ -43,7 +43,6 @@ class DatabaseTarget:
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
             flags |= apsw.SQLITE_OPEN_CREATE
-        kwargs = {"vfs": vfs} if vfs else {}
         self.path = path
         self.version_table = version_table
         self._catalog: _Catalog | None = None
@@ -51,9 +50,13 @@ class DatabaseTarget:
         self._tables_ready = False
         new = create and not path.exists()
         try:
-            self.db = apsw.Connection(str(path), flags=flags, **kwargs)
+            self.db = (
+                apsw.Connection(str(path), flags=flags, vfs=vfs)
+                if vfs
+                else apsw.Connection(str(path), flags=flags)
+            )
         except apsw.CantOpenError as e:  # e.g. a directory in its place
-            from flywall.core.errors import ValidationFailed
+            from flywall.core.model.errors import ValidationFailed
 
             raise ValidationFailed(f"{path}: cannot open the database: {e}") from e
         self.db.set_busy_timeout(5000)
@@ -62,7 +65,7 @@ class DatabaseTarget:
                 self.db.execute("PRAGMA journal_mode = WAL").fetchall()
             mode = self.db.execute("PRAGMA journal_mode").fetchall()[0][0]
         except (apsw.NotADBError, apsw.CorruptError, apsw.CantOpenError) as e:
-            from flywall.core.errors import ValidationFailed
+            from flywall.core.model.errors import ValidationFailed
 
             self.db.close()
             raise ValidationFailed(f"{path}: cannot open the database: {e}") from e
@@ -150,7 +153,9 @@ class DatabaseTarget:
         return _hex(self._catalog.total)
 
     def _cookie(self) -> int:
-        return int(self.db.execute("PRAGMA schema_version").fetchall()[0][0])
+        row = self.db.execute("PRAGMA schema_version").fetchone()
+        assert row is not None  # an aggregate or PRAGMA always returns one row
+        return int(row[0])
 
     @contextlib.contextmanager
     def _watching_schema(self) -> Iterator[None]:
@@ -199,7 +204,8 @@ class DatabaseTarget:
         """Return every marker row as version -> checksum (for drift detection)."""
         if not self._markers_exist():
             return {}
-        return dict(self.db.execute(f"SELECT version, checksum FROM {MARKERS}").fetchall())
+        rows = self.db.execute(f"SELECT version, checksum FROM {MARKERS}").fetchall()
+        return {str(version): str(checksum) for version, checksum in rows}
 
     def checkpoints(self, version: str, direction: str = "%") -> dict[str, str]:
         """Return a batched state migration's committed checkpoints: "step table" -> rows.
@@ -349,9 +355,11 @@ class DatabaseTarget:
         )
         # The component's version is its newest applied migration's (as `_previous` and the
         # journal's projection have it): re-applying an older one after a rollback keeps it.
-        (newest,) = self.db.execute(
+        row = self.db.execute(
             f"SELECT max(version) FROM {MARKERS} WHERE component = ?", (component,)
         ).fetchone()
+        assert row is not None  # an aggregate or PRAGMA always returns one row
+        (newest,) = row
         if newest == version:
             self._set_version(component, schema_version or version, checksum, now)
 
@@ -424,15 +432,16 @@ def _catalog_sum(
     for _, kind, name, table, sql in db.execute(_CATALOG_ROWS, (first_rowid,)).fetchall():
         if table in exclude:
             continue
-        row = (kind, name, table, sql)
+        row = (str(kind), str(name), str(table), str(sql))  # sqlite_master's text columns
         digest = cache.get(row)
         if digest is None:
-            text = " ".join(sql.split())
+            text = " ".join(row[3].split())
             raw = blake3.blake3(f"{kind}\0{name}\0{table}\0{text}".encode()).digest()
             digest = cache[row] = int.from_bytes(raw, "big")
         total += digest
-    (last,) = db.execute(_CATALOG_END).fetchone()
-    return total, int(last)
+    end = db.execute(_CATALOG_END).fetchone()
+    assert end is not None  # an aggregate or PRAGMA always returns one row
+    return total, int(end[0])
 
 
 def _hex(total: int) -> str:

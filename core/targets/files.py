@@ -15,8 +15,6 @@ from typing import Any
 import blake3
 import msgspec
 
-from flywall.core import fileio
-
 
 def digest(content: bytes | None) -> str | None:
     """Return the blake3 of a file's bytes (None for a missing file)."""
@@ -50,7 +48,7 @@ class ConfigTarget(FileTarget):
 
         :raises ConfigParseError: naming the file, line and column.
         """
-        from flywall.core.hcl import Document
+        from flywall.core.formats.hcl import Document
 
         text = "" if content is None else content.decode("utf-8")
         return Document.parse(text, str(self.path))
@@ -60,8 +58,11 @@ class ConfigTarget(FileTarget):
         return document.text().encode("utf-8") if document.changed else original
 
 
-class _Snapshot:
-    """An API document plus a deep copy of it as it was, to tell a no-op from an edit."""
+class _Opened:
+    """An API document plus a deep copy of it as it was, to tell a no-op from an edit.
+
+    Not a projection snapshot (`flywall.core.runtime.snapshot`): it lives for one step.
+    """
 
     def __init__(self, value: dict[str, Any]) -> None:
         self.value = value
@@ -85,12 +86,12 @@ class ApiTarget(FileTarget):
         if not isinstance(value, dict):
             msg = f"{self.path}: expected a JSON object at the top level"
             raise msgspec.DecodeError(msg)
-        self._snapshot = _Snapshot(value)
+        self._opened = _Opened(value)
         return value
 
     def render(self, document: Any, original: bytes | None) -> bytes | None:
         """Return indented JSON with a final newline; the original bytes if unchanged."""
-        if document == self._snapshot.original and original is not None:
+        if document == self._opened.original and original is not None:
             return original
         return msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
 
@@ -98,8 +99,3 @@ class ApiTarget(FileTarget):
 def target_for(component: str, config: Path, api: Path) -> FileTarget:
     """Return the file target of `component` ("config" or "api")."""
     return ConfigTarget(config) if component == "config" else ApiTarget(api)
-
-
-def content_at(path: Path) -> bytes | None:
-    """Return the file's current bytes (following symlinks), None if missing."""
-    return fileio.read(path)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from flywall.core import pytimeout
-from flywall.core.crash import crashpoint
+from flywall.core.runtime import pytimeout
+from flywall.core.runtime.crash import crashpoint
 from flywall.core.targets.store import DELETE, Bucket, Progress
 
 if TYPE_CHECKING:
@@ -115,19 +115,19 @@ class Records:
         actions for a row even when its new value is its old one, so `transform` must not
         touch the rows `fn` leaves alone. Temp triggers can watch a main table too.
         """
-        return bool(
-            self.db.execute(
-                "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema "
-                "WHERE type = 'trigger' AND tbl_name = ?1 COLLATE NOCASE) "
-                "OR EXISTS (SELECT 1 FROM temp.sqlite_schema "
-                "WHERE type = 'trigger' AND tbl_name = ?1 COLLATE NOCASE) "
-                "OR EXISTS (SELECT 1 FROM main.pragma_foreign_key_list(?1)) "
-                "OR EXISTS (SELECT 1 FROM main.sqlite_schema AS s, "
-                "main.pragma_foreign_key_list(s.name) AS f "
-                "WHERE s.type = 'table' AND f.\"table\" = ?1 COLLATE NOCASE)",
-                (table,),
-            ).fetchone()[0]
-        )
+        row = self.db.execute(
+            "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema "
+            "WHERE type = 'trigger' AND tbl_name = ?1 COLLATE NOCASE) "
+            "OR EXISTS (SELECT 1 FROM temp.sqlite_schema "
+            "WHERE type = 'trigger' AND tbl_name = ?1 COLLATE NOCASE) "
+            "OR EXISTS (SELECT 1 FROM main.pragma_foreign_key_list(?1)) "
+            "OR EXISTS (SELECT 1 FROM main.sqlite_schema AS s, "
+            "main.pragma_foreign_key_list(s.name) AS f "
+            "WHERE s.type = 'table' AND f.\"table\" = ?1 COLLATE NOCASE)",
+            (table,),
+        ).fetchone()
+        assert row is not None  # a SELECT without FROM always returns one row
+        return bool(row[0])
 
     def transform_sql(
         self,
@@ -162,7 +162,7 @@ class Records:
         return written[0]
 
     def _walk(
-        self, table: str, key: str, batch_size: int | None, change: Callable[[Any, Any], None]
+        self, table: str, key: str, batch_size: int | None, change: Callable[[Any, Any], object]
     ) -> None:
         """Call `change(after, last)` for each key range still to do, in key order.
 
@@ -175,7 +175,9 @@ class Records:
         self._ensure_checkpoints()
         if self._atomic:
             batch_size = None
-        (total,) = self.db.execute(f'SELECT count(*) FROM "{table}"').fetchone()
+        counted = self.db.execute(f'SELECT count(*) FROM "{table}"').fetchone()
+        assert counted is not None  # an aggregate always returns one row
+        (total,) = counted
         nth = f'SELECT "{key}" FROM "{table}" WHERE "{key}" > ? ORDER BY "{key}" LIMIT 1 OFFSET ?'
         rest = f'SELECT max("{key}"), count(*) FROM "{table}" WHERE "{key}" > ?'
         last_key, done = self._checkpoint(table)
@@ -184,7 +186,9 @@ class Records:
         while end is not None:
             end = self.db.execute(nth, (last_key, size - 1)).fetchone()
             if end is None:  # fewer than `size` rows left: this range ends at the last one
-                high, rows = self.db.execute(rest, (last_key,)).fetchone()
+                tail = self.db.execute(rest, (last_key,)).fetchone()
+                assert tail is not None  # an aggregate always returns one row
+                high, rows = tail
                 if rows == 0:
                     return
             else:
@@ -212,7 +216,7 @@ class Records:
     def _commit_batch(self, table: str, last_key: Any, done: int, total: int) -> None:
         """Commit this batch with its checkpoint, journal it, and open the next transaction.
 
-        The engine's own code: a Python timeout waits until it is done (core/pytimeout).
+        The engine's own code: a Python timeout waits until it is done (core/runtime/pytimeout).
         """
         with pytimeout.engine_code():
             self._commit_and_journal(table, last_key, done, total)

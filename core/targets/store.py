@@ -116,10 +116,11 @@ DELETE: Any = _Delete()
 
 def is_store(db: apsw.Connection) -> bool:
     """Tell whether `db` is shaped like Flywall's store: it has buckets, entries and changes."""
-    found = db.execute(
+    row = db.execute(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN (?, ?, ?)", TABLES
-    ).fetchone()[0]
-    return found == len(TABLES)
+    ).fetchone()
+    assert row is not None  # an aggregate always returns one row
+    return bool(row[0] == len(TABLES))
 
 
 def has_hash(db: apsw.Connection) -> bool:
@@ -204,6 +205,9 @@ def change_hash(
 
 def check_chain(db: apsw.Connection) -> str | None:
     """Walk `changes` in id order; return the first bad row (its id and why), or None.
+
+    Flywall's own change-log chain in state.db (SHA-256, FLYWALL.md §5), not our journal's
+    (`Journal.verify`): a finding for `validate` to show, so it returns rather than raises.
 
     Each row has a known `change_type`, a `version` above the row before it (one counter
     for the store), a Go time, and, when the store has `hash`, the hash the formula gives
@@ -403,7 +407,7 @@ class Bucket:
             f"WHERE {self._range(low)} AND "
             + (f"CASE WHEN ({where}) THEN {call} END" if where else call)
         )
-        functions = {
+        functions: dict[str, tuple[Callable[..., Any], int]] = {
             "flywall_entry_changes": (decide, 3 if new_sql else 2),
             "flywall_entry_value": (lambda key: pending[key].value, 1),
             "flywall_entry_version": (lambda key: pending[key].version, 1),
@@ -439,10 +443,12 @@ class Bucket:
         Both, because a deleted entry's version lives on only in `changes`, and the
         daemon's 24-hour purge can leave `changes` older than `entries`.
         """
-        (top,) = self.db.execute(
+        row = self.db.execute(
             "SELECT max(coalesce((SELECT max(version) FROM entries), 0), "
             "coalesce((SELECT max(version) FROM changes), 0))"
         ).fetchone()
+        assert row is not None  # an aggregate always returns one row
+        (top,) = row
         self._version = top
 
     def _follow_log(self) -> None:
@@ -451,7 +457,9 @@ class Bucket:
         Nobody else should write while a migration runs (the daemon is stopped); if
         someone did between two batches, the counter still only grows.
         """
-        (top,) = self.db.execute("SELECT max(version) FROM changes").fetchone()
+        row = self.db.execute("SELECT max(version) FROM changes").fetchone()
+        assert row is not None  # an aggregate always returns one row
+        (top,) = row
         self._version = max(self._version, top or 0)
 
     def _append(self, found: list[_Change]) -> None:
@@ -494,9 +502,11 @@ class Bucket:
             batch_size = None
         self._hashed = has_hash(self.db)
         self._start_counter()
-        (total,) = self.db.execute(
+        row = self.db.execute(
             "SELECT count(*) FROM entries WHERE bucket = ?", (self.name,)
         ).fetchone()
+        assert row is not None  # an aggregate always returns one row
+        (total,) = row
         last_key, done = steps.checkpoint(table)
         low: str | None = last_key if done else None
         size = batch_size or _CHUNK
@@ -529,9 +539,11 @@ class Bucket:
                 low = end[0]
                 continue
             del params["skip"]
-            high, rows = self.db.execute(
+            row = self.db.execute(
                 f"SELECT max(key), count(*) FROM entries WHERE bucket = :bucket {lower}", params
             ).fetchone()
+            assert row is not None  # an aggregate always returns one row
+            high, rows = row
             if rows:
                 yield high, rows
             return
@@ -569,5 +581,5 @@ class _Registered:
             self._db.create_scalar_function(name, function, arity)
 
     def __exit__(self, *_: object) -> None:
-        for name, (_, arity) in self._functions.items():
+        for name, (_function, arity) in self._functions.items():
             self._db.create_scalar_function(name, None, arity)

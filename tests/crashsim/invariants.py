@@ -19,16 +19,17 @@ from typing import TYPE_CHECKING
 import apsw
 import msgspec
 
-from flywall.core import events as ev
-from flywall.core import projection
-from flywall.core.lifecycle import Lifecycle, State
+from flywall.core.model import events as ev
+from flywall.core.model import projection
+from flywall.core.model.lifecycle import Lifecycle, State
+from flywall.core.runtime import snapshot
 from flywall.core.targets.database import open_existing
 from flywall.journal import Journal, JournalCorrupt
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from flywall.core.workspace import Workspace
+    from flywall.core.appliance.workspace import Workspace
     from flywall.journal import StoredEvent
 
 
@@ -151,7 +152,7 @@ def journal_state(ws: Workspace) -> tuple[list[StoredEvent], projection.Projecti
         journal.verify()
         rows = list(journal.read())
         replayed = projection.replay(rows, Lifecycle())
-        cached = projection.load(journal)
+        cached = snapshot.load(journal)
     if msgspec.to_builtins(cached) != msgspec.to_builtins(replayed):
         raise JournalCorrupt(replayed.seq, "the cached snapshot disagrees with a full replay")
     return rows, replayed

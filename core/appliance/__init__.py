@@ -1,0 +1,1 @@
+"""The box: settings, layout, workspace, the daemon, UI backups, systemd, the demo tree."""

@@ -1,0 +1,1 @@
+"""Config-file libraries: HCL documents that keep comments, plain HCL settings."""

@@ -1,0 +1,1 @@
+"""The pure model: events, the lifecycle, the projection fold, the planner, errors."""

@@ -1,0 +1,1 @@
+"""Rehearsing a plan on copies: the sandbox, dry runs, trials."""

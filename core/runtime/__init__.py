@@ -1,0 +1,1 @@
+"""Running migrations: the engine, the one recorder, recovery, the lock, the watchdog."""

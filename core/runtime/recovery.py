@@ -1,0 +1,267 @@
+"""Recovery: decide, from evidence in the targets, what an interrupted migration did.
+
+A migration the journal shows as running (or rolling back) with no live lock holder was
+cut off. The journal knows what it was about to do; the target knows whether it happened.
+Each decision is one `Recovered` event that names its evidence (DESIGN §7). Deciding only
+reads, so `status` can show what recovery will decide without writing anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import msgspec
+
+from flywall.core.model import events as ev
+from flywall.core.model.errors import ValidationFailed
+from flywall.core.model.lifecycle import State
+from flywall.core.runtime import fileio
+from flywall.core.runtime.crash import crashpoint
+from flywall.core.targets.files import digest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    from flywall.core.model.projection import MigrationRecord, Projection
+    from flywall.core.runtime.recorder import Recorder
+    from flywall.core.targets.database import DatabaseTarget
+
+IN_FLIGHT = (State.RUNNING, State.ROLLING_BACK)
+MARKED = ("database", "state")
+"""Components whose migrations leave a marker row in state.db."""
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """What recovery decides (or would decide) for one interrupted migration.
+
+    `action` names a side effect recovery must finish first: "roll_forward" (rename the
+    temp file that holds the intended content), "rewrite" (the file is missing: write
+    the intended content from the journal's sources), or "resume" (a batched state step
+    cut between batches: run it on from its checkpoint to the end). Each completes a
+    step whose write-ahead event (`WriteIntent`, `MigrationStarted`) is already durable,
+    so the journal explains it before it happens.
+    """
+
+    version: str
+    direction: str
+    decision: str
+    evidence: dict[str, str]
+    interrupted_run: str
+    action: str | None = None
+
+
+def _outcome(direction: str, *, done: bool) -> str:
+    """The state a migration lands in: its step happened (`done`) or did not."""
+    if direction == "up":
+        return "applied" if done else "failed"
+    return "rolled_back" if done else "applied"
+
+
+def decide(
+    record: MigrationRecord,
+    db: DatabaseTarget | None,
+    files: Mapping[str, Path],
+    *,
+    resume_up: bool = True,
+) -> Decision:
+    """Read the target's evidence for `record` and decide its fate; writes nothing.
+
+    `files` maps "config" and "api" to where those documents live now (from settings:
+    the journaled path is history, and an appliance tree may have moved since).
+
+    A batched state step cut after some batches committed is half done: its records are
+    in two shapes. Recovery finishes it from its checkpoint (DESIGN §7: "resume"), so
+    the records end in one shape and the journal says which. A `down` is always
+    finished: no other end leaves the records and the journal agreeing. An `up` is
+    finished unless `resume_up` is off (settings `state { resume_on_crash = false }`);
+    it is then failed, its checkpoint kept, and the next `migrate` goes on from it.
+
+    :raises ValidationFailed: a file target holds neither the before nor the after
+        content: someone else edited it, and only the operator can say which to keep.
+    """
+    direction = record.direction or "up"
+    if record.restoring is not None:
+        return Decision(
+            version=record.version,
+            direction=direction,
+            decision="rolled_back",
+            evidence={"backup": record.restoring, "restore": "redone from the backup"},
+            interrupted_run=record.last_run,
+            action="restore",
+        )
+    if record.component in MARKED:
+        done, evidence = _database_evidence(record, db, direction)
+        action = None
+        half_done = not done and db is not None and db.checkpoints(record.version, direction)
+        if half_done and (direction == "down" or resume_up):
+            done, action = True, "resume"
+    else:
+        done, evidence, action = _file_evidence(record, files[record.component])
+    return Decision(
+        version=record.version,
+        direction=direction,
+        decision=_outcome(direction, done=done),
+        evidence=evidence,
+        interrupted_run=record.last_run,
+        action=action,
+    )
+
+
+def _database_evidence(
+    record: MigrationRecord, db: DatabaseTarget | None, direction: str
+) -> tuple[bool, dict[str, str]]:
+    present = db is not None and db.has_marker(record.version)
+    evidence = {
+        "target": str(db.path) if db is not None else "state.db missing",
+        "marker": "present" if present else "absent",
+    }
+    if db is not None:
+        evidence["fingerprint"] = db.fingerprint()
+        evidence.update({f"checkpoint {k}": v for k, v in db.checkpoints(record.version).items()})
+    return (present if direction == "up" else not present), evidence
+
+
+def _file_evidence(record: MigrationRecord, path: Path) -> tuple[bool, dict[str, str], str | None]:
+    """Apply DESIGN §7's decision table for a file target."""
+    intent = record.intent
+    if intent is None:
+        return False, {"write_intent": "none: the file was not touched"}, None
+    current = digest(fileio.read(path))
+    evidence = {
+        "target": str(path),
+        "digest_before": intent.digest_before or "(no file)",
+        "digest_after": intent.digest_after,
+        "digest_now": current or "(no file)",
+    }
+    if current == intent.digest_after:
+        return True, evidence, None
+    if current == intent.digest_before:
+        temp = digest(fileio.read(fileio.temp_path(fileio.resolve(path))))
+        evidence["temp_file"] = temp or "(none)"
+        if temp == intent.digest_after:
+            return True, evidence, "roll_forward"
+        return False, evidence, None
+    if current is None:
+        return True, evidence, "rewrite"
+    raise ValidationFailed(
+        f"{path}: edited by someone else during an interrupted migration "
+        f"{record.version}: it is {current}, expected before {intent.digest_before} "
+        f"or after {intent.digest_after}; both contents are kept in the journal"
+    )
+
+
+def pending(
+    projection: Projection,
+    db: DatabaseTarget | None,
+    files: Mapping[str, Path],
+    *,
+    resume_up: bool = True,
+) -> list[Decision]:
+    """Return the decisions recovery would take now (for `status`; reads only)."""
+    return [decide(rec, db, files, resume_up=resume_up) for rec in projection.in_state(*IN_FLIGHT)]
+
+
+def _resume_failed(decision: Decision, error: str) -> Decision:
+    """The decision a failed resume leaves: the step failed (up) or did not happen (down)."""
+    return msgspec.structs.replace(
+        decision,
+        decision=_outcome(decision.direction, done=False),
+        evidence={**decision.evidence, "resume": f"could not finish it: {error}"},
+    )
+
+
+def _evidence_after(decision: Decision, db: DatabaseTarget | None) -> dict[str, str]:
+    """The decision's evidence, plus what recovery did and (after a restore) the schema."""
+    evidence = {**decision.evidence, "action": decision.action or "none"}
+    if decision.action in ("restore", "resume") and db is not None:
+        evidence["fingerprint"] = db.fingerprint()
+    return evidence
+
+
+def _finish_intent(recorder: Recorder, intent: ev.WriteIntent, action: str, target: Path) -> None:
+    """Complete a durable WriteIntent: rename its temp file, or rewrite from sources."""
+    path = fileio.resolve(target)
+    if action == "roll_forward":
+        fileio.REAL.rename(fileio.temp_path(path), path)
+        fileio.REAL.fsync_dir(path.parent)
+    else:
+        content = recorder.journal.source(intent.digest_after)
+        if content is None:
+            raise ValidationFailed(f"{intent.path}: missing, and its content is not stored")
+        fileio.replace(path, content)
+    crashpoint("recovery-after-file-fix")
+
+
+def _remove_stale_temps(recorder: Recorder, paths: Iterable[Path]) -> None:
+    """Remove temp files no interrupted migration needs any more (DESIGN §7)."""
+    if recorder.projection.in_state(*IN_FLIGHT):
+        return
+    for path in paths:
+        if fileio.remove_stale_temp(path):
+            crashpoint("recovery-after-temp-removed")
+
+
+class Steps(NamedTuple):
+    """What recovery asks of the engine, which alone knows how to run a migration."""
+
+    restore: Callable[[str], None]
+    """Restore backup `id` (idempotent: finishes an interrupted restore)."""
+    resume: Callable[[MigrationRecord], str | None]
+    """Run a half-done batched step on from its checkpoint; None, or why it failed (the
+    failure is journaled by then, as any step's is)."""
+    resume_up: bool = True
+
+
+def resolve_interrupted(
+    recorder: Recorder,
+    db: DatabaseTarget | None,
+    files: Mapping[str, Path],
+    steps: Steps,
+) -> list[Decision]:
+    """Resolve every interrupted migration and close every interrupted run.
+
+    The step of recovery that reads evidence and journals decisions; `Engine.recover` (the
+    `recover` command's, and every writer's first step) wraps it: removes partial backups,
+    then finishes what the interrupted runs had left to do (their auto-rollback or plan).
+
+    Idempotent: each decision moves its migration out of running, so a second call (or a
+    call after a crash half-way through) only does what is left. A resumed step that is
+    cut again is still running, its checkpoint further on.
+    """
+    decisions = []
+    restored: set[str] = set()
+    for record in recorder.projection.in_state(*IN_FLIGHT):
+        decision = decide(record, db, files, resume_up=steps.resume_up)
+        crashpoint("recovery-before-decision")
+        if decision.action == "restore" and record.restoring not in restored:
+            steps.restore(record.restoring or "")  # idempotent: finishes an interrupted restore
+            restored.add(record.restoring or "")
+        elif decision.action == "resume":
+            failed = steps.resume(record)
+            if failed is not None:  # journaled as the step's failure: no Recovered event
+                decisions.append(_resume_failed(decision, failed))
+                continue
+        elif decision.action is not None and record.intent is not None:
+            _finish_intent(recorder, record.intent, decision.action, files[record.component])
+        recorder.append(
+            [
+                (
+                    record.version,
+                    ev.Recovered(
+                        direction=decision.direction,  # type: ignore[arg-type]
+                        decision=decision.decision,  # type: ignore[arg-type]
+                        evidence=_evidence_after(decision, db),
+                        interrupted_run=decision.interrupted_run,
+                    ),
+                )
+            ]
+        )
+        crashpoint("recovery-after-decision")
+        decisions.append(decision)
+    _remove_stale_temps(recorder, files.values())
+    for run_id in list(recorder.projection.open_runs):
+        if run_id != recorder.run_id:
+            recorder.close_interrupted_run(run_id)
+            crashpoint("recovery-after-run-closed")
+    return decisions

@@ -1,0 +1,1 @@
+"""Migration scripts: discovery, signing, declarative files, SQL verify sections."""

@@ -1,0 +1,1 @@
+"""Services over a box: backup, validation, drift, audit, notifications."""
