@@ -44,7 +44,7 @@ def _item_type(event: type[ev.Event]) -> type[msgspec.Struct]:
     )
 
 
-_ITEMS = tuple(_item_type(t) for t in ev.AnyEvent.__args__)  # type: ignore[attr-defined]
+_ITEMS = tuple(_item_type(t) for t in ev.AnyEvent.__args__)
 HistoryItem = Union[_ITEMS]  # type: ignore[valid-type]  # noqa: UP007 - built at runtime
 """One journal event as `history --json` prints it."""
 
@@ -70,8 +70,8 @@ class DebugReport(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     last_error: str | None
     sql: Sql | None
     has_down: bool | None
-    events: list[HistoryItem]  # type: ignore[valid-type]
-    log: list[HistoryItem]  # type: ignore[valid-type]
+    events: list[HistoryItem]
+    log: list[HistoryItem]
     backups: list[str]
 
 
@@ -90,7 +90,7 @@ class LogLine(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 def history(items: list[dict[str, Any]]) -> list[Any]:
     """Type `commands.history`'s items. :raises msgspec.ValidationError: one strays."""
-    return msgspec.convert(items, list[HistoryItem], str_keys=True)  # type: ignore[valid-type]
+    return msgspec.convert(items, list[HistoryItem], str_keys=True)
 
 
 def debug(report: dict[str, Any]) -> DebugReport:

@@ -74,7 +74,7 @@ ECHO = 64
 """Characters of a client's input an error message repeats, at most."""
 HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
 """On every answer: status and tokens must not sit in caches; JSON is never sniffed as HTML."""
-KINDS = frozenset(t.__name__ for t in ev.AnyEvent.__args__)  # type: ignore[attr-defined]
+KINDS = frozenset(t.__name__ for t in ev.AnyEvent.__args__)
 
 # -- bodies -------------------------------------------------------------------------------
 
@@ -328,7 +328,7 @@ def history(
     request: Request[Any, Any, Any],
     migration: Annotated[str | None, Parameter(pattern=r"^[0-9]{12,64}$")] = None,
     kind: Annotated[str | None, Parameter(max_length=64)] = None,
-) -> list[HistoryItem]:  # type: ignore[valid-type]
+) -> list[HistoryItem]:
     """`history --json`: every journal event, oldest first (of one migration, one kind)."""
     if migration is not None:
         _version(migration)
