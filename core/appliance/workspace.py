@@ -203,18 +203,21 @@ class Workspace:
         refuse_if_pending(self.paths.journal)
         return Journal.open_existing(self.paths.journal, key=self.device_key())
 
-    def write_journal(self) -> Journal:
+    def write_journal(self, *, recovering: bool = False) -> Journal:
         """Open (creating) the journal for writing: under the writer lock, or the outbox's own lock.
 
         Appends are safe from either: SQLite serialises writers and the chain trigger refuses
         an event that does not extend the head.
 
+        :param recovering: only the recovery that owns the intent file (`journal
+            recover-from-backup`) passes it, to journal itself before removing the file.
         :raises RecoveryPending: a `journal recover-from-backup` was cut short.
         """
         from flywall.core.appliance.recovery_intent import refuse_if_pending
         from flywall.journal import Journal
 
-        refuse_if_pending(self.paths.journal)
+        if not recovering:
+            refuse_if_pending(self.paths.journal)
         self.paths.journal.parent.mkdir(parents=True, exist_ok=True)
         return Journal.open(
             self.paths.journal,

@@ -263,7 +263,7 @@ def _journal_recovery(
     transaction), so history shows who recovered the box and the notices go out as for
     any writing command. Returns the seq of `JournalRecovered`.
     """
-    from flywall.journal import Entry, Journal
+    from flywall.journal import Entry
 
     event = ev.JournalRecovered(
         backup_id=manifest.backup_id,
@@ -273,13 +273,7 @@ def _journal_recovery(
         journal_seq=manifest.journal_head_seq,
         actor=actor,
     )
-    with Journal.open(
-        ws.paths.journal,
-        key=ws.device_key(),
-        synchronous=ws.sqlite.journal_synchronous,
-        vfs=ws.sqlite.vfs,
-        autocheckpoint=ws.sqlite.wal_autocheckpoint,
-    ) as journal:
+    with ws.write_journal(recovering=True) as journal:
         done = _already_journaled(journal, event)
         if done is not None:
             return done
