@@ -123,6 +123,20 @@ def create_table_migration(app: Appliance, version: str, table: str) -> Path:
     )
 
 
+def lease_table_sql(rows: int, *, ttl: bool = False, description: str = "Lease records.") -> str:
+    """A SQL migration creating `leases` with `rows` JSON records {mac[, ttl]}: batched steps' input."""
+    fields = "'mac', printf('aa:%04d', i)" + (", 'ttl', i" if ttl else "")
+    return f"""\
+-- {description}
+-- migrate:up
+CREATE TABLE leases (id INTEGER PRIMARY KEY, data TEXT NOT NULL);
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+INSERT INTO leases (data) SELECT json_object({fields}) FROM n;
+-- migrate:down
+DROP TABLE leases;
+"""
+
+
 HOLD_THE_LOCK = '''\
 """Hold the writer lock until the test releases it."""
 import time

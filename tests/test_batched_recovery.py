@@ -13,6 +13,7 @@ import json
 from typing import TYPE_CHECKING
 
 import apsw
+from conftest import lease_table_sql
 from crashkit import killed
 
 from flywall.core.model import events as ev
@@ -23,15 +24,7 @@ if TYPE_CHECKING:
 
 ROWS, BATCH = 300, 20  # 15 batches each way
 
-LEASES = f"""\
--- Lease records stored as JSON.
--- migrate:up
-CREATE TABLE leases (id INTEGER PRIMARY KEY, data TEXT NOT NULL);
-WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {ROWS})
-INSERT INTO leases (data) SELECT json_object('mac', printf('aa:%04d', i), 'ttl', i) FROM n;
--- migrate:down
-DROP TABLE leases;
-"""
+LEASES = lease_table_sql(ROWS, ttl=True, description="Lease records stored as JSON.")
 
 RESHAPE = f'''\
 """Reshape lease records, in batches of {BATCH}."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import apsw
 import pytest
-from conftest import Appliance
+from conftest import Appliance, lease_table_sql
 from crashkit import check_after_cut, check_settled, cuts, killed, observe
 
 if TYPE_CHECKING:
@@ -118,15 +118,9 @@ def down(ctx, records):
     records.transform("leases", lambda r: {"mac": r["hw"], "ttl": r["ttl"]}, batch_size=20)
 '''
 
-LEASES = """\
--- Lease records stored as JSON: 9 batches of 20 each way.
--- migrate:up
-CREATE TABLE leases (id INTEGER PRIMARY KEY, data TEXT NOT NULL);
-WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 180)
-INSERT INTO leases (data) SELECT json_object('mac', printf('aa:%04d', i), 'ttl', i) FROM n;
--- migrate:down
-DROP TABLE leases;
-"""
+LEASES = lease_table_sql(
+    180, ttl=True, description="Lease records stored as JSON: 9 batches of 20 each way."
+)
 
 
 def api_document(app: Appliance) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import apsw
 import pytest
+from conftest import lease_table_sql
 
 from flywall.core import commands
 from flywall.core.appliance.settings import load_settings
@@ -43,15 +44,7 @@ migration {
 }
 """
 
-LEASES = """\
--- Lease records.
--- migrate:up
-CREATE TABLE leases (id INTEGER PRIMARY KEY, data TEXT NOT NULL);
-WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
-INSERT INTO leases (data) SELECT json_object('mac', printf('aa:%04d', i)) FROM n;
--- migrate:down
-DROP TABLE leases;
-"""
+LEASES = lease_table_sql(400)
 
 RESHAPE = '''\
 """Reshape leases in batches of 10: forty journal appends each way."""

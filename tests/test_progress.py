@@ -13,18 +13,10 @@ import threading
 import time
 
 import pytest
-from conftest import FLYWALL, Appliance
+from conftest import FLYWALL, Appliance, lease_table_sql
 
 ROWS, BATCH = 3000, 50
-LEASES = f"""\
--- Lease records stored as JSON.
--- migrate:up
-CREATE TABLE leases (id INTEGER PRIMARY KEY, data TEXT NOT NULL);
-WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {ROWS})
-INSERT INTO leases (data) SELECT json_object('mac', printf('aa:%04d', i)) FROM n;
--- migrate:down
-DROP TABLE leases;
-"""
+LEASES = lease_table_sql(ROWS, description="Lease records stored as JSON.")
 RESHAPE = f'''\
 """Reshape lease records, in batches of {BATCH}."""
 import time
