@@ -138,9 +138,14 @@ class Engine:
             self._preflight_chain()
             state = snapshot.load(self.journal)
             self.lifecycle = Lifecycle()
-            started = ev.RunStarted(command=self.command, actor=self.actor)
             self.recorder = Recorder(
-                self.journal, state, self.lifecycle, self.run_id, started, self._recorded
+                self.journal,
+                state,
+                self.lifecycle,
+                self.run_id,
+                command=self.command,
+                actor=self.actor,
+                on_event=self._recorded,
             )
             if self._manage_daemon:
                 self._stop_daemon()
@@ -582,7 +587,6 @@ class Engine:
                 f"{names} is irreversible (no down); restoring backup {chosen.backup_id} "
                 f"would roll back {', '.join(also)}: run again with --yes to do that"
             )
-        self.recorder.describe_run(ev.RunStarted(command=self.command, actor=self.actor))
         undone = self.restore_backup(chosen.backup_id, safety=True)
         self.recorder.finish("completed", undone)
         return RunReport(
@@ -604,15 +608,7 @@ class Engine:
         done: list[str] = []
         report = RunReport(command=self.command, run_id=None, outcome="nothing_to_do")
         report.recovered = recovered
-        self.recorder.describe_run(
-            ev.RunStarted(
-                command=self.command,
-                actor=self.actor,
-                planned=plan,
-                target=target,
-                accepted_drift=self._accepted_drift,
-            )
-        )
+        self.recorder.describe_run(planned=plan, target=target, accepted_drift=self._accepted_drift)
         try:
             if plan and self.command == "migrate":
                 self._upgrade(plan, step, done)
@@ -656,7 +652,7 @@ class Engine:
         name = signal.Signals(signum).name
         message = f"run {self.run_id} interrupted by {name}"
         # written even when nothing else was: status must show this run as the last one
-        self.recorder.append([("", ev.RunFinished(outcome="failed", done=done, error=message))])
+        self.recorder.finish("failed", done, message, always=True)
         n = len(done)
         kept = f"; the {n} migration{'s' * (n != 1)} it applied before stay applied" if n else ""
         return errors.RunInterrupted(f"{message}: the migration under way was undone{kept}", signum)
