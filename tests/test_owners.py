@@ -3,6 +3,8 @@
 - A run's lifecycle has one home: only the recorder (`flywall.core.runtime.recorder`)
   constructs `RunStarted` and `RunFinished`, so no other code can open a run it never closes,
   or close one twice.
+- One pen: only the recorder writes to the journal. No other module outside `journal/`
+  builds an `Entry` (what `Journal.append` takes) or calls `append`/`adopt_key` on a journal.
 
 Each rule is proved not vacuous by a violation planted in a copy of a module.
 """
@@ -18,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "journal", "cli", "api")
 RECORDER = "core/runtime/recorder.py"
 RUN_EVENTS = {"RunStarted", "RunFinished"}
+JOURNAL_WRITES = {"append", "adopt_key"}
 
 
 def _called_name(call: ast.Call) -> str | None:
@@ -90,3 +93,74 @@ def test_a_planted_run_event_is_found(module: str, planted: str) -> None:
 def test_a_match_on_a_run_event_is_no_construction() -> None:
     source = "match e:\n    case ev.RunFinished():\n        pass\n"
     assert run_event_constructions("m", source) == []
+
+
+def _receiver(call: ast.Call) -> str:
+    """The text of what a method is called on: `real.journal` for `real.journal.append(x)`."""
+    assert isinstance(call.func, ast.Attribute)
+    return ast.unparse(call.func.value)
+
+
+def journal_writes(name: str, source: str) -> list[str]:
+    """Each place in `source` that writes the journal itself, as 'path:line what'."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        called = _called_name(node)
+        if called == "Entry":
+            found.append(f"{name}:{node.lineno} Entry")
+        elif (
+            called in JOURNAL_WRITES
+            and isinstance(node.func, ast.Attribute)
+            and "journal" in _receiver(node).lower()
+        ):
+            found.append(f"{name}:{node.lineno} {_receiver(node)}.{called}")
+    return found
+
+
+def pen_violations(sources: dict[str, str]) -> list[str]:
+    """Journal writes outside the recorder and the journal package."""
+    return [
+        hit
+        for name, source in sorted(sources.items())
+        if name != RECORDER and not name.startswith("journal/")
+        for hit in journal_writes(name, source)
+    ]
+
+
+def test_only_the_recorder_writes_the_journal() -> None:
+    assert pen_violations(our_sources()) == []
+
+
+def test_the_recorder_is_found_writing_the_journal() -> None:
+    hits = journal_writes(RECORDER, our_sources()[RECORDER])
+    assert {hit.rpartition(" ")[2].rpartition(".")[2] for hit in hits} == {
+        "Entry",
+        "append",
+        "adopt_key",
+    }
+
+
+@pytest.mark.parametrize(
+    ("module", "planted"),
+    [
+        (
+            "core/rehearsal/dryrun.py",
+            "def f(real, e):\n    real.journal.append([e])\n",
+        ),
+        ("core/services/notify.py", "def f(journal, e):\n    journal.append([e])\n"),
+        ("core/services/notify.py", "def f(e):\n    return Entry('Kind', e)\n"),
+        ("core/commands/__init__.py", "def f(journal, e):\n    journal.adopt_key(e)\n"),
+    ],
+)
+def test_a_planted_journal_write_is_found(module: str, planted: str) -> None:
+    sources = our_sources()
+    sources[module] += "\n" + planted
+    assert any(v.startswith(module + ":") for v in pen_violations(sources))
+
+
+def test_appending_to_a_list_is_no_journal_write() -> None:
+    source = "def f(done, recorder, e):\n    done.append(e)\n    recorder.append([e])\n"
+    assert journal_writes("m", source) == []
+

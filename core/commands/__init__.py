@@ -449,7 +449,8 @@ def adopt_device_key(ws: Workspace, *, actor: ev.Actor | None = None) -> AdoptRe
     """
     from flywall.core.runtime.crash import crashpoint
     from flywall.core.runtime.lock import Holder, WriterLock
-    from flywall.journal import ADOPTED, Entry, JournalCorrupt, JournalKeyedAlready, key_id
+    from flywall.core.runtime.recorder import adopt_key
+    from flywall.journal import ADOPTED, JournalCorrupt, JournalKeyedAlready, key_id
 
     key = ws.device_key()
     if key is None:
@@ -467,7 +468,7 @@ def adopt_device_key(ws: Workspace, *, actor: ev.Actor | None = None) -> AdoptRe
     with WriterLock(ws.paths.lock, holder, wait=ws.lock_wait), ws.write_journal() as journal:
         event = ev.DeviceKeyAdopted(actor=actor, key_id=ident)
         try:  # one walk, inside adopt_key's transaction
-            row = journal.adopt_key(Entry(ADOPTED, ev.encode(event)))
+            row = adopt_key(journal, event)
         except JournalKeyedAlready as e:
             return AdoptReport(path=path, key_id=ident, keyed_from=e.keyed_from, adopted=False)
         except JournalCorrupt as e:

@@ -279,13 +279,7 @@ class Engine:
 
     def _journal_daemon(self, event: ev.Event) -> None:
         """Append a daemon event at once, durable, under this run's id (not a run step)."""
-        from flywall.journal import Entry
-
-        (row,) = self.journal.append([Entry(ev.kind_of(event), ev.encode(event), self.run_id)])
-        crashpoint(f"after-{row.kind}")
-        self.recorder.projection.apply(row, self.lifecycle, event)
-        if self._on_event is not None:
-            self._on_event(row, event)
+        self.recorder.append_aside(event)
 
     @property
     def state(self) -> projection.Projection:

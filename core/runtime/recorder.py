@@ -1,8 +1,9 @@
-"""The run's pen: the only code that writes to the journal, and the owner of a run's lifecycle.
+"""The one pen: the only code that writes to the journal, and the owner of a run's lifecycle.
 
-Only this module constructs `RunStarted` and `RunFinished` (tests/test_owners.py): a run
-starts on its first write and ends in `finish`, so no caller can open a run it never closes
-or close one twice.
+Only this module appends to a Journal and constructs `RunStarted` and `RunFinished`
+(tests/test_owners.py): a run starts on its first write and ends in `finish`, so no caller
+can open a run it never closes or close one twice. Events outside any run (a notice's
+cursor) go through `append_events`, a run with no projection (rescue) through `append_run`.
 
 It guards each event with the lifecycle before anything is written (an illegal transition
 never appends), writes events in one durable transaction per `append`, folds them into the
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 from flywall.core.model import events as ev
 from flywall.core.model.lifecycle import trigger_for
 from flywall.core.runtime.crash import crashpoint
-from flywall.journal import Entry
+from flywall.journal import ADOPTED, Entry
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -93,6 +94,19 @@ class Recorder:
         """Write the deferred events now, so the live projection includes them."""
         if self._deferred:
             self._write([], ())
+
+    def append_aside(self, event: ev.Event) -> StoredEvent:
+        """Write one event at once, under this run's id, without starting the run.
+
+        For what is not a step of the run (the daemon stopped or started, a dry run's
+        audit event): no RunStarted before it, nothing deferred written with it.
+        """
+        (row,) = append_events(self.journal, [event], self.run_id)
+        crashpoint(f"after-{row.kind}")
+        self.projection.apply(row, self.lifecycle, event)
+        if self._on_event is not None:
+            self._on_event(row, event)
+        return row
 
     def close_interrupted_run(self, run_id: str) -> None:
         """Write the RunFinished that a run killed mid-way never wrote (recovery only)."""
@@ -178,4 +192,24 @@ def append_run(
         *events,
         ev.RunFinished(outcome="completed"),
     ]
-    return journal.append([Entry(ev.kind_of(e), ev.encode(e), run_id) for e in run])
+    return append_events(journal, run, run_id)
+
+
+def append_events(
+    journal: Journal, events: Sequence[ev.Event], run_id: str = ""
+) -> list[StoredEvent]:
+    """Write `events` durably in one transaction, outside any run's lifecycle.
+
+    For events no lifecycle guards and no live projection holds (a channel's delivery
+    cursor); the caller names its own crash point.
+    """
+    return journal.append([Entry(ev.kind_of(e), ev.encode(e), run_id) for e in events])
+
+
+def adopt_key(journal: Journal, event: ev.DeviceKeyAdopted) -> StoredEvent:
+    """Append `event` as the first keyed link of a plain chain (`Journal.adopt_key`).
+
+    :raises JournalKeyedAlready: the journal is keyed already.
+    :raises JournalCorrupt: the plain chain is broken; nothing is adopted over it.
+    """
+    return journal.adopt_key(Entry(ADOPTED, ev.encode(event)))

@@ -39,7 +39,8 @@ import msgspec
 from flywall.core.model import events as ev
 from flywall.core.model.errors import Busy, FlywallError, JournalTampered
 from flywall.core.runtime.crash import crashpoint
-from flywall.journal import Entry, JournalError
+from flywall.core.runtime.recorder import append_events
+from flywall.journal import JournalError
 
 if TYPE_CHECKING:
     import ssl
@@ -138,11 +139,11 @@ def deliver(
                     failed = ev.NotificationFailed(
                         channel=channel, through_seq=notice.seq, error=str(e)
                     )
-                    journal.append([Entry(ev.kind_of(failed), ev.encode(failed))])
+                    append_events(journal, [failed])
                     break
                 crashpoint("notify-sent")
                 done = ev.NotificationDelivered(channel=channel, through_seq=notice.seq)
-                journal.append([Entry(ev.kind_of(done), ev.encode(done))])
+                append_events(journal, [done])
                 result.sent, result.through_seq = result.sent + 1, notice.seq
     return results
 
@@ -319,7 +320,7 @@ def _start_channel(journal: Journal, channel: str) -> int:
     (newest_run,) = row
     after = newest_run - 1 if newest_run else journal.head()[0]
     started = ev.NotificationChannelStarted(channel=channel, after_seq=after)
-    journal.append([Entry(ev.kind_of(started), ev.encode(started))])
+    append_events(journal, [started])
     crashpoint("notify-channel-started")
     return after
 
