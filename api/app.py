@@ -392,8 +392,10 @@ def apply(
 ) -> Response[RunAccepted | DryRunReport]:
     """Apply pending migrations: 202 with a run id; a dry run answers 200 with its report."""
     ws, actor = _workspace(request), _actor(request)
-    if commands.wants_dry_run(ws, dry_run=data.dry_run):
-        report = commands.dry_run(ws, target=data.target_version, actor=actor)
+    report = commands.dry_run_if_wanted(
+        ws, asked=data.dry_run, target=data.target_version, actor=actor
+    )
+    if report is not None:
         return Response(report, status_code=200)
     commands.check_target(ws, data.target_version)  # a 400 now, not a failed run later
     run_id = request.app.state.runs.start(

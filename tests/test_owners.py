@@ -5,6 +5,7 @@
   or close one twice.
 - One pen: only the recorder writes to the journal. No other module outside `journal/`
   builds an `Entry` (what `Journal.append` takes) or calls `append`/`adopt_key` on a journal.
+- The dry-run choice is the command's: no face reads the `dry_run` setting.
 
 Each rule is proved not vacuous by a violation planted in a copy of a module.
 """
@@ -164,3 +165,37 @@ def test_appending_to_a_list_is_no_journal_write() -> None:
     source = "def f(done, recorder, e):\n    done.append(e)\n    recorder.append([e])\n"
     assert journal_writes("m", source) == []
 
+
+FACES = ("cli/", "api/")
+
+
+def dry_run_choices(name: str, source: str) -> list[str]:
+    """Each place in `source` that reads the `dry_run` setting, as 'path:line'."""
+    return [
+        f"{name}:{node.lineno}"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Attribute)
+        and node.attr == "dry_run"
+        and ast.unparse(node.value).endswith("settings")
+    ]
+
+
+def face_dry_run_violations(sources: dict[str, str]) -> list[str]:
+    """The faces' own dry-run choices: the command makes it (`dry_run_if_wanted`)."""
+    return [
+        hit
+        for name, source in sorted(sources.items())
+        if name.startswith(FACES)
+        for hit in dry_run_choices(name, source)
+    ]
+
+
+def test_no_face_makes_the_dry_run_choice() -> None:
+    assert face_dry_run_violations(our_sources()) == []
+
+
+def test_a_face_choosing_a_dry_run_is_found() -> None:
+    sources = our_sources()
+    sources["api/app.py"] += "\ndef f(ws, asked):\n    return asked or ws.settings.dry_run\n"
+    assert face_dry_run_violations(sources) != []
+    assert dry_run_choices("core/commands/__init__.py", sources["core/commands/__init__.py"])

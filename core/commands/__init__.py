@@ -560,16 +560,32 @@ def dry_run(
 ) -> DryRunReport:
     """Run the plan against copies; show its SQL and diffs; journal one DryRunPerformed.
 
-    `migrate` does this instead when `dry_run = true` in settings (see `wants_dry_run`).
+    A `migrate` request does this instead when asked or when `dry_run = true` in settings
+    (see `dry_run_if_wanted`).
     """
     from flywall.core.rehearsal.dryrun import dry_run as rehearse
 
     return rehearse(ws, target=target, accept_drift=accept_drift, actor=actor, on_event=on_event)
 
 
-def wants_dry_run(ws: Workspace, *, dry_run: bool = False) -> bool:
-    """Tell whether a `migrate` request is a dry run: asked for, or `dry_run = true`."""
-    return dry_run or ws.settings.dry_run
+def dry_run_if_wanted(
+    ws: Workspace,
+    *,
+    asked: bool,
+    target: str | None = None,
+    accept_drift: bool = False,
+    actor: ev.Actor | None = None,
+    on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
+) -> DryRunReport | None:
+    """Run a `migrate` request as a dry run if it is one; None when it is a real run.
+
+    A request is a dry run when `asked` (`--dry-run`, the API's `dry_run`) or when the
+    settings say `dry_run = true`. The choice is made here, once, so that neither face
+    holds it: each renders the report it gets, or goes on to `migrate`.
+    """
+    if not (asked or ws.settings.dry_run):
+        return None
+    return dry_run(ws, target=target, accept_drift=accept_drift, actor=actor, on_event=on_event)
 
 
 def check_target(ws: Workspace, target: str | None) -> None:
