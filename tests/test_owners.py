@@ -6,6 +6,8 @@
 - One pen: only the recorder writes to the journal. No other module outside `journal/`
   builds an `Entry` (what `Journal.append` takes) or calls `append`/`adopt_key` on a journal.
 - The dry-run choice is the command's: no face reads the `dry_run` setting.
+- The components whose migrations leave a marker row in state.db, `("database", "state")`,
+  are written out once (`flywall.core.model.components.MARKED`).
 
 Each rule is proved not vacuous by a violation planted in a copy of a module.
 """
@@ -199,3 +201,35 @@ def test_a_face_choosing_a_dry_run_is_found() -> None:
     sources["api/app.py"] += "\ndef f(ws, asked):\n    return asked or ws.settings.dry_run\n"
     assert face_dry_run_violations(sources) != []
     assert dry_run_choices("core/commands/__init__.py", sources["core/commands/__init__.py"])
+
+
+COMPONENTS_HOME = "core/model/components.py"
+
+
+def marked_literals(name: str, source: str) -> list[str]:
+    """Each `("database", "state")` written out in `source` (a tuple, list or set)."""
+    return [
+        f"{name}:{node.lineno}"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set))
+        and sorted(repr(e.value) for e in node.elts if isinstance(e, ast.Constant))
+        == ["'database'", "'state'"]
+        and len(node.elts) == len(["database", "state"])
+    ]
+
+
+def test_the_marked_components_are_defined_once() -> None:
+    sources = our_sources()
+    assert marked_literals(COMPONENTS_HOME, sources[COMPONENTS_HOME])
+    repeated = [
+        hit
+        for name, source in sorted(sources.items())
+        if name != COMPONENTS_HOME
+        for hit in marked_literals(name, source)
+    ]
+    assert repeated == []
+
+
+def test_a_repeated_marked_literal_is_found() -> None:
+    source = "def f(c):\n    return c in {'state', 'database'}\n"
+    assert marked_literals("m", source) == ["m:2"]

@@ -19,6 +19,7 @@ from flywall.core.appliance.workspace import Workspace as Workspace  # noqa: TC0
 from flywall.core.model import errors as errors
 from flywall.core.model import events as ev
 from flywall.core.model import projection
+from flywall.core.model.components import MARKED as MARKED
 from flywall.core.model.errors import EXIT_MIGRATION_FAILED as EXIT_MIGRATION_FAILED
 from flywall.core.model.errors import EXIT_VALIDATION as EXIT_VALIDATION
 from flywall.core.model.errors import FlywallError as FlywallError

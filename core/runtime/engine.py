@@ -18,6 +18,7 @@ import msgspec
 
 from flywall.core.model import errors, planner, projection
 from flywall.core.model import events as ev
+from flywall.core.model.components import MARKED
 from flywall.core.model.lifecycle import Lifecycle, State
 from flywall.core.model.times import iso_seconds
 from flywall.core.runtime import pytimeout, recovery, snapshot
@@ -25,7 +26,6 @@ from flywall.core.runtime.context import MigrationContext
 from flywall.core.runtime.crash import crashpoint
 from flywall.core.runtime.lock import Holder, WriterLock
 from flywall.core.runtime.recorder import Recorder
-from flywall.core.runtime.recovery import MARKED
 from flywall.core.runtime.watchdog import Watchdog
 from flywall.core.scripts import signing
 from flywall.core.targets.database import DatabaseTarget

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import msgspec
 
 from flywall.core.model import events as ev
+from flywall.core.model.components import MARKED
 from flywall.core.model.errors import ValidationFailed
 from flywall.core.model.lifecycle import State
 from flywall.core.runtime import fileio
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
     from flywall.core.targets.database import DatabaseTarget
 
 IN_FLIGHT = (State.RUNNING, State.ROLLING_BACK)
-MARKED = ("database", "state")
-"""Components whose migrations leave a marker row in state.db."""
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):

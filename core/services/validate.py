@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from flywall.core.model import projection
+from flywall.core.model.components import MARKED
 from flywall.core.model.errors import ConfigParseError, FlywallError
 from flywall.core.model.lifecycle import Lifecycle, State
 from flywall.core.services import drift
@@ -429,7 +430,7 @@ def _verify(ws: Workspace, m: Migration, db: DatabaseTarget | None) -> None:
     from flywall.core.targets.files import target_for
 
     ctx = MigrationContext(m.version, "verify", ws.settings, lambda *_: None, lambda *_: None)
-    if m.component not in ("database", "state"):
+    if m.component not in MARKED:
         target = target_for(m.component, ws.paths.config, ws.paths.api_document)
         load_module(m).verify(ctx, target.open(fileio.read(target.path)))
         return
