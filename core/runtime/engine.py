@@ -312,87 +312,47 @@ class Engine:
     def recover(self) -> list[recovery.Decision]:
         """Resolve whatever a previous run left interrupted (the `recover` command's work).
 
-        `recovery.resolve_interrupted` decides each interrupted migration from evidence;
-        this adds what only the engine can do: it runs the resumed steps, restores backups,
-        and carries the interrupted runs' auto-rollback or plan on.
+        Recovery (core/runtime/recovery.py) decides, from evidence and the journal; this
+        acts on its decisions where only the engine can: it journals the restart of a cut
+        rollback, resumes half-done steps (`resume_step`), and carries the interrupted
+        runs' auto-rollback or plan on.
         """
         from flywall.core.services import backup
 
-        def restore(backup_id: str) -> None:
-            backup.restore_items(self.ws, backup.read_manifest(self.ws, backup_id))
-
         backup.remove_partials(self.ws)
-        interrupted = [
-            run
-            for run in self.state.open_runs.values()
-            if run.command == "migrate" and run.run_id != self.run_id
-        ]
-        self._reopen_cut_rollbacks()
-        steps = recovery.Steps(
-            restore=restore,
-            resume=self._resume,
-            resume_up=self.ws.settings.state.resume_on_crash,
-        )
-        decisions = recovery.resolve_interrupted(
-            self.recorder, self.existing_database(), self.ws.file_targets(), steps
-        )
-        for run in interrupted:
-            recovered = [
-                d.version
-                for d in decisions
-                if d.interrupted_run == run.run_id
-                and d.direction == "up"
-                and d.decision == "applied"
-            ]
-            still = [
-                v for v in [*run.applied, *recovered] if self.state.state_of(v) is State.APPLIED
-            ]
-            if run.failed:  # a failed run cut off in the middle of its auto_rollback
+        for cut in recovery.cut_rollbacks(self.state, self.existing_database()):
+            self._reopen_cut_rollback(cut)
+        outcome = recovery.recover(self.recorder, self.existing_database(), self.ws, self)
+        for run in outcome.carry_on:
+            if run.undo:  # a failed run cut off in the middle of its auto_rollback
                 self._backup_id = run.backup_id
-                self._auto_rollback(still)
+                self._auto_rollback(run.applied)
             else:  # this run completes that run's plan: its undo covers both
-                self._inherited += still
+                self._inherited += run.applied
                 self._inherited_backup = self._inherited_backup or run.backup_id
         self._expire_unconfirmed()
         self._backup_id = None
         self.recorder.flush()  # planning reads the live projection: no event may wait
-        return decisions
+        return outcome.decisions
 
-    def _reopen_cut_rollbacks(self) -> None:
-        """Put back in flight a batched `down` that an older release left half done.
+    def _reopen_cut_rollback(self, cut: recovery.CutRollback) -> None:
+        """Put a batched `down` an older release left half done back in flight.
 
-        Before issue 13 was fixed, recovery took a state `down` cut between batches for
-        one that never started (its marker was still there): the journal says applied, a
-        `:down` checkpoint says the rollback was under way, and the records are in two
-        shapes. A new `MigrationStarted` (down), durable before any change, makes the
-        step in flight again, and recovery then finishes it from its checkpoint. A down
-        that *failed* (journaled as such) is left to the operator: its checkpoint stays,
-        `validate` names it, and `rollback` goes on from it.
+        A new `MigrationStarted` (down), durable before any change, makes the step in
+        flight again, and recovery then finishes it from its checkpoint.
         """
-        db = self.existing_database()
-        if db is None:
-            return
-        for version, direction, table, rows in db.batch_checkpoints():
-            record = self.state.migrations.get(version)
-            cut_rollback = (
-                direction == "down"
-                and record is not None
-                and record.state is State.APPLIED
-                and record.component == "state"
-                and record.last_error is None
-            )
-            if not cut_rollback or record is None:
-                continue
-            m = self.source_of(version)
-            started = self._started(m, "down", record.attempts, db.fingerprint())
-            note = ev.MigrationLog(
-                message=f"finishing a rollback cut after {rows} rows of {table}, which an "
-                "earlier recovery left half done",
-                level="warning",
-            )
-            self.recorder.append([(version, started), (version, note)])
+        db = self.database()
+        record = self.state.record(cut.version)
+        m = self.source_of(cut.version)
+        started = self._started(m, "down", record.attempts, db.fingerprint())
+        note = ev.MigrationLog(
+            message=f"finishing a rollback cut after {cut.rows} rows of {cut.table}, which an "
+            "earlier recovery left half done",
+            level="warning",
+        )
+        self.recorder.append([(cut.version, started), (cut.version, note)])
 
-    def _resume(self, record: MigrationRecord) -> str | None:
+    def resume_step(self, record: MigrationRecord) -> str | None:
         """Run a half-done batched state step on from its checkpoint, to its end.
 
         Recovery's "resume": the step's own MigrationStarted explains it; its batches are
