@@ -49,9 +49,6 @@ from flywall.api.runs import RunAccepted, Runs, RunStatus
 from flywall.api.security import token_name
 from flywall.core import commands
 from flywall.core.commands import (
-    JournalCorrupt,
-    JournalError,
-    JournalUnreadable,
     Workspace,
     errors,
     ev,
@@ -134,12 +131,7 @@ def status_of(error: Exception) -> int:
     match error:
         case errors.Busy() | errors.IllegalTransition() | errors.MigrationsDisabled():
             return HTTP_409_CONFLICT
-        case (
-            errors.ValidationFailed()
-            | errors.BrokenMigration()
-            | JournalCorrupt()
-            | JournalUnreadable()
-        ):
+        case errors.ValidationFailed() | errors.BrokenMigration():  # a broken journal too
             return HTTP_422_UNPROCESSABLE_ENTITY
         case errors.UsageError() | errors.NothingToDo():
             return HTTP_400_BAD_REQUEST
@@ -531,7 +523,6 @@ def create_app(workspace: Callable[[], Workspace], tokens: Sequence[tuple[str, s
         exception_handlers={
             HTTPException: _http_error,
             errors.FlywallError: _flywall_error,
-            JournalError: _flywall_error,
             Exception: _internal_error,
         },
         openapi_config=OpenAPIConfig(

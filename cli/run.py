@@ -223,11 +223,11 @@ def error_exit_code(error: Exception, traceback: bool) -> int | None:
 
     None: not an error a user can cause (or --traceback): the caller re-raises it.
     """
-    from flywall.core.commands import FlywallError, JournalCorrupt, JournalError
+    from flywall.core.commands import FlywallError
 
-    if not isinstance(error, (FlywallError, JournalError)) or traceback:
+    if not isinstance(error, FlywallError) or traceback:
         return None
-    code = getattr(error, "exit_code", 4 if isinstance(error, JournalCorrupt) else 2)
+    code = error.exit_code
     from flywall.cli.render import echo, emit_json
 
     message = str(error) + _damage_hint(error)
@@ -243,9 +243,9 @@ def _damage_hint(error: Exception) -> str:
     Only a file SQLite cannot read: a broken chain may be tampering, to be looked at
     (`journal verify`, the audit export) before anything replaces it.
     """
-    from flywall.core.commands import JournalUnreadable
+    from flywall.core.commands import errors
 
-    if not isinstance(error, JournalUnreadable):
+    if not isinstance(error, errors.JournalDamaged):
         return ""
     return (
         "; if it is damaged, get the box back from a backup: flywall migration journal "

@@ -34,9 +34,6 @@ from flywall.core.runtime.lock import current_holder
 from flywall.core.runtime.pytimeout import ending_runs as ending_runs
 from flywall.core.runtime.recovery import Decision  # noqa: TC001 - at runtime: msgspec and OpenAPI read annotations
 from flywall.core.scripts.discovery import Broken  # noqa: TC001 - at runtime: msgspec and OpenAPI read annotations
-from flywall.journal import JournalCorrupt as JournalCorrupt
-from flywall.journal import JournalError as JournalError
-from flywall.journal import JournalUnreadable as JournalUnreadable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -408,16 +405,12 @@ def journal_verify(ws: Workspace) -> VerifyReport:
     :raises JournalTampered: naming the first bad seq.
     """
     from flywall.core.model.lifecycle import Lifecycle
-    from flywall.journal import JournalCorrupt
 
     journal = ws.read_journal()
     if journal is None:
         return VerifyReport(path=str(ws.paths.journal), events=0, head_hash="", ok=True)
     with journal:
-        try:
-            end = journal.verify()
-        except JournalCorrupt as e:
-            raise errors.JournalTampered(e.seq, e.detail) from e
+        end = journal.verify()
         projection.replay(journal.read(), Lifecycle())
     return VerifyReport(
         path=str(ws.paths.journal),
@@ -451,7 +444,7 @@ def adopt_device_key(ws: Workspace, *, actor: ev.Actor | None = None) -> AdoptRe
     from flywall.core.runtime.crash import crashpoint
     from flywall.core.runtime.lock import Holder, WriterLock
     from flywall.core.runtime.recorder import adopt_key
-    from flywall.journal import ADOPTED, JournalCorrupt, JournalKeyedAlready, key_id
+    from flywall.journal import ADOPTED, key_id
 
     key = ws.device_key()
     if key is None:
@@ -470,10 +463,8 @@ def adopt_device_key(ws: Workspace, *, actor: ev.Actor | None = None) -> AdoptRe
         event = ev.DeviceKeyAdopted(actor=actor, key_id=ident)
         try:  # one walk, inside adopt_key's transaction
             row = adopt_key(journal, event)
-        except JournalKeyedAlready as e:
+        except errors.ChainKeyedAlready as e:
             return AdoptReport(path=path, key_id=ident, keyed_from=e.keyed_from, adopted=False)
-        except JournalCorrupt as e:
-            raise errors.JournalTampered(e.seq, e.detail) from e
         crashpoint(f"after-{ADOPTED}")
     return AdoptReport(path=path, key_id=ident, keyed_from=row.seq, adopted=True)
 

@@ -192,14 +192,9 @@ class Engine:
     def _preflight_chain(self) -> None:
         """Refuse to write on a journal whose hash chain is broken (DESIGN §7 pre-flight).
 
-        :raises JournalTampered: naming the first bad seq.
+        :raises JournalTampered: naming the first bad seq (translated by the workspace).
         """
-        from flywall.journal import JournalCorrupt
-
-        try:
-            self.journal.verify()
-        except JournalCorrupt as e:
-            raise errors.JournalTampered(e.seq, e.detail) from e
+        self.journal.verify()
 
     # -- the daemon (core/appliance/daemon.py) -------------------------------------------
 

@@ -37,10 +37,9 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from flywall.core.model import events as ev
-from flywall.core.model.errors import Busy, FlywallError, JournalTampered
+from flywall.core.model.errors import Busy, FlywallError
 from flywall.core.runtime.crash import crashpoint
 from flywall.core.runtime.recorder import append_events
-from flywall.journal import JournalError
 
 if TYPE_CHECKING:
     import ssl
@@ -113,7 +112,7 @@ def deliver(
 
     :param channels: only these of the configured channels (default: all).
     :param tries: attempts per notice; between them it sleeps `backoff` seconds.
-    :raises JournalError: the journal cannot be written.
+    :raises JournalFailed: the journal cannot be written.
     """
     configured = ws.settings.notification_channels
     channels = [c for c in configured if channels is None or c in channels]
@@ -192,7 +191,7 @@ def deliver_and_warn(ws: Workspace, channels: Sequence[str] | None = None) -> li
     """Deliver; a dead channel is a logged warning, never the command's failure."""
     try:
         results = deliver(ws, channels=channels)
-    except (FlywallError, JournalError, OSError) as e:
+    except (FlywallError, OSError) as e:
         log.warning("warning: notifications not delivered: %s", e)
         return []
     for r in results:
@@ -207,12 +206,7 @@ def deliver_and_warn(ws: Workspace, channels: Sequence[str] | None = None) -> li
 
 def _check_chain(journal: Journal) -> None:
     """Never extend (nor report from) a journal whose chain is broken."""
-    from flywall.journal import JournalCorrupt
-
-    try:
-        journal.verify()
-    except JournalCorrupt as e:
-        raise JournalTampered(e.seq, e.detail) from e
+    journal.verify()  # raises JournalTampered (translated by the workspace)
 
 
 def pending(ws: Workspace, journal: Journal, after: int) -> list[Notice]:
