@@ -49,9 +49,6 @@ from flywall.api.runs import RunAccepted, Runs, RunStatus
 from flywall.api.security import token_name
 from flywall.core import commands
 from flywall.core.commands import (
-    JournalCorrupt,
-    JournalError,
-    JournalUnreadable,
     Workspace,
     errors,
     ev,
@@ -134,12 +131,7 @@ def status_of(error: Exception) -> int:
     match error:
         case errors.Busy() | errors.IllegalTransition() | errors.MigrationsDisabled():
             return HTTP_409_CONFLICT
-        case (
-            errors.ValidationFailed()
-            | errors.BrokenMigration()
-            | JournalCorrupt()
-            | JournalUnreadable()
-        ):
+        case errors.ValidationFailed() | errors.BrokenMigration():  # a broken journal too
             return HTTP_422_UNPROCESSABLE_ENTITY
         case errors.UsageError() | errors.NothingToDo():
             return HTTP_400_BAD_REQUEST
@@ -392,8 +384,10 @@ def apply(
 ) -> Response[RunAccepted | DryRunReport]:
     """Apply pending migrations: 202 with a run id; a dry run answers 200 with its report."""
     ws, actor = _workspace(request), _actor(request)
-    if commands.wants_dry_run(ws, dry_run=data.dry_run):
-        report = commands.dry_run(ws, target=data.target_version, actor=actor)
+    report = commands.dry_run_if_wanted(
+        ws, asked=data.dry_run, target=data.target_version, actor=actor
+    )
+    if report is not None:
         return Response(report, status_code=200)
     commands.check_target(ws, data.target_version)  # a 400 now, not a failed run later
     run_id = request.app.state.runs.start(
@@ -529,7 +523,6 @@ def create_app(workspace: Callable[[], Workspace], tokens: Sequence[tuple[str, s
         exception_handlers={
             HTTPException: _http_error,
             errors.FlywallError: _flywall_error,
-            JournalError: _flywall_error,
             Exception: _internal_error,
         },
         openapi_config=OpenAPIConfig(

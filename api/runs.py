@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from flywall.core.commands import FlywallError, JournalError, iso, new_run_id
+from flywall.core.commands import FlywallError, iso, new_run_id
 from flywall.core.commands.reports import RunReport  # noqa: TC001 - msgspec reads RunStatus's fields at runtime
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class Runs:
         def worker() -> None:
             try:
                 report = work(run_id, locked.set)
-            except (FlywallError, JournalError) as e:
+            except FlywallError as e:
                 self._end(run_id, locked, answered, early, e, str(e))
             except Exception as e:  # a bug: keep the server up, the traceback in its log
                 log.exception("run %s failed", run_id)

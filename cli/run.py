@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from flywall.cli.render import ProgressLine
     from flywall.core.commands import Workspace
+    from flywall.core.commands.reports import DryRunReport
 
 
 def workspace(obj: dict[str, Any]) -> Workspace:
@@ -103,8 +104,11 @@ def migrate(
     from flywall.core import commands
 
     ws = workspace(obj)
-    if commands.wants_dry_run(ws, dry_run=dry_run):
-        _dry_run(ws, target, accept_drift, as_json, events)
+    rehearsal = commands.dry_run_if_wanted(
+        ws, asked=dry_run, target=target, accept_drift=accept_drift, **hooks(events, as_json)
+    )
+    if rehearsal is not None:
+        _show_dry_run(rehearsal, as_json, events)
         return
     report = commands.migrate(
         ws,
@@ -116,17 +120,11 @@ def migrate(
         render.emit_json(report) if as_json else render.run(report)
 
 
-def _dry_run(
-    ws: Workspace, target: str | None, accept_drift: bool, as_json: bool, events: str | None
-) -> None:
+def _show_dry_run(report: DryRunReport, as_json: bool, events: str | None) -> None:
     """`migrate --dry-run` (or `dry_run = true`): exit 1 when a migration failed."""
     from flywall.cli import render
-    from flywall.core import commands
     from flywall.core.commands import EXIT_MIGRATION_FAILED
 
-    report = commands.dry_run(
-        ws, target=target, accept_drift=accept_drift, **hooks(events, as_json)
-    )
     if events is None:
         render.emit_json(report) if as_json else render.dry_run(report)
     if not report.ok:
@@ -225,11 +223,11 @@ def error_exit_code(error: Exception, traceback: bool) -> int | None:
 
     None: not an error a user can cause (or --traceback): the caller re-raises it.
     """
-    from flywall.core.commands import FlywallError, JournalCorrupt, JournalError
+    from flywall.core.commands import FlywallError
 
-    if not isinstance(error, (FlywallError, JournalError)) or traceback:
+    if not isinstance(error, FlywallError) or traceback:
         return None
-    code = getattr(error, "exit_code", 4 if isinstance(error, JournalCorrupt) else 2)
+    code = error.exit_code
     from flywall.cli.render import echo, emit_json
 
     message = str(error) + _damage_hint(error)
@@ -245,9 +243,9 @@ def _damage_hint(error: Exception) -> str:
     Only a file SQLite cannot read: a broken chain may be tampering, to be looked at
     (`journal verify`, the audit export) before anything replaces it.
     """
-    from flywall.core.commands import JournalUnreadable
+    from flywall.core.commands import errors
 
-    if not isinstance(error, JournalUnreadable):
+    if not isinstance(error, errors.JournalDamaged):
         return ""
     return (
         "; if it is damaged, get the box back from a backup: flywall migration journal "

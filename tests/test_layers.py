@@ -6,7 +6,9 @@ Layers, lowest first (README "Where things live"):
   the model: it is pure, so it can be read and tested without a file or a clock;
 - the faces, `flywall.cli` and `flywall.api`, reach the core only through `flywall.core.commands`
   (the one API both call, with its typed reports);
-- no import cycles between modules, lazy imports included.
+- no import cycles between modules, lazy imports included;
+- no face names a journal error: the workspace translates them into `FlywallError`s once
+  (`core/appliance/journalfile.py`), so a face catches only those.
 
 Imports under `if TYPE_CHECKING:` count: a type a layer names is a dependency a reader follows.
 """
@@ -214,3 +216,61 @@ def test_the_model_starts_the_chain_where_the_journal_does() -> None:
     from flywall.journal import GENESIS
 
     assert START_HASH == GENESIS
+
+
+def journal_error_names() -> set[str]:
+    """The journal package's own error classes (what only the workspace may catch)."""
+    import flywall.journal
+
+    return {
+        name
+        for name in flywall.journal.__all__
+        if isinstance(cls := getattr(flywall.journal, name), type)
+        and issubclass(cls, flywall.journal.JournalError)
+    }
+
+
+def journal_errors_named(path: Path, source: str) -> list[str]:
+    """Each journal error a module names (a name, an attribute or an import), as 'path:line'."""
+    names = journal_error_names()
+    found = []
+    for node in ast.walk(ast.parse(source, str(path))):
+        named = (
+            node.id
+            if isinstance(node, ast.Name)
+            else node.attr
+            if isinstance(node, ast.Attribute)
+            else node.name
+            if isinstance(node, ast.alias)
+            else None
+        )
+        if named in names:
+            found.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')} {named}")
+    return found
+
+
+def faces_naming_journal_errors(overrides: dict[Path, str] | None = None) -> list[str]:
+    sources = {
+        path: path.read_text()
+        for face in ("cli", "api")
+        for path in sorted((ROOT / face).rglob("*.py"))
+    }
+    sources.update(overrides or {})
+    return [hit for path, source in sources.items() for hit in journal_errors_named(path, source)]
+
+
+def test_no_face_names_a_journal_error() -> None:
+    assert faces_naming_journal_errors() == []
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        "from flywall.core.commands import JournalError\n",
+        "def f(commands, e):\n    return isinstance(e, commands.JournalCorrupt)\n",
+        "try:\n    pass\nexcept JournalUnreadable:\n    pass\n",
+    ],
+)
+def test_a_face_naming_a_journal_error_is_found(planted: str) -> None:
+    path = ROOT / "api" / "planted.py"
+    assert faces_naming_journal_errors({path: planted}), planted

@@ -542,8 +542,9 @@ def copy_of(state: Projection) -> Projection:
 
 def recorder_on(path: Path, run_id: str = "run-1") -> Recorder:
     journal = Journal.open(path)
-    started = ev.RunStarted(command="test", actor=ACTOR)
-    return Recorder(journal, snapshot.load(journal), Lifecycle(), run_id, started)
+    return Recorder(
+        journal, snapshot.load(journal), Lifecycle(), run_id, command="test", actor=ACTOR
+    )
 
 
 @settings(max_examples=60, deadline=None)

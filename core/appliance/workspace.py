@@ -195,13 +195,16 @@ class Workspace:
     def read_journal(self) -> Journal | None:
         """Open the journal for reading; None when nothing was ever journaled.
 
+        Its errors arrive translated (`appliance/journalfile.py`), as every journal's a
+        command opens here.
+
         :raises RecoveryPending: a `journal recover-from-backup` was cut short.
         """
+        from flywall.core.appliance.journalfile import WorkspaceJournal
         from flywall.core.appliance.recovery_intent import refuse_if_pending
-        from flywall.journal import Journal
 
         refuse_if_pending(self.paths.journal)
-        return Journal.open_existing(self.paths.journal, key=self.device_key())
+        return WorkspaceJournal.open_existing(self.paths.journal, key=self.device_key())
 
     def write_journal(self, *, recovering: bool = False) -> Journal:
         """Open (creating) the journal for writing: under the writer lock, or the outbox's own lock.
@@ -213,13 +216,13 @@ class Workspace:
             recover-from-backup`) passes it, to journal itself before removing the file.
         :raises RecoveryPending: a `journal recover-from-backup` was cut short.
         """
+        from flywall.core.appliance.journalfile import WorkspaceJournal
         from flywall.core.appliance.recovery_intent import refuse_if_pending
-        from flywall.journal import Journal
 
         if not recovering:
             refuse_if_pending(self.paths.journal)
         self.paths.journal.parent.mkdir(parents=True, exist_ok=True)
-        return Journal.open(
+        return WorkspaceJournal.open(
             self.paths.journal,
             key=self.device_key(),
             synchronous=self.sqlite.journal_synchronous,

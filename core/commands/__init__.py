@@ -19,6 +19,7 @@ from flywall.core.appliance.workspace import Workspace as Workspace  # noqa: TC0
 from flywall.core.model import errors as errors
 from flywall.core.model import events as ev
 from flywall.core.model import projection
+from flywall.core.model.components import MARKED as MARKED
 from flywall.core.model.errors import EXIT_MIGRATION_FAILED as EXIT_MIGRATION_FAILED
 from flywall.core.model.errors import EXIT_VALIDATION as EXIT_VALIDATION
 from flywall.core.model.errors import FlywallError as FlywallError
@@ -33,9 +34,6 @@ from flywall.core.runtime.lock import current_holder
 from flywall.core.runtime.pytimeout import ending_runs as ending_runs
 from flywall.core.runtime.recovery import Decision  # noqa: TC001 - at runtime: msgspec and OpenAPI read annotations
 from flywall.core.scripts.discovery import Broken  # noqa: TC001 - at runtime: msgspec and OpenAPI read annotations
-from flywall.journal import JournalCorrupt as JournalCorrupt
-from flywall.journal import JournalError as JournalError
-from flywall.journal import JournalUnreadable as JournalUnreadable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -407,16 +405,12 @@ def journal_verify(ws: Workspace) -> VerifyReport:
     :raises JournalTampered: naming the first bad seq.
     """
     from flywall.core.model.lifecycle import Lifecycle
-    from flywall.journal import JournalCorrupt
 
     journal = ws.read_journal()
     if journal is None:
         return VerifyReport(path=str(ws.paths.journal), events=0, head_hash="", ok=True)
     with journal:
-        try:
-            end = journal.verify()
-        except JournalCorrupt as e:
-            raise errors.JournalTampered(e.seq, e.detail) from e
+        end = journal.verify()
         projection.replay(journal.read(), Lifecycle())
     return VerifyReport(
         path=str(ws.paths.journal),
@@ -449,7 +443,8 @@ def adopt_device_key(ws: Workspace, *, actor: ev.Actor | None = None) -> AdoptRe
     """
     from flywall.core.runtime.crash import crashpoint
     from flywall.core.runtime.lock import Holder, WriterLock
-    from flywall.journal import ADOPTED, Entry, JournalCorrupt, JournalKeyedAlready, key_id
+    from flywall.core.runtime.recorder import adopt_key
+    from flywall.journal import ADOPTED, key_id
 
     key = ws.device_key()
     if key is None:
@@ -467,11 +462,9 @@ def adopt_device_key(ws: Workspace, *, actor: ev.Actor | None = None) -> AdoptRe
     with WriterLock(ws.paths.lock, holder, wait=ws.lock_wait), ws.write_journal() as journal:
         event = ev.DeviceKeyAdopted(actor=actor, key_id=ident)
         try:  # one walk, inside adopt_key's transaction
-            row = journal.adopt_key(Entry(ADOPTED, ev.encode(event)))
-        except JournalKeyedAlready as e:
+            row = adopt_key(journal, event)
+        except errors.ChainKeyedAlready as e:
             return AdoptReport(path=path, key_id=ident, keyed_from=e.keyed_from, adopted=False)
-        except JournalCorrupt as e:
-            raise errors.JournalTampered(e.seq, e.detail) from e
         crashpoint(f"after-{ADOPTED}")
     return AdoptReport(path=path, key_id=ident, keyed_from=row.seq, adopted=True)
 
@@ -559,16 +552,32 @@ def dry_run(
 ) -> DryRunReport:
     """Run the plan against copies; show its SQL and diffs; journal one DryRunPerformed.
 
-    `migrate` does this instead when `dry_run = true` in settings (see `wants_dry_run`).
+    A `migrate` request does this instead when asked or when `dry_run = true` in settings
+    (see `dry_run_if_wanted`).
     """
     from flywall.core.rehearsal.dryrun import dry_run as rehearse
 
     return rehearse(ws, target=target, accept_drift=accept_drift, actor=actor, on_event=on_event)
 
 
-def wants_dry_run(ws: Workspace, *, dry_run: bool = False) -> bool:
-    """Tell whether a `migrate` request is a dry run: asked for, or `dry_run = true`."""
-    return dry_run or ws.settings.dry_run
+def dry_run_if_wanted(
+    ws: Workspace,
+    *,
+    asked: bool,
+    target: str | None = None,
+    accept_drift: bool = False,
+    actor: ev.Actor | None = None,
+    on_event: Callable[[StoredEvent, ev.Event], None] | None = None,
+) -> DryRunReport | None:
+    """Run a `migrate` request as a dry run if it is one; None when it is a real run.
+
+    A request is a dry run when `asked` (`--dry-run`, the API's `dry_run`) or when the
+    settings say `dry_run = true`. The choice is made here, once, so that neither face
+    holds it: each renders the report it gets, or goes on to `migrate`.
+    """
+    if not (asked or ws.settings.dry_run):
+        return None
+    return dry_run(ws, target=target, accept_drift=accept_drift, actor=actor, on_event=on_event)
 
 
 def check_target(ws: Workspace, target: str | None) -> None:

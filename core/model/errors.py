@@ -130,6 +130,22 @@ class JournalTampered(ValidationFailed):
         self.seq = seq
 
 
+class JournalDamaged(ValidationFailed):
+    """The journal file is not a SQLite database, or SQLite finds it malformed."""
+
+
+class JournalFailed(FlywallError):
+    """The journal cannot be opened, read or written (e.g. it is newer than this program)."""
+
+
+class ChainKeyedAlready(JournalFailed):
+    """A key adoption found the chain keyed already, from `keyed_from`: nothing was written."""
+
+    def __init__(self, message: str, keyed_from: int) -> None:
+        super().__init__(message)
+        self.keyed_from = keyed_from
+
+
 class IllegalTransition(FlywallError):
     """The lifecycle refuses a trigger in the migration's current state."""
 

@@ -114,7 +114,6 @@ def dry_run(
     :raises RecoveryNeeded: the journal shows an interrupted migration or run.
     """
     from flywall.core.runtime.engine import Engine
-    from flywall.journal import Entry
 
     actor = actor or ev.current_actor()
     with Engine(ws, "migrate --dry-run", actor=actor, daemon=False) as real:
@@ -122,9 +121,9 @@ def dry_run(
         report = _rehearse(ws, target, accept_drift=accept_drift, actor=actor)
         report.run_id = real.run_id
         event = ev.DryRunPerformed(planned=report.planned, actor=actor, ok=report.ok)
-        # Straight to the journal, not through the run's recorder: a dry run is one audit
-        # event, not a run (no RunStarted/RunFinished, nothing in `last_run`).
-        (row,) = real.journal.append([Entry(ev.kind_of(event), ev.encode(event), real.run_id)])
+        # Aside from the run: a dry run is one audit event, not a run (no RunStarted or
+        # RunFinished, nothing in `last_run`).
+        row = real.recorder.append_aside(event)
         report.journal_seq = row.seq
     if on_event is not None:
         on_event(row, event)

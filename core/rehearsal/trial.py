@@ -27,9 +27,9 @@ import msgspec
 
 from flywall.core.model import errors, planner
 from flywall.core.model import events as ev
+from flywall.core.model.components import MARKED
 from flywall.core.rehearsal import sandbox
 from flywall.core.runtime import fileio, snapshot
-from flywall.core.runtime.recovery import MARKED
 from flywall.core.scripts import sqlverify
 from flywall.core.targets.database import bookkeeping, schema_fingerprint
 

@@ -18,6 +18,7 @@ import msgspec
 
 from flywall.core.model import errors, planner, projection
 from flywall.core.model import events as ev
+from flywall.core.model.components import MARKED
 from flywall.core.model.lifecycle import Lifecycle, State
 from flywall.core.model.times import iso_seconds
 from flywall.core.runtime import pytimeout, recovery, snapshot
@@ -25,7 +26,6 @@ from flywall.core.runtime.context import MigrationContext
 from flywall.core.runtime.crash import crashpoint
 from flywall.core.runtime.lock import Holder, WriterLock
 from flywall.core.runtime.recorder import Recorder
-from flywall.core.runtime.recovery import MARKED
 from flywall.core.runtime.watchdog import Watchdog
 from flywall.core.scripts import signing
 from flywall.core.targets.database import DatabaseTarget
@@ -138,9 +138,14 @@ class Engine:
             self._preflight_chain()
             state = snapshot.load(self.journal)
             self.lifecycle = Lifecycle()
-            started = ev.RunStarted(command=self.command, actor=self.actor)
             self.recorder = Recorder(
-                self.journal, state, self.lifecycle, self.run_id, started, self._recorded
+                self.journal,
+                state,
+                self.lifecycle,
+                self.run_id,
+                command=self.command,
+                actor=self.actor,
+                on_event=self._recorded,
             )
             if self._manage_daemon:
                 self._stop_daemon()
@@ -187,14 +192,9 @@ class Engine:
     def _preflight_chain(self) -> None:
         """Refuse to write on a journal whose hash chain is broken (DESIGN §7 pre-flight).
 
-        :raises JournalTampered: naming the first bad seq.
+        :raises JournalTampered: naming the first bad seq (translated by the workspace).
         """
-        from flywall.journal import JournalCorrupt
-
-        try:
-            self.journal.verify()
-        except JournalCorrupt as e:
-            raise errors.JournalTampered(e.seq, e.detail) from e
+        self.journal.verify()
 
     # -- the daemon (core/appliance/daemon.py) -------------------------------------------
 
@@ -274,13 +274,7 @@ class Engine:
 
     def _journal_daemon(self, event: ev.Event) -> None:
         """Append a daemon event at once, durable, under this run's id (not a run step)."""
-        from flywall.journal import Entry
-
-        (row,) = self.journal.append([Entry(ev.kind_of(event), ev.encode(event), self.run_id)])
-        crashpoint(f"after-{row.kind}")
-        self.recorder.projection.apply(row, self.lifecycle, event)
-        if self._on_event is not None:
-            self._on_event(row, event)
+        self.recorder.append_aside(event)
 
     @property
     def state(self) -> projection.Projection:
@@ -313,87 +307,47 @@ class Engine:
     def recover(self) -> list[recovery.Decision]:
         """Resolve whatever a previous run left interrupted (the `recover` command's work).
 
-        `recovery.resolve_interrupted` decides each interrupted migration from evidence;
-        this adds what only the engine can do: it runs the resumed steps, restores backups,
-        and carries the interrupted runs' auto-rollback or plan on.
+        Recovery (core/runtime/recovery.py) decides, from evidence and the journal; this
+        acts on its decisions where only the engine can: it journals the restart of a cut
+        rollback, resumes half-done steps (`resume_step`), and carries the interrupted
+        runs' auto-rollback or plan on.
         """
         from flywall.core.services import backup
 
-        def restore(backup_id: str) -> None:
-            backup.restore_items(self.ws, backup.read_manifest(self.ws, backup_id))
-
         backup.remove_partials(self.ws)
-        interrupted = [
-            run
-            for run in self.state.open_runs.values()
-            if run.command == "migrate" and run.run_id != self.run_id
-        ]
-        self._reopen_cut_rollbacks()
-        steps = recovery.Steps(
-            restore=restore,
-            resume=self._resume,
-            resume_up=self.ws.settings.state.resume_on_crash,
-        )
-        decisions = recovery.resolve_interrupted(
-            self.recorder, self.existing_database(), self.ws.file_targets(), steps
-        )
-        for run in interrupted:
-            recovered = [
-                d.version
-                for d in decisions
-                if d.interrupted_run == run.run_id
-                and d.direction == "up"
-                and d.decision == "applied"
-            ]
-            still = [
-                v for v in [*run.applied, *recovered] if self.state.state_of(v) is State.APPLIED
-            ]
-            if run.failed:  # a failed run cut off in the middle of its auto_rollback
+        for cut in recovery.cut_rollbacks(self.state, self.existing_database()):
+            self._reopen_cut_rollback(cut)
+        outcome = recovery.recover(self.recorder, self.existing_database(), self.ws, self)
+        for run in outcome.carry_on:
+            if run.undo:  # a failed run cut off in the middle of its auto_rollback
                 self._backup_id = run.backup_id
-                self._auto_rollback(still)
+                self._auto_rollback(run.applied)
             else:  # this run completes that run's plan: its undo covers both
-                self._inherited += still
+                self._inherited += run.applied
                 self._inherited_backup = self._inherited_backup or run.backup_id
         self._expire_unconfirmed()
         self._backup_id = None
         self.recorder.flush()  # planning reads the live projection: no event may wait
-        return decisions
+        return outcome.decisions
 
-    def _reopen_cut_rollbacks(self) -> None:
-        """Put back in flight a batched `down` that an older release left half done.
+    def _reopen_cut_rollback(self, cut: recovery.CutRollback) -> None:
+        """Put a batched `down` an older release left half done back in flight.
 
-        Before issue 13 was fixed, recovery took a state `down` cut between batches for
-        one that never started (its marker was still there): the journal says applied, a
-        `:down` checkpoint says the rollback was under way, and the records are in two
-        shapes. A new `MigrationStarted` (down), durable before any change, makes the
-        step in flight again, and recovery then finishes it from its checkpoint. A down
-        that *failed* (journaled as such) is left to the operator: its checkpoint stays,
-        `validate` names it, and `rollback` goes on from it.
+        A new `MigrationStarted` (down), durable before any change, makes the step in
+        flight again, and recovery then finishes it from its checkpoint.
         """
-        db = self.existing_database()
-        if db is None:
-            return
-        for version, direction, table, rows in db.batch_checkpoints():
-            record = self.state.migrations.get(version)
-            cut_rollback = (
-                direction == "down"
-                and record is not None
-                and record.state is State.APPLIED
-                and record.component == "state"
-                and record.last_error is None
-            )
-            if not cut_rollback or record is None:
-                continue
-            m = self.source_of(version)
-            started = self._started(m, "down", record.attempts, db.fingerprint())
-            note = ev.MigrationLog(
-                message=f"finishing a rollback cut after {rows} rows of {table}, which an "
-                "earlier recovery left half done",
-                level="warning",
-            )
-            self.recorder.append([(version, started), (version, note)])
+        db = self.database()
+        record = self.state.record(cut.version)
+        m = self.source_of(cut.version)
+        started = self._started(m, "down", record.attempts, db.fingerprint())
+        note = ev.MigrationLog(
+            message=f"finishing a rollback cut after {cut.rows} rows of {cut.table}, which an "
+            "earlier recovery left half done",
+            level="warning",
+        )
+        self.recorder.append([(cut.version, started), (cut.version, note)])
 
-    def _resume(self, record: MigrationRecord) -> str | None:
+    def resume_step(self, record: MigrationRecord) -> str | None:
         """Run a half-done batched state step on from its checkpoint, to its end.
 
         Recovery's "resume": the step's own MigrationStarted explains it; its batches are
@@ -582,7 +536,6 @@ class Engine:
                 f"{names} is irreversible (no down); restoring backup {chosen.backup_id} "
                 f"would roll back {', '.join(also)}: run again with --yes to do that"
             )
-        self.recorder.describe_run(ev.RunStarted(command=self.command, actor=self.actor))
         undone = self.restore_backup(chosen.backup_id, safety=True)
         self.recorder.finish("completed", undone)
         return RunReport(
@@ -604,15 +557,7 @@ class Engine:
         done: list[str] = []
         report = RunReport(command=self.command, run_id=None, outcome="nothing_to_do")
         report.recovered = recovered
-        self.recorder.describe_run(
-            ev.RunStarted(
-                command=self.command,
-                actor=self.actor,
-                planned=plan,
-                target=target,
-                accepted_drift=self._accepted_drift,
-            )
-        )
+        self.recorder.describe_run(planned=plan, target=target, accepted_drift=self._accepted_drift)
         try:
             if plan and self.command == "migrate":
                 self._upgrade(plan, step, done)
@@ -656,7 +601,7 @@ class Engine:
         name = signal.Signals(signum).name
         message = f"run {self.run_id} interrupted by {name}"
         # written even when nothing else was: status must show this run as the last one
-        self.recorder.append([("", ev.RunFinished(outcome="failed", done=done, error=message))])
+        self.recorder.finish("failed", done, message, always=True)
         n = len(done)
         kept = f"; the {n} migration{'s' * (n != 1)} it applied before stay applied" if n else ""
         return errors.RunInterrupted(f"{message}: the migration under way was undone{kept}", signum)

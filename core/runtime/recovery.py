@@ -4,16 +4,22 @@ A migration the journal shows as running (or rolling back) with no live lock hol
 cut off. The journal knows what it was about to do; the target knows whether it happened.
 Each decision is one `Recovered` event that names its evidence (DESIGN §7). Deciding only
 reads, so `status` can show what recovery will decide without writing anything.
+
+This module is the one home of what an interrupted run leaves: each migration's fate, a
+rollback an older release left half done, and what each interrupted `migrate` run leaves
+the next run to finish. The engine acts on those decisions (it alone runs a migration's
+step or its auto-rollback) and hands recovery data: the recorder, state.db, the workspace.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import msgspec
 
 from flywall.core.model import events as ev
+from flywall.core.model.components import MARKED
 from flywall.core.model.errors import ValidationFailed
 from flywall.core.model.lifecycle import State
 from flywall.core.runtime import fileio
@@ -21,15 +27,14 @@ from flywall.core.runtime.crash import crashpoint
 from flywall.core.targets.files import digest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Iterable, Mapping
 
-    from flywall.core.model.projection import MigrationRecord, Projection
+    from flywall.core.appliance.workspace import Workspace
+    from flywall.core.model.projection import MigrationRecord, Projection, RunRecord
     from flywall.core.runtime.recorder import Recorder
     from flywall.core.targets.database import DatabaseTarget
 
 IN_FLIGHT = (State.RUNNING, State.ROLLING_BACK)
-MARKED = ("database", "state")
-"""Components whose migrations leave a marker row in state.db."""
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -202,43 +207,133 @@ def _remove_stale_temps(recorder: Recorder, paths: Iterable[Path]) -> None:
             crashpoint("recovery-after-temp-removed")
 
 
-class Steps(NamedTuple):
-    """What recovery asks of the engine, which alone knows how to run a migration."""
+class Resumer(Protocol):
+    """The engine, which alone can run a migration's step: recovery asks it to finish one."""
 
-    restore: Callable[[str], None]
-    """Restore backup `id` (idempotent: finishes an interrupted restore)."""
-    resume: Callable[[MigrationRecord], str | None]
-    """Run a half-done batched step on from its checkpoint; None, or why it failed (the
-    failure is journaled by then, as any step's is)."""
-    resume_up: bool = True
+    def resume_step(self, record: MigrationRecord) -> str | None:
+        """Run a half-done batched step on from its checkpoint, to its end.
+
+        Returns None, or why it failed (journaled by then, as any step's failure is).
+        """
+        ...
+
+
+class CutRollback(NamedTuple):
+    """A batched `down` an older release's recovery left half done (see `cut_rollbacks`)."""
+
+    version: str
+    table: str
+    rows: int
+
+
+class CarryOn(NamedTuple):
+    """What an interrupted `migrate` run leaves the run that recovers it to finish."""
+
+    run_id: str
+    applied: list[str]
+    """Its migrations applied still (those recovery found applied included)."""
+    backup_id: str | None
+    undo: bool
+    """It had failed, and was cut in its auto-rollback: finish that. Otherwise the
+    recovering run completes its plan, and its own undo covers both."""
+
+
+class Outcome(NamedTuple):
+    """What `recover` decided: each migration's fate, and what the runs left to finish."""
+
+    decisions: list[Decision]
+    carry_on: list[CarryOn]
+
+
+def cut_rollbacks(projection: Projection, db: DatabaseTarget | None) -> list[CutRollback]:
+    """Find each batched `down` that an older release left half done; writes nothing.
+
+    Before issue 13 was fixed, recovery took a state `down` cut between batches for one
+    that never started (its marker was still there): the journal says applied, a `:down`
+    checkpoint says the rollback was under way, and the records are in two shapes. The
+    engine puts each back in flight (a new durable `MigrationStarted`), and recovery then
+    finishes it from its checkpoint. A down that *failed* (journaled as such) is left to
+    the operator: its checkpoint stays, `validate` names it, and `rollback` goes on from it.
+    """
+    if db is None:
+        return []
+    found: dict[str, CutRollback] = {}  # a step's first table names it, as it did
+    for version, direction, table, rows in db.batch_checkpoints():
+        record = projection.migrations.get(version)
+        if (
+            version not in found
+            and direction == "down"
+            and record is not None
+            and record.state is State.APPLIED
+            and record.component == "state"
+            and record.last_error is None
+        ):
+            found[version] = CutRollback(version, table, rows)
+    return list(found.values())
+
+
+def recover(
+    recorder: Recorder, db: DatabaseTarget | None, ws: Workspace, engine: Resumer
+) -> Outcome:
+    """Resolve every interrupted migration and run; say what their runs left to finish.
+
+    The interrupted `migrate` runs are read before their runs are closed: one that had
+    failed was cut in its auto-rollback, which the engine finishes; any other's plan the
+    recovering run completes.
+    """
+    interrupted = [
+        run
+        for run in recorder.projection.open_runs.values()
+        if run.command == "migrate" and run.run_id != recorder.run_id
+    ]
+    decisions = resolve_interrupted(recorder, db, ws, engine)
+    return Outcome(
+        decisions, [_carry_on(run, decisions, recorder.projection) for run in interrupted]
+    )
+
+
+def _carry_on(run: RunRecord, decisions: list[Decision], projection: Projection) -> CarryOn:
+    recovered = [
+        d.version
+        for d in decisions
+        if d.interrupted_run == run.run_id and d.direction == "up" and d.decision == "applied"
+    ]
+    still = [v for v in [*run.applied, *recovered] if projection.state_of(v) is State.APPLIED]
+    return CarryOn(run.run_id, still, run.backup_id, undo=bool(run.failed))
+
+
+def _restore(ws: Workspace, backup_id: str) -> None:
+    """Restore backup `backup_id` (idempotent: finishes an interrupted restore)."""
+    from flywall.core.services import backup
+
+    backup.restore_items(ws, backup.read_manifest(ws, backup_id))
 
 
 def resolve_interrupted(
-    recorder: Recorder,
-    db: DatabaseTarget | None,
-    files: Mapping[str, Path],
-    steps: Steps,
+    recorder: Recorder, db: DatabaseTarget | None, ws: Workspace, engine: Resumer
 ) -> list[Decision]:
     """Resolve every interrupted migration and close every interrupted run.
 
-    The step of recovery that reads evidence and journals decisions; `Engine.recover` (the
-    `recover` command's, and every writer's first step) wraps it: removes partial backups,
-    then finishes what the interrupted runs had left to do (their auto-rollback or plan).
+    The step of recovery that reads evidence and journals decisions; `recover` wraps it
+    with what the interrupted runs left to finish, and `Engine.recover` (the `recover`
+    command's, and every writer's first step) acts on that: their auto-rollback or plan.
 
     Idempotent: each decision moves its migration out of running, so a second call (or a
     call after a crash half-way through) only does what is left. A resumed step that is
     cut again is still running, its checkpoint further on.
     """
+    files = ws.file_targets()
+    resume_up = ws.settings.state.resume_on_crash
     decisions = []
     restored: set[str] = set()
     for record in recorder.projection.in_state(*IN_FLIGHT):
-        decision = decide(record, db, files, resume_up=steps.resume_up)
+        decision = decide(record, db, files, resume_up=resume_up)
         crashpoint("recovery-before-decision")
         if decision.action == "restore" and record.restoring not in restored:
-            steps.restore(record.restoring or "")  # idempotent: finishes an interrupted restore
+            _restore(ws, record.restoring or "")  # idempotent: finishes an interrupted restore
             restored.add(record.restoring or "")
         elif decision.action == "resume":
-            failed = steps.resume(record)
+            failed = engine.resume_step(record)
             if failed is not None:  # journaled as the step's failure: no Recovered event
                 decisions.append(_resume_failed(decision, failed))
                 continue

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any, TextIO, get_args
 
 import msgspec
 
+from flywall.core.appliance.journalfile import journal_errors
 from flywall.core.model import errors, projection
 from flywall.core.model import events as ev
 from flywall.core.model.projection import run_summary
 from flywall.core.model.times import iso
-from flywall.journal import ADOPTED, GENESIS, JournalCorrupt, event_hash, walk_chain
+from flywall.journal import ADOPTED, GENESIS, event_hash, walk_chain
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -133,10 +134,9 @@ def replay(ws: Workspace, until: str) -> ReplayReport:
             raise errors.UsageError(f"--until {seq}: the journal ends at seq {head}")
         rows = list(journal.read(until=seq))
         key = ws.device_key()
-        try:  # a prefix from before a key was adopted is checked as the plain chain it was
-            walk_chain(rows, key, keyed=journal.chain_kind() != "plain" and key is not None)
-        except JournalCorrupt as e:
-            raise errors.JournalTampered(e.seq, e.detail) from e
+        keyed = journal.chain_kind() != "plain" and key is not None
+        with journal_errors():  # a prefix from before a key was adopted: the plain chain
+            walk_chain(rows, key, keyed=keyed)
         state = projection.replay(rows, Lifecycle())
     return ReplayReport(
         seq=state.seq,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from flywall.core.model.components import MARKED
 from flywall.core.model.lifecycle import State
-from flywall.core.runtime.recovery import IN_FLIGHT, MARKED
+from flywall.core.runtime.recovery import IN_FLIGHT
 
 if TYPE_CHECKING:
     from flywall.core.model.projection import Projection

@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from flywall.core.model import events as ev
-from flywall.core.model.errors import Busy, FlywallError, JournalTampered
+from flywall.core.model.errors import Busy, FlywallError
 from flywall.core.runtime.crash import crashpoint
-from flywall.journal import Entry, JournalError
+from flywall.core.runtime.recorder import append_events
 
 if TYPE_CHECKING:
     import ssl
@@ -112,7 +112,7 @@ def deliver(
 
     :param channels: only these of the configured channels (default: all).
     :param tries: attempts per notice; between them it sleeps `backoff` seconds.
-    :raises JournalError: the journal cannot be written.
+    :raises JournalFailed: the journal cannot be written.
     """
     configured = ws.settings.notification_channels
     channels = [c for c in configured if channels is None or c in channels]
@@ -138,11 +138,11 @@ def deliver(
                     failed = ev.NotificationFailed(
                         channel=channel, through_seq=notice.seq, error=str(e)
                     )
-                    journal.append([Entry(ev.kind_of(failed), ev.encode(failed))])
+                    append_events(journal, [failed])
                     break
                 crashpoint("notify-sent")
                 done = ev.NotificationDelivered(channel=channel, through_seq=notice.seq)
-                journal.append([Entry(ev.kind_of(done), ev.encode(done))])
+                append_events(journal, [done])
                 result.sent, result.through_seq = result.sent + 1, notice.seq
     return results
 
@@ -191,7 +191,7 @@ def deliver_and_warn(ws: Workspace, channels: Sequence[str] | None = None) -> li
     """Deliver; a dead channel is a logged warning, never the command's failure."""
     try:
         results = deliver(ws, channels=channels)
-    except (FlywallError, JournalError, OSError) as e:
+    except (FlywallError, OSError) as e:
         log.warning("warning: notifications not delivered: %s", e)
         return []
     for r in results:
@@ -206,12 +206,7 @@ def deliver_and_warn(ws: Workspace, channels: Sequence[str] | None = None) -> li
 
 def _check_chain(journal: Journal) -> None:
     """Never extend (nor report from) a journal whose chain is broken."""
-    from flywall.journal import JournalCorrupt
-
-    try:
-        journal.verify()
-    except JournalCorrupt as e:
-        raise JournalTampered(e.seq, e.detail) from e
+    journal.verify()  # raises JournalTampered (translated by the workspace)
 
 
 def pending(ws: Workspace, journal: Journal, after: int) -> list[Notice]:
@@ -319,7 +314,7 @@ def _start_channel(journal: Journal, channel: str) -> int:
     (newest_run,) = row
     after = newest_run - 1 if newest_run else journal.head()[0]
     started = ev.NotificationChannelStarted(channel=channel, after_seq=after)
-    journal.append([Entry(ev.kind_of(started), ev.encode(started))])
+    append_events(journal, [started])
     crashpoint("notify-channel-started")
     return after
 

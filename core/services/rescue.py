@@ -263,7 +263,7 @@ def _journal_recovery(
     transaction), so history shows who recovered the box and the notices go out as for
     any writing command. Returns the seq of `JournalRecovered`.
     """
-    from flywall.journal import Entry
+    from flywall.core.runtime.recorder import append_run
 
     event = ev.JournalRecovered(
         backup_id=manifest.backup_id,
@@ -277,12 +277,7 @@ def _journal_recovery(
         done = _already_journaled(journal, event)
         if done is not None:
             return done
-        run = [
-            ev.RunStarted(command=COMMAND_NAME, actor=actor),
-            event,
-            ev.RunFinished(outcome="completed"),
-        ]
-        rows = journal.append([Entry(ev.kind_of(e), ev.encode(e), run_id) for e in run])
+        rows = append_run(journal, run_id, COMMAND_NAME, actor, [event])
     crashpoint("rescue-journaled")
     return rows[1].seq
 

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from flywall.core.model import projection
-from flywall.core.model.errors import ConfigParseError, FlywallError
+from flywall.core.model.components import MARKED
+from flywall.core.model.errors import ConfigParseError, FlywallError, JournalDamaged
 from flywall.core.model.lifecycle import Lifecycle, State
 from flywall.core.services import drift
 
@@ -171,8 +172,6 @@ def _journal(ws: Workspace, *, integrity: bool) -> tuple[projection.Projection, 
     The file's `PRAGMA integrity_check` runs only when asked (`validate --all`); a box
     that never journaled passes both.
     """
-    from flywall.journal import JournalCorrupt
-
     journal = ws.read_journal()
     if journal is None:
         return projection.Projection(), "ok", "ok"
@@ -181,7 +180,9 @@ def _journal(ws: Workspace, *, integrity: bool) -> tuple[projection.Projection, 
         try:
             journal.verify()
             state = projection.replay(journal.read(), Lifecycle())
-        except (JournalCorrupt, FlywallError) as e:
+        except JournalDamaged:  # the file, not its chain: the command fails on it, as ever
+            raise
+        except FlywallError as e:
             chain = str(e)
         if integrity:
             rows = [row[0] for row in journal.connection.execute("PRAGMA integrity_check")]
@@ -429,7 +430,7 @@ def _verify(ws: Workspace, m: Migration, db: DatabaseTarget | None) -> None:
     from flywall.core.targets.files import target_for
 
     ctx = MigrationContext(m.version, "verify", ws.settings, lambda *_: None, lambda *_: None)
-    if m.component not in ("database", "state"):
+    if m.component not in MARKED:
         target = target_for(m.component, ws.paths.config, ws.paths.api_document)
         load_module(m).verify(ctx, target.open(fileio.read(target.path)))
         return
