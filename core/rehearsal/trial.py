@@ -414,7 +414,7 @@ def _verify(ws: Workspace, m: Migration) -> str | None:
     """Run `m`'s verify on the sandbox; return what failed, or None."""
     from flywall.core.runtime.context import MigrationContext
     from flywall.core.scripts.discovery import load_module
-    from flywall.core.targets.files import target_for
+    from flywall.core.targets.registry import file_target
 
     db = sandbox.open_database(ws) if m.component in MARKED else None
     ctx = MigrationContext(m.version, "verify", ws.settings, lambda *_: None, lambda *_: None, db)
@@ -426,8 +426,8 @@ def _verify(ws: Workspace, m: Migration) -> str | None:
         elif db is not None:
             load_module(m).verify(ctx, db)
         else:
-            target = target_for(m.component, ws.paths.config, ws.paths.api_document)
-            load_module(m).verify(ctx, target.open(fileio.read(target.path)))
+            target = file_target(m.component, ws.file_targets())
+            load_module(m).verify(ctx, target.parse(fileio.read(target.path)))
     except (Exception, SystemExit) as e:  # the vendor's sys.exit() too: a failed check
         return f"verify: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     finally:

@@ -852,16 +852,15 @@ class Engine:
         :raises ValidationFailed: the file does not parse; the message names file and line.
         """
         from flywall.core.runtime import fileio
-        from flywall.core.targets import files
+        from flywall.core.targets import registry
 
         touched = {m.component for v in plan if (m := self.ws.migration(v)) is not None}
-        paths = self.ws.paths
         for component in ("config", "api"):
             if component not in touched:
                 continue
-            target = files.target_for(component, paths.config, paths.api_document)
+            target = registry.file_target(component, self.ws.file_targets())
             try:
-                target.open(fileio.read(target.path))
+                target.parse(fileio.read(target.path))
             except (errors.ConfigParseError, msgspec.DecodeError) as e:
                 raise errors.ValidationFailed(f"pre-flight: {e}; nothing was changed") from e
             except UnicodeDecodeError as e:
@@ -1174,10 +1173,10 @@ class Engine:
     def _in_file(self, m: Migration, direction: str) -> None:
         """Edit the document in memory; journal the intent; then replace the file."""
         from flywall.core.runtime import fileio
-        from flywall.core.targets.files import digest, target_for
+        from flywall.core.targets.files import digest
+        from flywall.core.targets.registry import file_target
 
-        paths = self.ws.paths
-        target = target_for(m.component, paths.config, paths.api_document)
+        target = file_target(m.component, self.ws.file_targets())
         before = fileio.read(target.path)
         ctx = self._context(m, direction, None)
         if direction == "down" and self.state.record(m.version).unchanged:
@@ -1189,7 +1188,7 @@ class Engine:
         if after is not None:
             ctx.log("file unchanged since up: restored its exact bytes from before up")
         else:
-            document = target.open(before)
+            document = target.parse(before)
             limit = self._limit(direction)
             try:
                 with pytimeout.limit(limit):

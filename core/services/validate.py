@@ -426,12 +426,12 @@ def _verify(ws: Workspace, m: Migration, db: DatabaseTarget | None) -> None:
     from flywall.core.runtime.context import MigrationContext
     from flywall.core.scripts import sqlverify
     from flywall.core.scripts.discovery import load_module
-    from flywall.core.targets.files import target_for
+    from flywall.core.targets.registry import file_target
 
     ctx = MigrationContext(m.version, "verify", ws.settings, lambda *_: None, lambda *_: None)
     if m.component not in ("database", "state"):
-        target = target_for(m.component, ws.paths.config, ws.paths.api_document)
-        load_module(m).verify(ctx, target.open(fileio.read(target.path)))
+        target = file_target(m.component, ws.file_targets())
+        load_module(m).verify(ctx, target.parse(fileio.read(target.path)))
         return
     if db is None:
         msg = "state.db does not exist"
