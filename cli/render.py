@@ -208,7 +208,7 @@ def events(items: Sequence[dict[str, Any]]) -> None:
 
 def dry_run(report: DryRunReport) -> None:
     """Render `migrate --dry-run`: per migration its SQL (indented), then the diffs."""
-    from flywall.core.commands import MARKED  # loaded already: the dry run ran
+    from flywall.core.commands import marked  # loaded already: the dry run ran
 
     if not report.planned:
         echo("dry run: nothing to do")
@@ -223,7 +223,7 @@ def dry_run(report: DryRunReport) -> None:
             if statement.times > 1:
                 lines[-1] += f"  -- x{statement.times}"
             echo("\n".join(f"    {line}" for line in lines))
-        if not step.sql and step.ok and step.component in MARKED:
+        if not step.sql and step.ok and marked(step.component):
             echo("    (no SQL)")
         for line in step.log:
             echo(f"    log: {line}")

@@ -20,6 +20,7 @@ from flywall.core.appliance.workspace import Workspace
 from flywall.core.model import projection
 from flywall.core.model.lifecycle import Lifecycle, State
 from flywall.core.runtime import fileio, recovery
+from flywall.core.targets import registry
 from flywall.core.targets.database import (
     DatabaseTarget,
     bookkeeping,
@@ -153,7 +154,7 @@ def evidence_problems(
     applied = {
         v
         for v, r in replayed.migrations.items()
-        if r.state is State.APPLIED and r.component in recovery.MARKED
+        if r.state is State.APPLIED and registry.marked(r.component)
     }
     markers = set(db.markers()) if db else set()
     if applied - markers:

@@ -17,6 +17,7 @@ from crashkit import observe
 from flywall.core import commands
 from flywall.core.runtime import fileio
 from flywall.core.services import backup
+from flywall.core.targets import dbcopy
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -124,7 +125,7 @@ def test_a_writer_holding_the_lock_past_the_timeout_leaves_the_copy_whole(
     appliance: Appliance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No lock within the timeout: the online backup API copies what is committed."""
-    monkeypatch.setattr(backup, "BUSY_MS", 50)
+    monkeypatch.setattr(dbcopy, "BUSY_MS", 50)
     db = wal_database(appliance)
     committed = db.execute("SELECT id, body FROM blobs ORDER BY id").fetchall()
     writer = apsw.Connection(str(appliance.state_db))

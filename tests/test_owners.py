@@ -6,8 +6,9 @@
 - One pen: only the recorder writes to the journal. No other module outside `journal/`
   builds an `Entry` (what `Journal.append` takes) or calls `append`/`adopt_key` on a journal.
 - The dry-run choice is the command's: no face reads the `dry_run` setting.
-- The components whose migrations leave a marker row in state.db, `("database", "state")`,
-  are written out once (`flywall.core.model.components.MARKED`).
+- Which components leave a marker row in state.db is each target's own `marked` attribute
+  (asked through `flywall.core.targets.registry.marked`); `("database", "state")` is
+  written out nowhere.
 
 Each rule is proved not vacuous by a violation planted in a copy of a module.
 """
@@ -203,9 +204,6 @@ def test_a_face_choosing_a_dry_run_is_found() -> None:
     assert dry_run_choices("core/commands/__init__.py", sources["core/commands/__init__.py"])
 
 
-COMPONENTS_HOME = "core/model/components.py"
-
-
 def marked_literals(name: str, source: str) -> list[str]:
     """Each `("database", "state")` written out in `source` (a tuple, list or set)."""
     return [
@@ -218,15 +216,15 @@ def marked_literals(name: str, source: str) -> list[str]:
     ]
 
 
-def test_the_marked_components_are_defined_once() -> None:
-    sources = our_sources()
-    assert marked_literals(COMPONENTS_HOME, sources[COMPONENTS_HOME])
-    repeated = [
-        hit
-        for name, source in sorted(sources.items())
-        if name != COMPONENTS_HOME
-        for hit in marked_literals(name, source)
-    ]
+def test_the_marked_components_are_the_targets_own_answer() -> None:
+    from flywall.core.targets import registry
+
+    assert [c for c in registry.TARGETS if registry.marked(c)] == ["database", "state"]
+    repeated = (
+        [hit for name, source in sorted(sources.items()) for hit in marked_literals(name, source)]
+        if (sources := our_sources())
+        else []
+    )
     assert repeated == []
 
 

@@ -19,7 +19,6 @@ from flywall.core.appliance.workspace import Workspace as Workspace  # noqa: TC0
 from flywall.core.model import errors as errors
 from flywall.core.model import events as ev
 from flywall.core.model import projection
-from flywall.core.model.components import MARKED as MARKED
 from flywall.core.model.errors import EXIT_MIGRATION_FAILED as EXIT_MIGRATION_FAILED
 from flywall.core.model.errors import EXIT_VALIDATION as EXIT_VALIDATION
 from flywall.core.model.errors import FlywallError as FlywallError
@@ -34,6 +33,7 @@ from flywall.core.runtime.lock import current_holder
 from flywall.core.runtime.pytimeout import ending_runs as ending_runs
 from flywall.core.runtime.recovery import Decision  # noqa: TC001 - at runtime: msgspec and OpenAPI read annotations
 from flywall.core.scripts.discovery import Broken  # noqa: TC001 - at runtime: msgspec and OpenAPI read annotations
+from flywall.core.targets.registry import marked as marked
 
 if TYPE_CHECKING:
     from collections.abc import Callable

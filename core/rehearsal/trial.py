@@ -27,10 +27,9 @@ import msgspec
 
 from flywall.core.model import errors, planner
 from flywall.core.model import events as ev
-from flywall.core.model.components import MARKED
 from flywall.core.rehearsal import sandbox
 from flywall.core.runtime import fileio, snapshot
-from flywall.core.scripts import sqlverify
+from flywall.core.targets import registry
 from flywall.core.targets.database import bookkeeping, schema_fingerprint
 
 if TYPE_CHECKING:
@@ -411,23 +410,18 @@ def _step_for(m: Migration, outcome: str = "ok") -> TrialStep:
 
 
 def _verify(ws: Workspace, m: Migration) -> str | None:
-    """Run `m`'s verify on the sandbox; return what failed, or None."""
-    from flywall.core.runtime.context import MigrationContext
-    from flywall.core.scripts.discovery import load_module
-    from flywall.core.targets.files import target_for
+    """Run `m`'s verify on the sandbox, as `validate` runs it on a box; return what failed."""
+    from flywall.core.services.validate import verify_migration
+    from flywall.core.targets.database import open_existing
 
-    db = sandbox.open_database(ws) if m.component in MARKED else None
-    ctx = MigrationContext(m.version, "verify", ws.settings, lambda *_: None, lambda *_: None, db)
+    db = (
+        open_existing(ws.paths.state_db, ws.settings.version_table)
+        if registry.marked(m.component)
+        else None
+    )
+    target = registry.target_for(m.component, ws.file_targets(), db, state_db=ws.paths.state_db)
     try:
-        if m.kind == "sql":
-            assert db is not None
-            assert m.verify_sql is not None
-            sqlverify.check(db, m.verify_sql)
-        elif db is not None:
-            load_module(m).verify(ctx, db)
-        else:
-            target = target_for(m.component, ws.paths.config, ws.paths.api_document)
-            load_module(m).verify(ctx, target.open(fileio.read(target.path)))
+        verify_migration(ws.settings, m, target)
     except (Exception, SystemExit) as e:  # the vendor's sys.exit() too: a failed check
         return f"verify: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     finally:
@@ -485,7 +479,7 @@ class _Meter:
                 step.duration_ms = ns / 1e6
                 if isinstance(event, ev.MigrationFailed):
                     step.outcome, step.error = "failed", f"{event.error_type}: {event.message}"
-                if step.component in MARKED and self._db is not None:
+                if registry.marked(step.component) and self._db is not None:
                     self._settle()
                     step.rows = self._user_rows - self._rows_at_start
                     step.rows_per_s = step.rows / (ns / 1e9) if ns else None

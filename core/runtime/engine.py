@@ -18,7 +18,6 @@ import msgspec
 
 from flywall.core.model import errors, planner, projection
 from flywall.core.model import events as ev
-from flywall.core.model.components import MARKED
 from flywall.core.model.lifecycle import Lifecycle, State
 from flywall.core.model.times import iso_seconds
 from flywall.core.runtime import pytimeout, recovery, snapshot
@@ -28,7 +27,10 @@ from flywall.core.runtime.lock import Holder, WriterLock
 from flywall.core.runtime.recorder import Recorder
 from flywall.core.runtime.watchdog import Watchdog
 from flywall.core.scripts import signing
+from flywall.core.targets import registry
 from flywall.core.targets.database import DatabaseTarget
+from flywall.core.targets.protocol import Step
+from flywall.core.targets.statedb import RecordsTarget, SchemaTarget
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from flywall.core.scripts.discovery import Migration
     from flywall.core.services.backup import Manifest
     from flywall.core.services.notify import Courier
+    from flywall.core.targets.protocol import Target
     from flywall.journal import Journal, StoredEvent
 
 
@@ -359,7 +362,7 @@ class Engine:
         started = self._started(m, direction, record.attempts, None)
         t0 = time.monotonic_ns()
         try:
-            self._in_database(self.database(), m, direction, started)
+            self._in_database(m, direction, started)
         except BaseException as e:
             try:
                 self._failed(record.version, direction, e, t0)
@@ -379,7 +382,7 @@ class Engine:
         """
         record = self.state.record(version)
         db = self.existing_database()
-        if record.component not in MARKED or db is None:
+        if not registry.marked(record.component) or db is None:
             return False
         marked = db.markers().get(version)
         return marked is not None and marked != record.checksum
@@ -392,7 +395,7 @@ class Engine:
         """
         record = self.state.record(version)
         db = self.existing_database()
-        if record.component not in MARKED or db is None or not db.has_marker(version):
+        if not registry.marked(record.component) or db is None or not db.has_marker(version):
             return
         with db.transaction(record.component):
             db.rebind_marker(version, checksum)
@@ -407,7 +410,7 @@ class Engine:
         """
         record = self.state.record(version)
         applied = target is State.APPLIED
-        if record.component not in MARKED:
+        if not registry.marked(record.component):
             return
         db = self.database() if applied else self.existing_database()  # as applying would
         if db is None or db.has_marker(version) == applied:
@@ -672,8 +675,8 @@ class Engine:
         """
         pytimeout.checkpoint()
         migrations = [self.ws.migration(v) for v in plan]
-        in_db = [m for m in migrations if m is not None and m.component in MARKED]
-        in_files = [m for m in migrations if m is not None and m.component not in MARKED]
+        in_db = [m for m in migrations if m is not None and registry.marked(m.component)]
+        in_files = [m for m in migrations if m is not None and not registry.marked(m.component)]
         if in_db:
             db = self.database()
             attempts = {m.version: self.state.record(m.version).attempts + 1 for m in in_db}
@@ -690,21 +693,9 @@ class Engine:
                 with pytimeout.limit(limit), db.transaction("database"):
                     for current in in_db:
                         ctx = self._context(current, "up", db.db)
-                        body = (
-                            self._with_records(current, "up", ctx, atomic=True)
-                            if current.component == "state"
-                            else _body(current, "up", ctx)
-                        )
-                        db.apply(
-                            version=current.version,
-                            component=current.component,
-                            direction="up",
-                            checksum=current.checksum,
-                            body=pytimeout.vendor(body),
-                            run_id=self.run_id,
-                            schema_version=current.schema_version,
-                            previous=None,
-                            fingerprint=False,
+                        step = self._step_of(current, "up", current.checksum, ctx, atomic=True)
+                        self._in_state_db(current.component).apply_within(
+                            step, pytimeout.vendor(_change(current, "up", ctx)), fingerprint=False
                         )
                     # They commit together, so each one's schema after it is the schema
                     # this transaction commits: fingerprinted once, here, not per migration.
@@ -797,16 +788,15 @@ class Engine:
         :raises ValidationFailed: the file does not parse; the message names file and line.
         """
         from flywall.core.runtime import fileio
-        from flywall.core.targets import files
 
         touched = {m.component for v in plan if (m := self.ws.migration(v)) is not None}
-        paths = self.ws.paths
-        for component in ("config", "api"):
+        documents = [c for c in registry.TARGETS if not registry.marked(c)]  # config, api
+        for component in documents:
             if component not in touched:
                 continue
-            target = files.target_for(component, paths.config, paths.api_document)
+            target = registry.file_target(component, self.ws.file_targets())
             try:
-                target.open(fileio.read(target.path))
+                target.parse(fileio.read(target.path))
             except (errors.ConfigParseError, msgspec.DecodeError) as e:
                 raise errors.ValidationFailed(f"pre-flight: {e}; nothing was changed") from e
             except UnicodeDecodeError as e:
@@ -1036,15 +1026,15 @@ class Engine:
         pytimeout.checkpoint()  # a signal that came in the engine's own code stops it here
         record = self.state.record(m.version)
         component = m.component if direction == "up" else record.component
-        db = self.database() if component in MARKED else None
-        before = db.fingerprint() if db is not None else None
+        in_db = registry.marked(component)
+        before = self.database().fingerprint() if in_db else None
         started = self._started(m, direction, attempt, before)
         sources = [(m.checksum, m.source)] if direction == "up" else []
         self.recorder.append([(m.version, started)], sources=sources)
         t0 = time.monotonic_ns()
         try:
-            if db is not None:
-                fingerprint = self._in_database(db, m, direction, started)
+            if in_db:
+                fingerprint = self._in_database(m, direction, started)
             else:
                 fingerprint = None
                 self._in_file(m, direction)
@@ -1061,32 +1051,70 @@ class Engine:
         )
         self.recorder.defer(m.version, outcome)
 
+    def target(self, component: str) -> Target:
+        """The target `component` names, on this run's state.db connection (opened lazily).
+
+        Its `apply` is what a step runs; its `marked` tells a step in state.db's
+        transaction (watched by the SQLite watchdog) from a journaled file write.
+        """
+        marked = registry.marked(component)
+        return registry.target_for(
+            component,
+            self.ws.file_targets(),
+            self.database() if marked else None,
+            state_db=self.ws.paths.state_db,
+            vfs=self.ws.sqlite.vfs,
+        )
+
+    def _in_state_db(self, component: str) -> SchemaTarget | RecordsTarget:
+        target = self.target(component)
+        assert isinstance(target, (SchemaTarget, RecordsTarget))  # `marked` components
+        return target
+
+    def _step_of(
+        self,
+        m: Migration,
+        direction: str,
+        checksum: str,
+        ctx: MigrationContext,
+        *,
+        previous: tuple[str, str] | None = None,
+        atomic: bool = False,
+        intend: Callable[[bytes | None, bytes], None] | None = None,
+    ) -> Step:
+        """What a target needs of one step; a batched `state` step journals each batch."""
+
+        def on_batch(last_key: str, rows: int, total: int) -> None:
+            batch = ev.BatchCommitted(last_key=last_key, rows=rows, total_rows=total)
+            self.recorder.append([(m.version, batch)])
+
+        return Step(
+            version=m.version,
+            direction=direction,
+            checksum=checksum,
+            run_id=self.run_id,
+            schema_version=m.schema_version,
+            previous=previous,
+            on_batch=on_batch,
+            progress=ctx.progress,
+            atomic=atomic,
+            **({"intend": intend} if intend is not None else {}),
+        )
+
     def _in_database(
-        self, db: DatabaseTarget, m: Migration, direction: str, started: ev.MigrationStarted
+        self, m: Migration, direction: str, started: ev.MigrationStarted
     ) -> str | None:
         """Run the migration inside the target's transaction, with its marker."""
+        db = self.database()
         ctx = self._context(m, direction, db.db)
-        body = (
-            self._with_records(m, direction, ctx)
-            if started.component == "state"
-            else _body(m, direction, ctx)
-        )
+        previous = None if direction == "up" else self._previous(started.component, m.version)
+        step = self._step_of(m, direction, started.checksum, ctx, previous=previous)
+        target = self.target(started.component)
         limit = self._limit(direction)
         self._watchdog.arm(db.db, limit)
         try:
             with pytimeout.limit(limit):
-                return db.run(
-                    version=m.version,
-                    component=started.component,
-                    direction=direction,
-                    checksum=started.checksum,
-                    body=pytimeout.vendor(body),
-                    run_id=self.run_id,
-                    schema_version=m.schema_version,
-                    previous=None
-                    if direction == "up"
-                    else self._previous(started.component, m.version),
-                )
+                return target.apply(step, pytimeout.vendor(_change(m, direction, ctx)))
         except (apsw.InterruptError, pytimeout.PythonTimeout) as e:
             raise _timed_out(m.version, limit, e) from e
         finally:
@@ -1097,32 +1125,13 @@ class Engine:
         settings = self.ws.settings
         return settings.timeout if direction == "up" else settings.rollback_timeout
 
-    def _with_records(
-        self, m: Migration, direction: str, ctx: MigrationContext, *, atomic: bool = False
-    ) -> Callable[[apsw.Connection], None]:
-        """Give a state migration the record helper; journal each committed batch."""
-        from flywall.core.targets.records import Records
-
-        function = _function(m, direction)
-
-        def on_batch(last_key: str, rows: int, total: int) -> None:
-            batch = ev.BatchCommitted(last_key=last_key, rows=rows, total_rows=total)
-            self.recorder.append([(m.version, batch)])
-
-        def body(db: apsw.Connection) -> None:
-            step = f"{m.version}:{direction}"
-            records = Records(db, step, on_batch=on_batch, progress=ctx.progress, atomic=atomic)
-            function(ctx, records)
-
-        return body
-
     def _in_file(self, m: Migration, direction: str) -> None:
         """Edit the document in memory; journal the intent; then replace the file."""
         from flywall.core.runtime import fileio
-        from flywall.core.targets.files import digest, target_for
+        from flywall.core.targets.files import FileTarget, digest
 
-        paths = self.ws.paths
-        target = target_for(m.component, paths.config, paths.api_document)
+        target = self.target(m.component)
+        assert isinstance(target, FileTarget)  # not `marked`
         before = fileio.read(target.path)
         ctx = self._context(m, direction, None)
         if direction == "down" and self.state.record(m.version).unchanged:
@@ -1134,7 +1143,7 @@ class Engine:
         if after is not None:
             ctx.log("file unchanged since up: restored its exact bytes from before up")
         else:
-            document = target.open(before)
+            document = target.parse(before)
             limit = self._limit(direction)
             try:
                 with pytimeout.limit(limit):
@@ -1142,20 +1151,22 @@ class Engine:
             except pytimeout.PythonTimeout as e:  # nothing written yet: the file is untouched
                 raise _timed_out(m.version, limit, e) from e
             after = target.render(document, before)
-        if after is None or after == before:
-            return
-        self._check_config(m, after)
-        intent = ev.WriteIntent(
-            direction=direction,  # type: ignore[arg-type]
-            path=str(target.path),
-            digest_before=digest(before),
-            digest_after=digest(after) or "",
-        )
-        stored = [(intent.digest_after, after)]
-        if before is not None and intent.digest_before is not None:
-            stored.append((intent.digest_before, before))
-        self.recorder.append([(m.version, intent)], sources=stored)
-        fileio.replace(target.path, after)
+
+        def intend(before: bytes | None, after: bytes) -> None:
+            """Write-ahead: the firmware's check, then the durable WriteIntent."""
+            self._check_config(m, after)
+            intent = ev.WriteIntent(
+                direction=direction,  # type: ignore[arg-type]
+                path=str(target.path),
+                digest_before=digest(before),
+                digest_after=digest(after) or "",
+            )
+            stored = [(intent.digest_after, after)]
+            if before is not None and intent.digest_before is not None:
+                stored.append((intent.digest_before, before))
+            self.recorder.append([(m.version, intent)], sources=stored)
+
+        target.write(self._step_of(m, direction, m.checksum, ctx, intend=intend), before, after)
 
     def _check_config(self, m: Migration, after: bytes) -> None:
         """Ask the firmware's validator (`check_command`) about a migrated config first.
@@ -1307,8 +1318,8 @@ def _timed_out(version: str, limit: float, e: BaseException) -> errors.Migration
     )
 
 
-def _body(m: Migration, direction: str, ctx: MigrationContext) -> Callable[[Any], None]:
-    """Return the callable that does `m`'s `direction` on an open connection."""
+def _change(m: Migration, direction: str, ctx: MigrationContext) -> Callable[[Any], None]:
+    """Return what does `m`'s `direction` on what its target opens (a connection, records)."""
     if m.kind == "sql":
         sql = m.up_sql if direction == "up" else m.down_sql
         assert sql is not None
@@ -1319,7 +1330,7 @@ def _body(m: Migration, direction: str, ctx: MigrationContext) -> Callable[[Any]
 
         return run_sql
     function = _function(m, direction)
-    return lambda db: function(ctx, db)
+    return lambda target: function(ctx, target)
 
 
 def _function(m: Migration, direction: str) -> Callable[..., Any]:

@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import msgspec
 
 from flywall.core.model import events as ev
-from flywall.core.model.components import MARKED
 from flywall.core.model.errors import ValidationFailed
 from flywall.core.model.lifecycle import State
 from flywall.core.runtime import fileio
 from flywall.core.runtime.crash import crashpoint
-from flywall.core.targets.files import digest
+from flywall.core.targets import registry
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -95,64 +94,17 @@ def decide(
             interrupted_run=record.last_run,
             action="restore",
         )
-    if record.component in MARKED:
-        done, evidence = _database_evidence(record, db, direction)
-        action = None
-        half_done = not done and db is not None and db.checkpoints(record.version, direction)
-        if half_done and (direction == "down" or resume_up):
-            done, action = True, "resume"
-    else:
-        done, evidence, action = _file_evidence(record, files[record.component])
+    seen = registry.target_for(record.component, files, db).evidence(record)
+    done, action = seen.done, seen.action
+    if seen.half_done and (direction == "down" or resume_up):
+        done, action = True, "resume"
     return Decision(
         version=record.version,
         direction=direction,
         decision=_outcome(direction, done=done),
-        evidence=evidence,
+        evidence=seen.evidence,
         interrupted_run=record.last_run,
         action=action,
-    )
-
-
-def _database_evidence(
-    record: MigrationRecord, db: DatabaseTarget | None, direction: str
-) -> tuple[bool, dict[str, str]]:
-    present = db is not None and db.has_marker(record.version)
-    evidence = {
-        "target": str(db.path) if db is not None else "state.db missing",
-        "marker": "present" if present else "absent",
-    }
-    if db is not None:
-        evidence["fingerprint"] = db.fingerprint()
-        evidence.update({f"checkpoint {k}": v for k, v in db.checkpoints(record.version).items()})
-    return (present if direction == "up" else not present), evidence
-
-
-def _file_evidence(record: MigrationRecord, path: Path) -> tuple[bool, dict[str, str], str | None]:
-    """Apply DESIGN §7's decision table for a file target."""
-    intent = record.intent
-    if intent is None:
-        return False, {"write_intent": "none: the file was not touched"}, None
-    current = digest(fileio.read(path))
-    evidence = {
-        "target": str(path),
-        "digest_before": intent.digest_before or "(no file)",
-        "digest_after": intent.digest_after,
-        "digest_now": current or "(no file)",
-    }
-    if current == intent.digest_after:
-        return True, evidence, None
-    if current == intent.digest_before:
-        temp = digest(fileio.read(fileio.temp_path(fileio.resolve(path))))
-        evidence["temp_file"] = temp or "(none)"
-        if temp == intent.digest_after:
-            return True, evidence, "roll_forward"
-        return False, evidence, None
-    if current is None:
-        return True, evidence, "rewrite"
-    raise ValidationFailed(
-        f"{path}: edited by someone else during an interrupted migration "
-        f"{record.version}: it is {current}, expected before {intent.digest_before} "
-        f"or after {intent.digest_after}; both contents are kept in the journal"
     )
 
 

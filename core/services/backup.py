@@ -17,26 +17,26 @@ the recorded head, and `journal recover-from-backup` journals the recovery on to
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
-import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import apsw
-import blake3
 import msgspec
 
 from flywall.core.model.errors import FlywallError, UsageError, ValidationFailed
 from flywall.core.runtime import fileio
 from flywall.core.runtime.crash import crashpoint
+from flywall.core.targets import registry
+from flywall.core.targets.dbcopy import connect, digest_range, file_digest
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
     from flywall.core.appliance.workspace import Workspace
+    from flywall.core.targets.protocol import Target
 
 MANIFEST = "manifest.json"
 
@@ -193,30 +193,6 @@ class _Once:
                 raise
 
 
-class _Worker(threading.Thread):
-    """A call in a thread of its own; `result()` waits and returns or raises what it did."""
-
-    def __init__(self, fn: Callable[..., Any], *args: object) -> None:
-        super().__init__(daemon=True)
-        self._call = (fn, args)
-        self._outcome: tuple[bool, Any] = (False, None)
-        self.start()
-
-    def run(self) -> None:
-        fn, args = self._call
-        try:
-            self._outcome = (True, fn(*args))
-        except BaseException as e:  # handed to the waiting thread, raised there
-            self._outcome = (False, e)
-
-    def result(self) -> Any:
-        self.join()
-        ok, value = self._outcome
-        if not ok:
-            raise value
-        return value
-
-
 def _copy(
     ws: Workspace, source: tuple[str, str, Path], folder: Path, io: fileio.IO, once: _Once
 ) -> BackupItem:
@@ -226,15 +202,15 @@ def _copy(
         return BackupItem(
             name=name, component=component, source=str(path), size=0, digest="", absent=True
         )
-    copy = folder / name
-    if component == "database":
-        size, digest = _copy_database(path, copy, ws.sqlite.vfs, io, once)
-        crashpoint("backup-state-copied")
-    else:
-        data = fileio.read(path) or b""
-        io.write_new(copy, data, 0o600)
-        size, digest = len(data), blake3.blake3(data).hexdigest()
-    return BackupItem(name=name, component=component, source=str(path), size=size, digest=digest)
+    copied = _target(ws, component, path).backup(folder / name, io, once)
+    return BackupItem(
+        name=name, component=component, source=str(path), size=copied.size, digest=copied.digest
+    )
+
+
+def _target(ws: Workspace, component: str, path: Path) -> Target:
+    """The target whose file `path` is: it knows how to copy and restore it."""
+    return registry.target_for(component, {component: path}, state_db=path, vfs=ws.sqlite.vfs)
 
 
 JOURNAL_COPY = "journal.db"
@@ -252,8 +228,8 @@ def _copy_journal(ws: Workspace, folder: Path) -> tuple[BackupItem | None, tuple
     if not source.exists():
         return None, (0, "")
     copy = folder / JOURNAL_COPY
-    src = _connect(str(source), ws.sqlite.vfs, apsw.SQLITE_OPEN_READONLY)
-    dest = _connect(str(copy), None)
+    src = connect(str(source), ws.sqlite.vfs, apsw.SQLITE_OPEN_READONLY)
+    dest = connect(str(copy), None)
     try:
         with dest.backup("main", src, "main") as job:
             job.step(-1)
@@ -267,7 +243,7 @@ def _copy_journal(ws: Workspace, folder: Path) -> tuple[BackupItem | None, tuple
     try:
         os.fsync(fd)
         size = os.fstat(fd).st_size
-        digest = _digest(fd, size)
+        digest = digest_range(fd, size)
     finally:
         os.close(fd)
     crashpoint("backup-journal-copied")
@@ -275,172 +251,6 @@ def _copy_journal(ws: Workspace, folder: Path) -> tuple[BackupItem | None, tuple
         name=JOURNAL_COPY, component="journal", source=str(source), size=size, digest=digest
     )
     return item, (0, "") if row is None else (int(row[0]), bytes(row[1]).hex())
-
-
-def file_digest(path: Path) -> str:
-    """Return the blake3 of a file, streamed through one bounded buffer.
-
-    Neither read whole nor memory-mapped: a mapping of a 1 GB state.db counts in full
-    against the process's resident memory. One thread: at these buffer sizes blake3's own
-    threads measured slower than one core here (0.19 s against 0.16 s for 1 GiB).
-    """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return _digest(fd, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
-
-
-def _digest(fd: int, size: int, patch: tuple[int, bytes] | None = None) -> str:
-    """The blake3 of bytes [0, size) of fd, with `patch` = (offset, bytes) laid over them."""
-    hasher = blake3.blake3()
-    buffer = bytearray(min(size, fileio.CHUNK))
-    offset = 0
-    while offset < size:
-        n = os.preadv(fd, [memoryview(buffer)[: min(len(buffer), size - offset)]], offset)
-        if n == 0:
-            raise OSError(errno.EIO, f"file ended at byte {offset} of {size}")
-        if patch is not None and offset <= patch[0] < offset + n:
-            at = patch[0] - offset
-            buffer[at : at + len(patch[1])] = patch[1]
-        hasher.update(memoryview(buffer)[:n])
-        offset += n
-    return hasher.hexdigest()
-
-
-def _connect(path: str, vfs: str | None, flags: int | None = None) -> apsw.Connection:
-    """Open through the workspace's VFS (the power-cut simulation sits there in tests)."""
-    kwargs: dict[str, object] = {"vfs": vfs} if vfs else {}
-    if flags is not None:
-        kwargs["flags"] = flags
-    return apsw.Connection(path, **kwargs)  # type: ignore[arg-type]
-
-
-WAL_HEADER = (18, b"\x02\x02")
-"""Bytes 18-19 of an SQLite header in WAL mode (file format versions); rollback mode is 1, 1."""
-
-
-def _copy_database(
-    source: Path, target: Path, vfs: str | None, io: fileio.IO, once: _Once
-) -> tuple[int, str]:
-    """Copy state.db byte for byte while no one can change it; return (size, digest).
-
-    The write lock (`BEGIN IMMEDIATE`) stops every writer, and in WAL mode a checkpoint
-    (with the lock held) first moves every committed frame into the main file: from then
-    on no connection can change that file, readers go on reading, and the file is the
-    whole database. The copy moves in the kernel; a WAL header is rewritten to rollback
-    mode, so the copy is a plain self-contained database file, as `PRAGMA journal_mode =
-    DELETE` after the online backup API left it. The digest is taken of the locked source
-    with that same header, in a thread of its own while another writes and fsyncs the copy
-    (and this one runs `once`), in one bounded buffer: it is what the copy must hold, and
-    `verify` compares the copy with it before a restore (so a faulty copy is caught too,
-    not enshrined).
-
-    A reader that keeps an old snapshot can stop the checkpoint from reaching the end of
-    the WAL, and a writer can hold the lock past the busy timeout: then the online backup
-    API copies instead (page by page, restarting when a writer commits), as it always did.
-    """
-    lock = _connect(str(source), vfs, apsw.SQLITE_OPEN_READWRITE)
-    try:
-        lock.set_busy_timeout(BUSY_MS)
-        if _freeze(lock, str(source), vfs):
-            size = lock.execute("PRAGMA page_size").fetchone()
-            count = lock.execute("PRAGMA page_count").fetchone()
-            assert size is not None  # these PRAGMAs always return one row
-            assert count is not None
-            (page_size,), (pages,) = size, count
-            copied = _copy_frozen(source, page_size * pages, target, io, once)
-            if copied is not None:
-                return copied
-        return _online_copy(source, target, lock, once)
-    finally:
-        if lock.in_transaction:
-            lock.execute("ROLLBACK")
-        lock.close()
-
-
-def _copy_frozen(
-    source: Path, size: int, target: Path, io: fileio.IO, once: _Once
-) -> tuple[int, str] | None:
-    """Copy and digest the first `size` bytes (the whole database) in two threads; run `once`.
-
-    None if the main file is shorter than the database (never seen: the freeze put every
-    page there; then the online backup API copies instead).
-    """
-    fd = os.open(source, os.O_RDONLY)
-    try:
-        if os.fstat(fd).st_size < size:
-            return None
-        patch: tuple[int, bytes] | None = (WAL_HEADER[0], b"\x01\x01")
-        if os.pread(fd, 2, WAL_HEADER[0]) != WAL_HEADER[1]:
-            patch = None
-        copying = _Worker(io.copy_new, fd, size, target, 0o600, patch)
-        hashing = _Worker(_digest, fd, size, patch)
-        try:
-            once()
-        finally:
-            copying.join()
-            hashing.join()
-        copying.result()
-        return size, hashing.result()
-    finally:
-        os.close(fd)
-
-
-BUSY_MS = 5000
-"""How long the backup waits for another writer before copying with the online backup API."""
-
-
-def _freeze(lock: apsw.Connection, source: str, vfs: str | None) -> bool:
-    """Take the write lock; in WAL mode checkpoint everything. False: state.db stays busy."""
-    try:
-        lock.execute("BEGIN IMMEDIATE")
-        lock.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # the read snapshot
-    except apsw.BusyError:
-        return False
-    if lock.execute("PRAGMA journal_mode").fetchall()[0][0] != "wal":
-        return True  # rollback mode: with RESERVED held, no one writes the main file
-    # The lock's own connection cannot checkpoint inside its transaction: a second one can
-    # (PASSIVE needs no writer lock), and nothing can append to the WAL meanwhile.
-    other = _connect(source, vfs, apsw.SQLITE_OPEN_READWRITE)
-    try:
-        other.execute("PRAGMA schema_version").fetchall()  # opens the WAL (else: -1, -1)
-        frames, copied = other.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
-    except apsw.BusyError:
-        return False
-    finally:
-        other.close()
-    crashpoint("backup-state-checkpointed")
-    return 0 <= frames == copied
-
-
-def _online_copy(source: Path, target: Path, lock: apsw.Connection, once: _Once) -> tuple[int, str]:
-    """Copy a database others keep busy with SQLite's online backup API; fsync; digest.
-
-    `once` runs first, the lock released. The copy is a plain file of the backup folder
-    (fsynced, then the folder renamed and fsynced), so it never goes through the
-    workspace's VFS.
-    """
-    if lock.in_transaction:
-        lock.execute("ROLLBACK")
-    once()
-    src = _connect(str(source), None, apsw.SQLITE_OPEN_READONLY)
-    dest = _connect(str(target), None)
-    try:
-        with dest.backup("main", src, "main") as job:
-            while not job.done:
-                job.step(4096)
-        dest.execute("PRAGMA journal_mode = DELETE")
-    finally:
-        dest.close()
-        src.close()
-    os.chmod(target, 0o600)  # noqa: PTH101 - before anyone can read it
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        return os.fstat(fd).st_size, _digest(fd, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
 
 
 def read_manifest(ws: Workspace, backup_id: str) -> Manifest:
@@ -498,31 +308,8 @@ def restore_items(ws: Workspace, manifest: Manifest) -> None:
     folder = ws.paths.backups / manifest.backup_id
     live = {name: path for name, _, path in _sources(ws)}
     for item in manifest.items:
-        if item.absent and item.component != "database":
-            if live[item.name].exists():
-                fileio.REAL.unlink(live[item.name])
-                fileio.REAL.fsync_dir(live[item.name].parent)
-            crashpoint("restore-file-done")
-        elif item.component == "database":
-            if item.absent and not live[item.name].exists():
-                continue
-            dest = _connect(str(live[item.name]), ws.sqlite.vfs)
-            # An absent state.db is restored as an empty one: deleting a live database
-            # (and its -wal or -journal) is not atomic; emptying it in one transaction is.
-            source = ":memory:" if item.absent else str(folder / item.name)
-            src = _connect(source, ws.sqlite.vfs, apsw.SQLITE_OPEN_READONLY)
-            try:
-                mode = dest.execute("PRAGMA journal_mode").fetchall()[0][0]
-                dest.execute(f"PRAGMA synchronous = {'FULL' if mode == 'wal' else 'EXTRA'}")
-                with dest.backup("main", src, "main") as job:
-                    job.step(-1)
-            finally:
-                src.close()
-                dest.close()
-            crashpoint("restore-state-done")
-        else:
-            fileio.replace(live[item.name], (folder / item.name).read_bytes())
-            crashpoint("restore-file-done")
+        copy = None if item.absent else folder / item.name
+        _target(ws, item.component, live[item.name]).restore(copy)
 
 
 def remove(ws: Workspace, backup_id: str) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flywall.core.model.components import MARKED
 from flywall.core.model.lifecycle import State
 from flywall.core.runtime.recovery import IN_FLIGHT
+from flywall.core.targets import registry
 
 if TYPE_CHECKING:
     from flywall.core.model.projection import Projection
@@ -29,7 +29,7 @@ def detect(state: Projection, db: DatabaseTarget | None) -> list[str]:
     journal_applied = {
         v: r
         for v, r in state.migrations.items()
-        if r.state is State.APPLIED and r.component in MARKED
+        if r.state is State.APPLIED and registry.marked(r.component)
     }
     in_flight = {r.version for r in state.in_state(*IN_FLIGHT)}
     markers = db.markers() if db is not None else {}

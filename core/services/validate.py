@@ -7,21 +7,23 @@ has deprecated still works, so it is reported (`warnings`) but does not fail val
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from flywall.core.model import projection
-from flywall.core.model.components import MARKED
 from flywall.core.model.errors import ConfigParseError, FlywallError, JournalDamaged
 from flywall.core.model.lifecycle import Lifecycle, State
 from flywall.core.services import drift
+from flywall.core.targets import registry
 
 if TYPE_CHECKING:
+    from flywall.core.appliance.settings import Settings
     from flywall.core.appliance.workspace import Workspace
     from flywall.core.formats.hcl import Block, Body, Document
     from flywall.core.scripts.discovery import Migration
     from flywall.core.targets.database import DatabaseTarget
+    from flywall.core.targets.protocol import Target
 
 WARNING_CHECKS = frozenset({"deprecations", "missing files", "current_version"})
 """Checks whose findings are warnings: reported, but `ok` stays true."""
@@ -423,27 +425,36 @@ def verify_migrations(
 
 
 def _verify(ws: Workspace, m: Migration, db: DatabaseTarget | None) -> None:
-    from flywall.core.runtime import fileio
+    target = registry.target_for(
+        m.component, ws.file_targets(), db, state_db=ws.paths.state_db, vfs=ws.sqlite.vfs
+    )
+    verify_migration(ws.settings, m, target)
+
+
+def verify_migration(settings: Settings, m: Migration, target: Target) -> None:
+    """Run `m`'s post-condition on its target: `-- migrate:verify`, or `verify(ctx, target)`.
+
+    The one verify of `validate` (the live box) and `test` (a copy): the target runs it
+    looking, never changing (`Target.verify`: SQL in a savepoint always rolled back, a
+    document parsed fresh). `ctx.db` is the connection when the target has one.
+
+    :raises: whatever the check raises (that is the finding); FlywallError when state.db
+        does not exist.
+    """
     from flywall.core.runtime.context import MigrationContext
     from flywall.core.scripts import sqlverify
     from flywall.core.scripts.discovery import load_module
-    from flywall.core.targets.files import target_for
 
-    ctx = MigrationContext(m.version, "verify", ws.settings, lambda *_: None, lambda *_: None)
-    if m.component not in MARKED:
-        target = target_for(m.component, ws.paths.config, ws.paths.api_document)
-        load_module(m).verify(ctx, target.open(fileio.read(target.path)))
-        return
-    if db is None:
-        msg = "state.db does not exist"
-        raise FlywallError(msg)
-    conn = db.db
-    conn.execute("SAVEPOINT flywall_verify")
-    try:
-        if m.kind == "sql":
-            sqlverify.check(conn, m.verify_sql or "")
-        else:
-            load_module(m).verify(ctx, conn)
-    finally:
-        conn.execute("ROLLBACK TO flywall_verify")
-        conn.execute("RELEASE flywall_verify")
+    def check(opened: Any) -> None:
+        if m.kind == "sql":  # a `database` migration: `opened` is the connection
+            sqlverify.check(opened, m.verify_sql or "")
+            return
+        conn = opened if target.marked else None
+        ctx = MigrationContext(m.version, "verify", settings, _quiet, _quiet, conn)
+        load_module(m).verify(ctx, opened)
+
+    target.verify(check)
+
+
+def _quiet(*_: object) -> None:
+    """A verify's `ctx.log` and `ctx.progress`: a check reports by raising, not by logging."""

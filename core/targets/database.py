@@ -27,7 +27,11 @@ MARKERS = "flywall_migration_markers"
 
 
 class DatabaseTarget:
-    """One open connection to state.db for the length of a run."""
+    """One open connection to state.db for the length of a run.
+
+    Not a `Target` itself: both state.db targets (`statedb.py`: the schema and the
+    records) run their steps through it, so a run opens state.db once.
+    """
 
     def __init__(
         self,
