@@ -4,7 +4,7 @@ A target is one of the four things a migration changes: the schema of state.db
 (`database`), the records inside it (`state`), flywall.hcl (`config`) and api.json
 (`api`). Each answers the same questions, so no caller branches on a component's name:
 
-- `open`: what a step's `up`/`down` (and a `verify`) receives;
+- `open`: what a step's `up`/`down` receives;
 - `apply`: do one step and leave the evidence recovery reads;
 - `evidence`: after a crash, which side of its step an interrupted migration is on;
 - `verify`: run a migration's post-condition against the target as it is now;
@@ -124,12 +124,15 @@ class Target(Protocol):
         ...
 
     def verify(self, check: Callable[[Any], None]) -> None:
-        """Run `check` on what `open` gives; it may look but never change anything.
+        """Run `check` on the target as a migration's `verify(ctx, target)` receives it.
 
-        One semantics for `validate` (the live box) and `test` (a rehearsal copy): SQL
-        runs inside a savepoint that is always rolled back, a document is parsed fresh
-        from the file and never written. A check that writes can therefore not make the
-        next check pass, on a copy or on the box.
+        That is the connection for both state.db targets (a `state` verify reads rows
+        with SQL, not through the batched helper its up used) and the document for files.
+        It may look but never change anything. One semantics for `validate` (the live box)
+        and `test` (a rehearsal copy), which had two: SQL runs inside a savepoint that is
+        always rolled back, a document is parsed fresh from the file and never written.
+        The copy needed no such care for its own sake, but a check that wrote there could
+        make the `validate` run next on the same copy pass.
 
         :raises: whatever `check` raises: that is the finding.
         """
@@ -138,8 +141,9 @@ class Target(Protocol):
     def backup(self, copy: Path, io: fileio.IO, alongside: Callable[[], None]) -> Copy:
         """Write a consistent copy of the target's file to `copy` (new, fsynced, 0600).
 
-        `alongside` is called exactly once, during or before the copy (a run's
-        validate_before overlaps state.db's copy).
+        `alongside` (a run's validate_before) may be called, at most once, while a long
+        copy is written, so its CPU overlaps the copy's I/O (state.db's); the caller runs
+        it afterwards when the target did not.
         """
         ...
 
