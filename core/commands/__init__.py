@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 # What the faces (cli/, api/) use besides the functions below: they import nothing else of
-# the core (tests/test_layers.py). Journal errors are still caught raw by the faces.
+# the core (tests/test_layers.py). Journal errors reach them as FlywallErrors (workspace).
 from flywall.core.appliance.workspace import Workspace as Workspace  # noqa: TC001 - the faces load it
 from flywall.core.model import errors as errors
 from flywall.core.model import events as ev
