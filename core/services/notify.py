@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from flywall.core.model import events as ev
-from flywall.core.model.errors import Busy, FlywallError, JournalTampered
+from flywall.core.model.errors import Busy, FlywallError
 from flywall.core.runtime.crash import crashpoint
 from flywall.journal import Entry, JournalError
 
@@ -205,13 +205,13 @@ def deliver_and_warn(ws: Workspace, channels: Sequence[str] | None = None) -> li
 
 
 def _check_chain(journal: Journal) -> None:
-    """Never extend (nor report from) a journal whose chain is broken."""
-    from flywall.journal import JournalCorrupt
+    """Never extend (nor report from) a journal whose chain is broken.
 
-    try:
-        journal.verify()
-    except JournalCorrupt as e:
-        raise JournalTampered(e.seq, e.detail) from e
+    As a writer's pre-flight: the events after the chain's verified point (`chaincheck`).
+    """
+    from flywall.core.runtime.chaincheck import check_chain
+
+    check_chain(journal)
 
 
 def pending(ws: Workspace, journal: Journal, after: int) -> list[Notice]:
