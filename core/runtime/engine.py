@@ -136,7 +136,7 @@ class Engine:
         try:
             self.journal = self.ws.write_journal()
             self._preflight_chain()
-            state = snapshot.load(self.journal)
+            state = snapshot.load_for_writer(self.journal)
             self.lifecycle = Lifecycle()
             started = ev.RunStarted(command=self.command, actor=self.actor)
             self.recorder = Recorder(
