@@ -35,6 +35,8 @@ SCEN = {
     "g_status_nosnap": "status, long journal, no snapshot, memo off (full replay)",
     "g_verify": "journal verify, long journal",
     "g_noop": "migrate, nothing pending, long journal",
+    "f_noop_recover": "recover, nothing to do",
+    "g_noop_recover": "recover, nothing to do, long journal",
     "s_state": "state migration, plain (no tool)",
     "s_state_batched": "state migration, batched",
     "s_state_atomic": "state migration, atomic",
@@ -172,6 +174,9 @@ def targets(res: Results) -> list[tuple[str, ...]]:  # noqa: C901, PLR0915 - one
     add(f"status {m} applied <= 3x dbmate", res.net(OURS, "b_status", m), res.net("dbmate", "b_status", m), 3.0, keys=(("b_status", m), ("dbmate", "b_status", m)))  # fmt: skip
     e = res.label_n("g_status")
     add(f"status with {e} events <= 1.2x status {m}", res.net(OURS, "g_status", e), res.net(OURS, "b_status", m), 1.2, keys=(("g_status", e), (OURS, "b_status", m)))  # fmt: skip
+    # a boot (migrate, then recover, with nothing to do) costs on a long journal what it does on a new box
+    add(f"migrate, nothing pending, {e} events <= 1.2x {m} applied", res.net(OURS, "g_noop", e), res.net(OURS, "f_noop", m), 1.2, keys=(("g_noop", e), (OURS, "f_noop", m)))  # fmt: skip
+    add(f"recover, nothing to do, {e} events <= 1.2x {m} applied", res.net(OURS, "g_noop_recover", e), res.net(OURS, "f_noop_recover", m), 1.2, keys=(("g_noop_recover", e), (OURS, "f_noop_recover", m)))  # fmt: skip
     if res.get(OURS, "b_status_nomemo", m):  # the same three with every answer computed afresh
         add("... status memo off: <= 0.10x yoyo", res.net(OURS, "b_status_nomemo", m), res.net("yoyo", "b_status", m), 0.10, keys=(("b_status_nomemo", m), ("yoyo", "b_status", m)))  # fmt: skip
         add("... status memo off: <= 3x dbmate", res.net(OURS, "b_status_nomemo", m), res.net("dbmate", "b_status", m), 3.0, keys=(("b_status_nomemo", m), ("dbmate", "b_status", m)))  # fmt: skip
@@ -323,6 +328,11 @@ def ours_table(res: Results) -> list[str]:  # noqa: C901, PLR0912, PLR0915 - one
         noop_e = res.net(OURS, "g_noop", e)
         row(OURS, "f_noop", m, f"migrate, nothing pending, {m} applied")
         row(OURS, "g_noop", e, f"migrate, nothing pending, {e} events", f"{ratio(noop_e, noop_m)} the {m} figure")  # fmt: skip
+        if res.get(OURS, "g_noop_recover", e):
+            rec_m = res.net(OURS, "f_noop_recover", m)
+            rec_e = res.net(OURS, "g_noop_recover", e)
+            row(OURS, "f_noop_recover", m, f"recover, nothing to do, {m} applied")
+            row(OURS, "g_noop_recover", e, f"recover, nothing to do, {e} events", f"{ratio(rec_e, rec_m)} the {m} figure")  # fmt: skip
     h = res.label_n("h_resume")
     if h:
         row(OURS, "h_recover", h, f"recover alone, killed inside migration {int(h) // 2 + 1}")

@@ -11,8 +11,9 @@
 # Scenarios (N = each of NS; M = the largest N):
 #   core    (a) apply N trivial migrations, empty -> head   (b) status with N applied
 #           (c) roll back one + re-apply one (2 commands)    (d) --help / --version
-#   noop    migrate when nothing is pending (M applied)
-#   events  status / journal verify / migrate-noop on a journal of EVENTS events (M applied)
+#   noop    migrate (and ours: recover) when nothing is pending (M applied)
+#   events  status / journal verify / migrate-noop / recover-noop on a journal of EVENTS
+#           events (M applied)
 #   recover resume after a SIGKILL in the middle of migration M/2+1 (peers: re-run apply
 #           from M/2 applied, which is what their SQLite rollback journal leaves)
 #   data    (e) ADD COLUMN + UPDATE on ROWS rows, one transaction
@@ -268,6 +269,8 @@ if want core || want noop || want recover; then
         sh -c "$RESETC"
         bt "$tool|f_noop|$N" -- sh -c "exec $(noop_cmd "$tool")"
         check "$tool noop $N" "$N" "$(count_t "$DB")"
+        # the other half of a boot (the boot unit runs `recover` before Flywall starts)
+        [ "$tool" = flywall ] && bt "flywall|f_noop_recover|$N" -- sh -c "exec $F recover"
       fi
       cd "$WORK" || exit 1
     done
@@ -355,6 +358,7 @@ print(s["counts"]["applied"], s["journal"]["events"] >= int(sys.argv[1]), len(s[
   bt "flywall|g_status_nosnap|$EVENTS" -- sh -c "cd nosnap && FLYWALL_NO_STATUS_MEMO=1 exec $F status"
   bt "flywall|g_verify|$EVENTS" -- sh -c "exec $F journal verify"
   bt "flywall|g_noop|$EVENTS" -- sh -c "exec $F migrate"
+  bt "flywall|g_noop_recover|$EVENTS" -- sh -c "exec $F recover"
   cd "$WORK" || exit 1
 fi
 

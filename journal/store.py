@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Self
 
 import apsw
 
-from flywall.journal import _schema
-from flywall.journal.chain import ADOPTED, GENESIS, event_hash, walk_chain
+from flywall.journal import _schema, verified
+from flywall.journal.chain import ADOPTED, GENESIS, ChainEnd, event_hash, walk_chain
 from flywall.journal.errors import (
     JournalConflict,
     JournalCorrupt,
@@ -31,8 +31,6 @@ from flywall.journal.rows import Entry, StoredEvent
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
     from types import TracebackType
-
-    from flywall.journal.chain import ChainEnd
 
 _COLUMNS = "seq, at_ns, run_id, migration, kind, body, prev_hash, hash"
 # What `verify` hashes: the text columns as their stored bytes, so a tampered byte that is
@@ -284,21 +282,24 @@ class Journal:
             return None
         return None if row is None else str(row[0])
 
-    def verify(self) -> ChainEnd:
-        """Walk the whole chain; return where it ends and since when it is keyed.
+    def verify(self, since: ChainEnd | None = None) -> ChainEnd:
+        """Walk the chain (all of it, or the tail after `since`); return where it ends, keyed since.
 
-        The journal's one check of its chain (`walk_chain` over every stored row): what
-        `journal verify`, `validate` and every writer's pre-flight run.
+        The journal's one check of its chain (`walk_chain` over the stored rows): with no
+        `since`, what `journal verify`, `validate` and the rescue run; from the chain's
+        `verified_point`, what every writer's pre-flight runs (`journal/verified.py` says why
+        that is enough there).
 
         Every stored row is walked, whatever its seq (a row renumbered below 1 must not
         drop out of sight), with its text columns as stored bytes. A chain recorded as
         keyed, read without a key, fails at seq 1 saying so; so does a plain one read with
         a key it never adopted. One that adopted a key fails, read without it, at the seq
-        of the adoption.
+        of the adoption. From `since`, the rows after its seq are walked the same way,
+        starting from its hash: the first must link to it.
 
         :raises JournalCorrupt: naming the first bad seq.
         """
-        end = self._walk()
+        end = self._walk(since)
         if self._key and end.keyed_from is None and end.seq:
             raise JournalCorrupt(
                 1,
@@ -307,8 +308,38 @@ class Journal:
             )
         return end
 
-    def _walk(self) -> ChainEnd:
-        """Walk every stored row, keyed from seq 1 or plain as recorded with seq 1.
+    def verified_point(self) -> ChainEnd | None:
+        """Return the chain's recorded verified point, if it is trusted and still on the chain.
+
+        None when none was recorded, its seal fails under this journal's key (damaged,
+        forged, or sealed under another key), or the event at its seq no longer carries
+        its hash: the next walk then starts from seq 1.
+        """
+        try:
+            with self.reading():
+                row = self._conn.execute(
+                    "SELECT s.seq, s.hash, s.body FROM snapshots s "
+                    "JOIN events e ON e.seq = s.seq AND e.hash = s.hash WHERE s.name = ?",
+                    (verified.ROW,),
+                ).fetchone()
+        except apsw.SQLError:  # no snapshots table: a journal at schema version 1, read only
+            return None
+        return None if row is None else verified.unseal(row[0], row[1], row[2], self._key)
+
+    def record_verified(self, end: ChainEnd) -> None:
+        """Record `end` as the chain's verified point, in one durable commit.
+
+        Only for a point a walk from a trusted start has just reached (`verify`): the next
+        writer's walk starts there.
+        """
+        with self.reading():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO snapshots (name, seq, hash, body) VALUES (?, ?, ?, ?)",
+                (verified.ROW, end.seq, end.hash, verified.seal(end, self._key)),
+            )
+
+    def _walk(self, since: ChainEnd | None = None) -> ChainEnd:
+        """Walk every stored row (after `since`): keyed from seq 1, or plain as recorded with seq 1.
 
         Unlike `verify`, a plain chain that never adopted the given key passes (a key is
         being adopted); it then ends with `keyed_from` None.
@@ -319,9 +350,16 @@ class Journal:
         if kind == "keyed" and not self._key:
             raise JournalCorrupt(1, "this journal is keyed (device key MAC); no key given")
         with self.reading():
-            rows = self._conn.execute(f"SELECT {_STORED_BYTES} FROM events ORDER BY seq")
-            # plain tuples, in StoredEvent's field order
-            return walk_chain(rows, self._key, keyed=kind != "plain" and self._key is not None)
+            if since is None:
+                rows = self._conn.execute(f"SELECT {_STORED_BYTES} FROM events ORDER BY seq")
+                # plain tuples, in StoredEvent's field order
+                return walk_chain(rows, self._key, keyed=kind != "plain" and self._key is not None)
+            rows = self._conn.execute(
+                f"SELECT {_STORED_BYTES} FROM events WHERE seq > ? ORDER BY seq", (since.seq,)
+            )
+            keyed = since.keyed_from is not None
+            end = walk_chain(rows, self._key, (since.seq, since.hash), keyed=keyed)
+        return end._replace(keyed_from=since.keyed_from) if keyed else end
 
 
 def _connect(path: str, flags: int, vfs: str | None) -> apsw.Connection:

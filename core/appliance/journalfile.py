@@ -100,7 +100,17 @@ class WorkspaceJournal(Journal):
         with journal_errors():
             return super().chain_kind()
 
-    def verify(self) -> ChainEnd:
+    def verify(self, since: ChainEnd | None = None) -> ChainEnd:
         """As `Journal.verify`, raising the project's errors."""
         with journal_errors():
-            return super().verify()
+            return super().verify(since)
+
+    def verified_point(self) -> ChainEnd | None:
+        """As `Journal.verified_point`, raising the project's errors."""
+        with journal_errors():
+            return super().verified_point()
+
+    def record_verified(self, end: ChainEnd) -> None:
+        """As `Journal.record_verified`, raising the project's errors."""
+        with journal_errors():
+            super().record_verified(end)

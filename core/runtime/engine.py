@@ -20,7 +20,7 @@ from flywall.core.model import errors, planner, projection
 from flywall.core.model import events as ev
 from flywall.core.model.lifecycle import Lifecycle, State
 from flywall.core.model.times import iso_seconds
-from flywall.core.runtime import pytimeout, recovery, snapshot
+from flywall.core.runtime import chaincheck, pytimeout, recovery, snapshot
 from flywall.core.runtime.context import MigrationContext
 from flywall.core.runtime.crash import crashpoint
 from flywall.core.runtime.lock import Holder, WriterLock
@@ -139,7 +139,7 @@ class Engine:
         try:
             self.journal = self.ws.write_journal()
             self._preflight_chain()
-            state = snapshot.load(self.journal)
+            state = snapshot.load_for_writer(self.journal)
             self.lifecycle = Lifecycle()
             self.recorder = Recorder(
                 self.journal,
@@ -195,9 +195,11 @@ class Engine:
     def _preflight_chain(self) -> None:
         """Refuse to write on a journal whose hash chain is broken (DESIGN §7 pre-flight).
 
+        Walks the events after the chain's verified point (`chaincheck`), not all history.
+
         :raises JournalTampered: naming the first bad seq (translated by the workspace).
         """
-        self.journal.verify()
+        chaincheck.check_chain(self.journal)
 
     # -- the daemon (core/appliance/daemon.py) -------------------------------------------
 

@@ -16,6 +16,7 @@ import msgspec
 
 from flywall.core.appliance.caches import Cache
 from flywall.core.model.projection import Projection, replay
+from flywall.core.runtime.crash import crashpoint
 
 if TYPE_CHECKING:
     from flywall.journal import Journal
@@ -59,17 +60,41 @@ def load(journal: Journal | None, *, use_snapshot: bool = True) -> Projection:
 
     `transitions` is imported only when events follow the snapshot.
     """
+    return _load(journal, use_snapshot=use_snapshot)[0]
+
+
+SAVE_AFTER = 1000
+"""Events a writer must have replayed past the snapshot before it saves the snapshot anew."""
+
+
+def load_for_writer(journal: Journal) -> Projection:
+    """`load`, for a writer under the lock: a long replay past the snapshot is saved at once.
+
+    A run saves the snapshot when it ends, but events appended outside runs (a dead
+    channel's `NotificationFailed` after every boot, ...) and runs that journal nothing leave
+    it behind: without this, every boot would replay them all again, more each year.
+    """
+    projection, replayed = _load(journal, use_snapshot=True)
+    if replayed >= SAVE_AFTER:
+        crashpoint("before-snapshot-catch-up")
+        save(journal, projection)
+        crashpoint("after-snapshot-catch-up")
+    return projection
+
+
+def _load(journal: Journal | None, *, use_snapshot: bool) -> tuple[Projection, int]:
+    """The projection, and how many events were replayed past the snapshot to get it."""
     if journal is None:
-        return Projection()
+        return Projection(), 0
     with journal.reading():
         start = _load_cached(journal) if use_snapshot else None
     head_seq, _ = journal.head()
     if start is not None and start.seq == head_seq:
-        return start
+        return start, 0
     from flywall.core.model.lifecycle import Lifecycle
 
     after = 0 if start is None else start.seq
-    return replay(journal.read(after), Lifecycle(), start)
+    return replay(journal.read(after), Lifecycle(), start), head_seq - after
 
 
 def _load_cached(journal: Journal) -> Projection | None:

@@ -205,8 +205,14 @@ def deliver_and_warn(ws: Workspace, channels: Sequence[str] | None = None) -> li
 
 
 def _check_chain(journal: Journal) -> None:
-    """Never extend (nor report from) a journal whose chain is broken."""
-    journal.verify()  # raises JournalTampered (translated by the workspace)
+    """Never extend (nor report from) a journal whose chain is broken.
+
+    As a writer's pre-flight: the events after the chain's verified point (`chaincheck`);
+    raises JournalTampered (translated by the workspace).
+    """
+    from flywall.core.runtime.chaincheck import check_chain
+
+    check_chain(journal)
 
 
 def pending(ws: Workspace, journal: Journal, after: int) -> list[Notice]:
