@@ -34,6 +34,9 @@
 #     this tree each run; set it to time another install, e.g. the dev .venv/bin/flywall)
 #   PYTHON=python for the bench venvs
 #   BENCH_PROFILE=1: afterwards, profile ours (bench/profile.sh -> BENCH_WORK/profile/)
+#   BENCH_ONLY="b_status c_reset ...": time only the measurements whose step (the middle of
+#     the label, e.g. `flywall|b_status|1000`) is listed; setup still runs. For a quick look
+#     at a few rows on a loaded machine; the report then lacks the other rows.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -158,6 +161,10 @@ command -v sqlite3 >/dev/null || { log "sqlite3 CLI required"; exit 2; }
 # bt LABEL -- CMD...   (LABEL = tool|scenario|N); extra benchtime options via BT_OPTS
 bt() { # bt LABEL [benchtime options, e.g. --alt L=CMD -n 9] -- CMD ...
   local label=$1 opts=(); shift
+  if [ -n "${BENCH_ONLY:-}" ]; then
+    local step=${label#*|}; step=${step%%|*}
+    case " $BENCH_ONLY " in *" $step "*) ;; *) return 0 ;; esac
+  fi
   while [ $# -gt 0 ] && [ "$1" != "--" ]; do opts+=("$1"); shift; done
   [ "${1:-}" = "--" ] && shift
   "$PY" "$HERE/benchtime.py" -n "$RUNS" --warmup 1 --slow 30 --slow-runs 3 --out "$RES" \
