@@ -21,11 +21,12 @@
 #   backup  backup of a BACKUP_MB MiB state.db against cp (ours: migrate with backup_before
 #           minus without; n/a if migrate takes no backup)
 #   full    `full` strategy apply of M (ours; n/a unless the plan commits once)
+#   store   Flywall's store: a bucket transform against a plain UPDATE, and the chain check
 #
 # Env (defaults; BENCH_QUICK=1 switches to the smoke values in brackets):
 #   BENCH_RUNS=5 [2]  BENCH_NS="100 1000" [100]  BENCH_ROWS=1000000 [100000]
 #   BENCH_EVENTS=100000 [10000]  BENCH_BACKUP_MB=1024 [64]  BENCH_STATE_BATCH=10000
-#   BENCH_SCENARIOS="core noop events recover data state backup full"
+#   BENCH_SCENARIOS="core noop events recover data state backup full store"
 #   BENCH_TOOLS="flywall yoyo alembic dbmate sql"  BENCH_INSTALL=1 (0: no pip/npm)
 #   BENCH_QUIET_WAIT=20: before each measurement wait up to that many seconds for the other
 #     processes on the machine to use < 0.3 cores (each row records what they used anyway)
@@ -53,7 +54,7 @@ ROWS=${BENCH_ROWS:-$d_rows}
 EVENTS=${BENCH_EVENTS:-$d_events}
 BACKUP_MB=${BENCH_BACKUP_MB:-$d_mb}
 STATE_BATCH=${BENCH_STATE_BATCH:-10000}
-SCENARIOS=${BENCH_SCENARIOS:-"core noop events recover data state backup full"}
+SCENARIOS=${BENCH_SCENARIOS:-"core noop events recover data state backup full store"}
 TOOLS=${BENCH_TOOLS:-"flywall yoyo alembic dbmate sql"}
 INSTALL=${BENCH_INSTALL:-1}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-20}
@@ -569,9 +570,11 @@ fi
 # A bucket transform (versions, chained change rows) against a plain UPDATE of the same
 # JSON, and the chain check, on one store of STORE_ROWS dhcp_leases entries.
 STORE_ROWS=${STORE_ROWS:-$([ "${BENCH_QUICK:-0}" = 1 ] && echo 100000 || echo 1000000)}
-log "store: bucket transform vs plain UPDATE, chain check ($STORE_ROWS entries)"
-"$OURPY" "$HERE/store_bench.py" "$STORE_ROWS" >"$WORK/store.txt" 2>>"$LOGS/store.log" ||
-  log "store bench failed (see $LOGS/store.log)"
+if want store; then
+  log "store: bucket transform vs plain UPDATE, chain check ($STORE_ROWS entries)"
+  "$OURPY" "$HERE/store_bench.py" "$STORE_ROWS" >"$WORK/store.txt" 2>>"$LOGS/store.log" ||
+    log "store bench failed (see $LOGS/store.log)"
+fi
 
 # ---------------------------------------------------------------- report
 echo "load at end|$(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min)" >>"$WORK/machine.txt"
