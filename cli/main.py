@@ -26,6 +26,7 @@ from flywall.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from flywall.core.commands import Workspace
     from flywall.core.commands.reports import ValidationReport
 
 EXIT_CODES = """Exit codes: 0 ok; 1 a migration failed; 2 usage or invalid input;
@@ -42,7 +43,7 @@ def main() -> None:
 @click.version_option(package_name="flywall-migration", prog_name="flywall-migration")
 @click.option(
     "--root",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),  # a typo builds no appliance
+    type=click.Path(exists=True, file_okay=False),  # a typo builds no appliance
     default="/",
     show_default=True,
     envvar="FLYWALL_ROOT",
@@ -50,15 +51,20 @@ def main() -> None:
 )
 @click.option(
     "--config",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False),
     default=None,
     help="The settings file to read [default: migration.hcl beside flywall.hcl].",
 )
 @click.option("--traceback", is_flag=True, hidden=True, help="Re-raise errors (debugging).")
 @click.pass_context
-def migration(ctx: click.Context, root: Path, config: Path | None, traceback: bool) -> None:
+def migration(ctx: click.Context, root: str, config: str | None, traceback: bool) -> None:
     """Crash-safe, journaled migrations of state.db, flywall.hcl and api.json."""
-    ctx.obj = {"root": root, "config": config, "traceback": traceback}
+    ctx.obj = {
+        "root": Path(root),
+        "config": None if config is None else Path(config),
+        "traceback": traceback,
+        "given": (root, config),  # as typed: the status memo is looked up by them
+    }
 
 
 @migration.command()
@@ -66,13 +72,26 @@ def migration(ctx: click.Context, root: Path, config: Path | None, traceback: bo
 @json_option
 def status(verbose: bool, as_json: bool) -> None:
     """Show component versions, migration counts, the journal head and interruptions."""
-    from flywall.cli import render
+    import time
+
+    from flywall.cli import render, statusmemo
     from flywall.core import commands
 
-    report = commands.status(workspace(), verbose=verbose)
-    render.emit_json(report) if as_json else render.status(report)
-    if report.drift or report.broken:
-        sys.exit(commands.errors.EXIT_VALIDATION)
+    began_ns = time.time_ns()  # before any input is read: see statusmemo._racy
+    ws = workspace()
+    report = commands.status(ws, verbose=verbose)
+    with render.captured() as out:
+        render.emit_json(report) if as_json else render.status(report)
+    text = "".join(out)
+    click.echo(text, nl=False)
+    code = commands.EXIT_VALIDATION if report.drift or report.broken else 0
+    root, config = click.get_current_context().obj["given"]
+    variant = statusmemo.variant(verbose=verbose, as_json=as_json)
+    statusmemo.keep(
+        root, config, variant, began_ns=began_ns, ws=ws, report=report, text=text, code=code
+    )
+    if code:
+        sys.exit(code)
 
 
 @migration.command("list")
@@ -112,17 +131,37 @@ def migrate(
     no_progress: bool,
 ) -> None:
     """Apply pending migrations, recovering any interrupted run first."""
-    from flywall.cli import run
+    from flywall.cli import render
+    from flywall.core import commands
 
-    run.migrate(
-        click.get_current_context().obj,
+    ws = workspace()
+    if commands.wants_dry_run(ws, dry_run=dry_run):
+        _dry_run(ws, target, accept_drift, as_json, events)
+        return
+    report = commands.migrate(
+        ws,
         target=target,
-        dry_run=dry_run,
         accept_drift=accept_drift,
-        as_json=as_json,
-        events=events,
-        no_progress=no_progress,
+        **hooks(events, as_json, progress=not no_progress),
     )
+    if events is None:
+        render.emit_json(report) if as_json else render.run(report)
+
+
+def _dry_run(
+    ws: Workspace, target: str | None, accept_drift: bool, as_json: bool, events: str | None
+) -> None:
+    """`migrate --dry-run` (or `dry_run = true`): exit 1 when a migration failed."""
+    from flywall.cli import render
+    from flywall.core import commands
+
+    report = commands.dry_run(
+        ws, target=target, accept_drift=accept_drift, **hooks(events, as_json)
+    )
+    if events is None:
+        render.emit_json(report) if as_json else render.dry_run(report)
+    if not report.ok:
+        sys.exit(commands.EXIT_MIGRATION_FAILED)
 
 
 @migration.command()
@@ -147,19 +186,20 @@ def rollback(
     no_progress: bool,
 ) -> None:
     """Roll back VERSION, the newest --steps N, or everything after --to VERSION."""
-    from flywall.cli import run
+    from flywall.cli import render
+    from flywall.core import commands
 
-    run.rollback(
-        click.get_current_context().obj,
+    report = commands.rollback(
+        workspace(),
         version=version,
         steps=steps,
         to=to,
-        yes=yes,
         accept_drift=accept_drift,
-        as_json=as_json,
-        events=events,
-        no_progress=no_progress,
+        yes=yes,
+        **hooks(events, as_json, progress=not no_progress),
     )
+    if events is None:
+        render.emit_json(report) if as_json else render.run(report)
 
 
 @migration.command("test")

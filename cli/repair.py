@@ -5,6 +5,8 @@ main.py adds `COMMANDS` to the `migration` group.
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from flywall.cli.options import ask_or_refuse, json_option, wait_option, workspace
@@ -26,9 +28,20 @@ def backup_group() -> None:
 @json_option
 def backup_create(verify: bool, as_json: bool) -> None:
     """Back up state.db, flywall.hcl and api.json now (journaled; exit 4 if a copy is bad)."""
-    from flywall.cli import run
+    from flywall.cli import render
+    from flywall.core import commands
 
-    run.backup_create(click.get_current_context().obj, verify=verify, as_json=as_json)
+    row = commands.backup_create(workspace(), verify=verify)
+    if as_json:
+        render.emit_json(row)
+    else:
+        check = {True: "ok", False: "CORRUPT", None: "not verified"}[row.ok]
+        click.echo(
+            f"created backup {row.backup_id} ({row.size} bytes: {', '.join(row.items)}); "
+            f"check {check}"
+        )
+    if row.ok is False:
+        sys.exit(commands.EXIT_VALIDATION)
 
 
 @backup_group.command("list")
