@@ -198,7 +198,7 @@ def fast(argv: list[str]) -> int | None:
     args = tuple(argv[1:])
     if program == MIGRATION_PROG:  # the texts name `flywall migration`: click renders its own
         args = ("migration", *args)
-    else:
+    elif may_be_text(args):
         from flywall.cli._texts import TEXTS
 
         text = TEXTS.get(args)
@@ -208,6 +208,19 @@ def fast(argv: list[str]) -> int | None:
             return _write(*text)
     parsed = _parse_status(args[1:]) if args[:1] == ("migration",) else None
     return None if parsed is None else _memo_hit(*parsed)
+
+
+TEXT_ENDINGS = ("--help", "-h", "--version")
+GROUPS = ("backup", "journal")
+"""The command groups: one alone (`flywall migration backup`) prints its help (exit 2)."""
+
+
+def may_be_text(args: tuple[str, ...]) -> bool:
+    """False if `args` surely has no text in cli/_texts.py, whose import a writer then saves.
+
+    A test checks that every command line of the texts passes.
+    """
+    return args[-1:] in [(e,) for e in TEXT_ENDINGS] or args[1:] in [(), *[(g,) for g in GROUPS]]
 
 
 def _plain(stream: object) -> bool:

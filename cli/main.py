@@ -39,7 +39,29 @@ def main() -> None:
     """Flywall appliance tools."""
 
 
-@main.group(cls=Group, epilog=EXIT_CODES)
+# The commands of the other modules (which import only flywall.cli.options, never this
+# module) join the groups by name, imported when run or listed.
+_AUDIT, _BOOT, _REPAIR, _SERVE = (f"flywall.cli.{m}:" for m in ("audit", "boot", "repair", "serve"))
+MIGRATION_COMMANDS = {
+    "notify": _AUDIT + "notify",
+    "replay": _AUDIT + "replay",
+    "sign": _AUDIT + "sign",
+    "install-units": _BOOT + "install_units",
+    "backup": _REPAIR + "backup_group",
+    "force": _REPAIR + "force",
+    "repair": _REPAIR + "repair",
+    "debug": _REPAIR + "debug",
+    "confirm": _REPAIR + "confirm",
+    "serve": _SERVE + "serve",
+}
+JOURNAL_COMMANDS = {
+    "export": _AUDIT + "journal_export",
+    "adopt-key": _AUDIT + "journal_adopt_key",
+    "verify-export": _AUDIT + "journal_verify_export",
+}
+
+
+@main.group(cls=Group, epilog=EXIT_CODES, lazy=MIGRATION_COMMANDS)
 @click.version_option(package_name="flywall-migration", prog_name="flywall-migration")
 @click.option(
     "--root",
@@ -372,7 +394,7 @@ def _report_checks(report: ValidationReport, *, as_json: bool) -> None:
         sys.exit(commands.errors.EXIT_VALIDATION)
 
 
-@migration.group(cls=Group)
+@migration.group(cls=Group, lazy=JOURNAL_COMMANDS)
 def journal() -> None:
     """Inspect the journal itself; get a box back from a damaged one."""
 
@@ -443,14 +465,3 @@ def demo(directory: Path, layout: str, as_json: bool) -> None:
         return
     click.echo(f"built a sample appliance ({layout} layout) in {directory}")
     click.echo(f"try: flywall-migration --root {directory} status")
-
-
-# The commands of the other modules join the groups defined above (they import only
-# flywall.cli.options, never this module).
-from flywall.cli import audit, boot, repair, serve  # noqa: E402
-
-for _module in (audit, boot, repair, serve):
-    for _command in _module.COMMANDS:
-        migration.add_command(_command)
-for _command in audit.JOURNAL_COMMANDS:
-    journal.add_command(_command)

@@ -23,7 +23,28 @@ if TYPE_CHECKING:
 
 
 class Group(click.Group):
-    """Turns every error a user can cause into one line and its documented exit code."""
+    """Turns every error a user can cause into one line and its documented exit code.
+
+    `lazy` names commands of other modules ("name": "module:attribute"), imported only when
+    one is run or listed: a writer does not load the commands it does not run.
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command name, the lazy ones included."""
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command `cmd_name`, importing its module first if it is a lazy one."""
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            import importlib
+
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command; a user's error becomes its line and exit code, not a traceback."""

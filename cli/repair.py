@@ -1,6 +1,6 @@
 """Backup and repair commands: `backup create|list|restore|prune`, `force`, `debug`.
 
-main.py adds `COMMANDS` to the `migration` group.
+main.py adds them to its groups by name (`MIGRATION_COMMANDS`, `JOURNAL_COMMANDS`).
 """
 
 from __future__ import annotations
@@ -208,6 +208,3 @@ def confirm(url: str | None, deadline: float, as_json: bool) -> None:
         render.emit_json(report)
     else:
         click.echo(f"confirmed run(s) {', '.join(report.done)}")
-
-
-COMMANDS = [backup_group, force, repair, debug, confirm]

@@ -89,6 +89,38 @@ def test_the_script_runs_the_fast_entry_point() -> None:
     assert declared["flywall-migration"] == "flywall.cli.fast:migration_main"
 
 
+def test_every_text_is_looked_up() -> None:
+    """fast.may_be_text spares a writer the texts' import; it must let every text through."""
+    assert [args for args in TEXTS if not fast.may_be_text(args)] == []
+    groups = [args[1] for args in TEXTS if len(args) == 2 and TEXTS[args][2] == 2]
+    assert sorted(groups) == sorted(fast.GROUPS)
+    assert not fast.may_be_text(("migration", "migrate"))
+    assert not fast.may_be_text(("migration", "--root", "/", "rollback", "--steps", "1"))
+
+
+def test_every_command_of_the_other_modules_joins_a_group() -> None:
+    """main.py adds them by name, imported when run: none may be left out of the maps."""
+    import importlib
+
+    import click
+
+    from flywall.cli.main import JOURNAL_COMMANDS, MIGRATION_COMMANDS
+
+    mapped = {*MIGRATION_COMMANDS.values(), *JOURNAL_COMMANDS.values()}
+    for name in ("audit", "boot", "repair", "serve"):
+        found = vars(importlib.import_module(f"flywall.cli.{name}"))
+        commands = {a: c for a, c in found.items() if isinstance(c, click.Command)}
+        nested = {
+            id(sub)
+            for c in commands.values()
+            if isinstance(c, click.Group)
+            for sub in c.commands.values()
+        }
+        for attribute, command in commands.items():
+            if id(command) not in nested:  # a group's subcommands come with it
+                assert f"flywall.cli.{name}:{attribute}" in mapped, attribute
+
+
 @pytest.mark.parametrize("args", sorted(TEXTS), ids=" ".join)
 def test_every_text_is_served_as_click_serves_it(args: tuple[str, ...]) -> None:
     out, err, code = assert_same(list(args))
