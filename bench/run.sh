@@ -201,7 +201,7 @@ available() {
 # each sets: APPLY STATUS ROLLBACK1 APPLY1 HELP VERSION DB RESETA SAVE RESETC (run in the project dir)
 tool_flywall() {
   APPLY="$F migrate"; STATUS="$F status"; ROLLBACK1="$F rollback --steps 1"; APPLY1="$F migrate"
-  HELP="$FLYWALL migration --help"; VERSION="$FLYWALL --version"; DB=$STATE
+  HELP="$FLYWALL migration --help"; VERSION="$FLYWALL migration --version"; DB=$STATE
   RESETA="rm -rf var"; RESETC="rm -rf var && cp -a full_var var"
   # the saved tree is a box in use: its caches (settings, discovery) warm. A file written in
   # the last 3 s is never cached (the racy rule), so wait that long before the warming status.
