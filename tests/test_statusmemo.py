@@ -283,7 +283,7 @@ def test_no_memo_while_a_migration_is_interrupted(box):
     assert not memo_file(box).exists()
 
 
-def test_a_memo_hit_imports_neither_msgspec_nor_pathlib(box):
+def test_a_memo_hit_imports_neither_msgspec_nor_pathlib_nor_typing(box):
     """What a hit saves: the imports of a fresh answer (only what the call itself loads)."""
     probe = (
         "import sys\n"
@@ -291,7 +291,7 @@ def test_a_memo_hit_imports_neither_msgspec_nor_pathlib(box):
         "from flywall.cli import fast\n"
         f"code = fast.fast(['flywall', 'migration', '--root', {str(box.root)!r}, 'status'])\n"
         "assert code == 0, code\n"
-        "heavy = ('msgspec', 'pathlib', 'apsw', 'click', 'flywall.core.commands')\n"
+        "heavy = ('msgspec', 'pathlib', 'typing', 'apsw', 'click', 'flywall.core.commands')\n"
         "print(sorted(set(heavy) & (set(sys.modules) - before)), file=sys.stderr)\n"
     )
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FLYWALL_")}
