@@ -62,9 +62,10 @@ def workspace() -> Workspace:
     from flywall.core.commands import Workspace
 
     obj = click.get_current_context().obj
-    show_warnings()
     ws = Workspace.load(obj["root"], obj["config"])
     ws.lock_wait = obj.get("wait") or 0.0  # --wait SECONDS, on writing commands
+    if ws.settings.notification_channels:  # without channels nothing delivers, nor warns
+        show_warnings()  # (and no command pays for importing logging)
     return ws
 
 
