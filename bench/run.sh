@@ -22,11 +22,12 @@
 #   backup  backup of a BACKUP_MB MiB state.db against cp (ours: migrate with backup_before
 #           minus without; n/a if migrate takes no backup)
 #   full    `full` strategy apply of M (ours; n/a unless the plan commits once)
+#   store   Flywall's store: a bucket transform against a plain UPDATE, and the chain check
 #
 # Env (defaults; BENCH_QUICK=1 switches to the smoke values in brackets):
 #   BENCH_RUNS=5 [2]  BENCH_NS="100 1000" [100]  BENCH_ROWS=1000000 [100000]
 #   BENCH_EVENTS=100000 [10000]  BENCH_BACKUP_MB=1024 [64]  BENCH_STATE_BATCH=10000
-#   BENCH_SCENARIOS="core noop events recover data state backup full"
+#   BENCH_SCENARIOS="core noop events recover data state backup full store"
 #   BENCH_TOOLS="flywall yoyo alembic dbmate sql"  BENCH_INSTALL=1 (0: no pip/npm)
 #   BENCH_QUIET_WAIT=20: before each measurement wait up to that many seconds for the other
 #     processes on the machine to use < 0.3 cores (each row records what they used anyway)
@@ -35,6 +36,9 @@
 #     this tree each run; set it to time another install, e.g. the dev .venv/bin/flywall)
 #   PYTHON=python for the bench venvs
 #   BENCH_PROFILE=1: afterwards, profile ours (bench/profile.sh -> BENCH_WORK/profile/)
+#   BENCH_ONLY="b_status c_reset ...": time only the measurements whose step (the middle of
+#     the label, e.g. `flywall|b_status|1000`) is listed; setup still runs. For a quick look
+#     at a few rows on a loaded machine; the report then lacks the other rows.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -51,7 +55,7 @@ ROWS=${BENCH_ROWS:-$d_rows}
 EVENTS=${BENCH_EVENTS:-$d_events}
 BACKUP_MB=${BENCH_BACKUP_MB:-$d_mb}
 STATE_BATCH=${BENCH_STATE_BATCH:-10000}
-SCENARIOS=${BENCH_SCENARIOS:-"core noop events recover data state backup full"}
+SCENARIOS=${BENCH_SCENARIOS:-"core noop events recover data state backup full store"}
 TOOLS=${BENCH_TOOLS:-"flywall yoyo alembic dbmate sql"}
 INSTALL=${BENCH_INSTALL:-1}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-20}
@@ -159,6 +163,10 @@ command -v sqlite3 >/dev/null || { log "sqlite3 CLI required"; exit 2; }
 # bt LABEL -- CMD...   (LABEL = tool|scenario|N); extra benchtime options via BT_OPTS
 bt() { # bt LABEL [benchtime options, e.g. --alt L=CMD -n 9] -- CMD ...
   local label=$1 opts=(); shift
+  if [ -n "${BENCH_ONLY:-}" ]; then
+    local step=${label#*|}; step=${step%%|*}
+    case " $BENCH_ONLY " in *" $step "*) ;; *) return 0 ;; esac
+  fi
   while [ $# -gt 0 ] && [ "$1" != "--" ]; do opts+=("$1"); shift; done
   [ "${1:-}" = "--" ] && shift
   "$PY" "$HERE/benchtime.py" -n "$RUNS" --warmup 1 --slow 30 --slow-runs 3 --out "$RES" \
@@ -194,7 +202,7 @@ available() {
 # each sets: APPLY STATUS ROLLBACK1 APPLY1 HELP VERSION DB RESETA SAVE RESETC (run in the project dir)
 tool_flywall() {
   APPLY="$F migrate"; STATUS="$F status"; ROLLBACK1="$F rollback --steps 1"; APPLY1="$F migrate"
-  HELP="$FLYWALL migration --help"; VERSION="$FLYWALL --version"; DB=$STATE
+  HELP="$FLYWALL migration --help"; VERSION="$FLYWALL migration --version"; DB=$STATE
   RESETA="rm -rf var"; RESETC="rm -rf var && cp -a full_var var"
   # the saved tree is a box in use: its caches (settings, discovery) warm. A file written in
   # the last 3 s is never cached (the racy rule), so wait that long before the warming status.
@@ -566,9 +574,11 @@ fi
 # A bucket transform (versions, chained change rows) against a plain UPDATE of the same
 # JSON, and the chain check, on one store of STORE_ROWS dhcp_leases entries.
 STORE_ROWS=${STORE_ROWS:-$([ "${BENCH_QUICK:-0}" = 1 ] && echo 100000 || echo 1000000)}
-log "store: bucket transform vs plain UPDATE, chain check ($STORE_ROWS entries)"
-"$OURPY" "$HERE/store_bench.py" "$STORE_ROWS" >"$WORK/store.txt" 2>>"$LOGS/store.log" ||
-  log "store bench failed (see $LOGS/store.log)"
+if want store; then
+  log "store: bucket transform vs plain UPDATE, chain check ($STORE_ROWS entries)"
+  "$OURPY" "$HERE/store_bench.py" "$STORE_ROWS" >"$WORK/store.txt" 2>>"$LOGS/store.log" ||
+    log "store bench failed (see $LOGS/store.log)"
+fi
 
 # ---------------------------------------------------------------- report
 echo "load at end|$(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min)" >>"$WORK/machine.txt"

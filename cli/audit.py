@@ -3,7 +3,7 @@
 `notify`, `replay`, `journal export`, `journal verify-export` and `sign`. Notices are
 delivered by the core after every writing command (flywall.core.services.notify), not here.
 
-main.py adds `COMMANDS` to the `migration` group.
+main.py adds them to its groups by name (`MIGRATION_COMMANDS`, `JOURNAL_COMMANDS`).
 """
 
 from __future__ import annotations
@@ -164,7 +164,3 @@ def sign(key: Path, as_json: bool) -> None:
         return
     click.echo(f"signed {len(report.files)} migration(s) in {report.path} with key {report.key_id}")
     click.echo(f"public key (for trusted_keys): {report.public_key}")
-
-
-COMMANDS = [notify, replay, sign]
-JOURNAL_COMMANDS = [journal_export, journal_adopt_key, journal_verify_export]

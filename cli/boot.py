@@ -1,6 +1,6 @@
 """Boot-time integration: `install-units` (the systemd units shipped in the package).
 
-main.py adds `COMMANDS` to the `migration` group.
+main.py adds them to its groups by name (`MIGRATION_COMMANDS`, `JOURNAL_COMMANDS`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,3 @@ def install_units(as_json: bool) -> None:
     for path in written:
         click.echo(f"installed {path}")
     click.echo("then: systemctl daemon-reload (on the box whose root this is)")
-
-
-COMMANDS = [install_units]

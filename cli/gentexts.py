@@ -31,8 +31,11 @@ def command_lines() -> list[tuple[str, ...]]:
         lines.extend([(*path, "--help"), (*path, "-h")])
         if isinstance(command, click.Group):
             lines.append(path)  # a group without a subcommand prints its help (exit 2)
-            for name in sorted(command.commands):
-                walk((*path, name), command.commands[name])
+            ctx = click.Context(command)
+            for name in command.list_commands(ctx):  # the lazy ones too
+                sub = command.get_command(ctx, name)
+                assert sub is not None, name
+                walk((*path, name), sub)
 
     walk(("migration",), main.commands["migration"])
     return lines

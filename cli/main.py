@@ -26,7 +26,7 @@ from flywall.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from flywall.core.commands.reports import ValidationReport
+    from flywall.core.commands.reports import DryRunReport, ValidationReport
 
 EXIT_CODES = """Exit codes: 0 ok; 1 a migration failed; 2 usage or invalid input;
 3 busy (another run holds the lock); 4 validation failed, drift, or tampered journal."""
@@ -38,11 +38,33 @@ def main() -> None:
     """Flywall appliance tools."""
 
 
-@main.group(cls=Group, epilog=EXIT_CODES)
+# The commands of the other modules (which import only flywall.cli.options, never this
+# module) join the groups by name, imported when run or listed.
+_AUDIT, _BOOT, _REPAIR, _SERVE = (f"flywall.cli.{m}:" for m in ("audit", "boot", "repair", "serve"))
+MIGRATION_COMMANDS = {
+    "notify": _AUDIT + "notify",
+    "replay": _AUDIT + "replay",
+    "sign": _AUDIT + "sign",
+    "install-units": _BOOT + "install_units",
+    "backup": _REPAIR + "backup_group",
+    "force": _REPAIR + "force",
+    "repair": _REPAIR + "repair",
+    "debug": _REPAIR + "debug",
+    "confirm": _REPAIR + "confirm",
+    "serve": _SERVE + "serve",
+}
+JOURNAL_COMMANDS = {
+    "export": _AUDIT + "journal_export",
+    "adopt-key": _AUDIT + "journal_adopt_key",
+    "verify-export": _AUDIT + "journal_verify_export",
+}
+
+
+@main.group(cls=Group, epilog=EXIT_CODES, lazy=MIGRATION_COMMANDS)
 @click.version_option(package_name="flywall-migration", prog_name="flywall-migration")
 @click.option(
     "--root",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),  # a typo builds no appliance
+    type=click.Path(exists=True, file_okay=False),  # a typo builds no appliance
     default="/",
     show_default=True,
     envvar="FLYWALL_ROOT",
@@ -50,15 +72,20 @@ def main() -> None:
 )
 @click.option(
     "--config",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False),
     default=None,
     help="The settings file to read [default: migration.hcl beside flywall.hcl].",
 )
 @click.option("--traceback", is_flag=True, hidden=True, help="Re-raise errors (debugging).")
 @click.pass_context
-def migration(ctx: click.Context, root: Path, config: Path | None, traceback: bool) -> None:
+def migration(ctx: click.Context, root: str, config: str | None, traceback: bool) -> None:
     """Crash-safe, journaled migrations of state.db, flywall.hcl and api.json."""
-    ctx.obj = {"root": root, "config": config, "traceback": traceback}
+    ctx.obj = {
+        "root": Path(root),
+        "config": None if config is None else Path(config),
+        "traceback": traceback,
+        "given": (root, config),  # as typed: the status memo is looked up by them
+    }
 
 
 @migration.command()
@@ -66,13 +93,26 @@ def migration(ctx: click.Context, root: Path, config: Path | None, traceback: bo
 @json_option
 def status(verbose: bool, as_json: bool) -> None:
     """Show component versions, migration counts, the journal head and interruptions."""
-    from flywall.cli import render
+    import time
+
+    from flywall.cli import render, statusmemo
     from flywall.core import commands
 
-    report = commands.status(workspace(), verbose=verbose)
-    render.emit_json(report) if as_json else render.status(report)
-    if report.drift or report.broken:
-        sys.exit(commands.errors.EXIT_VALIDATION)
+    began_ns = time.time_ns()  # before any input is read: see statusmemo._racy
+    ws = workspace()
+    report = commands.status(ws, verbose=verbose)
+    with render.captured() as out:
+        render.emit_json(report) if as_json else render.status(report)
+    text = "".join(out)
+    click.echo(text, nl=False)
+    code = commands.EXIT_VALIDATION if report.drift or report.broken else 0
+    root, config = click.get_current_context().obj["given"]
+    variant = statusmemo.variant(verbose=verbose, as_json=as_json)
+    statusmemo.keep(
+        root, config, variant, began_ns=began_ns, ws=ws, report=report, text=text, code=code
+    )
+    if code:
+        sys.exit(code)
 
 
 @migration.command("list")
@@ -112,17 +152,35 @@ def migrate(
     no_progress: bool,
 ) -> None:
     """Apply pending migrations, recovering any interrupted run first."""
-    from flywall.cli import run
+    from flywall.cli import render
+    from flywall.core import commands
 
-    run.migrate(
-        click.get_current_context().obj,
-        target=target,
-        dry_run=dry_run,
-        accept_drift=accept_drift,
-        as_json=as_json,
-        events=events,
-        no_progress=no_progress,
+    ws = workspace()
+    rehearsal = commands.dry_run_if_wanted(
+        ws, asked=dry_run, target=target, accept_drift=accept_drift, **hooks(events, as_json)
     )
+    if rehearsal is not None:
+        _show_dry_run(rehearsal, as_json, events)
+        return
+    report = commands.migrate(
+        ws,
+        target=target,
+        accept_drift=accept_drift,
+        **hooks(events, as_json, progress=not no_progress),
+    )
+    if events is None:
+        render.emit_json(report) if as_json else render.run(report)
+
+
+def _show_dry_run(report: DryRunReport, as_json: bool, events: str | None) -> None:
+    """`migrate --dry-run` (or `dry_run = true`): exit 1 when a migration failed."""
+    from flywall.cli import render
+    from flywall.core.commands import EXIT_MIGRATION_FAILED
+
+    if events is None:
+        render.emit_json(report) if as_json else render.dry_run(report)
+    if not report.ok:
+        sys.exit(EXIT_MIGRATION_FAILED)
 
 
 @migration.command()
@@ -147,19 +205,20 @@ def rollback(
     no_progress: bool,
 ) -> None:
     """Roll back VERSION, the newest --steps N, or everything after --to VERSION."""
-    from flywall.cli import run
+    from flywall.cli import render
+    from flywall.core import commands
 
-    run.rollback(
-        click.get_current_context().obj,
+    report = commands.rollback(
+        workspace(),
         version=version,
         steps=steps,
         to=to,
-        yes=yes,
         accept_drift=accept_drift,
-        as_json=as_json,
-        events=events,
-        no_progress=no_progress,
+        yes=yes,
+        **hooks(events, as_json, progress=not no_progress),
     )
+    if events is None:
+        render.emit_json(report) if as_json else render.run(report)
 
 
 @migration.command("test")
@@ -332,7 +391,7 @@ def _report_checks(report: ValidationReport, *, as_json: bool) -> None:
         sys.exit(commands.errors.EXIT_VALIDATION)
 
 
-@migration.group(cls=Group)
+@migration.group(cls=Group, lazy=JOURNAL_COMMANDS)
 def journal() -> None:
     """Inspect the journal itself; get a box back from a damaged one."""
 
@@ -403,14 +462,3 @@ def demo(directory: Path, layout: str, as_json: bool) -> None:
         return
     click.echo(f"built a sample appliance ({layout} layout) in {directory}")
     click.echo(f"try: flywall-migration --root {directory} status")
-
-
-# The commands of the other modules join the groups defined above (they import only
-# flywall.cli.options, never this module).
-from flywall.cli import audit, boot, repair, serve  # noqa: E402
-
-for _module in (audit, boot, repair, serve):
-    for _command in _module.COMMANDS:
-        migration.add_command(_command)
-for _command in audit.JOURNAL_COMMANDS:
-    journal.add_command(_command)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+import click
 import msgspec
 
 if TYPE_CHECKING:
@@ -28,31 +28,16 @@ _captured: list[str] | None = None
 
 
 def echo(message: str = "", *, nl: bool = True, err: bool = False) -> None:
-    """Print one line as `click.echo` does, or into the buffer of `captured()`.
-
-    Click is imported here, not at module level: the fast entry point (`flywall.cli.fast`)
-    runs `status`, `list`, `migrate` and `rollback` without it. Without click loaded the
-    line is written and flushed as click.echo would (the fast path has checked that the
-    streams need no re-wrapping); a line with an ANSI escape goes through click, which
-    strips escapes when the stream is not a terminal.
-    """
+    """Print one line with `click.echo`, or into the buffer of `captured()`."""
     if _captured is not None and not err:
         _captured.append(message + "\n" if nl else message)
         return
-    if "click" in sys.modules or "\x1b" in message:
-        import click
-
-        click.echo(message, nl=nl, err=err)
-        return
-    stream = sys.stderr if err else sys.stdout
-    if stream is not None:
-        stream.write(message + "\n" if nl else message)
-        stream.flush()
+    click.echo(message, nl=nl, err=err)
 
 
 @contextlib.contextmanager
 def captured() -> Iterator[list[str]]:
-    """Collect what the renderers print instead of writing it (the fast path's output)."""
+    """Collect what the renderers print instead of writing it (what `status` memoizes)."""
     global _captured  # noqa: PLW0603 - one process renders one command
     _captured = []
     try:

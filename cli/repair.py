@@ -1,9 +1,11 @@
 """Backup and repair commands: `backup create|list|restore|prune`, `force`, `debug`.
 
-main.py adds `COMMANDS` to the `migration` group.
+main.py adds them to its groups by name (`MIGRATION_COMMANDS`, `JOURNAL_COMMANDS`).
 """
 
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -26,9 +28,20 @@ def backup_group() -> None:
 @json_option
 def backup_create(verify: bool, as_json: bool) -> None:
     """Back up state.db, flywall.hcl and api.json now (journaled; exit 4 if a copy is bad)."""
-    from flywall.cli import run
+    from flywall.cli import render
+    from flywall.core import commands
 
-    run.backup_create(click.get_current_context().obj, verify=verify, as_json=as_json)
+    row = commands.backup_create(workspace(), verify=verify)
+    if as_json:
+        render.emit_json(row)
+    else:
+        check = {True: "ok", False: "CORRUPT", None: "not verified"}[row.ok]
+        click.echo(
+            f"created backup {row.backup_id} ({row.size} bytes: {', '.join(row.items)}); "
+            f"check {check}"
+        )
+    if row.ok is False:
+        sys.exit(commands.EXIT_VALIDATION)
 
 
 @backup_group.command("list")
@@ -195,6 +208,3 @@ def confirm(url: str | None, deadline: float, as_json: bool) -> None:
         render.emit_json(report)
     else:
         click.echo(f"confirmed run(s) {', '.join(report.done)}")
-
-
-COMMANDS = [backup_group, force, repair, debug, confirm]

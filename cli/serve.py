@@ -1,6 +1,6 @@
 """`flywall migration serve`: the HTTP API (DESIGN §10).
 
-main.py adds `COMMANDS` to the `migration` group.
+main.py adds them to its groups by name (`MIGRATION_COMMANDS`, `JOURNAL_COMMANDS`).
 """
 
 from __future__ import annotations
@@ -65,6 +65,3 @@ def serve(
     else:
         click.echo(f"serving the API on {address.url()} ({len(tokens)} tokens)")
     run_server(app, sock, header_timeout=header_timeout, max_connections=max_connections)
-
-
-COMMANDS = [serve]

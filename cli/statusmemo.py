@@ -1,8 +1,9 @@
 """The answer memo of `status`: the last output, reused while none of its inputs changed.
 
 A fleet agent asks `status` every minute and the answer changes a few times a year, so the
-fast entry point keeps, per variant of the command line, the rendered output and exit
-code, keyed by the identity (`stamp`) of every input the answer was computed from: the
+`status` command keeps (`keep`), per variant of the command line, the rendered output and
+exit code, and the fast entry point answers from it (`lookup`) without click or the core,
+keyed by the identity (`stamp`) of every input the answer was computed from: the
 command line and environment (`_context`), the code that answered (`code_files`), the
 files a status reads and the migration folders with every entry. What each input is, what
 invalidates a memo and why it is safe to lose: docs/caches.md. When one may be written or
@@ -23,6 +24,11 @@ import blake3
 
 from flywall.core.appliance.caches import Cache
 
+TYPE_CHECKING = False  # typing itself costs a memo hit an import (~2 ms)
+if TYPE_CHECKING:
+    from flywall.core.commands import Workspace
+    from flywall.core.commands.reports import StatusReport
+
 MEMO = Cache("status memo", 3, point="status-memo")  # 3: sealed by the cache helper
 """No code digest: every module file that answered is among the memo's stamped inputs."""
 _DIGEST = 32
@@ -35,6 +41,20 @@ RACY_TICK_NS = 100_000_000
 stamps files from its coarse clock, which lags real time by at most one tick (10 ms at
 HZ=100, the lowest), so a change made after `began_ns` gets a ctime later than
 `began_ns - RACY_TICK_NS`, and later than any ctime older than that."""
+
+
+def enabled() -> bool:
+    """False under FLYWALL_NO_STATUS_MEMO=1 (every status afresh) or FLYWALL_NO_FAST_PATH=1.
+
+    Without the fast path nothing reads a memo, so none is written either; tests compare
+    an answer from the memo with one from click that way.
+    """
+    return not (os.environ.get("FLYWALL_NO_STATUS_MEMO") or os.environ.get("FLYWALL_NO_FAST_PATH"))
+
+
+def variant(*, verbose: bool, as_json: bool) -> str:
+    """The memo's name for a command line: "status", "status-v", "status-j", "status-v-j"."""
+    return "status" + ("-v" if verbose else "") + ("-j" if as_json else "")
 
 
 def memo_path(root: str, variant: str) -> str:
@@ -291,3 +311,63 @@ def store(
         return False
     # 0600: the memo is for the user whose answer it holds (the user is in its key too)
     return MEMO.write(memo_path(root, variant), body, mode=0o600)
+
+
+def keep(
+    root: str,
+    config: str | None,
+    variant: str,
+    *,
+    began_ns: int,
+    ws: Workspace,
+    report: StatusReport,
+    text: str,
+    code: int,
+) -> bool:
+    """Memoize a status just answered (`text`, `code`) if it may be; see `inputs`.
+
+    `root` and `config` are the option values as given: the fast entry point looks the
+    memo up by them before anything has parsed them.
+    """
+    if not enabled() or "\x1b" in text:  # click.echo strips escapes off a non-terminal
+        return False
+    found = inputs(ws, report)
+    if found is None:
+        return False
+    files, dirs, lock = found
+    return store(
+        root,
+        config,
+        variant,
+        began_ns=began_ns,
+        files=files,
+        dirs=dirs,
+        lock=lock,
+        text=text,
+        code=code,
+    )
+
+
+def inputs(ws: Workspace, report: StatusReport) -> tuple[list[str], list[str], str] | None:
+    """The files and directories a status was computed from, and the lock; None: no memo.
+
+    None while a writer holds the lock, a migration is interrupted (its evidence reads temp
+    files beside the file targets), a run awaits confirmation (it expires with the clock,
+    not a file), a device key is configured, or no appliance was found.
+    """
+    paths = ws.paths
+    if report.lock_holder is not None or report.interrupted or paths.device_key_file is not None:
+        return None
+    if report.awaiting_confirmation or ws.settings.layout == "none":
+        return None
+    from flywall.core.appliance.layout import candidates
+
+    files: list[str] = list(candidates(str(ws.settings.root)))
+    for path in (paths.config, paths.settings, paths.api_document, paths.lock):
+        if path is not None:  # the loader always places the settings file
+            files += dict.fromkeys((str(path), os.path.realpath(path)))
+    for path in (paths.journal, paths.state_db):
+        for name in dict.fromkeys((str(path), os.path.realpath(path))):
+            files += [name, name + "-wal", name + "-journal"]
+    dirs = [str(d) for d in ws.directories()]
+    return files, dirs, str(paths.lock)

@@ -1,8 +1,10 @@
-"""The click-free entry point (flywall.cli.fast) answers exactly as click does.
+"""The entry point's two answers before click (flywall.cli.fast) are exactly click's.
 
-Every comparison runs the real `flywall` script twice as a subprocess, once as installed
-and once with FLYWALL_NO_FAST_PATH=1 (straight to click), and demands byte-identical
-stdout, stderr and exit code.
+It serves only the help, usage and version texts (cli/_texts.py, rendered by click) and
+status memo hits; every other command line is click's. Every comparison runs the real
+`flywall` script twice as a subprocess, once as installed and once with
+FLYWALL_NO_FAST_PATH=1 (straight to click), and demands byte-identical stdout, stderr and
+exit code. The memo's own soundness (what invalidates it): tests/test_statusmemo.py.
 """
 
 from __future__ import annotations
@@ -10,17 +12,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
-import apsw
 import pytest
 from conftest import FLYWALL, Appliance, create_table_migration
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flywall.cli import fast
+from flywall.cli import fast, statusmemo
 from flywall.cli._texts import TEXTS
 from flywall.cli.gentexts import render
 
@@ -39,8 +41,13 @@ def run(args: list[str], *, env: dict[str, str] | None = None, slow: bool = Fals
 
 @pytest.fixture(autouse=True)
 def _elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`--root ""` means the current directory: keep its caches out of the project."""
+    """`--root ""` means the current directory: keep its caches out of the project.
+
+    And no FLYWALL_* setting of the caller: each is part of the memo's key.
+    """
     monkeypatch.chdir(tmp_path)
+    for name in [k for k in os.environ if k.startswith("FLYWALL_")]:
+        monkeypatch.delenv(name)
 
 
 def assert_same(args: list[str], env: dict[str, str] | None = None) -> tuple[bytes, bytes, int]:
@@ -82,6 +89,38 @@ def test_the_script_runs_the_fast_entry_point() -> None:
     assert declared["flywall-migration"] == "flywall.cli.fast:migration_main"
 
 
+def test_every_text_is_looked_up() -> None:
+    """fast.may_be_text spares a writer the texts' import; it must let every text through."""
+    assert [args for args in TEXTS if not fast.may_be_text(args)] == []
+    groups = [args[1] for args in TEXTS if len(args) == 2 and TEXTS[args][2] == 2]
+    assert sorted(groups) == sorted(fast.GROUPS)
+    assert not fast.may_be_text(("migration", "migrate"))
+    assert not fast.may_be_text(("migration", "--root", "/", "rollback", "--steps", "1"))
+
+
+def test_every_command_of_the_other_modules_joins_a_group() -> None:
+    """main.py adds them by name, imported when run: none may be left out of the maps."""
+    import importlib
+
+    import click
+
+    from flywall.cli.main import JOURNAL_COMMANDS, MIGRATION_COMMANDS
+
+    mapped = {*MIGRATION_COMMANDS.values(), *JOURNAL_COMMANDS.values()}
+    for name in ("audit", "boot", "repair", "serve"):
+        found = vars(importlib.import_module(f"flywall.cli.{name}"))
+        commands = {a: c for a, c in found.items() if isinstance(c, click.Command)}
+        nested = {
+            id(sub)
+            for c in commands.values()
+            if isinstance(c, click.Group)
+            for sub in c.commands.values()
+        }
+        for attribute, command in commands.items():
+            if id(command) not in nested:  # a group's subcommands come with it
+                assert f"flywall.cli.{name}:{attribute}" in mapped, attribute
+
+
 @pytest.mark.parametrize("args", sorted(TEXTS), ids=" ".join)
 def test_every_text_is_served_as_click_serves_it(args: tuple[str, ...]) -> None:
     out, err, code = assert_same(list(args))
@@ -107,7 +146,23 @@ def test_help_under_another_program_name_is_clicks() -> None:
     assert fast.fast([str(link), "migration", "--help"]) is None
 
 
+def memoized(root: str) -> None:
+    """Run status until each variant's memo answers (its inputs must age past the window)."""
+    deadline = time.monotonic() + 20
+    for flags in ((), ("-v",), ("--json",), ("-v", "--json")):
+        variant = statusmemo.variant(verbose="-v" in flags, as_json="--json" in flags)
+        while statusmemo.lookup(root, None, variant) is None:
+            assert time.monotonic() < deadline, "no memo was ever written"
+            subprocess.run(
+                [FLYWALL, "migration", "--root", root, "status", *flags],
+                capture_output=True,
+                check=False,
+            )
+            time.sleep(0.05)
+
+
 def status_lines(root: str) -> list[list[str]]:
+    """Command lines the memo might answer, or that look like them and must not be."""
     g = ["migration", "--root", root]
     return [
         [*g, "status"],
@@ -115,61 +170,45 @@ def status_lines(root: str) -> list[list[str]]:
         [*g, "status", "-v"],
         [*g, "status", "--verbose", "--json"],
         ["migration", f"--root={root}", "--traceback", "status", "-v", "-v"],
-        [*g, "list"],
-        [*g, "list", "--json"],
-        [*g, "list", "--pending"],
-        [*g, "list", "--applied", "--json"],
-        [*g, "list", "--pending", "--applied"],
         [*g, "--config", f"{root}/etc/flywall/flywall.hcl", "status"],
         [*g, "status", "--bogus"],
         [*g, "status", "-vh"],
+        [*g, "status", "-vj"],
         [*g, "status", "--help"],
-        [*g, "list", "extra"],
+        [*g, "status", "extra"],
+        [*g, "status", "--", "-v"],
         [*g, "--bogus", "status"],
+        [*g, "--traceback=1", "status"],
         ["migration", "--root", "status"],
+        ["migration", "--root", "status", "status"],
         ["migration", "--root"],
         ["migration", "--root", "", "status"],
         ["migration", "--root", f"{root}/etc/flywall/flywall.hcl", "status"],
         ["migration", "--root", f"{root}/missing", "status", "--json"],
         [*g, "--config", f"{root}/etc", "status"],
         [*g, "--config", f"{root}/nope.hcl", "status", "--json"],
-        [*g, "--config", f"{root}/nope.hcl", "list", "--traceback"],
         [*g, "statu"],
+        [*g, "list"],
         ["migration", "status", "--json"],
     ]
 
 
-def test_status_and_list_are_served_as_click_serves_them(box: Appliance) -> None:
-    for args in status_lines(str(box.root)):
+def test_status_memo_hits_are_served_as_click_serves_status(box: Appliance) -> None:
+    memoized(str(box.root))
+    argv = ["flywall", "migration", "--root", str(box.root), "status"]
+    assert fast.fast(argv) == 0, "the comparisons below would meet no memo hit"
+    for args in status_lines(str(box.root)):  # the first five are hits
         assert_same(args)
-    out, _, code = run(["migration", "--root", str(box.root), "list"])
-    assert code == 0
-    assert b"pending" in out
-    assert b"applied" in out
 
 
 def test_flywall_root_from_the_environment(box: Appliance, tmp_path: Path) -> None:
+    memoized(str(box.root))
     assert_same(["migration", "status"], env={"FLYWALL_ROOT": str(box.root)})
-    assert_same(["migration", "list", "--json"], env={"FLYWALL_ROOT": ""})
+    assert_same(["migration", "status", "--json"], env={"FLYWALL_ROOT": ""})
     a_file = tmp_path / "file"
     a_file.write_text("")
     assert_same(["migration", "status"], env={"FLYWALL_ROOT": str(a_file)})
     assert_same(["migration", "--help"], env={"FLYWALL_ROOT": str(a_file)})
-
-
-def test_drift_exits_4_on_both_paths(box: Appliance, tmp_path: Path) -> None:
-    import shutil
-
-    copy = Appliance(tmp_path / "copy")
-    shutil.copytree(box.root, copy.root)
-    db = apsw.Connection(str(copy.state_db))
-    db.execute("CREATE TABLE sneaky (id INTEGER)")
-    db.close()
-    for args in (["status"], ["status", "--json"], ["list"]):
-        out, _, code = assert_same(["migration", "--root", str(copy.root), *args])
-        if args[0] == "status":
-            assert code == 4
-            assert b"DRIFT" in out or b"drift" in out
 
 
 def test_an_edited_description_with_an_escape_is_left_to_click(
@@ -179,12 +218,18 @@ def test_an_edited_description_with_an_escape_is_left_to_click(
 
     copy = Appliance(tmp_path / "copy")
     shutil.copytree(box.root, copy.root)
+    for memo in (copy.root / "var/cache/flywall").glob("*.memo"):  # the box's, if any
+        memo.unlink()
     create_table_migration(copy, "202401010009", "later")
     path = copy.migrations_dir / "202401010009_create_later.sql"
     path.write_text(path.read_text().replace("-- Create later.", "-- \x1b[31mred\x1b[0m"))
-    out, _, code = assert_same(["migration", "--root", str(copy.root), "list"])
+    time.sleep(0.3)  # inputs old enough to be memoized, were it not for the escape
+    for _ in range(2):
+        out, _, code = assert_same(["migration", "--root", str(copy.root), "status", "-v"])
     assert code == 0
+    assert b"red" in out
     assert b"\x1b" not in out  # click strips escapes when stdout is a pipe
+    assert not (copy.root / "var/cache/flywall/status-v.memo").exists()
 
 
 TOKENS = [
@@ -224,17 +269,12 @@ def test_any_command_line_of_these_words_answers_as_click(box: Appliance, words:
 
 @pytest.mark.parametrize(
     "args",
-    [
-        ["migration", "--version"],
-        ["migration", "--help"],
-        ["status"],
-        ["status", "--json"],
-        ["list"],
-    ],
+    [["migration", "--version"], ["migration", "--help"], ["status"], ["status", "--json"]],
     ids=" ".join,
 )
 def test_the_hot_command_lines_never_import_click(box: Appliance, args: list[str]) -> None:
-    if args[0] in ("status", "list"):
+    if args[0] == "status":
+        memoized(str(box.root))
         args = ["migration", "--root", str(box.root), *args]
     probe = (
         "import sys; from flywall.cli import fast; "
@@ -243,6 +283,23 @@ def test_the_hot_command_lines_never_import_click(box: Appliance, args: list[str
     )
     p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
     assert p.stderr.splitlines()[-1] == " 0 False"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["migrate"],
+        ["rollback", "--steps", "1"],
+        ["backup", "create"],
+        ["list"],
+        ["status", "--verbose", "--bogus"],
+    ],
+    ids=" ".join,
+)
+def test_every_other_command_line_is_clicks(box: Appliance, args: list[str]) -> None:
+    """One command line: nothing but a text or a memo hit is answered before click."""
+    memoized(str(box.root))
+    assert fast.fast(["flywall", "migration", "--root", str(box.root), *args]) is None
 
 
 def test_status_counts_are_the_states_list_shows(box: Appliance, tmp_path: Path) -> None:
@@ -262,8 +319,6 @@ def test_status_counts_are_the_states_list_shows(box: Appliance, tmp_path: Path)
     assert sum(status["counts"].values()) == len(rows) == 4
 
 
-# -- writers: migrate and rollback -----------------------------------------------------------
-
 FAILING = """\
 -- Fails on purpose.
 -- migrate:up
@@ -272,56 +327,6 @@ INSERT INTO no_such_table VALUES (1);
 -- migrate:down
 DROP TABLE broken;
 """
-
-VOLATILE = [
-    (rb"\d{8}T\d{6}-[0-9a-f]{6}", b"RUN"),  # run ids
-    (rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?", b"TIME"),
-    (rb"\b[0-9a-f]{16,64}\b", b"HASH"),  # event hashes chain in the time
-    (rb"\d+\.\d+", b"N.N"),  # durations
-    (rb'"(at_ns|duration_ns|started_ns|finished_ns|pid)":\d+', rb'"\1":N'),
-]
-
-
-def normalized(result: tuple[bytes, bytes, int], root: Path) -> tuple[bytes, bytes, int]:
-    import re
-
-    out, err, code = result
-    parts = []
-    for raw in (out, err):
-        text = raw.replace(str(root).encode(), b"ROOT")
-        for pattern, replacement in VOLATILE:
-            text = re.sub(pattern, replacement, text)
-        parts.append(text)
-    return parts[0], parts[1], code
-
-
-WRITES = [
-    ("migrate",),
-    ("migrate", "--json"),
-    ("migrate", "--events", "jsonl"),
-    ("migrate", "--target", "202401010003"),
-    ("migrate", "--target=299901010001"),
-    ("migrate", "--dry-run"),
-    ("migrate", "--accept-drift", "--json"),
-    ("rollback", "--steps", "1"),
-    ("rollback", "--steps=2", "--json"),
-    ("rollback", "202401010001"),
-    ("rollback", "--to", "202401010001", "--yes"),
-    ("rollback",),
-    ("rollback", "--steps", "1", "--to", "202401010001"),
-    ("rollback", "--steps", "9", "--json"),
-    ("rollback", "--steps", "0"),
-    ("rollback", "--steps", "01"),
-    ("rollback", "--steps", "1", "--events", "jsonl"),
-    ("rollback", "--events", "xml"),
-    ("migrate", "--bogus"),
-    ("backup", "create"),
-    ("backup", "create", "--no-verify", "--json"),
-    ("backup", "create", "--json", "--no-verify", "--verify"),
-    ("backup", "create", "--no-verify", "--no-verify"),
-    ("backup", "create", "extra"),
-    ("backup", "create", "--bogus"),
-]
 
 
 @pytest.fixture(scope="module")
@@ -336,65 +341,7 @@ def writer_box(tmp_path_factory: pytest.TempPathFactory) -> Appliance:
     return app
 
 
-@pytest.mark.parametrize("command", WRITES, ids=" ".join)
-def test_migrate_and_rollback_answer_as_click(
-    writer_box: Appliance, tmp_path: Path, command: tuple[str, ...]
-) -> None:
-    import shutil
-
-    results = []
-    for name, slow in (("fast", False), ("click", True)):
-        copy = Appliance(tmp_path / name)
-        shutil.copytree(writer_box.root, copy.root)
-        args = ["migration", "--root", str(copy.root), *command]
-        result = normalized(run(args, slow=slow), copy.root)
-        listed = normalized(
-            run(["migration", "--root", str(copy.root), "list", "--json"]), copy.root
-        )
-        results.append((result, listed))
-    assert results[0] == results[1], command
-
-
-def test_a_writer_refused_for_drift_answers_as_click(writer_box: Appliance, tmp_path: Path) -> None:
-    import shutil
-
-    results = []
-    for name, slow in (("fast", False), ("click", True)):
-        copy = Appliance(tmp_path / name)
-        shutil.copytree(writer_box.root, copy.root)
-        db = apsw.Connection(str(copy.state_db))
-        db.execute("CREATE TABLE sneaky (id INTEGER)")
-        db.close()
-        for command in (["migrate"], ["rollback", "--steps", "1", "--json"]):
-            args = ["migration", "--root", str(copy.root), *command]
-            results.append(normalized(run(args, slow=slow), copy.root))
-    assert results[:2] == results[2:]
-    assert results[0][2] == 4
-
-
-def test_migrate_and_rollback_run_without_click(writer_box: Appliance, tmp_path: Path) -> None:
-    import shutil
-
-    copy = Appliance(tmp_path / "copy")
-    shutil.copytree(writer_box.root, copy.root)
-    for command in (
-        ["rollback", "--steps", "1"],
-        ["migrate", "--target", "202401010003"],
-        ["backup", "create", "--no-verify"],
-    ):
-        args = ["flywall", "migration", "--root", str(copy.root), *command]
-        probe = (
-            "import sys; from flywall.cli import fast; "
-            f"code = fast.fast({args!r}); "
-            "print('', code, 'click' in sys.modules, file=sys.stderr)"
-        )
-        p = subprocess.run(
-            [sys.executable, "-c", probe], capture_output=True, text=True, check=False
-        )
-        assert p.stderr.splitlines()[-1] == " 0 False", p.stderr
-
-
-# -- the fast path's exit (no interpreter teardown) -------------------------------------------
+# -- the entry point's exit (no interpreter teardown), after click too ------------------------
 
 
 def _main(args: list[str], prelude: str = "") -> subprocess.CompletedProcess[str]:

@@ -30,11 +30,10 @@ FOLDERS = {
 SAMPLES = ("examples",)  # sample migrations written into a demo box: scripts, not modules
 
 # The fast entry point answers `--help`, `--version` and status memo hits before importing the
-# core (a fleet agent runs `status` every minute): it may find the box and seal its memo
+# core (a fleet agent runs `status` every minute): the memo finds the box and seals itself
 # through these two small modules, which import nothing else of ours at module level (the
 # cache helper's write, on a miss, imports fileio when the core is loaded anyway).
 FAST_PATH = {
-    "flywall.cli.fast": {"flywall.core.appliance.layout"},
     "flywall.cli.statusmemo": {"flywall.core.appliance.layout", "flywall.core.appliance.caches"},
 }
 

@@ -31,15 +31,14 @@ def _hold(appliance: Appliance, tmp_path: Path) -> tuple[subprocess.Popen[str], 
     return first, release
 
 
-@pytest.mark.parametrize("fast", ["", "1"], ids=["fast path", "click"])
 @pytest.mark.parametrize("command", [("migrate",), ("recover",), ("backup", "create")])
-def test_wait_runs_once_the_holder_lets_go(appliance, tmp_path, command, fast):
+def test_wait_runs_once_the_holder_lets_go(appliance, tmp_path, command):
     first, release = _hold(appliance, tmp_path)
     timer = threading.Timer(1.5, release.touch)
     timer.start()
     try:
         t0 = time.monotonic()
-        second = appliance.cli(*command, "--wait", "30", env={"FLYWALL_NO_FAST_PATH": fast})
+        second = appliance.cli(*command, "--wait", "30")
         waited = time.monotonic() - t0
     finally:
         timer.cancel()
@@ -52,12 +51,11 @@ def test_wait_runs_once_the_holder_lets_go(appliance, tmp_path, command, fast):
     assert waited >= 1.0  # it waited for the live holder, then ran
 
 
-@pytest.mark.parametrize("fast", ["", "1"], ids=["fast path", "click"])
-def test_wait_gives_up_after_its_seconds_with_exit_3(appliance, tmp_path, fast):
+def test_wait_gives_up_after_its_seconds_with_exit_3(appliance, tmp_path):
     first, release = _hold(appliance, tmp_path)
     try:
         t0 = time.monotonic()
-        second = appliance.cli("migrate", "--wait", "0.8", env={"FLYWALL_NO_FAST_PATH": fast})
+        second = appliance.cli("migrate", "--wait", "0.8")
         waited = time.monotonic() - t0
     finally:
         release.touch()

@@ -92,8 +92,7 @@ def test_a_signal_ends_the_run_as_failed_with_its_exit_code(appliance, tmp_path,
     assert "alpha" in tables
 
 
-def test_click_path_too(appliance, tmp_path, monkeypatch):
-    monkeypatch.setenv("FLYWALL_NO_FAST_PATH", "1")
+def test_sigint_with_json_is_one_failed_line_and_exit_130(appliance, tmp_path):
     proc, _, err = _interrupt(appliance, tmp_path, signal.SIGINT, "--json")
     assert proc.returncode == 130, err
     assert "Traceback" not in err
