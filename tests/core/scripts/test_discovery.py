@@ -364,7 +364,7 @@ def test_load_module_refuses_a_sql_migration() -> None:
 
 def test_shipped_directory_is_the_flywall_migrations_package() -> None:
     assert shipped_directory() == Path(flywall.migrations.__file__).parent
-    assert shipped_directory().resolve() == (Path(__file__).parents[1] / "migrations").resolve()
+    assert shipped_directory().resolve() == (Path(__file__).parents[3] / "migrations").resolve()
 
 
 def test_a_migration_is_a_frozen_value() -> None:

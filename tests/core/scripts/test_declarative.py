@@ -869,7 +869,7 @@ def test_create_declarative_for_another_form_or_component_is_one_line_exit_2(
 
 
 def test_the_readme_example_is_a_valid_file_that_does_what_it_says():
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).parents[3] / "README.md").read_text(encoding="utf-8")
     example = readme.split("```hcl\n# 202602010001_uplinks.hcl\n", 1)[1].split("```", 1)[0]
 
     steps = parse("README.md", example)

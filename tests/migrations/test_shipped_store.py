@@ -114,7 +114,7 @@ def test_test_isolation_works_for_every_shipped_migration(tmp_path: Path) -> Non
     goes up and down and leaves the schema as it found it (issue 15, item 5).
 
     Through the commands API, the function `flywall migration test --isolation V` calls
-    and whose `exit_code` it exits with (the CLI's own exit codes: tests/test_trial.py).
+    and whose `exit_code` it exits with (the CLI's own exit codes: tests/core/rehearsal/test_trial.py).
     """
     from flywall.core import commands
     from flywall.core.appliance import demo
