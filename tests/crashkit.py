@@ -57,7 +57,7 @@ _STORE_ROWS = {
     # Flywall's store (FLYWALL.md §5): what its records say, not when they were written.
     # A bucket migration stamps versions and times and appends change rows (a rollback
     # too: the log only grows), so two correct runs differ there; the change log's own
-    # invariants (chain, versions, replay) are checked by tests/test_store*.py.
+    # invariants (chain, versions, replay) are checked by tests/core/targets/test_store.py and tests/crash/test_store_engine.py.
     "entries": "SELECT bucket, key, value, expires_at FROM entries ORDER BY bucket, key",
     "changes": None,
     "buckets": "SELECT name FROM buckets ORDER BY name",

@@ -124,7 +124,7 @@ def test_verify_data_on_a_box_without_state_db_passes_and_says_so(appliance):
 
 def test_a_current_version_that_disagrees_with_the_applied_one_is_a_validate_warning(appliance):
     create_table_migration(appliance, V1, "things")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     appliance.configure(f'current_version = "{V2}"\n')
 
     result = appliance.cli("validate")

@@ -26,7 +26,7 @@ from flywall.cli import fast, statusmemo
 from flywall.cli._texts import TEXTS
 from flywall.cli.gentexts import render
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def run(args: list[str], *, env: dict[str, str] | None = None, slow: bool = False):

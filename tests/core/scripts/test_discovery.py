@@ -364,7 +364,7 @@ def test_load_module_refuses_a_sql_migration() -> None:
 
 def test_shipped_directory_is_the_flywall_migrations_package() -> None:
     assert shipped_directory() == Path(flywall.migrations.__file__).parent
-    assert shipped_directory().resolve() == (Path(__file__).parents[1] / "migrations").resolve()
+    assert shipped_directory().resolve() == (Path(__file__).parents[3] / "migrations").resolve()
 
 
 def test_a_migration_is_a_frozen_value() -> None:
@@ -508,23 +508,47 @@ def test_writers_trusting_the_cache_still_refuse_an_edited_applied_migration(
         run[writer](appliance.workspace())
 
 
-@pytest.mark.parametrize(
-    "point", ["discovery-cache-before-replace", "discovery-cache-after-replace"]
-)
-@pytest.mark.parametrize("command", [("status",), ("migrate",)])
-def test_a_kill_while_writing_the_cache_costs_nothing_but_the_cache(
-    appliance, tmp_path, point, command
-):
-    """Killed at either side of the cache's rename: the rerun reads the files and is right."""
-    import json
-    import shutil
+CACHE_POINTS = ["discovery-cache-before-replace", "discovery-cache-after-replace"]
+CACHE_COMMANDS = [("status",), ("migrate",)]
+
+
+@pytest.fixture(scope="module")
+def aged_boxes(tmp_path_factory):
+    """One two-migration box per (command, point) below, all aged past RACY_NS by one sleep.
+
+    The files must be older than RACY_NS to be cached, and ctime cannot be back-dated, so a
+    copy made later would not do: each test gets a box of its own, built before the sleep.
+    """
     import time
 
     from conftest import Appliance, create_table_migration
 
-    create_table_migration(appliance, "202401010001", "hosts")
-    create_table_migration(appliance, "202401010002", "zones")
+    root = tmp_path_factory.mktemp("aged")
+    boxes = {}
+    for command in CACHE_COMMANDS:
+        for point in CACHE_POINTS:
+            app = Appliance(root / f"{command[0]}-{point}")
+            app.configure()
+            app.migrations_dir.mkdir(parents=True)
+            create_table_migration(app, "202401010001", "hosts")
+            create_table_migration(app, "202401010002", "zones")
+            boxes[command, point] = app
     time.sleep(3.2)  # older than RACY_NS: the files are cached (ctime cannot be back-dated)
+    return boxes
+
+
+@pytest.mark.parametrize("point", CACHE_POINTS)
+@pytest.mark.parametrize("command", CACHE_COMMANDS)
+def test_a_kill_while_writing_the_cache_costs_nothing_but_the_cache(
+    aged_boxes, tmp_path, point, command
+):
+    """Killed at either side of the cache's rename: the rerun reads the files and is right."""
+    import json
+    import shutil
+
+    from conftest import Appliance
+
+    appliance = aged_boxes[command, point]
     reference = Appliance(tmp_path / "reference")
     shutil.copytree(appliance.root, reference.root)
     assert reference.cli(*command).returncode == 0

@@ -45,7 +45,7 @@ EBPF, ZONES, DNS, WEB, UPLINK, PROTECTION = VERSIONS = [
 CONFIG_MIGRATIONS = [m for m in discover([shipped_directory()]) if m.component == "config"]
 MODULES = {m.version: load_module(m) for m in CONFIG_MIGRATIONS}
 SLUGS = {m.version: m.slug for m in CONFIG_MIGRATIONS}
-FIXTURES = Path(__file__).parent / "fixtures" / "flywall_configs"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "flywall_configs"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.hcl") if ".after." not in p.name)
 CEILING = (1, 1)  # what Flywall v0.3 accepts
 

@@ -251,12 +251,19 @@ def copy_of(template: Appliance, where: Path) -> Appliance:
     return Appliance(where)
 
 
-def crash_points(template: Appliance, tmp_path: Path, command: tuple[str, ...]) -> list[str]:
-    """Run the command once with FLYWALL_CRASH_LIST; return every `name:n` it reached."""
-    app = copy_of(template, tmp_path / "enumerate")
+def uninterrupted(
+    template: Appliance, tmp_path: Path, scenario: Scenario
+) -> tuple[Appliance, list[str]]:
+    """Run the scenario's command once, uncut, in a copy; return it and every `name:n` reached.
+
+    The listing run is the reference run: FLYWALL_CRASH_LIST only appends each point's
+    name to a file outside the appliance, so what it leaves is what an uncut run leaves.
+    """
+    app = copy_of(template, tmp_path / "reference")
     listing = tmp_path / "points.txt"
-    app.cli(*command, env={"FLYWALL_CRASH_LIST": str(listing)})
-    return [line.replace(" ", ":") for line in listing.read_text().splitlines()]
+    result = app.cli(*resolved(app, scenario.command), env={"FLYWALL_CRASH_LIST": str(listing)})
+    assert result.returncode == scenario.exit_code, result.stderr
+    return app, [line.replace(" ", ":") for line in listing.read_text().splitlines()]
 
 
 @pytest.mark.torture
@@ -265,13 +272,8 @@ def test_a_kill_at_every_crash_point_recovers_to_the_uninterrupted_result(
     tmp_path: Path, scenario: Scenario
 ) -> None:
     template = prepared(tmp_path, scenario)
-    reference_app = copy_of(template, tmp_path / "reference")
-    assert reference_app.cli(*resolved(reference_app, scenario.command)).returncode == (
-        scenario.exit_code
-    )
+    reference_app, points = uninterrupted(template, tmp_path, scenario)
     reference = observe(reference_app.root)
-
-    points = crash_points(template, tmp_path, resolved(template, scenario.command))
     assert points, "the scenario reached no crash point"
     violations: dict[str, list[str]] = {}
     chosen = cuts(points)

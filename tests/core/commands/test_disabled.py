@@ -25,7 +25,7 @@ def events(app: Appliance) -> int:
 
 def test_writing_commands_refuse_naming_the_file_and_line_and_journal_nothing(appliance):
     create_table_migration(appliance, V1, "zones")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     create_table_migration(appliance, V2, "rules")
     appliance.configure("enabled = false\n")
     before = events(appliance)
@@ -50,7 +50,7 @@ def test_writing_commands_refuse_naming_the_file_and_line_and_journal_nothing(ap
 def test_reading_commands_backups_confirm_and_journal_verify_still_work(appliance):
     create_table_migration(appliance, V1, "zones")
     appliance.configure('confirm_within = "10m"\n')
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     appliance.configure('enabled = false\nconfirm_within = "10m"\n')
 
     for command in (
@@ -108,7 +108,7 @@ def test_recover_still_finishes_an_interrupted_migration_when_disabled(appliance
 
 def test_the_api_answers_409_with_the_same_line_to_apply_and_rollback(appliance, tmp_path):
     create_table_migration(appliance, V1, "zones")
-    assert appliance.cli("migrate").returncode == 0
+    appliance.migrate()
     create_table_migration(appliance, V2, "rules")
     appliance.configure("enabled = false\n")
     line = "migrations are disabled in etc/flywall/migration.hcl (line 3: enabled = false)"

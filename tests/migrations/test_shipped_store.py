@@ -111,29 +111,17 @@ def test_the_shipped_store_migrations_do_nothing_on_a_plain_database(
 
 def test_test_isolation_works_for_every_shipped_migration(tmp_path: Path) -> None:
     """Each shipped migration, alone on Flywall's empty store with what precedes it applied,
-    goes up and down and leaves the schema as it found it (issue 15, item 5)."""
-    import subprocess
+    goes up and down and leaves the schema as it found it (issue 15, item 5).
 
-    from conftest import FLYWALL
-
+    Through the commands API, the function `flywall migration test --isolation V` calls
+    and whose `exit_code` it exits with (the CLI's own exit codes: tests/core/rehearsal/test_trial.py).
+    """
+    from flywall.core import commands
     from flywall.core.appliance import demo
+    from flywall.core.appliance.workspace import Workspace
     from flywall.core.scripts.discovery import discover
 
     demo.build(tmp_path / "box")
     for m in discover([shipped_directory()]):
-        result = subprocess.run(
-            [
-                FLYWALL,
-                "migration",
-                "--root",
-                str(tmp_path / "box"),
-                "test",
-                "--isolation",
-                m.version,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        assert result.returncode == 0, (m.version, result.stdout, result.stderr)
+        report = commands.test(Workspace.load(tmp_path / "box"), "isolation", m.version)
+        assert report.exit_code == 0, (m.version, report)

@@ -12,7 +12,7 @@ and the same checker with a durability setting the product refuses, and must be 
 By default SAMPLES cut points per fate are taken evenly (each fate on a shifted grid), about
 two minutes on two cores; `FLYWALL_TORTURE=long` runs every cut point (over an hour).
 `powercut_figures` returns the counts, `summarize` words them; `pytest -s` prints one line
-per scenario and the totals, and `python tests/test_powercut.py` prints them too.
+per scenario and the totals, and `PYTHONPATH=tests python tests/crash/test_powercut.py` prints them too.
 """
 
 from __future__ import annotations

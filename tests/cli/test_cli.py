@@ -68,7 +68,7 @@ def test_every_command_has_help_text_answers_help_and_takes_json(path):
     """Every command is documented; every one that is not a group has --json (DESIGN §10).
 
     `flywall --help` itself is Flywall's own (issue 14: every first word but `migration`
-    goes to its binary; tests/test_names.py)."""
+    goes to its binary; tests/cli/test_names.py)."""
     command = lookup(path)
     result = subprocess.run(
         [FLYWALL, *path, "--help"], capture_output=True, text=True, check=False, timeout=60
