@@ -1,7 +1,7 @@
 """Render, with click, the texts `flywall.cli.fast` serves without it; write `_texts.py`.
 
 `python -m flywall.cli.gentexts` (or `make cli-texts`) rewrites cli/_texts.py;
-tests/test_fastpath.py calls `render()` and fails when the file no longer matches, so a
+tests/cli/test_fastpath.py calls `render()` and fails when the file no longer matches, so a
 changed option or docstring cannot leave a stale help text behind.
 """
 

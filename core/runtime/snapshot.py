@@ -26,7 +26,7 @@ FOLD = ("model/events.py", "model/lifecycle.py", "model/projection.py")
 
 SNAPSHOT_FORMAT = 2
 """Bump on any change to FOLD that changes what a fold of the same events gives (and then
-set FOLD_DIGEST): tests/test_caches.py fails until both agree with the code."""
+set FOLD_DIGEST): tests/core/appliance/test_caches.py fails until both agree with the code."""
 FOLD_DIGEST = "50faa353b05f408144d8acad64dcbb01cadcc25ac7d37bb01e566e9995f66d7c"
 """`caches.sources_digest(FOLD)` when SNAPSHOT_FORMAT was last reviewed."""
 

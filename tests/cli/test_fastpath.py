@@ -4,7 +4,7 @@ It serves only the help, usage and version texts (cli/_texts.py, rendered by cli
 status memo hits; every other command line is click's. Every comparison runs the real
 `flywall` script twice as a subprocess, once as installed and once with
 FLYWALL_NO_FAST_PATH=1 (straight to click), and demands byte-identical stdout, stderr and
-exit code. The memo's own soundness (what invalidates it): tests/test_statusmemo.py.
+exit code. The memo's own soundness (what invalidates it): tests/cli/test_statusmemo.py.
 """
 
 from __future__ import annotations
