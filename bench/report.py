@@ -48,6 +48,8 @@ SCEN = {
     "e_data_nobackup": "(e) ADD COLUMN + UPDATE, backup_before = false",
     "e_data_bare": "(e) ADD COLUMN + UPDATE, no backup, no validate_before/after",
     "e_data_rollback": "(e) ADD COLUMN + UPDATE, state.db in rollback-journal mode",
+    "e_data_backuponly": "(e) ADD COLUMN + UPDATE, backup only, no validate_before/after",
+    "e_data_noafter": "(e) ADD COLUMN + UPDATE, validate_after = false",
     "k_migrate_backup": "migrate 1 trivial migration, backup_before = true, no validate",
     "k_backup_create": "backup create --no-verify",
     "a_apply_pair": "(a) apply all, empty -> head, interleaved with the other tool",
@@ -86,7 +88,7 @@ class Results:
         if scen.startswith("s_state_"):
             return self.get(tool, "s_reset_" + scen.removeprefix("s_state_"), n)
         shared = {"e_data": ("sqlite3-cli", "e_reset"), "s_state": ("sqlite3-cli", "s_reset"), "k_backup": ("cp", "k_reset"), "k_backup_create_floor": ("flywall", "k_create_reset")}  # fmt: skip
-        own = {"a_apply": "a_reset", "a_apply_pair": "a_reset", "a_apply_each_tx": "a_reset", "c_rollback_reapply": "c_reset", "h_resume": "h_reset", "h_recover": "h_reset", "e_data": "e_reset", "e_data_nobackup": "e_reset", "e_data_bare": "e_reset", "e_data_rollback": "e_reset", "k_migrate_backup": "k_reset", "k_migrate_nobackup": "k_reset", "k_backup_create": "k_create_reset", "k_backup_create_verify": "k_create_reset", "k_backup_same_reset": "k_reset", "l_full": "l_reset"}  # fmt: skip
+        own = {"a_apply": "a_reset", "a_apply_pair": "a_reset", "a_apply_each_tx": "a_reset", "c_rollback_reapply": "c_reset", "h_resume": "h_reset", "h_recover": "h_reset", "e_data": "e_reset", "e_data_nobackup": "e_reset", "e_data_bare": "e_reset", "e_data_rollback": "e_reset", "e_data_backuponly": "e_reset", "e_data_noafter": "e_reset", "k_migrate_backup": "k_reset", "k_migrate_nobackup": "k_reset", "k_backup_create": "k_create_reset", "k_backup_create_verify": "k_create_reset", "k_backup_same_reset": "k_reset", "l_full": "l_reset"}  # fmt: skip
         found = self.get(tool, own[scen], n) if scen in own else None
         if found is None and scen in shared:
             found = self.get(*shared[scen], n)
@@ -255,7 +257,13 @@ def ratio_table(res: Results) -> list[str]:  # noqa: C901, PLR0912 - one row aft
     e = res.label_n("e_data")
     if e:
         row(SCEN["e_data"], e, "e_data", ("sqlite3-cli", "e_data"))
-        for variant in ("e_data_nobackup", "e_data_bare", "e_data_rollback"):
+        for variant in (
+            "e_data_nobackup",
+            "e_data_bare",
+            "e_data_backuponly",
+            "e_data_noafter",
+            "e_data_rollback",
+        ):
             if res.get(OURS, variant, e):
                 row(SCEN[variant], e, "e_data", ("sqlite3-cli", "e_data"), variant)
     # peak memory of (a)
@@ -416,6 +424,44 @@ def ours_table(res: Results) -> list[str]:  # noqa: C901, PLR0912, PLR0915 - one
     return out
 
 
+GUARANTEES = (
+    ("backup_before (copy, digest, journal copy), no validation", "e_data_backuponly", "e_data_bare"),
+    ("validate_before (quick_check etc., alongside the backup copy)", "e_data_noafter", "e_data_backuponly"),
+    ("validate_after (quick_check etc., alongside the checkpoint)", "e_data", "e_data_noafter"),
+    ("validate_before + validate_after, no backup", "e_data_nobackup", "e_data_bare"),
+    ("the whole safety net (defaults against bare)", "e_data", "e_data_bare"),
+    ("WAL against the rollback journal, defaults", "e_data", "e_data_rollback"),
+    ("WAL against the rollback journal, sqlite3 CLI alone", ("sqlite3-cli-wal", "e_data"), ("sqlite3-cli", "e_data")),
+    ("flywall bare over the sqlite3 CLI in WAL mode (start-up, journal, run)", "e_data_bare", ("sqlite3-cli-wal", "e_data")),
+)  # fmt: skip
+"""(line, with, without): each guarantee's cost is the net median of `with` minus `without`."""
+
+
+def guarantee_costs(res: Results) -> list[str]:
+    """One line per guarantee of the (e) migration: wall and cpu, as a difference of two rows.
+
+    A difference of two medians of a loaded machine can come out negative: it is printed as
+    measured (noise larger than the cost), never clamped.
+    """
+    n = res.label_n("e_data")
+    if not n:
+        return []
+    out = ["| guarantee | with | without | wall cost | cpu cost |", "|---|---|---|---|---|"]
+
+    def key(k: str | tuple[str, str]) -> tuple[str, str]:
+        return (OURS, k) if isinstance(k, str) else k
+
+    for label, with_, without in GUARANTEES:
+        a, b = key(with_), key(without)
+        wa, wb = res.net(*a, n), res.net(*b, n)
+        ra, rb = res.get(*a, n), res.get(*b, n)
+        if wa is None or wb is None or ra is None or rb is None:
+            continue
+        cpu = ra["cpu_median"] - rb["cpu_median"]
+        out.append(f"| {label} | {a[0]} {a[1]} | {b[0]} {b[1]} | {wa - wb:+.3f} s | {cpu:+.3f} s |")
+    return out if len(out) > 2 else []
+
+
 def detail(res: Results) -> list[str]:
     out = [
         "| tool | scenario | size | median | [min-max] | reset | net | cpu | peak MiB | runs | others |",
@@ -549,6 +595,11 @@ def main() -> int:
     w.append("## Ours alone: long journal, recovery, state migration, backup\n")
     w.extend(ours_table(res))
     w.append("")
+    costs = guarantee_costs(res)
+    if costs:
+        w.append("## What each guarantee costs: (e), differences of two runs\n")
+        w.extend(costs)
+        w.append("")
     notes = res.text("notes.txt")
     if notes:
         w.append("Notes from the run:\n")

@@ -411,6 +411,14 @@ if want data; then
     bare . && warm _bare
     bt "flywall|e_data_bare|$ROWS" -- sh -c "rm -rf var && cp -a base_var_bare var && exec $F migrate"
     check_e "flywall (no backup, no validate_before/after)" "$STATE"
+    # one guarantee at a time on top of bare, so the report gives each its own cost line:
+    # the backup alone, then validate_before (alongside the copy); defaults add validate_after
+    config . validate_before=false validate_after=false && warm _backuponly
+    bt "flywall|e_data_backuponly|$ROWS" -- sh -c "rm -rf var && cp -a base_var_backuponly var && exec $F migrate"
+    check_e "flywall (backup only, no validate_before/after)" "$STATE"
+    config . validate_after=false && warm _noafter
+    bt "flywall|e_data_noafter|$ROWS" -- sh -c "rm -rf var && cp -a base_var_noafter var && exec $F migrate"
+    check_e "flywall (validate_after = false)" "$STATE"
     config .
     # defaults again, on a state.db in rollback-journal mode (as the floor's): a box whose
     # daemon created state.db that way (ours then commits with synchronous = EXTRA)
