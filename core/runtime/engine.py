@@ -26,7 +26,6 @@ from flywall.core.runtime.crash import crashpoint
 from flywall.core.runtime.lock import Holder, WriterLock
 from flywall.core.runtime.recorder import Recorder
 from flywall.core.runtime.watchdog import Watchdog
-from flywall.core.scripts import signing
 from flywall.core.targets import registry
 from flywall.core.targets.database import DatabaseTarget
 from flywall.core.targets.protocol import Step
@@ -465,6 +464,8 @@ class Engine:
         :raises SignatureRefused: naming the unsigned, modified or untrusted file.
         """
         if self.ws.settings.require_signatures:
+            from flywall.core.scripts import signing  # lazy: only with require_signatures
+
             signing.check(self.ws)
 
     def migrate(self, target: str | None = None, *, accept_drift: bool = False) -> RunReport:
