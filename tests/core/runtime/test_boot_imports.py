@@ -26,6 +26,8 @@ NOT_FOR_A_NOOP = (
     "flywall.core.scripts.signing",  # require_signatures only
     "flywall.core.targets.records",  # a state step's record helper
     "flywall.core.targets.store",  # ... and Flywall's bucket format under it
+    "flywall.core.services.backup",  # a backup, or the partials a cut one left
+    "shutil",  # (and zlib, bz2, lzma under it) the backup service, the rehearsals
 )
 
 PROBE = """\
@@ -95,6 +97,20 @@ def down(ctx, records):
     out, code, modules = run(box, "migrate")
     assert code == 0, out
     assert "flywall.core.targets.records" in modules
+
+
+def test_a_noop_migrate_still_removes_a_cut_backups_partial(box: Appliance) -> None:
+    assert run(box, "migrate")[1] == 0
+    backups = box.root / "var/lib/flywall/migration-backups"
+    partial = backups / ".20240101T000000-abcdef.partial"
+    (partial / "inside").mkdir(parents=True)
+    kept = backups / ".keep"
+    kept.write_text("not ours to remove", encoding="utf-8")
+    out, code, modules = run(box, "migrate")
+    assert (out, code) == ("nothing to do\n", 0)
+    assert not partial.exists()
+    assert kept.exists()
+    assert "flywall.core.services.backup" in modules  # this boot needed the service
 
 
 def test_a_noop_migrate_still_refuses_drift(box: Appliance) -> None:
