@@ -11,8 +11,6 @@ config before it replaces flywall.hcl.
 from __future__ import annotations
 
 import os
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -84,6 +82,8 @@ def wait_gone(run_dir: Path, pid: int, grace: float = STOP_GRACE) -> bool:
 
 def run(argv: tuple[str, ...] | list[str], timeout: float = COMMAND_TIMEOUT) -> CommandResult:
     """Run an operator's command (no shell); a command that cannot start is exit 127."""
+    import subprocess  # lazy: every writer asks `live_pid`, few run a command (~6 ms)
+
     try:
         done = subprocess.run(
             list(argv),
@@ -110,6 +110,8 @@ def check_config(argv: tuple[str, ...], text: bytes) -> CommandResult:
     The file lives in the system's temporary folder, never beside flywall.hcl (a cut
     there would leave a stray file in Flywall's config folder), and is removed after.
     """
+    import tempfile  # lazy: only a config migration with `check_command` needs it
+
     fd, name = tempfile.mkstemp(prefix="flywall-check-", suffix=".hcl")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -8,7 +8,6 @@ target together with its marker → MigrationApplied → RunFinished.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from typing import TYPE_CHECKING, Any, Self
@@ -26,7 +25,6 @@ from flywall.core.runtime.crash import crashpoint
 from flywall.core.runtime.lock import Holder, WriterLock
 from flywall.core.runtime.recorder import Recorder
 from flywall.core.runtime.watchdog import Watchdog
-from flywall.core.scripts import signing
 from flywall.core.targets import registry
 from flywall.core.targets.database import DatabaseTarget
 from flywall.core.targets.protocol import Step
@@ -66,6 +64,18 @@ def _existing_parent(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+def _may_hold_partials(backups: Path) -> bool:
+    """True if `backups` holds a dot-named entry, the only kind a cut backup leaves behind.
+
+    `backup.remove_partials` applies the exact rule; a box without one (every boot but the
+    one after a cut) does not import the backup service to learn that.
+    """
+    try:
+        return any(entry.name.startswith(".") for entry in backups.iterdir())
+    except OSError:  # no backups folder yet (an unreadable one fails the next backup loudly)
+        return False
 
 
 def new_run_id() -> str:
@@ -317,9 +327,10 @@ class Engine:
         rollback, resumes half-done steps (`resume_step`), and carries the interrupted
         runs' auto-rollback or plan on.
         """
-        from flywall.core.services import backup
+        if _may_hold_partials(self.ws.paths.backups):
+            from flywall.core.services import backup  # lazy: shutil, zlib... (~5 ms a boot)
 
-        backup.remove_partials(self.ws)
+            backup.remove_partials(self.ws)
         for cut in recovery.cut_rollbacks(self.state, self.existing_database()):
             self._reopen_cut_rollback(cut)
         outcome = recovery.recover(self.recorder, self.existing_database(), self.ws, self)
@@ -465,6 +476,8 @@ class Engine:
         :raises SignatureRefused: naming the unsigned, modified or untrusted file.
         """
         if self.ws.settings.require_signatures:
+            from flywall.core.scripts import signing  # lazy: only with require_signatures
+
             signing.check(self.ws)
 
     def migrate(self, target: str | None = None, *, accept_drift: bool = False) -> RunReport:
@@ -752,7 +765,8 @@ class Engine:
         if self.ws.settings.backup_before:
             needs.append((_existing_parent(paths.backups), db_size + files + (1 << 20)))
         for where, size in needs:
-            free = shutil.disk_usage(_existing_parent(where)).free
+            fs = os.statvfs(_existing_parent(where))  # what shutil.disk_usage reads
+            free = fs.f_bavail * fs.f_frsize
             if free < size:
                 raise errors.ValidationFailed(
                     f"pre-flight: {where} has {free} bytes free, the run needs {size}; "

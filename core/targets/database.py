@@ -18,12 +18,14 @@ import apsw
 import blake3
 
 from flywall.core.runtime.crash import crashpoint
-from flywall.core.targets.records import CHECKPOINTS, clear_checkpoints
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 MARKERS = "flywall_migration_markers"
+CHECKPOINTS = "flywall_batches"
+"""A batched state step's committed checkpoints (written by targets/records.py). Named here,
+not there: a run that steps nothing (every boot's noop) must not import the record helper."""
 
 
 class DatabaseTarget:
@@ -310,7 +312,8 @@ class DatabaseTarget:
         else:
             self._mark_rolled_back(version, component, previous)
         if self._table_exists(CHECKPOINTS):  # only ever made by a state migration
-            clear_checkpoints(db, version)
+            # a finished migration's checkpoints go in the transaction that sets its marker
+            db.execute(f"DELETE FROM {CHECKPOINTS} WHERE step LIKE ?", (f"{version}:%",))
         return self.fingerprint() if fingerprint else None
 
     def move_marker(

@@ -24,14 +24,13 @@ import msgspec
 
 from flywall.core.runtime import pytimeout
 from flywall.core.runtime.crash import crashpoint
+from flywall.core.targets.database import CHECKPOINTS
 from flywall.core.targets.store import DELETE, Bucket, Progress
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     import apsw
-
-CHECKPOINTS = "flywall_batches"
 
 _CHUNK = 10_000
 """Rows per range of an atomic run: bounds the pending new values a range keeps."""
@@ -232,15 +231,6 @@ class Records:
         crashpoint("state-batch-committed")
         self._on_batch(str(last_key), done, total)
         self.db.execute("BEGIN IMMEDIATE")
-
-
-def clear_checkpoints(db: apsw.Connection, version: str) -> None:
-    """Drop a finished migration's checkpoints, in the transaction that sets its marker."""
-    exists = db.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (CHECKPOINTS,)
-    ).fetchone()
-    if exists:
-        db.execute(f"DELETE FROM {CHECKPOINTS} WHERE step LIKE ?", (f"{version}:%",))
 
 
 _Functions = dict[str, tuple["Callable[..., Any]", int]]

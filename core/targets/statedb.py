@@ -17,7 +17,6 @@ from flywall.core.model.errors import FlywallError
 from flywall.core.runtime.crash import crashpoint
 from flywall.core.targets import dbcopy
 from flywall.core.targets.protocol import Copy, Evidence, Step
-from flywall.core.targets.records import Records
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -158,6 +157,8 @@ class RecordsTarget(_InStateDb):
 
     def open(self, step: Step) -> Any:
         """The record helper, checkpointing under `step.name` and journaling each batch."""
+        from flywall.core.targets.records import Records  # lazy: a state step's only (~5 ms)
+
         return Records(
             self._connection().db,
             step.name,
