@@ -94,12 +94,9 @@ class Records:
         `where` picks) commits with its checkpoint.
         """
         changed = [0]
-        if not self._watched(table) and self.db.exec_trace is None:
-            update, functions = _one_call_update(
-                table, fn, column, key, where, changed, utf8=self._utf8()
-            )
-        else:
-            update, functions = _two_call_update(table, fn, column, key, where, changed)
+        one_call = not self._watched(table) and self.db.exec_trace is None
+        build = _one_call_update if one_call else _two_call_update
+        update, functions = build(table, fn, column, key, where, changed, utf8=self._utf8())
         for name, (function, arity) in functions.items():
             self.db.create_scalar_function(name, function, arity)
         try:
@@ -325,6 +322,8 @@ def _two_call_update(
     key: str,
     where: str | None,
     changed: list[int],
+    *,
+    utf8: bool = True,
 ) -> tuple[str, _Functions]:
     """The UPDATE for a watched table: a row `fn` leaves alone is not updated at all.
 
@@ -333,15 +332,17 @@ def _two_call_update(
     (`test --performance` charges a migration the rows it changed): WHERE decides (and
     keeps the new value), SET takes it. Each row's fn runs once, whether SQLite updates in
     one pass or collects the rows first (it does with triggers). CASE keeps `where` first.
+    The new value is kept as bytes that CAST makes TEXT; as a str in a UTF-16 database,
+    where the cast would read UTF-8 bytes as UTF-16.
     """
     decode, encode = _decode.decode, _encode.encode
-    pending: dict[Any, bytes] = {}
+    pending: dict[Any, bytes | str] = {}
 
     def changes(row_key: Any, raw: str | None) -> int:
         new = fn(decode(raw) if raw is not None else None)
         if new is None:
             return 0
-        pending[row_key] = encode(new)
+        pending[row_key] = encode(new) if utf8 else encode(new).decode()
         changed[0] += 1
         return 1
 

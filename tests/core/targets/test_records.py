@@ -404,11 +404,18 @@ def test_new_values_are_stored_byte_for_byte_as_the_old_str_path_wrote_them(
     db.close()
 
 
-def test_a_utf16_database_gets_the_same_text(tmp_path: Path) -> None:
-    """`CAST(bytes AS TEXT)` reads the database's encoding: UTF-16 takes the str path."""
+@pytest.mark.parametrize(
+    "watch", ["", "CREATE TRIGGER w AFTER UPDATE ON leases BEGIN SELECT 1; END"]
+)
+def test_a_utf16_database_gets_the_same_text(tmp_path: Path, watch: str) -> None:
+    """`CAST(bytes AS TEXT)` reads the database's encoding: UTF-16 takes the str path.
+
+    Both UPDATE forms: the one-call one (nothing watches) and the two-call one (a trigger).
+    """
     db = apsw.Connection(str(tmp_path / "s.db"))
     db.execute("PRAGMA encoding = 'UTF-16le'")
     db.execute("CREATE TABLE leases (mac TEXT PRIMARY KEY, data TEXT)")
+    db.execute(watch)
     db.executemany(
         "INSERT INTO leases (mac, data) VALUES (?, ?)",
         [(f"m{i}", json.dumps({"ip": f"10.0.0.{i}", "n": i})) for i in range(5)],
