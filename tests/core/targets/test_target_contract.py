@@ -223,7 +223,7 @@ class TargetContract:
         intent_file = path.with_name("intent.json")
         code = (
             "import sys; from pathlib import Path; "
-            f"sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[2])]!r}; "
             "import test_target_contract as c; "
             f"c.{type(self).__name__}().child_up(Path({str(path)!r}), Path({str(intent_file)!r}))"
         )
