@@ -10,6 +10,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import apsw
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -357,3 +358,70 @@ def test_every_selected_row_is_visited_once_in_key_order(
         assert len(run.batches) == -(-len(keys) // batch)
     assert not run.progress or run.progress[-1] == (len(keys), len(keys))
     db.close()
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(exclude_categories=("Cs",))),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(st.characters(exclude_categories=("Cs",))), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(_JSON, min_size=1, max_size=12))
+def test_new_values_are_stored_byte_for_byte_as_the_old_str_path_wrote_them(
+    tmp_path_factory: pytest.TempPathFactory, values: list[Any]
+) -> None:
+    """Flywall's own loader reads these records: the reused buffer changes no byte.
+
+    The old one-call path stored `Encoder().encode(new).decode()`, a str; the new one
+    hands SQLite the encoder's bytes and casts them to TEXT. Same key order, separators,
+    non-ASCII, floats and integers; a short value after a long one leaves no tail behind.
+    """
+    db = apsw.Connection(str(tmp_path_factory.mktemp("b") / "s.db"))
+    db.execute("CREATE TABLE leases (data TEXT)")
+    db.executemany(
+        "INSERT INTO leases (data) VALUES (?)", [(json.dumps(i),) for i in range(len(values))]
+    )
+    new = {i: {"v": v, "é": [i, '日本 ✓ \n"\\']} for i, v in enumerate(values)}
+
+    changed = Run(db)("transform", "leases", lambda i: new[i] if i % 3 else {"v": "x" * 300})
+
+    assert changed == len(values)
+    old = msgspec.json.Encoder().encode
+    stored = db.execute("SELECT typeof(data), CAST(data AS BLOB) FROM leases ORDER BY rowid")
+    assert stored.fetchall() == [
+        ("text", old(new[i] if i % 3 else {"v": "x" * 300}).decode().encode())
+        for i in range(len(values))
+    ]
+    db.close()
+
+
+@pytest.mark.parametrize(
+    "watch", ["", "CREATE TRIGGER w AFTER UPDATE ON leases BEGIN SELECT 1; END"]
+)
+def test_a_utf16_database_gets_the_same_text(tmp_path: Path, watch: str) -> None:
+    """`CAST(bytes AS TEXT)` reads the database's encoding: UTF-16 takes the str path.
+
+    Both UPDATE forms: the one-call one (nothing watches) and the two-call one (a trigger).
+    """
+    db = apsw.Connection(str(tmp_path / "s.db"))
+    db.execute("PRAGMA encoding = 'UTF-16le'")
+    db.execute("CREATE TABLE leases (mac TEXT PRIMARY KEY, data TEXT)")
+    db.execute(watch)
+    db.executemany(
+        "INSERT INTO leases (mac, data) VALUES (?, ?)",
+        [(f"m{i}", json.dumps({"ip": f"10.0.0.{i}", "n": i})) for i in range(5)],
+    )
+
+    assert Run(db)("transform", "leases", to_v2) == 5
+
+    assert datas(db) == [{"address": {"ipv4": f"10.0.0.{i}"}, "n": i} for i in range(5)]
+    assert db.execute("SELECT typeof(data) FROM leases GROUP BY 1").fetchall() == [("text",)]
