@@ -17,7 +17,6 @@ the recorded head, and `journal recover-from-backup` journals the recovery on to
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from typing import TYPE_CHECKING
@@ -29,7 +28,7 @@ from flywall.core.model.errors import FlywallError, UsageError, ValidationFailed
 from flywall.core.runtime import fileio
 from flywall.core.runtime.crash import crashpoint
 from flywall.core.targets import registry
-from flywall.core.targets.dbcopy import connect, digest_range, file_digest
+from flywall.core.targets.dbcopy import connect, copy_into_file, file_digest
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -229,23 +228,15 @@ def _copy_journal(ws: Workspace, folder: Path) -> tuple[BackupItem | None, tuple
         return None, (0, "")
     copy = folder / JOURNAL_COPY
     src = connect(str(source), ws.sqlite.vfs, apsw.SQLITE_OPEN_READONLY)
-    dest = connect(str(copy), None)
     try:
-        with dest.backup("main", src, "main") as job:
-            job.step(-1)
-        dest.execute("PRAGMA journal_mode = DELETE")
-        row = dest.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        size, digest = copy_into_file(src, copy)
     finally:
-        dest.close()
         src.close()
-    os.chmod(copy, 0o600)  # noqa: PTH101 - before anyone can read it
-    fd = os.open(copy, os.O_RDONLY)
+    check = connect(str(copy), None, apsw.SQLITE_OPEN_READONLY)
     try:
-        os.fsync(fd)
-        size = os.fstat(fd).st_size
-        digest = digest_range(fd, size)
+        row = check.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
     finally:
-        os.close(fd)
+        check.close()
     crashpoint("backup-journal-copied")
     item = BackupItem(
         name=JOURNAL_COPY, component="journal", source=str(source), size=size, digest=digest

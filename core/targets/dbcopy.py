@@ -196,15 +196,28 @@ def _online_copy(
         lock.execute("ROLLBACK")
     once()
     src = connect(str(source), None, apsw.SQLITE_OPEN_READONLY)
+    try:
+        return copy_into_file(src, target, pages_per_step=4096)
+    finally:
+        src.close()
+
+
+def copy_into_file(src: apsw.Connection, target: Path, pages_per_step: int = -1) -> tuple[int, str]:
+    """Copy `src` into a new self-contained file `target`; make it private, fsync, digest.
+
+    SQLite's online backup API, page by page (`pages_per_step=-1`: all pages inside one
+    read transaction, a committed state whatever the source's WAL holds). The copy is
+    switched to rollback-journal mode, so it is one file with no -wal to lose. Both the
+    state.db copy and the journal copy of a backup are made here.
+    """
     dest = connect(str(target), None)
     try:
         with dest.backup("main", src, "main") as job:
             while not job.done:
-                job.step(4096)
+                job.step(pages_per_step)
         dest.execute("PRAGMA journal_mode = DELETE")
     finally:
         dest.close()
-        src.close()
     os.chmod(target, 0o600)  # noqa: PTH101 - before anyone can read it
     fd = os.open(target, os.O_RDONLY)
     try:
