@@ -16,15 +16,15 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from apiserver import FLEET_TOKEN, TOKEN, serving
 from conftest import Appliance, create_table_migration
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_api import FLEET_TOKEN, TOKEN, serving
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from test_api import Server
+    from apiserver import Server
 
 V1, V2, V3 = "202401010001", "202401010002", "202401010003"
 EXAMPLES = 20

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 
+from apiserver import serving
 from conftest import Appliance, create_table_migration
-from test_api import serving
 
 V1, V2 = "202401010001", "202401010002"
 REFUSAL = "FAILED: migrations are disabled in etc/flywall/migration.hcl (line 3: enabled = false)\n"

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+from apiserver import serving
 from conftest import Appliance, create_table_migration
-from test_api import serving
 
 from flywall.cli import statusmemo
 from flywall.core.scripts import discovery

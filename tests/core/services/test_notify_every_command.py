@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import apsw
 import click
 import pytest
+from apiserver import serving
 from conftest import FLYWALL, Appliance, create_table_migration, hold_lock_migration
-from test_api import serving
 from test_notify import PASSWORD, SmtpServer, Webhook, free_port
 
 import flywall.core

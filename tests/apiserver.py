@@ -1,0 +1,129 @@
+"""A real `flywall migration serve` on a free loopback port, for every test that speaks HTTP.
+
+Shared by the API's tests and the tests of other folders that go through the API (tests/
+is on the path, a test module in another folder is not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+from conftest import FLYWALL, Appliance
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+
+TOKEN, FLEET_TOKEN = "ops-token-0123456789abcdef", "fleet-token-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_tokens(app: Appliance, mode: int = 0o600) -> Path:
+    path = app.root / "etc/flywall/migration-api.tokens"
+    path.write_text(f"# name token\nops {TOKEN}\nfleet {FLEET_TOKEN}  # the fleet agent\n")
+    path.chmod(mode)
+    return path
+
+
+@dataclass
+class Server:
+    """A running `serve` subprocess and a client that carries the ops token."""
+
+    url: str
+    client: httpx.Client
+    log: Path
+
+    def as_(self, token: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10)
+
+    def wait_run(self, run_id: str, timeout: float = 30) -> dict[str, Any]:
+        """Poll GET /api/runs/{id} until the run is no longer running (bounded)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.client.get(f"/api/runs/{run_id}")
+            assert run.status_code == 200, run.text
+            if run.json()["state"] != "running":
+                return run.json()
+            time.sleep(0.05)
+        pytest.fail(f"run {run_id} still running after {timeout} s")
+
+
+@contextlib.contextmanager
+def serving(
+    appliance: Appliance,
+    log: Path,
+    *args: str,
+    uds: Path | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[Server]:
+    """Run `flywall migration serve ARGS` on a free loopback port (or `uds`) until the block ends."""
+    if not (appliance.root / "etc/flywall/migration-api.tokens").exists():
+        write_tokens(appliance)
+    if uds is None:
+        port = free_port()
+        listen, url = f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"
+    else:
+        listen, url = f"unix:{uds}", "http://flywall"
+
+    def transport() -> httpx.HTTPTransport | None:  # a client closes its transport
+        return None if uds is None else httpx.HTTPTransport(uds=str(uds))
+
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [
+                FLYWALL,
+                "migration",
+                "--root",
+                str(appliance.root),
+                "serve",
+                "--listen",
+                listen,
+                *args,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - only sets a resource limit
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "serve did not come up"
+            if uds is not None and "serving the API" not in log.read_text():
+                time.sleep(0.05)  # httpcore leaks the socket of a failed unix connect
+                continue
+            try:
+                with httpx.Client(transport=transport(), timeout=1) as probe:
+                    if probe.get(f"{url}/healthz").status_code == 200:
+                        break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "serve did not come up"
+            time.sleep(0.05)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(
+            base_url=url, headers=headers, timeout=10, transport=transport()
+        ) as client:
+            yield Server(url, client, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+    assert "Traceback" not in log.read_text()
