@@ -185,6 +185,7 @@ class Engine:
             if self.recorder.started:
                 crashpoint("before-snapshot")
                 snapshot.save(self.journal, self.recorder.projection)
+                chaincheck.record_after_run(self.journal)  # so the next writer skips this run
             if self._db is not None:
                 self._db.close()
             self.journal.close()
