@@ -30,6 +30,14 @@ NOT_FOR_A_NOOP = (
     "shutil",  # (and zlib, bz2, lzma under it) the backup service, the rehearsals
 )
 
+NOT_FOR_A_STATUS = (
+    *NOT_FOR_A_NOOP,
+    "transitions",  # the lifecycle machine: a read folds from the snapshot without it
+    "flywall.core.services.validate",  # status shares only drift's missing-files rule
+    "flywall.core.runtime.engine",  # a read runs nothing ...
+    "flywall.core.runtime.recorder",  # ... and writes no event
+)
+
 PROBE = """\
 import atexit, sys
 def listed():
@@ -41,9 +49,11 @@ main()
 """
 
 
-def run(app: Appliance, *args: str) -> tuple[str, int, set[str]]:
+def run(app: Appliance, *args: str, memo: bool = True) -> tuple[str, int, set[str]]:
     """Run `flywall migration --root ROOT ARGS` (click, no fast path): stdout, exit, modules."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWALL_")}
+    if not memo:
+        env["FLYWALL_NO_STATUS_MEMO"] = "1"
     p = subprocess.run(
         [sys.executable, "-c", PROBE, "migration", "--root", str(app.root), *args],
         capture_output=True,
@@ -132,3 +142,25 @@ def test_rollback_and_reapply_still_work(box: Appliance) -> None:
     out, code, _ = run(box, "migrate")
     assert code == 0, out
     assert "202401010001" in out
+
+
+def test_status_with_the_memo_off_imports_neither_a_writer_nor_validate(box: Appliance) -> None:
+    """The first status after a change (issue 18): what it shows, and no more, is loaded."""
+    assert run(box, "migrate")[1] == 0
+    out, code, modules = run(box, "status", memo=False)
+    assert code == 0, out
+    assert "1 applied" in out
+    assert sorted(set(NOT_FOR_A_STATUS) & modules) == []
+    assert "flywall.core.services.drift" in modules  # it still looked for drift
+
+
+def test_status_still_names_an_applied_migration_whose_file_is_gone(box: Appliance) -> None:
+    """The missing-files warning, now drift's, still shows in status (and in validate)."""
+    assert run(box, "migrate")[1] == 0
+    next(box.migrations_dir.glob("202401010001_*")).unlink()
+    out, code, modules = run(box, "status", memo=False)
+    assert code == 0, out
+    assert "202401010001 (202401010001_create_hosts.sql) is applied but its file is gone" in out
+    assert "flywall.core.services.validate" not in modules
+    out, _, _ = run(box, "validate")
+    assert "202401010001 (202401010001_create_hosts.sql) is applied but its file is gone" in out
