@@ -17,6 +17,7 @@ import sys
 import apsw
 import pytest
 
+from flywall.core import commands
 from flywall.core.targets.database import MARKERS
 from tests.conftest import Appliance, create_table_migration
 
@@ -164,3 +165,46 @@ def test_status_still_names_an_applied_migration_whose_file_is_gone(box: Applian
     assert "flywall.core.services.validate" not in modules
     out, _, _ = run(box, "validate")
     assert "202401010001 (202401010001_create_hosts.sql) is applied but its file is gone" in out
+
+
+def backups(box: Appliance) -> list[str]:
+    return sorted(p.name for p in (box.root / "var/lib/flywall/migration-backups").iterdir())
+
+
+def test_a_rollback_beside_one_backup_imports_no_backup_service(box: Appliance) -> None:
+    """Retention never prunes the newest backup: with one, there is nothing to ask it."""
+    assert run(box, "migrate")[1] == 0
+    assert len(backups(box)) == 1
+    out, code, modules = run(box, "rollback", "--steps", "1")
+    assert code == 0, out
+    assert "flywall.core.services.backup" not in modules
+    assert "shutil" not in modules
+
+
+def test_retention_still_prunes_at_the_end_of_a_rollback(box: Appliance) -> None:
+    """With two backups past `backup_retention`, a rollback prunes the older (journaled)."""
+    box.configure('backup_retention = "0s"\n')
+    assert run(box, "migrate")[1] == 0
+    create_table_migration(box, "202401010002", "leases")
+    assert run(box, "migrate")[1] == 0
+    kept = backups(box)[-1]  # the second migrate's own backup was the newest: kept
+    assert len(backups(box)) == 1  # ... and the first one pruned by that run
+    create_table_migration(box, "202401010003", "zones")
+    box.configure("")  # a week's retention: the next migrate's backup prunes nothing
+    assert run(box, "migrate")[1] == 0
+    assert len(backups(box)) == 2
+    box.configure('backup_retention = "0s"\n')
+
+    out, code, modules = run(box, "rollback", "--steps", "1")
+
+    assert code == 0, out
+    assert "flywall.core.services.backup" in modules
+    assert len(backups(box)) == 1
+    assert kept not in backups(box)
+    pruned = [
+        e
+        for e in commands.history(box.workspace())
+        if e["kind"] == "BackupPruned" and e["reason"] == "retention"
+    ]
+    assert len(pruned) == 2  # one by the second migrate, one by the rollback
+    assert pruned[-1]["backup_id"] == kept
