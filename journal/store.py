@@ -49,6 +49,7 @@ class Journal:
         self.path = path
         self._key = key
         self._key_checked = False
+        self._walked: ChainEnd | None = None  # see `walked_end`
 
     @classmethod
     def open(
@@ -143,7 +144,9 @@ class Journal:
         :raises JournalConflict: SQLite refused the rows (the chain trigger, a constraint).
         """
         with self.reading():
-            return self._transaction(lambda: self._insert(entries, sources))
+            stored = self._transaction(lambda: self._insert(entries, sources))
+        self._carry_walk(stored)
+        return stored
 
     def adopt_key(self, entry: Entry) -> StoredEvent:
         """Start keying a plain chain: check it whole, then append `entry` as its first MAC.
@@ -158,6 +161,7 @@ class Journal:
         """
         if not self._key or entry.kind != ADOPTED:
             raise JournalError(f"{self.path}: adopt_key needs a device key and {ADOPTED}")
+        self._walked = None  # the chain's keying changes: no walk carries over it
 
         def adopt() -> list[StoredEvent]:
             end = self._walk()
@@ -306,7 +310,33 @@ class Journal:
                 "this journal was written without a device key, but a key is given "
                 "(flywall migration journal adopt-key starts keying it)",
             )
+        self._walked = end
         return end
+
+    def walked_end(self) -> ChainEnd | None:
+        """Where this connection's last `verify` ended, carried over the events it appended since.
+
+        A walk from a trusted start checked the chain up to its end; each later `append`
+        whose first row linked to that end (read inside its own write transaction) hashed
+        its rows itself, so the chain is as checked up to the last of them. None when
+        there was no walk, or anything else was written after it (another writer's event,
+        a key adoption): a walk must then start from the verified point again. What a
+        writing run records as the chain's verified point at its end (`record_verified`),
+        so the next writer does not walk the run's own events again.
+        """
+        return self._walked
+
+    def _carry_walk(self, stored: Sequence[StoredEvent]) -> None:
+        """Move the walked end over `stored`, if they follow it directly (see `walked_end`)."""
+        walked = self._walked
+        if walked is None or not stored:
+            return
+        first, last = stored[0], stored[-1]
+        linked = first.seq == walked.seq + 1 and first.prev_hash == walked.hash
+        if not linked or any(row.kind == ADOPTED for row in stored):
+            self._walked = None
+            return
+        self._walked = ChainEnd(last.seq, last.hash, walked.keyed_from)
 
     def verified_point(self) -> ChainEnd | None:
         """Return the chain's recorded verified point, if it is trusted and still on the chain.

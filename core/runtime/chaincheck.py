@@ -8,6 +8,10 @@ what earlier writers walked already. `journal verify` and `validate` still walk 
 The point moves on once a walk covered `RECORD_AFTER` events: a boot after a short run walks
 that run's few events and writes nothing, so a small command pays no extra durable commit,
 and no boot walks much more than that many events plus what the last runs appended.
+
+A run that itself appended that many events records the point at its end, under its writer
+lock (`record_after_run`): its own events were hashed by this process right after its walk,
+so the next writer does not walk them again.
 """
 
 from __future__ import annotations
@@ -35,3 +39,21 @@ def check_chain(journal: Journal) -> ChainEnd:
         journal.record_verified(end)
         crashpoint("after-verified-point")
     return end
+
+
+def record_after_run(journal: Journal) -> None:
+    """At the end of a writing run: record the chain's end if the run carried it far enough.
+
+    The end is where this run's pre-flight walk ended, carried over the events the run
+    appended right after it (`Journal.walked_end`); None (nothing recorded) if another
+    process appended in between. Recorded only once it is `RECORD_AFTER` events past the
+    recorded point, like a long walk's: a short run adds no durable commit.
+    """
+    end = journal.walked_end()
+    if end is None:
+        return
+    point = journal.verified_point()
+    if end.seq - (0 if point is None else point.seq) >= RECORD_AFTER:
+        crashpoint("before-run-verified-point")
+        journal.record_verified(end)
+        crashpoint("after-run-verified-point")

@@ -78,6 +78,22 @@ def _may_hold_partials(backups: Path) -> bool:
         return False
 
 
+def _may_prune(backups: Path) -> bool:
+    """True if `backups` may hold two complete backups: retention never prunes the newest.
+
+    `Engine._prune_backups` applies the exact rule (`backup.list_backups`); a box with at
+    most one backup (a rollback after one `migrate`) does not import the backup service
+    (and `shutil` with its compressors) to learn that.
+    """
+    try:
+        named = [entry for entry in backups.iterdir() if not entry.name.startswith(".")]
+    except FileNotFoundError:  # no backups folder yet: nothing to prune
+        return False
+    except OSError:  # the service reads it, and reports it, as before
+        return True
+    return len(named) > 1  # one besides the newest
+
+
 def new_run_id() -> str:
     """Return a sortable, readable run id, e.g. ``20261126T013000-3fa9c1``."""
     # os.urandom, not `secrets`: the id only needs to be unique, and `secrets` (hmac,
@@ -185,6 +201,7 @@ class Engine:
             if self.recorder.started:
                 crashpoint("before-snapshot")
                 snapshot.save(self.journal, self.recorder.projection)
+                chaincheck.record_after_run(self.journal)  # so the next writer skips this run
             if self._db is not None:
                 self._db.close()
             self.journal.close()
@@ -993,6 +1010,8 @@ class Engine:
 
     def _prune_backups(self) -> None:
         """Apply backup_retention: never the newest backup, never one still needed."""
+        if not _may_prune(self.ws.paths.backups):
+            return
         from flywall.core.services import backup
 
         keep_after = time.time_ns() - int(self.ws.settings.backup_retention * 1e9)

@@ -13,6 +13,7 @@ from flywall.core.runtime.recovery import IN_FLIGHT
 from flywall.core.targets import registry
 
 if TYPE_CHECKING:
+    from flywall.core.appliance.workspace import Workspace
     from flywall.core.model.projection import Projection
     from flywall.core.targets.database import DatabaseTarget
 
@@ -57,3 +58,20 @@ def detect(state: Projection, db: DatabaseTarget | None) -> list[str]:
                 f"last recorded {recorded[:16]} (schema changed outside migrations)"
             )
     return findings
+
+
+def missing_files(ws: Workspace, state: Projection) -> list[str]:
+    """Name each applied migration whose file is no longer in any migrations folder.
+
+    Not an error: the journal keeps every applied source, so it can still be rolled back
+    (after a firmware downgrade, say). But an operator should see it, not only `checksums`.
+    The one rule for `status` (which imports this module for drift anyway, not the
+    validate service) and `validate`'s "missing files" warning.
+    """
+    on_disk = {m.version for m in ws.migrations} | {b.version for b in ws.broken}
+    return [
+        f"{r.version} ({r.file or r.slug}) is applied but its file is gone; "
+        "a rollback uses the journal's copy"
+        for r in state.in_state(State.APPLIED)
+        if r.version not in on_disk
+    ]

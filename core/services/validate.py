@@ -226,25 +226,10 @@ def _current_version(ws: Workspace, state: projection.Projection) -> str:
     )
 
 
-def missing_files(ws: Workspace, state: projection.Projection) -> list[str]:
-    """Name each applied migration whose file is no longer in any migrations folder.
-
-    Not an error: the journal keeps every applied source, so it can still be rolled back
-    (after a firmware downgrade, say). But an operator should see it, not only `checksums`.
-    """
-    on_disk = {m.version for m in ws.migrations} | {b.version for b in ws.broken}
-    return [
-        f"{r.version} ({r.file or r.slug}) is applied but its file is gone; "
-        "a rollback uses the journal's copy"
-        for r in state.in_state(State.APPLIED)
-        if r.version not in on_disk
-    ]
-
-
 def _missing_files(ws: Workspace, state: projection.Projection) -> tuple[str, list[str]]:
-    """The warning check for applied migrations whose file is gone (see `missing_files`)."""
+    """The warning check for applied migrations whose file is gone (`drift.missing_files`)."""
     try:
-        gone = missing_files(ws, state)
+        gone = drift.missing_files(ws, state)
     except FlywallError as e:  # a migrations folder that cannot be listed
         return f"skipped: {e}", []
     return (f"{len(gone)} applied migration(s) without their file" if gone else "ok"), gone

@@ -17,6 +17,7 @@ import sys
 import apsw
 import pytest
 
+from flywall.core import commands
 from flywall.core.targets.database import MARKERS
 from tests.conftest import Appliance, create_table_migration
 
@@ -30,6 +31,14 @@ NOT_FOR_A_NOOP = (
     "shutil",  # (and zlib, bz2, lzma under it) the backup service, the rehearsals
 )
 
+NOT_FOR_A_STATUS = (
+    *NOT_FOR_A_NOOP,
+    "transitions",  # the lifecycle machine: a read folds from the snapshot without it
+    "flywall.core.services.validate",  # status shares only drift's missing-files rule
+    "flywall.core.runtime.engine",  # a read runs nothing ...
+    "flywall.core.runtime.recorder",  # ... and writes no event
+)
+
 PROBE = """\
 import atexit, sys
 def listed():
@@ -41,9 +50,11 @@ main()
 """
 
 
-def run(app: Appliance, *args: str) -> tuple[str, int, set[str]]:
+def run(app: Appliance, *args: str, memo: bool = True) -> tuple[str, int, set[str]]:
     """Run `flywall migration --root ROOT ARGS` (click, no fast path): stdout, exit, modules."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWALL_")}
+    if not memo:
+        env["FLYWALL_NO_STATUS_MEMO"] = "1"
     p = subprocess.run(
         [sys.executable, "-c", PROBE, "migration", "--root", str(app.root), *args],
         capture_output=True,
@@ -132,3 +143,68 @@ def test_rollback_and_reapply_still_work(box: Appliance) -> None:
     out, code, _ = run(box, "migrate")
     assert code == 0, out
     assert "202401010001" in out
+
+
+def test_status_with_the_memo_off_imports_neither_a_writer_nor_validate(box: Appliance) -> None:
+    """The first status after a change (issue 18): what it shows, and no more, is loaded."""
+    assert run(box, "migrate")[1] == 0
+    out, code, modules = run(box, "status", memo=False)
+    assert code == 0, out
+    assert "1 applied" in out
+    assert sorted(set(NOT_FOR_A_STATUS) & modules) == []
+    assert "flywall.core.services.drift" in modules  # it still looked for drift
+
+
+def test_status_still_names_an_applied_migration_whose_file_is_gone(box: Appliance) -> None:
+    """The missing-files warning, now drift's, still shows in status (and in validate)."""
+    assert run(box, "migrate")[1] == 0
+    next(box.migrations_dir.glob("202401010001_*")).unlink()
+    out, code, modules = run(box, "status", memo=False)
+    assert code == 0, out
+    assert "202401010001 (202401010001_create_hosts.sql) is applied but its file is gone" in out
+    assert "flywall.core.services.validate" not in modules
+    out, _, _ = run(box, "validate")
+    assert "202401010001 (202401010001_create_hosts.sql) is applied but its file is gone" in out
+
+
+def backups(box: Appliance) -> list[str]:
+    return sorted(p.name for p in (box.root / "var/lib/flywall/migration-backups").iterdir())
+
+
+def test_a_rollback_beside_one_backup_imports_no_backup_service(box: Appliance) -> None:
+    """Retention never prunes the newest backup: with one, there is nothing to ask it."""
+    assert run(box, "migrate")[1] == 0
+    assert len(backups(box)) == 1
+    out, code, modules = run(box, "rollback", "--steps", "1")
+    assert code == 0, out
+    assert "flywall.core.services.backup" not in modules
+    assert "shutil" not in modules
+
+
+def test_retention_still_prunes_at_the_end_of_a_rollback(box: Appliance) -> None:
+    """With two backups past `backup_retention`, a rollback prunes the older (journaled)."""
+    box.configure('backup_retention = "0s"\n')
+    assert run(box, "migrate")[1] == 0
+    create_table_migration(box, "202401010002", "leases")
+    assert run(box, "migrate")[1] == 0
+    kept = backups(box)[-1]  # the second migrate's own backup was the newest: kept
+    assert len(backups(box)) == 1  # ... and the first one pruned by that run
+    create_table_migration(box, "202401010003", "zones")
+    box.configure("")  # a week's retention: the next migrate's backup prunes nothing
+    assert run(box, "migrate")[1] == 0
+    assert len(backups(box)) == 2
+    box.configure('backup_retention = "0s"\n')
+
+    out, code, modules = run(box, "rollback", "--steps", "1")
+
+    assert code == 0, out
+    assert "flywall.core.services.backup" in modules
+    assert len(backups(box)) == 1
+    assert kept not in backups(box)
+    pruned = [
+        e
+        for e in commands.history(box.workspace())
+        if e["kind"] == "BackupPruned" and e["reason"] == "retention"
+    ]
+    assert len(pruned) == 2  # one by the second migrate, one by the rollback
+    assert pruned[-1]["backup_id"] == kept

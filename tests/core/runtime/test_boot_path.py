@@ -313,3 +313,99 @@ def test_a_kill_around_the_boot_paths_cache_writes_leaves_a_box_that_boots(
     assert (again.returncode, again.stdout, again.stderr) == (0, "nothing to do\n", "")
     assert point(appliance) == snapshot_seq(appliance) == head(appliance)
     assert appliance.cli("journal", "verify").returncode == 0
+
+
+# -- the point at the end of a long run ---------------------------------------------------
+
+CHATTY = '''\
+"""Log one line per host: a run that appends more events than a walk records a point after."""
+component = "database"
+
+
+def up(ctx, db):
+    db.execute("CREATE TABLE chatty (id INTEGER PRIMARY KEY)")
+    for i in range({lines}):
+        ctx.log(f"host {{i}}")
+
+
+def down(ctx, db):
+    db.execute("DROP TABLE chatty")
+'''
+
+
+def long_run_box(app: Appliance, *, keyed: bool = False) -> Appliance:
+    """One migration applied; the next, pending, journals RECORD_AFTER + 10 log events."""
+    if keyed:
+        with_device_key(app)
+    create_table_migration(app, "202401010001", "hosts")
+    app.migrate()
+    app.write("202401010002_chatty.py", CHATTY.format(lines=RECORD_AFTER + 10))
+    return app
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["plain", "keyed"])
+def test_a_run_that_appended_a_walks_worth_records_the_point_at_its_end(
+    appliance: Appliance, keyed: bool
+) -> None:
+    """The next writer walks only what came after the run, not the run's own events."""
+    long_run_box(appliance, keyed=keyed)
+    before = point(appliance)
+
+    appliance.migrate()
+
+    assert before is None  # the first run's walk was short: no point yet
+    assert point(appliance) == snapshot_seq(appliance) == head(appliance)
+    with reads() as after:
+        assert commands.migrate(appliance.workspace()).outcome == "nothing_to_do"
+    assert after["events"] <= 5  # the point's and the snapshot's own rows
+    assert appliance.cli("journal", "verify").returncode == 0
+
+
+def test_a_short_run_records_no_point_at_its_end(appliance: Appliance) -> None:
+    """A run of a few events adds no durable commit for the point (as a short walk)."""
+    create_table_migration(appliance, "202401010001", "hosts")
+    appliance.migrate()
+    create_table_migration(appliance, "202401010002", "leases")
+
+    appliance.migrate()
+
+    assert point(appliance) is None
+
+
+def test_an_event_another_writer_appended_mid_run_keeps_the_point_where_a_walk_reached(
+    appliance: Appliance,
+) -> None:
+    """The end carries over this run's own appends only: a foreign row in between stops it."""
+    long_run_box(appliance)
+    ws = appliance.workspace()
+    with ws.write_journal() as journal:
+        start = journal.verify()
+        journal.append([Entry("ValidationPerformed", b"\x80")])
+        assert journal.walked_end() == ChainEnd(start.seq + 1, journal.head()[1], None)
+        other = ws.write_journal()
+        other.append([Entry("ValidationPerformed", b"\x80")])
+        other.close()
+        journal.append([Entry("ValidationPerformed", b"\x80")])
+        assert journal.walked_end() is None
+
+
+@pytest.mark.parametrize("crash_at", ["before-run-verified-point", "after-run-verified-point"])
+def test_a_kill_around_the_runs_point_leaves_a_box_that_boots(
+    appliance: Appliance, tmp_path: Path, crash_at: str
+) -> None:
+    """The point at a run's end is a derived cache too: a kill before or after costs a walk."""
+    long_run_box(appliance)
+    reached = tmp_path / "points.txt"
+
+    killed = appliance.cli(
+        "migrate", env={"FLYWALL_CRASH_AT": crash_at, "FLYWALL_CRASH_LIST": str(reached)}
+    )
+
+    assert killed.returncode == -9, killed.stderr
+    assert f"{crash_at} 1\n" in reached.read_text()
+    recorded = crash_at == "after-run-verified-point"
+    assert point(appliance) == (head(appliance) if recorded else None)
+    again = appliance.cli("migrate")
+    assert (again.returncode, again.stdout, again.stderr) == (0, "nothing to do\n", "")
+    assert point(appliance) == head(appliance)
+    assert appliance.cli("journal", "verify").returncode == 0
