@@ -206,8 +206,13 @@ def fast(argv: list[str]) -> int | None:
             if _columns() < HELP_WIDTH:
                 return None
             return _write(*text)
-    parsed = _parse_status(args[1:]) if args[:1] == ("migration",) else None
-    return None if parsed is None else _memo_hit(*parsed)
+    if args[:1] != ("migration",):
+        return None
+    parsed = _parse_status(args[1:])
+    if parsed is not None:
+        return _memo_hit(*parsed)
+    booted = _parse_migrate(args[1:])
+    return None if booted is None else _boot_memo_hit(*booted)
 
 
 TEXT_ENDINGS = ("--help", "-h", "--version")
@@ -271,6 +276,7 @@ def _write(out: str, err: str, code: int) -> int:
 
 _GROUP_OPTIONS = ("--root", "--config")
 _STATUS_FLAGS = {"-v": "-v", "--verbose": "-v", "--json": "-j"}
+_MIGRATE_FLAGS = {"--json": "-j"}
 
 
 def _parse_status(args: tuple[str, ...]) -> tuple[str, str | None, str] | None:
@@ -280,9 +286,24 @@ def _parse_status(args: tuple[str, ...]) -> tuple[str, str | None, str] | None:
     any other command line, or a spelling click might read in a subtler way (a value
     starting with "-", an empty one, `--`, combined short flags...).
     """
+    return _parse(args, "status", _STATUS_FLAGS)
+
+
+def _parse_migrate(args: tuple[str, ...]) -> tuple[str, str | None, str] | None:
+    """Read `[--root R] [--config C] [--traceback] migrate [--json]` strictly (as status).
+
+    The boot memo's variants ("migrate", "migrate-j"): any other option of `migrate`
+    (`--target`, `--dry-run`, `--wait`...) is click's.
+    """
+    return _parse(args, "migrate", _MIGRATE_FLAGS)
+
+
+def _parse(
+    args: tuple[str, ...], command: str, flags_of: dict[str, str]
+) -> tuple[str, str | None, str] | None:
     given: dict[str, str] = {}
     i = 0
-    while i < len(args) and args[i] != "status":
+    while i < len(args) and args[i] != command:
         option, eq, value = args[i].partition("=")
         if option == "--traceback" and not eq:
             i += 1
@@ -296,10 +317,10 @@ def _parse_status(args: tuple[str, ...]) -> tuple[str, str | None, str] | None:
             return None
         given[option] = value
         i += 1
-    if i >= len(args) or any(a not in _STATUS_FLAGS for a in args[i + 1 :]):
+    if i >= len(args) or any(a not in flags_of for a in args[i + 1 :]):
         return None
-    flags = {_STATUS_FLAGS[a] for a in args[i + 1 :]}
-    variant = "status" + "".join(f for f in ("-v", "-j") if f in flags)
+    flags = {flags_of[a] for a in args[i + 1 :]}
+    variant = command + "".join(f for f in ("-v", "-j") if f in flags)
     root = given.get("--root") or os.environ.get("FLYWALL_ROOT") or "/"
     return root, given.get("--config"), variant
 
@@ -331,3 +352,21 @@ def _memo_hit(root: str, config: str | None, variant: str) -> int | None:
 
     hit = statusmemo.lookup(root, config, variant)
     return None if hit is None else _write(*hit)
+
+
+def _boot_memo_hit(root: str, config: str | None, variant: str) -> int | None:
+    """Answer a `migrate` with nothing to do from the boot memo; None: ask click.
+
+    The `migrate` command wrote the memo after a quiet run (`bootmemo.keep`); the answer
+    is written while the writer lock is held (`bootmemo.lookup`). See flywall.cli.bootmemo
+    and docs/caches.md for what it is keyed by and why that is sound.
+    """
+    if not _path_ok(root, file_okay=False, dir_okay=True, exists=True):
+        return None
+    if config is not None and not _path_ok(config, file_okay=True, dir_okay=False):
+        return None
+    from flywall.cli import bootmemo
+
+    written: list[int] = []
+    hit = bootmemo.lookup(root, config, variant, lambda *a: written.append(_write(*a)))
+    return None if hit is None else written[0]

@@ -272,18 +272,22 @@ def write(
     probes: list[str],
     text: str,
     code: int,
+    unwritten: list[str] = [],  # noqa: B006 - never mutated
 ) -> bool:
     """Keep (text, code) for inputs read since `began_ns`; best effort.
 
     Returns whether a memo was written: nothing is if an input is racy (it changed while,
     or since, the answer was computed), cannot be stamped, or a writer holds `lock` once
-    they are stamped (its run may change them yet). The code that answered is added to
-    `files`.
+    they are stamped (its run may change them yet), or one of `unwritten` (files not
+    keyed on, such as caches) was written since `began_ns`. The code that answered is
+    added to `files`.
     """
     files = [*files, *code_files()]
     parts = stamp(files, [], began_ns)
     listed = stamp([], dirs, began_ns)
-    if parts is None or listed is None or writer_holds_lock(lock):
+    if parts is None or listed is None or stamp(unwritten, [], began_ns) is None:
+        return False
+    if writer_holds_lock(lock):
         return False
     memo_key = key(ctx, parts) + key(ctx, parts + listed)
     try:
