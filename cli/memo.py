@@ -200,13 +200,20 @@ def writer_holds_lock(path: str) -> bool:
     return False
 
 
+_LIBRARIES = ("flywall", "msgspec", "apsw", "blake3", "transitions", "hcl2", "lark")
+
+
 def code_files() -> list[str]:
-    """The module files of flywall and the libraries whose code shaped the answer."""
+    """The module files of flywall and the libraries whose code shaped the answer.
+
+    The libraries that were loaded: the compiled ones, the lifecycle's state machine and
+    the HCL parser (with its grammar engine) a non-plain file needs.
+    """
     files = set()
     for name, module in list(sys.modules.items()):
         top = name.partition(".")[0]
         path = getattr(module, "__file__", None)
-        if top in ("flywall", "msgspec", "apsw", "blake3") and isinstance(path, str):
+        if top in _LIBRARIES and isinstance(path, str):
             files.add(path)
     return sorted(files)
 
