@@ -6,18 +6,21 @@ hands every other first word to Flywall's own `flywall` binary (`flywall_binary`
 installing us never hides the firmware's commands (`flywall check`, `flywall upgrade`...).
 
 Issue 7: a fleet agent runs `status` every minute and people type `--help`; importing click
-and every command module costs more than those answers. So two answers are served here,
-with nothing but the standard library (and blake3, for the memo) at import time:
+and every command module costs more than those answers. Issue 18: every boot runs
+`migrate`, which nearly always has nothing to do. So three answers are served here, with
+nothing but the standard library (and blake3, for the memos) at import time:
 
 - the help, usage and version texts of every `flywall migration` command, rendered by
   click itself into `flywall.cli._texts` (regenerate with `make cli-texts`; a test
   re-renders them and compares, so they cannot drift from the click definitions);
 - `status` while none of its inputs changed: the answer the `status` command memoized
-  (`flywall.cli.statusmemo`).
+  (`flywall.cli.statusmemo`);
+- `migrate` with nothing to do while none of its inputs changed, under the writer lock:
+  the answer a quiet `migrate` memoized (`flywall.cli.bootmemo`).
 
 Every other command line, and any it does not recognise exactly, is click's
 (`flywall.cli.main`): one command line, whose commands are a few lines over
-`flywall.core.commands`. FLYWALL_NO_FAST_PATH=1 turns the two answers off (tests compare
+`flywall.core.commands`. FLYWALL_NO_FAST_PATH=1 turns the answers off (tests compare
 them with click's, byte for byte).
 """
 
@@ -186,7 +189,7 @@ def _flushed() -> bool:
 
 
 def fast(argv: list[str]) -> int | None:
-    """Answer `argv` from a help text or the status memo; None means "ask click".
+    """Answer `argv` from a help text or a memo (status, boot); None means "ask click".
 
     Only taken when the output would be exactly click's: the program is called `flywall`
     (click names it after argv[0]), the streams are not ASCII-only (click re-wraps those).
