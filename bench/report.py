@@ -36,6 +36,8 @@ SCEN = {
     "g_verify": "journal verify, long journal",
     "g_noop": "migrate, nothing pending, long journal",
     "f_noop_recover": "recover, nothing to do",
+    "f_noop_nomemo": "migrate, nothing pending, boot memo off",
+    "g_noop_nomemo": "migrate, nothing pending, long journal, boot memo off",
     "g_noop_recover": "recover, nothing to do, long journal",
     "s_state": "state migration, plain (no tool)",
     "s_state_batched": "state migration, batched",
@@ -146,7 +148,7 @@ class Results:
 NOISY = 0.25  # cores used by other processes during a measurement, above which it is flagged
 
 
-def targets(res: Results) -> list[tuple[str, ...]]:  # noqa: C901, PLR0915 - one target after another
+def targets(res: Results) -> list[tuple[str, ...]]:  # noqa: C901, PLR0912, PLR0915 - one target after another
     """(target, ours, reference, ratio, cpu ratio, limit, verdict) for each target."""
     ns = res.ns()
     m = ns[-1] if ns else "1000"
@@ -176,6 +178,10 @@ def targets(res: Results) -> list[tuple[str, ...]]:  # noqa: C901, PLR0915 - one
     add(f"status {m} applied <= 3x dbmate", res.net(OURS, "b_status", m), res.net("dbmate", "b_status", m), 3.0, keys=(("b_status", m), ("dbmate", "b_status", m)))  # fmt: skip
     e = res.label_n("g_status")
     add(f"status with {e} events <= 1.2x status {m}", res.net(OURS, "g_status", e), res.net(OURS, "b_status", m), 1.2, keys=(("g_status", e), (OURS, "b_status", m)))  # fmt: skip
+    # issue 18's first row: what every boot runs (answered by the boot memo), and without it
+    add(f"migrate, nothing pending, {m} applied <= 2x dbmate", res.net(OURS, "f_noop", m), res.net("dbmate", "f_noop", m), 2.0, keys=(("f_noop", m), ("dbmate", "f_noop", m)))  # fmt: skip
+    if res.get(OURS, "f_noop_nomemo", m):
+        add("... boot memo off: <= 2x dbmate", res.net(OURS, "f_noop_nomemo", m), res.net("dbmate", "f_noop", m), 2.0, keys=(("f_noop_nomemo", m), ("dbmate", "f_noop", m)))  # fmt: skip
     # a boot (migrate, then recover, with nothing to do) costs on a long journal what it does on a new box
     add(f"migrate, nothing pending, {e} events <= 1.2x {m} applied", res.net(OURS, "g_noop", e), res.net(OURS, "f_noop", m), 1.2, keys=(("g_noop", e), (OURS, "f_noop", m)))  # fmt: skip
     add(f"recover, nothing to do, {e} events <= 1.2x {m} applied", res.net(OURS, "g_noop_recover", e), res.net(OURS, "f_noop_recover", m), 1.2, keys=(("g_noop_recover", e), (OURS, "f_noop_recover", m)))  # fmt: skip
@@ -252,6 +258,8 @@ def ratio_table(res: Results) -> list[str]:  # noqa: C901, PLR0912 - one row aft
     row(SCEN["d_help"], "-", "d_help", ("floor", "d_python"))
     if res.label_n("f_noop"):
         row(SCEN["f_noop"], m, "f_noop", None)
+        if res.get(OURS, "f_noop_nomemo", m):
+            row(SCEN["f_noop_nomemo"], m, "f_noop", None, ours_scen="f_noop_nomemo")
     if res.label_n("h_resume"):
         row(SCEN["h_resume"], m, "h_resume", None)
     e = res.label_n("e_data")
@@ -336,6 +344,11 @@ def ours_table(res: Results) -> list[str]:  # noqa: C901, PLR0912, PLR0915 - one
         noop_e = res.net(OURS, "g_noop", e)
         row(OURS, "f_noop", m, f"migrate, nothing pending, {m} applied")
         row(OURS, "g_noop", e, f"migrate, nothing pending, {e} events", f"{ratio(noop_e, noop_m)} the {m} figure")  # fmt: skip
+        if res.get(OURS, "f_noop_nomemo", m):
+            nm_m = res.net(OURS, "f_noop_nomemo", m)
+            nm_e = res.net(OURS, "g_noop_nomemo", e)
+            row(OURS, "f_noop_nomemo", m, f"migrate, nothing pending, {m} applied, boot memo off (FLYWALL_NO_BOOT_MEMO=1)")  # fmt: skip
+            row(OURS, "g_noop_nomemo", e, f"migrate, nothing pending, {e} events, boot memo off", f"{ratio(nm_e, nm_m)} the memo-off {m} figure")  # fmt: skip
         if res.get(OURS, "g_noop_recover", e):
             rec_m = res.net(OURS, "f_noop_recover", m)
             rec_e = res.net(OURS, "g_noop_recover", e)

@@ -11,7 +11,8 @@
 # Scenarios (N = each of NS; M = the largest N):
 #   core    (a) apply N trivial migrations, empty -> head   (b) status with N applied
 #           (c) roll back one + re-apply one (2 commands)    (d) --help / --version
-#   noop    migrate (and ours: recover) when nothing is pending (M applied)
+#   noop    migrate (and ours: recover) when nothing is pending (M applied); ours also with
+#           the boot memo off (FLYWALL_NO_BOOT_MEMO=1: the first boot after a change)
 #   events  status / journal verify / migrate-noop / recover-noop on a journal of EVENTS
 #           events (M applied)
 #   recover resume after a SIGKILL in the middle of migration M/2+1 (peers: re-run apply
@@ -275,8 +276,19 @@ if want core || want noop || want recover; then
       fi
       if want noop && [ "$N" = "$M" ] && [ "$tool" != sql ]; then
         sh -c "$RESETC"
+        # ours: a boot of an unchanged box, whose previous boot's `migrate` kept its answer
+        # (the boot memo). The reset copies var (new inodes: nothing kept for the saved tree
+        # holds), so the previous boots run here, their inputs older than the racy window:
+        # the first after the apply records the chain's verified point (a journal write: no
+        # memo), the next keeps the answer.
+        if [ "$tool" = flywall ]; then
+          sh -c "sleep 1 && $F migrate && sleep 1 && $F migrate" >>"$LOGS/setup.log" 2>&1
+          check "flywall boot memo kept by the previous boot" yes "$([ -f var/cache/flywall/migrate.memo ] && echo yes)"
+        fi
         bt "$tool|f_noop|$N" -- sh -c "exec $(noop_cmd "$tool")"
         check "$tool noop $N" "$N" "$(count_t "$DB")"
+        # ours without the boot memo: the first boot after any change (what it saves)
+        [ "$tool" = flywall ] && bt "flywall|f_noop_nomemo|$N" -- sh -c "FLYWALL_NO_BOOT_MEMO=1 exec $F migrate"
         # the other half of a boot (the boot unit runs `recover` before Flywall starts)
         [ "$tool" = flywall ] && bt "flywall|f_noop_recover|$N" -- sh -c "exec $F recover"
       fi
@@ -365,7 +377,11 @@ print(s["counts"]["applied"], s["journal"]["events"] >= int(sys.argv[1]), len(s[
   # the replay itself: no projection snapshot and no status memo to answer from
   bt "flywall|g_status_nosnap|$EVENTS" -- sh -c "cd nosnap && FLYWALL_NO_STATUS_MEMO=1 exec $F status"
   bt "flywall|g_verify|$EVENTS" -- sh -c "exec $F journal verify"
+  # the previous boots: the first records the chain's verified point, the second keeps its answer
+  sh -c "$F migrate && sleep 1 && $F migrate" >>"$LOGS/setup.log" 2>&1
+  check "flywall boot memo kept on $EVENTS events" yes "$([ -f var/cache/flywall/migrate.memo ] && echo yes)"
   bt "flywall|g_noop|$EVENTS" -- sh -c "exec $F migrate"
+  bt "flywall|g_noop_nomemo|$EVENTS" -- sh -c "FLYWALL_NO_BOOT_MEMO=1 exec $F migrate"
   bt "flywall|g_noop_recover|$EVENTS" -- sh -c "exec $F recover"
   cd "$WORK" || exit 1
 fi

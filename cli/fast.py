@@ -6,18 +6,21 @@ hands every other first word to Flywall's own `flywall` binary (`flywall_binary`
 installing us never hides the firmware's commands (`flywall check`, `flywall upgrade`...).
 
 Issue 7: a fleet agent runs `status` every minute and people type `--help`; importing click
-and every command module costs more than those answers. So two answers are served here,
-with nothing but the standard library (and blake3, for the memo) at import time:
+and every command module costs more than those answers. Issue 18: every boot runs
+`migrate`, which nearly always has nothing to do. So three answers are served here, with
+nothing but the standard library (and blake3, for the memos) at import time:
 
 - the help, usage and version texts of every `flywall migration` command, rendered by
   click itself into `flywall.cli._texts` (regenerate with `make cli-texts`; a test
   re-renders them and compares, so they cannot drift from the click definitions);
 - `status` while none of its inputs changed: the answer the `status` command memoized
-  (`flywall.cli.statusmemo`).
+  (`flywall.cli.statusmemo`);
+- `migrate` with nothing to do while none of its inputs changed, under the writer lock:
+  the answer a quiet `migrate` memoized (`flywall.cli.bootmemo`).
 
 Every other command line, and any it does not recognise exactly, is click's
 (`flywall.cli.main`): one command line, whose commands are a few lines over
-`flywall.core.commands`. FLYWALL_NO_FAST_PATH=1 turns the two answers off (tests compare
+`flywall.core.commands`. FLYWALL_NO_FAST_PATH=1 turns the answers off (tests compare
 them with click's, byte for byte).
 """
 
@@ -186,7 +189,7 @@ def _flushed() -> bool:
 
 
 def fast(argv: list[str]) -> int | None:
-    """Answer `argv` from a help text or the status memo; None means "ask click".
+    """Answer `argv` from a help text or a memo (status, boot); None means "ask click".
 
     Only taken when the output would be exactly click's: the program is called `flywall`
     (click names it after argv[0]), the streams are not ASCII-only (click re-wraps those).
@@ -206,8 +209,13 @@ def fast(argv: list[str]) -> int | None:
             if _columns() < HELP_WIDTH:
                 return None
             return _write(*text)
-    parsed = _parse_status(args[1:]) if args[:1] == ("migration",) else None
-    return None if parsed is None else _memo_hit(*parsed)
+    if args[:1] != ("migration",):
+        return None
+    parsed = _parse_status(args[1:])
+    if parsed is not None:
+        return _memo_hit(*parsed)
+    booted = _parse_migrate(args[1:])
+    return None if booted is None else _boot_memo_hit(*booted)
 
 
 TEXT_ENDINGS = ("--help", "-h", "--version")
@@ -271,6 +279,7 @@ def _write(out: str, err: str, code: int) -> int:
 
 _GROUP_OPTIONS = ("--root", "--config")
 _STATUS_FLAGS = {"-v": "-v", "--verbose": "-v", "--json": "-j"}
+_MIGRATE_FLAGS = {"--json": "-j"}
 
 
 def _parse_status(args: tuple[str, ...]) -> tuple[str, str | None, str] | None:
@@ -280,9 +289,24 @@ def _parse_status(args: tuple[str, ...]) -> tuple[str, str | None, str] | None:
     any other command line, or a spelling click might read in a subtler way (a value
     starting with "-", an empty one, `--`, combined short flags...).
     """
+    return _parse(args, "status", _STATUS_FLAGS)
+
+
+def _parse_migrate(args: tuple[str, ...]) -> tuple[str, str | None, str] | None:
+    """Read `[--root R] [--config C] [--traceback] migrate [--json]` strictly (as status).
+
+    The boot memo's variants ("migrate", "migrate-j"): any other option of `migrate`
+    (`--target`, `--dry-run`, `--wait`...) is click's.
+    """
+    return _parse(args, "migrate", _MIGRATE_FLAGS)
+
+
+def _parse(
+    args: tuple[str, ...], command: str, flags_of: dict[str, str]
+) -> tuple[str, str | None, str] | None:
     given: dict[str, str] = {}
     i = 0
-    while i < len(args) and args[i] != "status":
+    while i < len(args) and args[i] != command:
         option, eq, value = args[i].partition("=")
         if option == "--traceback" and not eq:
             i += 1
@@ -296,10 +320,10 @@ def _parse_status(args: tuple[str, ...]) -> tuple[str, str | None, str] | None:
             return None
         given[option] = value
         i += 1
-    if i >= len(args) or any(a not in _STATUS_FLAGS for a in args[i + 1 :]):
+    if i >= len(args) or any(a not in flags_of for a in args[i + 1 :]):
         return None
-    flags = {_STATUS_FLAGS[a] for a in args[i + 1 :]}
-    variant = "status" + "".join(f for f in ("-v", "-j") if f in flags)
+    flags = {flags_of[a] for a in args[i + 1 :]}
+    variant = command + "".join(f for f in ("-v", "-j") if f in flags)
     root = given.get("--root") or os.environ.get("FLYWALL_ROOT") or "/"
     return root, given.get("--config"), variant
 
@@ -331,3 +355,21 @@ def _memo_hit(root: str, config: str | None, variant: str) -> int | None:
 
     hit = statusmemo.lookup(root, config, variant)
     return None if hit is None else _write(*hit)
+
+
+def _boot_memo_hit(root: str, config: str | None, variant: str) -> int | None:
+    """Answer a `migrate` with nothing to do from the boot memo; None: ask click.
+
+    The `migrate` command wrote the memo after a quiet run (`bootmemo.keep`); the answer
+    is written while the writer lock is held (`bootmemo.lookup`). See flywall.cli.bootmemo
+    and docs/caches.md for what it is keyed by and why that is sound.
+    """
+    if not _path_ok(root, file_okay=False, dir_okay=True, exists=True):
+        return None
+    if config is not None and not _path_ok(config, file_okay=True, dir_okay=False):
+        return None
+    from flywall.cli import bootmemo
+
+    written: list[int] = []
+    hit = bootmemo.lookup(root, config, variant, lambda *a: written.append(_write(*a)))
+    return None if hit is None else written[0]

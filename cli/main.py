@@ -26,7 +26,8 @@ from flywall.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from flywall.core.commands.reports import DryRunReport, ValidationReport
+    from flywall.core.commands import Workspace
+    from flywall.core.commands.reports import DryRunReport, RunReport, ValidationReport
 
 EXIT_CODES = """Exit codes: 0 ok; 1 a migration failed; 2 usage or invalid input;
 3 busy (another run holds the lock); 4 validation failed, drift, or tampered journal."""
@@ -152,9 +153,12 @@ def migrate(
     no_progress: bool,
 ) -> None:
     """Apply pending migrations, recovering any interrupted run first."""
+    import time
+
     from flywall.cli import render
     from flywall.core import commands
 
+    began_ns = time.time_ns()  # before any input is read: see memo.racy
     ws = workspace()
     rehearsal = commands.dry_run_if_wanted(
         ws, asked=dry_run, target=target, accept_drift=accept_drift, **hooks(events, as_json)
@@ -162,14 +166,39 @@ def migrate(
     if rehearsal is not None:
         _show_dry_run(rehearsal, as_json, events)
         return
+    quiet: list[bool] = []
+    plain = target is None and not accept_drift and events is None and not no_progress
     report = commands.migrate(
         ws,
         target=target,
         accept_drift=accept_drift,
+        on_quiet=(lambda: quiet.append(True)) if plain and _no_wait() else None,
         **hooks(events, as_json, progress=not no_progress),
     )
-    if events is None:
+    if events is not None:
+        return
+    if not quiet:
         render.emit_json(report) if as_json else render.run(report)
+        return
+    _answer_quietly(report, as_json, began_ns, ws)
+
+
+def _no_wait() -> bool:
+    """True if `--wait` was not given (the boot memo answers only the plainest command line)."""
+    return not click.get_current_context().obj.get("wait")
+
+
+def _answer_quietly(report: RunReport, as_json: bool, began_ns: int, ws: Workspace) -> None:
+    """Print a quiet `migrate`'s answer and keep it in the boot memo (cli/bootmemo.py)."""
+    from flywall.cli import bootmemo, render
+
+    with render.captured() as out:
+        render.emit_json(report) if as_json else render.run(report)
+    text = "".join(out)
+    click.echo(text, nl=False)
+    root, config = click.get_current_context().obj["given"]
+    variant = bootmemo.variant(as_json=as_json)
+    bootmemo.keep(root, config, variant, began_ns=began_ns, ws=ws, text=text)
 
 
 def _show_dry_run(report: DryRunReport, as_json: bool, events: str | None) -> None:

@@ -29,12 +29,14 @@ FOLDERS = {
 }
 SAMPLES = ("examples",)  # sample migrations written into a demo box: scripts, not modules
 
-# The fast entry point answers `--help`, `--version` and status memo hits before importing the
+# The fast entry point answers `--help`, `--version` and memo hits (status, boot) before importing the
 # core (a fleet agent runs `status` every minute): the memo finds the box and seals itself
 # through these two small modules, which import nothing else of ours at module level (the
 # cache helper's write, on a miss, imports fileio when the core is loaded anyway).
 FAST_PATH = {
+    "flywall.cli.memo": {"flywall.core.appliance.layout", "flywall.core.appliance.caches"},
     "flywall.cli.statusmemo": {"flywall.core.appliance.layout", "flywall.core.appliance.caches"},
+    "flywall.cli.bootmemo": {"flywall.core.appliance.caches"},
 }
 
 

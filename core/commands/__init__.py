@@ -499,21 +499,39 @@ def migrate(
     on_progress: Callable[[str, int, int], None] | None = None,
     run_id: str | None = None,
     on_locked: Callable[[], None] | None = None,
+    on_quiet: Callable[[], None] | None = None,
 ) -> RunReport:
     """Apply pending migrations (up to `target`); recovers interrupted work first.
 
     :param run_id: the run's id (the API chooses it to answer before the run ends).
     :param on_locked: called once the writer lock is held (the API answers 202 then).
+    :param on_quiet: called, the lock still held, if the run was quiet
+        (`flywall.core.commands.quiet.is_quiet`: it changed nothing, and its answer
+        depends on nothing but files): the CLI then may keep the answer (its boot memo).
     """
     from flywall.core.runtime.engine import Engine
 
     refuse_if_disabled(ws)
+    journaled = 0
+
+    def counted(row: StoredEvent, event: ev.Event) -> None:
+        nonlocal journaled
+        journaled += 1
+        if on_event is not None:
+            on_event(row, event)
+
     with Engine(
-        ws, "migrate", actor=actor, on_event=on_event, on_progress=on_progress, run_id=run_id
+        ws, "migrate", actor=actor, on_event=counted, on_progress=on_progress, run_id=run_id
     ) as e:
         if on_locked is not None:
             on_locked()
-        return e.migrate(target, accept_drift=accept_drift)
+        report = e.migrate(target, accept_drift=accept_drift)
+        if on_quiet is not None:
+            from flywall.core.commands.quiet import is_quiet
+
+            if is_quiet(e, report, journaled):
+                on_quiet()
+        return report
 
 
 def rollback(
