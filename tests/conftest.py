@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import forkserver
 import pytest
 
 from flywall.core import commands
@@ -89,15 +91,21 @@ class Appliance:
     def cli(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        """Run `flywall migration --root ROOT ARGS` as a real subprocess."""
-        return subprocess.run(
+        """Run `flywall migration --root ROOT ARGS` as a real process (tests/forkserver.py:
+        forked from a server that has imported the CLI, or exec'd where the test needs it)."""
+        return forkserver.run(
             [FLYWALL, "migration", "--root", str(self.root), *args],
-            capture_output=True,
-            text=True,
             env={**os.environ, **(env or {})},
             timeout=timeout,
-            check=False,
         )
+
+
+@pytest.fixture(autouse=True)
+def _real_exec_where_the_start_is_tested(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The files in `forkserver.REAL_EXEC` test a process start itself: exec their children."""
+    where = request.path.relative_to(Path(__file__).parent).as_posix()
+    with forkserver.real_exec(where in forkserver.REAL_EXEC):
+        yield
 
 
 @pytest.fixture
