@@ -100,6 +100,12 @@ class Appliance:
         )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fork_server() -> None:
+    """Each worker's fork server starts with the session, before any test's clock runs."""
+    forkserver.start()
+
+
 @pytest.fixture(autouse=True)
 def _real_exec_where_the_start_is_tested(request: pytest.FixtureRequest) -> Iterator[None]:
     """The files in `forkserver.REAL_EXEC` test a process start itself: exec their children."""

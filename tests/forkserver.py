@@ -148,6 +148,14 @@ class _Server:
 _SERVER = _Server()
 
 
+def start() -> None:
+    """Start this worker's server now (its imports take seconds under load), not in the
+    middle of a test's first command line, where the pause could change what the test sees
+    (e.g. a migration file the test just wrote growing old enough for the discovery cache)."""
+    if not EXEC:
+        _SERVER.interpreter_env()
+
+
 class Child:
     """A child forked by the server: enough of `subprocess.Popen` for the suite's uses."""
 
