@@ -101,9 +101,12 @@ class Appliance:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _fork_server() -> None:
-    """Each worker's fork server starts with the session, before any test's clock runs."""
+def _fork_server() -> Iterator[None]:
+    """Each worker's fork server starts with the session, before any test's clock runs, and
+    is reaped at its end (so its cpu and its children's count as the worker's)."""
     forkserver.start()
+    yield
+    forkserver.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -156,6 +156,11 @@ def start() -> None:
         _SERVER.interpreter_env()
 
 
+def stop() -> None:
+    """End this worker's server and reap it (a later `run` starts another)."""
+    _SERVER.stop()
+
+
 class Child:
     """A child forked by the server: enough of `subprocess.Popen` for the suite's uses."""
 
@@ -473,6 +478,7 @@ def serve(control: socket.socket) -> None:
                     for pid, reply in waiting.values():
                         os.waitpid(pid, 0)
                         reply.close()
+                    _report_cpu()
                     return
                 _fork(json.loads(message), fds, sel, control, waiting)
             else:
@@ -484,6 +490,18 @@ def serve(control: socket.socket) -> None:
                 with contextlib.suppress(OSError):
                     reply.send(f"status {status}".encode())
                 reply.close()
+
+
+def _report_cpu() -> None:
+    """Write the cpu time of the server and its children to its log (for measurements)."""
+    import resource
+
+    used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    print(
+        f"cpu: server {used[0].ru_utime + used[0].ru_stime:.2f} s, "
+        f"children {used[1].ru_utime + used[1].ru_stime:.2f} s",
+        file=sys.stderr,
+    )
 
 
 def _fork(
