@@ -1,7 +1,8 @@
 """Random-kill soak: SIGKILL `migrate` and `rollback` at random moments on the demo tree.
 
 Named crash points cut where we think the danger is; this cuts anywhere, including
-inside SQLite and Python start-up. After every kill the files must satisfy the
+inside SQLite (and inside Python's start-up under FLYWALL_TEST_EXEC=1; the fork server's
+children start with their imports done). After every kill the files must satisfy the
 invariants, and at the end one uninterrupted `migrate` must reach exactly what a clean
 run reaches. Bounded in the default suite; `FLYWALL_TORTURE=long` runs it for real.
 """
