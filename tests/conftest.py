@@ -105,6 +105,10 @@ def _fork_server() -> Iterator[None]:
     """Each worker's fork server starts with the session, before any test's clock runs, and
     is reaped at its end (so its cpu and its children's count as the worker's)."""
     forkserver.start()
+    # The switch itself leaves the environment the tests and their children see: the status
+    # memo keys on every FLYWALL_* variable, so a test that strips them for a child would
+    # never find that child's memo (xdist's workers have read it by now).
+    os.environ.pop("FLYWALL_TEST_EXEC", None)
     yield
     forkserver.stop()
 

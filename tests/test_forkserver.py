@@ -17,6 +17,8 @@ import forkserver
 import pytest
 from conftest import FLYWALL, Appliance, create_table_migration
 
+pytestmark = pytest.mark.skipif(forkserver.EXEC, reason="FLYWALL_TEST_EXEC=1: nothing is forked")
+
 PROCESS = """\
 import json, os, signal, sys
 print(json.dumps({
