@@ -118,7 +118,8 @@ class _Server:
             self._control.close()
             self._control = None
         if self._process is not None:
-            self._process.wait()
+            if self._process.wait() == 0:
+                self.log.unlink(missing_ok=True)  # kept only when the server failed
             self._process = None
 
     def _alive(self) -> bool:
@@ -478,7 +479,6 @@ def serve(control: socket.socket) -> None:
                     for pid, reply in waiting.values():
                         os.waitpid(pid, 0)
                         reply.close()
-                    _report_cpu()
                     return
                 _fork(json.loads(message), fds, sel, control, waiting)
             else:
@@ -490,18 +490,6 @@ def serve(control: socket.socket) -> None:
                 with contextlib.suppress(OSError):
                     reply.send(f"status {status}".encode())
                 reply.close()
-
-
-def _report_cpu() -> None:
-    """Write the cpu time of the server and its children to its log (for measurements)."""
-    import resource
-
-    used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    print(
-        f"cpu: server {used[0].ru_utime + used[0].ru_stime:.2f} s, "
-        f"children {used[1].ru_utime + used[1].ru_stime:.2f} s",
-        file=sys.stderr,
-    )
 
 
 def _fork(
