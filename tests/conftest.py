@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import forkserver
 import pytest
 
 from flywall.core import commands
@@ -89,15 +91,34 @@ class Appliance:
     def cli(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        """Run `flywall migration --root ROOT ARGS` as a real subprocess."""
-        return subprocess.run(
+        """Run `flywall migration --root ROOT ARGS` as a real process (tests/forkserver.py:
+        forked from a server that has imported the CLI, or exec'd where the test needs it)."""
+        return forkserver.run(
             [FLYWALL, "migration", "--root", str(self.root), *args],
-            capture_output=True,
-            text=True,
             env={**os.environ, **(env or {})},
             timeout=timeout,
-            check=False,
         )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fork_server() -> Iterator[None]:
+    """Each worker's fork server starts with the session, before any test's clock runs, and
+    is reaped at its end (so its cpu and its children's count as the worker's)."""
+    forkserver.start()
+    # The switch itself leaves the environment the tests and their children see: the status
+    # memo keys on every FLYWALL_* variable, so a test that strips them for a child would
+    # never find that child's memo (xdist's workers have read it by now).
+    os.environ.pop("FLYWALL_TEST_EXEC", None)
+    yield
+    forkserver.stop()
+
+
+@pytest.fixture(autouse=True)
+def _real_exec_where_the_start_is_tested(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The files in `forkserver.REAL_EXEC` test a process start itself: exec their children."""
+    where = request.path.relative_to(Path(__file__).parent).as_posix()
+    with forkserver.real_exec(where in forkserver.REAL_EXEC):
+        yield
 
 
 @pytest.fixture

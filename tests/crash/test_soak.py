@@ -1,7 +1,8 @@
 """Random-kill soak: SIGKILL `migrate` and `rollback` at random moments on the demo tree.
 
 Named crash points cut where we think the danger is; this cuts anywhere, including
-inside SQLite and Python start-up. After every kill the files must satisfy the
+inside SQLite (and inside Python's start-up under FLYWALL_TEST_EXEC=1; the fork server's
+children start with their imports done). After every kill the files must satisfy the
 invariants, and at the end one uninterrupted `migrate` must reach exactly what a clean
 run reaches. Bounded in the default suite; `FLYWALL_TORTURE=long` runs it for real.
 """
@@ -15,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import forkserver
 import pytest
 from conftest import FLYWALL, Appliance
 from crashkit import check_after_cut, check_settled, observe
@@ -41,7 +43,7 @@ def down(ctx, db):
 def demo_appliance(where: Path) -> Appliance:
     """The demo tree plus ten vendor migrations, so a run has many moments to die in."""
     demo = [FLYWALL, "migration", "demo", "--layout", "seed", str(where)]
-    subprocess.run(demo, check=True, capture_output=True)
+    assert forkserver.run(demo).returncode == 0
     app = Appliance(where)
     for n in range(10):
         app.write(f"2024020100{n:02d}_vendor_{n}.py", VENDOR_MIGRATION.format(n=n))
@@ -50,7 +52,7 @@ def demo_appliance(where: Path) -> Appliance:
 
 def run_and_kill(app: Appliance, args: list[str], after: float) -> int:
     """Start the CLI, SIGKILL it `after` seconds later if still running; return its code."""
-    process = subprocess.Popen(
+    process = forkserver.popen(
         [FLYWALL, "migration", "--root", str(app.root), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import forkserver
 import pytest
 from conftest import FLYWALL, Appliance, create_table_migration
 
@@ -22,13 +23,7 @@ UNITS = ("flywall-migration-boot.service", "flywall-migration-confirm.service")
 
 
 def install(root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [FLYWALL, "migration", "--root", str(root), "install-units"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return forkserver.run([FLYWALL, "migration", "--root", str(root), "install-units"], timeout=60)
 
 
 def unit(root: Path, name: str) -> configparser.RawConfigParser:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import forkserver
 import pytest
 from apiserver import serving
 from conftest import Appliance, create_table_migration
@@ -35,16 +35,12 @@ RAISES = "component = 'database'\nraise RuntimeError('boom at import')\ndef up(c
 
 
 def cli(app: Appliance, *args: str, env: dict[str, str] | None = None):
-    """`flywall-migration --root BOX ARGS`, the real console script, as a subprocess."""
+    """`flywall-migration --root BOX ARGS`, the real console script's entry point, in a real
+    process (tests/forkserver.py)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FLYWALL_")}
     environ.update(env or {})
-    return subprocess.run(
-        [FLYWALL_MIGRATION, "--root", str(app.root), *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=60,
-        check=False,
+    return forkserver.run(
+        [FLYWALL_MIGRATION, "--root", str(app.root), *args], env=environ, timeout=60
     )
 
 

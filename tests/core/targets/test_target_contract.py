@@ -20,12 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
 import apsw
+import forkserver
 import msgspec
 import pytest
 from flywallstore import create_store
@@ -228,9 +228,7 @@ class TargetContract:
             f"c.{type(self).__name__}().child_up(Path({str(path)!r}), Path({str(intent_file)!r}))"
         )
         env = {**os.environ, "FLYWALL_CRASH_AT": point}
-        done = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
-        )
+        done = forkserver.run([sys.executable, "-c", code], env=env, warm=[__name__])
         assert done.returncode == -9, f"not killed at {point}: {done.returncode} {done.stderr}"
         if not intent_file.exists():
             return None
