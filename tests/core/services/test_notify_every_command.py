@@ -243,7 +243,11 @@ def test_the_start_notice_arrives_while_the_run_still_runs(
 
 @pytest.fixture
 def silent_port() -> Iterator[int]:
-    """A 127.0.0.1 port that accepts connections and never says a word."""
+    """A 127.0.0.1 port that never says a word: it holds its first connection silent
+    (the sender's 5 s timeout runs out) and hangs up on every later one at once.
+
+    One silent try proves the timeout; holding all three (15 s) would prove nothing more.
+    """
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -254,9 +258,13 @@ def silent_port() -> Iterator[int]:
         listener.settimeout(0.2)
         while not stop.is_set():
             try:
-                held.append(listener.accept()[0])
+                conn = listener.accept()[0]
             except OSError:
                 continue
+            if held:
+                conn.close()
+            else:
+                held.append(conn)
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
