@@ -20,6 +20,7 @@ import pytest
 from conftest import Appliance, create_table_migration
 from crashkit import integrity_ok, killed, sample
 
+from flywall.core import commands
 from flywall.core.services import backup, rescue
 from flywall.journal import Journal
 
@@ -43,11 +44,10 @@ def backed_up(app: Appliance) -> str:
     """One migration applied and backed up, a second applied after the backup: the id."""
     create_table_migration(app, "202401010001", "peers")
     app.migrate()
-    made = app.cli("backup", "create", "--json")
-    assert made.returncode == 0, made.stderr
+    made = commands.backup_create(app.workspace())  # setup: in this process
     create_table_migration(app, "202401010002", "routes")
     app.migrate()
-    return json.loads(made.stdout)["backup_id"]
+    return made.backup_id
 
 
 def truncate(app: Appliance) -> None:
