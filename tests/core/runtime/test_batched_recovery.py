@@ -16,6 +16,7 @@ import apsw
 from conftest import lease_table_sql
 from crashkit import killed
 
+from flywall.core import commands
 from flywall.core.model import events as ev
 from flywall.core.runtime.engine import Engine
 
@@ -83,9 +84,8 @@ def checkpoints(app: Appliance) -> list[tuple]:
 
 
 def state_of(app: Appliance, version: str) -> str:
-    listing = json.loads(app.cli("list", "--json").stdout)
-    rows = listing if isinstance(listing, list) else listing["migrations"]
-    return next(m["state"] for m in rows if m["version"] == version)
+    """The state `list` shows for `version` (read in this process)."""
+    return next(m.state for m in commands.list_migrations(app.workspace()) if m.version == version)
 
 
 def test_recover_finishes_a_batched_rollback_cut_between_batches(appliance: Appliance) -> None:
