@@ -79,8 +79,9 @@ def memoize(app: Appliance, *args: str, **kw) -> None:
     deadline = time.monotonic() + 20
     while memo_answer(app, *args, **kw) is None:
         assert time.monotonic() < deadline, "no memo was ever written"
-        past_the_racy_window(app.root)
-        run(app, *args, **kw)
+        run(app, *args, **kw)  # its start-up alone usually outlasts the racy window
+        if memo_answer(app, *args, **kw) is None:
+            past_the_racy_window(app.root)
 
 
 def assert_memo_hit_same(app: Appliance, *args: str, **kw) -> tuple[bytes, bytes, int]:
