@@ -48,6 +48,18 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Appliance
         yield app, running
 
 
+@pytest.fixture(scope="module")
+def journaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Appliance, Server]]:
+    """One server for read-only requests that need a journal (one migration applied)."""
+    tmp = tmp_path_factory.mktemp("journaled")
+    app = Appliance(tmp / "appliance")
+    app.configure()
+    create_table_migration(app, V1, "alpha")
+    app.migrate()
+    with serving(app, tmp / "serve.log") as running:
+        yield app, running
+
+
 def cli_json(app: Appliance, *args: str) -> Any:
     result = app.cli(*args, "--json")
     assert result.returncode == 0, result.stderr
@@ -83,11 +95,13 @@ ROUTES = [
 ]
 
 
-def test_healthz_answers_without_a_token(server):
+def test_healthz_answers_without_a_token(shared):
+    _, server = shared
     assert httpx.get(f"{server.url}/healthz", timeout=10).json() == {"status": "ok"}
 
 
-def test_every_other_route_refuses_a_missing_or_wrong_token_with_401(server):
+def test_every_other_route_refuses_a_missing_or_wrong_token_with_401(shared):
+    _, server = shared  # refused before any route runs: nothing changes
     for token in (None, "wrong-token-0123456789abcdef", TOKEN[:-1]):
         with server.as_(token) as client:
             for method, path in ROUTES:
@@ -362,7 +376,8 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(appliance, tmp
     assert "no request headers within 1 s" in log.read_text()
 
 
-def test_garbage_on_many_connections_writes_one_warning(server):
+def test_garbage_on_many_connections_writes_one_warning(shared):
+    _, server = shared  # no other test sends it garbage
     port = int(server.url.rpartition(":")[2])
     for _ in range(40):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
@@ -422,8 +437,8 @@ def test_read_endpoints_answer_the_json_the_cli_prints(appliance, server):
     assert log.text == appliance.cli("log", V1).stdout
 
 
-def test_unknown_versions_and_runs_answer_404(appliance, server):
-    create_table_migration(appliance, V1, "alpha")
+def test_unknown_versions_and_runs_answer_404(shared):
+    _, server = shared  # V1 pending; nothing here finds anything to change
     unknown = "202499999999"
     for path in (f"/api/migrations/{unknown}", f"/api/migrations/{unknown}/details"):
         assert assert_json_error(server.client.get(path), 404) == f"unknown migration {unknown}"
@@ -614,7 +629,8 @@ def test_the_event_stream_starts_after_the_given_seq(appliance, server):
 # -- the OpenAPI document and bad input -----------------------------------------------------
 
 
-def test_the_openapi_document_describes_every_route(server):
+def test_the_openapi_document_describes_every_route(shared):
+    _, server = shared
     response = server.client.get("/schema/openapi.json")
 
     assert response.status_code == 200
@@ -724,9 +740,8 @@ def test_bad_input_answers_4xx_with_a_json_error(shared, method, path, body, sta
     ["\u0663".encode(), "\u00b2".encode(), b"1" * 5000, str(2**63).encode(), b"-1", b"+1"],
     ids=["Arabic-Indic digit", "superscript two", "5,000 digits", "2^63", "negative", "plus"],
 )
-def test_a_last_event_id_that_is_no_seq_answers_400(appliance, server, last_id):
-    create_table_migration(appliance, V1, "alpha")
-    appliance.migrate()  # a journal to read from
+def test_a_last_event_id_that_is_no_seq_answers_400(journaled, last_id):
+    _, server = journaled  # a journal to read from
 
     response = server.client.get("/api/events", headers={"Last-Event-ID": last_id})
 

@@ -21,6 +21,7 @@ import pytest
 from conftest import FLYWALL, Appliance, create_table_migration
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from waiting import past_the_racy_window
 
 from flywall.cli import fast, statusmemo
 from flywall.cli._texts import TEXTS
@@ -158,7 +159,8 @@ def memoized(root: str) -> None:
                 capture_output=True,
                 check=False,
             )
-            time.sleep(0.05)
+            if statusmemo.lookup(root, None, variant) is None:
+                past_the_racy_window(Path(root))
 
 
 def status_lines(root: str) -> list[list[str]]:
@@ -223,7 +225,7 @@ def test_an_edited_description_with_an_escape_is_left_to_click(
     create_table_migration(copy, "202401010009", "later")
     path = copy.migrations_dir / "202401010009_create_later.sql"
     path.write_text(path.read_text().replace("-- Create later.", "-- \x1b[31mred\x1b[0m"))
-    time.sleep(0.3)  # inputs old enough to be memoized, were it not for the escape
+    past_the_racy_window(copy.root)  # old enough to be memoized, were it not for the escape
     for _ in range(2):
         out, _, code = assert_same(["migration", "--root", str(copy.root), "status", "-v"])
     assert code == 0

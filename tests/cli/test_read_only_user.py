@@ -13,6 +13,10 @@ from pathlib import Path
 import apsw
 import pytest
 from conftest import FLYWALL
+from templates import build_demo
+
+from flywall.core import commands
+from flywall.core.appliance.workspace import Workspace
 
 NOBODY = 65534
 
@@ -82,9 +86,9 @@ def box() -> Path:
     top = Path(tempfile.mkdtemp(prefix="flywall-ro-", dir="/tmp"))
     top.chmod(0o755)  # pytest's tmp_path is 0700: nobody could not even reach it
     root = top / "box"
-    assert subprocess.run([FLYWALL, "migration", "demo", str(root)], check=False).returncode == 0
-    migrate = [FLYWALL, "migration", "--root", str(root), "migrate"]
-    assert subprocess.run(migrate, capture_output=True, check=False).returncode == 0
+    build_demo(root)  # setup, in this process: `demo` and `migrate` have CLI tests of their own
+    report = commands.migrate(Workspace.load(root))
+    assert report.outcome == "completed", report
     yield root
     shutil.rmtree(top)
 

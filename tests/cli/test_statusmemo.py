@@ -26,6 +26,7 @@ from conftest import FLYWALL, Appliance, create_table_migration
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torture import examples
+from waiting import past_the_racy_window
 
 from flywall.cli import statusmemo
 
@@ -78,8 +79,9 @@ def memoize(app: Appliance, *args: str, **kw) -> None:
     deadline = time.monotonic() + 20
     while memo_answer(app, *args, **kw) is None:
         assert time.monotonic() < deadline, "no memo was ever written"
-        run(app, *args, **kw)
-        time.sleep(0.05)
+        run(app, *args, **kw)  # its start-up alone usually outlasts the racy window
+        if memo_answer(app, *args, **kw) is None:
+            past_the_racy_window(app.root)
 
 
 def assert_memo_hit_same(app: Appliance, *args: str, **kw) -> tuple[bytes, bytes, int]:
@@ -282,7 +284,7 @@ def test_no_memo_with_a_device_key(box):
     key.write_bytes(os.urandom(32))
     key.chmod(0o600)
     box.configure('device_key_file = "device.key"\n')
-    time.sleep(0.5)
+    past_the_racy_window(box.root)  # old enough: only the rule under test refuses a memo
     for _ in range(3):
         assert_same(box)
     assert not memo_file(box).exists()
@@ -291,7 +293,7 @@ def test_no_memo_with_a_device_key(box):
 def test_no_memo_while_a_migration_is_interrupted(box):
     cut = box.cli("migrate", env={"FLYWALL_CRASH_AT": "database-after-commit:1"})
     assert cut.returncode == -9, cut.stderr
-    time.sleep(0.5)
+    past_the_racy_window(box.root)  # old enough: only the rule under test refuses a memo
     for _ in range(3):
         out = assert_same(box)
     assert b"INTERRUPTED" in out[0]
@@ -324,7 +326,7 @@ def test_a_memo_hit_imports_neither_msgspec_nor_pathlib_nor_typing(box):
 
 @pytest.mark.parametrize("point", ["status-memo-before-replace", "status-memo-after-replace"])
 def test_a_kill_while_writing_the_memo_costs_nothing_but_the_memo(box, point):
-    time.sleep(0.3)  # old enough inputs: this run writes a memo
+    past_the_racy_window(box.root)  # old enough inputs: this run writes a memo
     cut = run(box, env={"FLYWALL_CRASH_AT": point})
     assert cut[2] == -9
     assert memo_file(box).exists() == (point == "status-memo-after-replace")
@@ -406,7 +408,7 @@ def test_an_input_changed_while_status_reads_is_not_memoized(box, change, monkey
     from flywall.cli.main import main
     from flywall.core import commands
 
-    time.sleep(0.3)  # every input old enough
+    past_the_racy_window(box.root)  # every input old enough
     status = commands.status
 
     def status_then_change(*args, **kw):

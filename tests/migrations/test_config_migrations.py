@@ -25,6 +25,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from conftest import FLYWALL
+from templates import build_demo
 
 from flywall.core import commands
 from flywall.core.appliance import demo
@@ -659,7 +660,7 @@ def test_the_dropped_listen_on_is_a_warning_in_the_migrations_log(tmp_path):
 
 def test_the_demo_box_migrates_with_its_example_and_back(tmp_path):
     """The demo box runs the shipped migrations and the seed's example written into it."""
-    paths = demo.build(tmp_path)
+    paths = build_demo(tmp_path)
     config = Path(paths["config"])
     found = discover([shipped_directory(), Path(paths["migrations"])])
     steps = [(m.version, load_module(m)) for m in found if m.component == "config"]
@@ -693,7 +694,7 @@ def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_migrate_refuses_a_config_that_does_not_parse_naming_file_line_and_column(tmp_path):
-    demo.build(tmp_path, "seed")
+    build_demo(tmp_path, "seed")
     config = tmp_path / "etc/flywall/flywall.hcl"
     config.write_text(BROKEN, encoding="utf-8")
     line, column = BROKEN_AT
@@ -715,7 +716,7 @@ def test_a_config_broken_after_the_settings_were_read_fails_the_first_config_mig
     that breaks after that check (an operator's editor saving mid-upgrade, here done by
     a vendor migration that runs first) fails the config step, journaled, and the file
     stays as it is."""
-    demo.build(tmp_path, "seed")
+    build_demo(tmp_path, "seed")
     ws = Workspace.load(tmp_path)
     (ws.paths.migrations_dir / "202311290001_editor_saves.py").write_text(
         '"""An editor saves a broken flywall.hcl mid-upgrade."""\n'
@@ -748,7 +749,7 @@ def demo_line(text: str) -> int:
 
 
 def test_validate_warns_about_each_deprecated_key_until_the_config_is_migrated(tmp_path):
-    demo.build(tmp_path, "seed")
+    build_demo(tmp_path, "seed")
     config = tmp_path / "etc/flywall/flywall.hcl"
     found = [
         ('  zone        = "wan" # moves to zone "wan" { match { } } in 1.3', "interface.zone"),
@@ -783,7 +784,7 @@ def test_validate_warns_about_each_deprecated_key_until_the_config_is_migrated(t
 
 
 def test_deprecations_are_warnings_in_the_json_report_and_do_not_fail_it(tmp_path):
-    demo.build(tmp_path, "seed")
+    build_demo(tmp_path, "seed")
 
     result = cli(tmp_path, "validate", "--json")
 
@@ -795,7 +796,7 @@ def test_deprecations_are_warnings_in_the_json_report_and_do_not_fail_it(tmp_pat
 
 
 def test_validate_names_where_the_config_stops_parsing(tmp_path):
-    demo.build(tmp_path, "seed")
+    build_demo(tmp_path, "seed")
     ws = Workspace.load(tmp_path)
     ws.paths.config.write_text(BROKEN, encoding="utf-8")
     line, column = BROKEN_AT

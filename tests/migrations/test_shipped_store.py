@@ -116,12 +116,13 @@ def test_test_isolation_works_for_every_shipped_migration(tmp_path: Path) -> Non
     Through the commands API, the function `flywall migration test --isolation V` calls
     and whose `exit_code` it exits with (the CLI's own exit codes: tests/core/rehearsal/test_trial.py).
     """
+    from templates import build_demo
+
     from flywall.core import commands
-    from flywall.core.appliance import demo
     from flywall.core.appliance.workspace import Workspace
     from flywall.core.scripts.discovery import discover
 
-    demo.build(tmp_path / "box")
+    build_demo(tmp_path / "box")
     for m in discover([shipped_directory()]):
         report = commands.test(Workspace.load(tmp_path / "box"), "isolation", m.version)
         assert report.exit_code == 0, (m.version, report)

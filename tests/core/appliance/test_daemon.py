@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import Appliance, create_table_migration
 
+from flywall.core import commands
 from flywall.core.appliance.daemon import live_pid
 
 V1 = "202401010001"
@@ -99,9 +100,8 @@ def settings_with(control, stop: str = "stop", extra: str = "") -> str:
 
 
 def events(app: Appliance) -> list[str]:
-    result = app.cli("history", "--json")
-    assert result.returncode == 0, result.stderr
-    return [e["kind"] for e in json.loads(result.stdout)]
+    """The journal's event kinds, read as `history --json` reads them (in this process)."""
+    return [e["kind"] for e in commands.history(app.workspace())]
 
 
 def test_a_writer_refuses_while_flywall_pid_names_a_live_process(appliance, daemon):

@@ -8,10 +8,10 @@ with `auto_migrate = true`.
 
 from __future__ import annotations
 
-import json
-
 from apiserver import serving
 from conftest import Appliance, create_table_migration
+
+from flywall.core import commands
 
 V1, V2 = "202401010001", "202401010002"
 REFUSAL = "FAILED: migrations are disabled in etc/flywall/migration.hcl (line 3: enabled = false)\n"
@@ -20,7 +20,7 @@ REFUSAL = "FAILED: migrations are disabled in etc/flywall/migration.hcl (line 3:
 def events(app: Appliance) -> int:
     if not app.journal.exists():
         return 0
-    return len(json.loads(app.cli("history", "--json").stdout))
+    return len(commands.history(app.workspace()))  # observed in this process
 
 
 def test_writing_commands_refuse_naming_the_file_and_line_and_journal_nothing(appliance):
@@ -43,7 +43,7 @@ def test_writing_commands_refuse_naming_the_file_and_line_and_journal_nothing(ap
 
     assert events(appliance) == before
     assert appliance.cli("list", "--json").returncode == 0
-    states = {r["version"]: r["state"] for r in json.loads(appliance.cli("list", "--json").stdout)}
+    states = {r.version: r.state for r in commands.list_migrations(appliance.workspace())}
     assert states == {V1: "applied", V2: "pending"}
 
 
@@ -81,7 +81,7 @@ def test_recover_with_auto_migrate_applies_nothing_when_disabled_and_says_so(app
         "migrations are disabled in etc/flywall/migration.hcl (line 3: enabled = false): "
         "1 pending left\nnothing to do\n"
     )
-    states = {r["version"]: r["state"] for r in json.loads(appliance.cli("list", "--json").stdout)}
+    states = {r.version: r.state for r in commands.list_migrations(appliance.workspace())}
     assert states == {V1: "pending"}
 
 
@@ -101,7 +101,7 @@ def test_recover_still_finishes_an_interrupted_migration_when_disabled(appliance
         "migrations are disabled in etc/flywall/migration.hcl (line 3: enabled = false): "
         "1 pending left"
     )
-    states = {r["version"]: r["state"] for r in json.loads(appliance.cli("list", "--json").stdout)}
+    states = {r.version: r.state for r in commands.list_migrations(appliance.workspace())}
     assert states == {V1: "applied", V2: "pending"}
     assert appliance.cli("validate").returncode == 0
 

@@ -10,6 +10,7 @@ import blake3
 import msgspec
 import pytest
 from conftest import Appliance, create_table_migration
+from templates import build_demo
 
 from flywall.core import commands
 from flywall.core.appliance import demo
@@ -45,7 +46,7 @@ PYTHON_HEAD = "ALTER TABLE dhcp_leases ADD COLUMN hostname TEXT"  # 202312010003
 def demo_tree(tmp_path: Path) -> Appliance:
     """The demo appliance plus a config migration, with the first migration applied."""
     app = Appliance(tmp_path / "demo")
-    demo.build(app.root, "seed")
+    build_demo(app.root, "seed")
     app.write("209901010001_set_banner.py", CONFIG_MIGRATION)
     commands.migrate(app.workspace(), target="202312010002")
     return app
@@ -142,7 +143,7 @@ def test_cli_dry_run_prints_sql_indented_under_each_migration_then_the_diffs(
     tmp_path: Path,
 ) -> None:
     app = Appliance(tmp_path / "demo")
-    demo.build(app.root, "seed")
+    build_demo(app.root, "seed")
     app.write("209901010001_set_banner.py", CONFIG_MIGRATION)
     before = digests(app, tree=False)  # the journal is created: it holds the audit event
 

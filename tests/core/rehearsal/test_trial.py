@@ -12,9 +12,9 @@ import apsw
 import blake3
 import pytest
 from conftest import Appliance, create_table_migration
+from templates import build_demo
 
 from flywall.core import commands
-from flywall.core.appliance import demo
 from flywall.core.model import errors
 from flywall.core.rehearsal import trial
 from flywall.core.runtime.lock import Holder, WriterLock
@@ -130,7 +130,7 @@ def test_a_failing_up_stops_the_rollback_test_and_skips_the_rest(appliance: Appl
 
 def test_with_data_applies_the_demo_to_a_copy_and_validates_it(tmp_path: Path) -> None:
     app = Appliance(tmp_path / "demo")
-    demo.build(app.root, "seed")
+    build_demo(app.root, "seed")
     before = file_digests(app)
 
     result = app.cli("test", "--with-data", "--json")
@@ -164,7 +164,7 @@ def test_with_data_fails_a_migration_whose_verify_fails(appliance: Appliance) ->
 
 def test_performance_prints_a_line_per_migration_with_rows_per_second(tmp_path: Path) -> None:
     app = Appliance(tmp_path / "demo")
-    demo.build(app.root, "seed")
+    build_demo(app.root, "seed")
 
     result = app.cli("test", "--performance")
 
@@ -229,7 +229,7 @@ def test_isolation_names_a_down_that_leaves_schema_behind(appliance: Appliance) 
 
 def test_isolation_of_the_demo_s_first_database_migration(tmp_path: Path) -> None:
     app = Appliance(tmp_path / "demo")
-    demo.build(app.root, "seed")
+    build_demo(app.root, "seed")
 
     report = commands.test(app.workspace(), "isolation", "202312010002")
 

@@ -16,6 +16,7 @@ import apsw
 from conftest import lease_table_sql
 from crashkit import killed
 
+from flywall.core import commands
 from flywall.core.model import events as ev
 from flywall.core.runtime.engine import Engine
 
@@ -83,9 +84,8 @@ def checkpoints(app: Appliance) -> list[tuple]:
 
 
 def state_of(app: Appliance, version: str) -> str:
-    listing = json.loads(app.cli("list", "--json").stdout)
-    rows = listing if isinstance(listing, list) else listing["migrations"]
-    return next(m["state"] for m in rows if m["version"] == version)
+    """The state `list` shows for `version` (read in this process)."""
+    return next(m.state for m in commands.list_migrations(app.workspace()) if m.version == version)
 
 
 def test_recover_finishes_a_batched_rollback_cut_between_batches(appliance: Appliance) -> None:
@@ -100,7 +100,7 @@ def test_recover_finishes_a_batched_rollback_cut_between_batches(appliance: Appl
     assert "recovery will decide rolled_back by finishing it from its checkpoint" in status.stdout
 
     recover_finishes_the_rollback(app)
-    history = json.loads(app.cli("history", "--json").stdout)
+    history = commands.history(app.workspace())
     (recovered,) = [e for e in history if e["kind"] == "Recovered"]
     assert recovered["evidence"]["action"] == "resume"
     assert recovered["evidence"][f"checkpoint {STATE}:down leases"].startswith("60 rows")
@@ -190,7 +190,7 @@ def test_migrate_also_repairs_a_half_done_rollback_then_applies_again(
     assert migrate.returncode == 0, migrate.stderr
     assert shapes(app) == {"mac": 0, "hw": ROWS}
     assert checkpoints(app) == []
-    history = json.loads(app.cli("history", "--json", "--migration", STATE).stdout)
+    history = commands.history(app.workspace(), migration=STATE)
     outcomes = [
         (e["kind"], e.get("decision"))
         for e in history
@@ -241,7 +241,7 @@ def test_a_resume_that_fails_is_journaled_and_its_checkpoint_named(appliance: Ap
         "could not finish it: RuntimeError: down cannot reshape this one"
     )
     assert state_of(app, STATE) == "applied"
-    history = json.loads(app.cli("history", "--json").stdout)
+    history = commands.history(app.workspace())
     failed = [e for e in history if e["kind"] == "MigrationFailed"]
     assert [f["direction"] for f in failed] == ["down"]
     validate = app.cli("validate")

@@ -9,6 +9,7 @@ import apsw
 import freezegun
 import pytest
 from conftest import create_table_migration
+from templates import build_demo
 
 from flywall.core import commands
 from flywall.core.appliance import demo
@@ -260,7 +261,7 @@ def test_the_shipped_migrations_roll_back_and_reapply_to_the_same_schema(tmp_pat
 
     The fingerprint the journal records after each step is the one on disk.
     """
-    demo.build(tmp_path, "seed")
+    build_demo(tmp_path, "seed")
     state_db = Workspace.load(tmp_path).paths.state_db
     pristine = user_schema(state_db)
 
@@ -277,7 +278,7 @@ def test_the_shipped_migrations_roll_back_and_reapply_to_the_same_schema(tmp_pat
 
 
 def test_lease_rows_survive_rolling_back_and_reapplying_the_lease_migration(tmp_path):
-    demo.build(tmp_path, "seed")
+    build_demo(tmp_path, "seed")
     state_db = Workspace.load(tmp_path).paths.state_db
     pristine = leases(state_db)
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
-import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from conftest import FLYWALL, hold_lock_migration
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from conftest import Appliance
 
 V1 = "202401010001"
@@ -31,24 +30,42 @@ def _hold(appliance: Appliance, tmp_path: Path) -> tuple[subprocess.Popen[str], 
     return first, release
 
 
+def _at_the_lock(process: subprocess.Popen[str], lock: Path) -> bool:
+    """True once `process` has the writer lock file open: it is trying for the lock."""
+    try:
+        fds = list(Path(f"/proc/{process.pid}/fd").iterdir())
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):  # an fd closed meanwhile
+            if fd.readlink() == lock:
+                return True
+    return False
+
+
 @pytest.mark.parametrize("command", [("migrate",), ("recover",), ("backup", "create")])
 def test_wait_runs_once_the_holder_lets_go(appliance, tmp_path, command):
+    """The holder lets go only once the waiter is seen at the lock (no fixed head start)."""
     first, release = _hold(appliance, tmp_path)
-    timer = threading.Timer(1.5, release.touch)
-    timer.start()
+    lock = appliance.workspace().paths.lock
+    args = [FLYWALL, "migration", "--root", str(appliance.root), *command, "--wait", "30"]
+    second = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        t0 = time.monotonic()
-        second = appliance.cli(*command, "--wait", "30")
-        waited = time.monotonic() - t0
+        deadline = time.monotonic() + 30
+        while not _at_the_lock(second, lock):
+            assert second.poll() is None, second.communicate()
+            assert time.monotonic() < deadline, "the second command never reached the lock"
+            time.sleep(0.01)
+        time.sleep(0.1)  # a few of its 20 ms retries meet the live holder
+        assert second.poll() is None, second.communicate()  # without --wait: exit 3 at once
     finally:
-        timer.cancel()
         release.touch()
         first.communicate(timeout=60)
+        _, err = second.communicate(timeout=60)
 
     assert first.returncode == 0
-    assert second.returncode == 0, second.stderr
-    assert "Traceback" not in second.stderr
-    assert waited >= 1.0  # it waited for the live holder, then ran
+    assert second.returncode == 0, err
+    assert "Traceback" not in err
 
 
 def test_wait_gives_up_after_its_seconds_with_exit_3(appliance, tmp_path):

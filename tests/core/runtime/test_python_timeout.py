@@ -70,7 +70,7 @@ def _tables(appliance: Appliance) -> list[str]:
 
 @pytest.mark.parametrize("strategy", ["incremental", "full"])
 def test_python_sleeping_past_the_timeout_fails_and_is_undone(appliance, strategy):
-    appliance.configure(f'timeout = "1s"\nstrategy = "{strategy}"\n')
+    appliance.configure(f'timeout = "300ms"\nstrategy = "{strategy}"\n')
     appliance.write("202401010001_sleepy.py", SLEEPS_IN_PYTHON)
 
     t0 = time.monotonic()
@@ -80,13 +80,13 @@ def test_python_sleeping_past_the_timeout_fails_and_is_undone(appliance, strateg
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert (
-        "FAILED: migration 202401010001 failed during timeout: Timeout: exceeded 1 s: "
-        "its Python code ran past the 1 s timeout; its transaction was undone\n"
+        "FAILED: migration 202401010001 failed during timeout: Timeout: exceeded 0.3 s: "
+        "its Python code ran past the 0.3 s timeout; its transaction was undone\n"
     ) in result.stderr
     assert took < 7
     failed = _failure(appliance)
     assert failed["phase"] == "timeout"
-    assert "its Python code ran past the 1 s timeout" in failed["message"]
+    assert "its Python code ran past the 0.3 s timeout" in failed["message"]
     assert "started" not in _tables(appliance)
     assert appliance.cli("status").returncode == 0
 
@@ -104,7 +104,7 @@ def test_a_slow_statement_says_sqlite_was_interrupted(appliance):
 
 
 def test_a_config_migration_past_the_timeout_fails_and_leaves_the_file(appliance):
-    appliance.configure('timeout = "1s"\n')
+    appliance.configure('timeout = "300ms"\n')
     appliance.write("202401010001_slow_config.py", SLOW_CONFIG)
     before = appliance.config.read_bytes()
 
@@ -113,7 +113,7 @@ def test_a_config_migration_past_the_timeout_fails_and_leaves_the_file(appliance
 
     assert result.returncode == 1, result.stderr
     assert time.monotonic() - t0 < 7
-    assert "its Python code ran past the 1 s timeout" in result.stderr
+    assert "its Python code ran past the 0.3 s timeout" in result.stderr
     assert appliance.config.read_bytes() == before
     assert _failure(appliance)["phase"] == "timeout"
 

@@ -10,9 +10,9 @@ import blake3
 import pytest
 from conftest import Appliance
 from crashkit import data_digest, observe
+from templates import build_demo
 
 from flywall.core import commands
-from flywall.core.appliance import demo
 from flywall.core.model.errors import FlywallError, MigrationFailed
 from flywall.core.services import backup
 
@@ -54,7 +54,7 @@ def digests(app: Appliance) -> dict[str, str]:
 
 
 def demo_appliance(tmp_path: Path, extra: str = "  auto_rollback = true\n") -> Appliance:
-    demo.build(tmp_path / "box", "seed")
+    build_demo(tmp_path / "box", "seed")
     app = Appliance(tmp_path / "box")
     settings = app.settings
     text = settings.read_text()

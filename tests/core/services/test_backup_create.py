@@ -16,6 +16,7 @@ import pytest
 from conftest import Appliance, create_table_migration
 from crashkit import check_after_cut, killed, sample
 
+from flywall.core import commands
 from flywall.core.services import backup
 from flywall.journal import Journal
 
@@ -31,10 +32,8 @@ def applied(app: Appliance) -> Appliance:
 
 
 def events(app: Appliance) -> list[tuple[str, str, dict]]:
-    """(kind, run_id, event as history --json shows it), oldest first."""
-    result = app.cli("history", "--json")
-    assert result.returncode == 0, result.stderr
-    return [(e["kind"], e["run_id"], e) for e in json.loads(result.stdout)]
+    """(kind, run_id, event as history --json shows it), oldest first (read in this process)."""
+    return [(e["kind"], e["run_id"], e) for e in commands.history(app.workspace())]
 
 
 def test_create_backs_up_every_target_verified_and_journaled(appliance: Appliance) -> None:

@@ -20,6 +20,7 @@ import pytest
 from conftest import Appliance, create_table_migration
 from crashkit import integrity_ok, killed, sample
 
+from flywall.core import commands
 from flywall.core.services import backup, rescue
 from flywall.journal import Journal
 
@@ -43,11 +44,10 @@ def backed_up(app: Appliance) -> str:
     """One migration applied and backed up, a second applied after the backup: the id."""
     create_table_migration(app, "202401010001", "peers")
     app.migrate()
-    made = app.cli("backup", "create", "--json")
-    assert made.returncode == 0, made.stderr
+    made = commands.backup_create(app.workspace())  # setup: in this process
     create_table_migration(app, "202401010002", "routes")
     app.migrate()
-    return json.loads(made.stdout)["backup_id"]
+    return made.backup_id
 
 
 def truncate(app: Appliance) -> None:
@@ -154,7 +154,7 @@ def test_recovery_gets_the_box_back_and_migrate_reapplies_what_is_newer(
     pending = json.loads(appliance.cli("list", "--pending", "--json").stdout)
     assert "202401010002" in [row["version"] for row in pending]
     assert appliance.cli("migrate").returncode == 0
-    events = json.loads(appliance.cli("history", "--json").stdout)
+    events = commands.history(appliance.workspace())
     (recovered,) = [e for e in events if e["kind"] == "JournalRecovered"]
     assert recovered["backup_id"] == backup_id
     assert recovered["damaged_path"] == str(kept)
@@ -254,7 +254,7 @@ def test_a_cut_anywhere_leaves_a_journal_and_a_rerun_finishes(tmp_path: Path) ->
         for args in [("status",), ("validate",), ("journal", "verify")]:
             ok = app.cli(*args)
             assert ok.returncode == 0, (point, args, ok.stdout, ok.stderr)
-        events = json.loads(app.cli("history", "--json").stdout)
+        events = commands.history(app.workspace())
         assert [e["kind"] for e in events].count("JournalRecovered") == 1, point
         assert app.cli("migrate").returncode == 0, point
     finished = [p for p in chosen if p.startswith("rescue-finished")]

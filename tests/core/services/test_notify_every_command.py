@@ -9,7 +9,6 @@ here fails `test_every_writing_command_has_a_case`.
 from __future__ import annotations
 
 import ast
-import json
 import socket
 import subprocess
 import threading
@@ -26,6 +25,7 @@ from test_notify import PASSWORD, SmtpServer, Webhook, free_port
 
 import flywall.core
 from flywall.cli.main import migration
+from flywall.core import commands
 from flywall.core.services import rescue
 
 if TYPE_CHECKING:
@@ -63,18 +63,12 @@ def settings(
     app.configure("\n".join(lines) + "\n")
 
 
-def ok(app: Appliance, *args: str, env: dict[str, str] | None = None) -> str:
-    done = app.cli(*args, env=env)
-    assert done.returncode == 0, (args, done.stdout, done.stderr)
-    return done.stdout
-
-
 # -- each writing command: what to set up first, then the command line ---------------------
 
 
 def _migrated(app: Appliance) -> None:
     create_table_migration(app, V1, "hosts")
-    ok(app, "migrate")
+    app.migrate()  # setup: in this process (the command under test runs as the CLI)
 
 
 def _interrupted(app: Appliance) -> None:
@@ -85,17 +79,17 @@ def _interrupted(app: Appliance) -> None:
 
 def _backed_up(app: Appliance) -> str:
     _migrated(app)
-    return json.loads(ok(app, "backup", "create", "--json"))["backup_id"]
+    return commands.backup_create(app.workspace()).backup_id
 
 
 def _two_backups(app: Appliance) -> None:
     _backed_up(app)
-    ok(app, "backup", "create")
+    commands.backup_create(app.workspace())
 
 
 def _edited(app: Appliance) -> None:
     path = create_table_migration(app, V1, "hosts")
-    ok(app, "migrate")
+    app.migrate()
     path.write_text(path.read_text(encoding="utf-8") + "-- a comment\n", encoding="utf-8")
 
 
@@ -243,7 +237,11 @@ def test_the_start_notice_arrives_while_the_run_still_runs(
 
 @pytest.fixture
 def silent_port() -> Iterator[int]:
-    """A 127.0.0.1 port that accepts connections and never says a word."""
+    """A 127.0.0.1 port that never says a word: it holds its first connection silent
+    (the sender's 5 s timeout runs out) and hangs up on every later one at once.
+
+    One silent try proves the timeout; holding all three (15 s) would prove nothing more.
+    """
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -254,9 +252,13 @@ def silent_port() -> Iterator[int]:
         listener.settimeout(0.2)
         while not stop.is_set():
             try:
-                held.append(listener.accept()[0])
+                conn = listener.accept()[0]
             except OSError:
                 continue
+            if held:
+                conn.close()
+            else:
+                held.append(conn)
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
