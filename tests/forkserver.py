@@ -372,14 +372,15 @@ def run(
     timeout: float | None = None,
     input: str | None = None,  # noqa: A002 - subprocess.run's name
     warm: Iterable[str] = (),
-) -> subprocess.CompletedProcess[str]:
-    """`subprocess.run(argv, capture_output=True, text=True, check=False, ...)`, forked when
-    `forkable`, else exec'd exactly so (`warm`: see `spawn`)."""
+    text: bool = True,
+) -> subprocess.CompletedProcess[Any]:
+    """`subprocess.run(argv, capture_output=True, text=text, check=False, ...)`, forked when
+    `forkable`, else exec'd exactly so (`warm`: see `spawn`); `text=False` gives the bytes."""
     if not forkable(argv, env):
         return subprocess.run(
             list(argv),
             capture_output=True,
-            text=True,
+            text=text,
             env=None if env is None else dict(env),
             cwd=cwd,
             timeout=timeout,
@@ -398,6 +399,8 @@ def run(
         out, err = child.communicate()
         raise subprocess.TimeoutExpired(child.args, e.timeout, _text(out), _text(err)) from None
     assert child.returncode is not None
+    if not text:
+        return subprocess.CompletedProcess(child.args, child.returncode, out, err)
     return subprocess.CompletedProcess(child.args, child.returncode, _text(out), _text(err))
 
 

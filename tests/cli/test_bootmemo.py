@@ -1,6 +1,7 @@
 """The boot memo (flywall.cli.bootmemo): `migrate` with nothing to do, answered as click would.
 
-Every test runs the real `flywall` script as a subprocess. A memo is first let be written
+Every test runs the `flywall` script's entry point as a process of its own (forked by
+tests/forkserver.py; the start-up itself is test_fastpath's and the imports test's). A memo is first let be written
 (a quiet `migrate` whose inputs are older than the racy window), then one input changes,
 and the fast path must give click's answer (FLYWALL_NO_FAST_PATH=1, which neither reads
 nor writes a memo). Whether a run was a hit is seen on disk: a hit writes nothing at all,
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import apsw
+import forkserver
 import pytest
 from conftest import FLYWALL, Appliance, create_table_migration
 
@@ -31,12 +33,11 @@ def run(app: Appliance, *args: str, slow: bool = False, env: dict[str, str] | No
     environ.update(env or {})
     if slow:
         environ["FLYWALL_NO_FAST_PATH"] = "1"
-    p = subprocess.run(
+    p = forkserver.run(
         [FLYWALL, "migration", "--root", str(app.root), "migrate", *args],
-        capture_output=True,
         env=environ,
         timeout=60,
-        check=False,
+        text=False,
     )
     return p.stdout, p.stderr, p.returncode
 

@@ -3,7 +3,9 @@
 Each test first lets a memo be written (the inputs must be older than the racy window, so
 it waits until one is), then changes one input and demands that the memoized fast path
 prints byte for byte what click prints (FLYWALL_NO_FAST_PATH=1, which neither reads nor
-writes a memo). The memo is written by the `status` command, read by flywall.cli.fast.
+writes a memo). The memo is written by the `status` command, read by flywall.cli.fast,
+each run a process of its own (forked by tests/forkserver.py: the start-up itself is
+test_fastpath's).
 Every change here alters the output, so dropping its input from the memo's key makes the
 memo answer the old output and the test fail.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import apsw
+import forkserver
 import pytest
 from conftest import FLYWALL, Appliance, create_table_migration
 from hypothesis import HealthCheck, example, given, settings
@@ -37,13 +40,12 @@ def run(app: Appliance, *args: str, slow: bool = False, cwd: Path | None = None,
     if slow:
         environ["FLYWALL_NO_FAST_PATH"] = "1"
     root = "." if cwd is not None else str(app.root)
-    p = subprocess.run(
+    p = forkserver.run(
         [FLYWALL, "migration", "--root", root, "status", *args],
-        capture_output=True,
         env=environ,
         cwd=cwd,
         timeout=60,
-        check=False,
+        text=False,
     )
     return p.stdout, p.stderr, p.returncode
 
