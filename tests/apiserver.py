@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import forkserver
 import httpx
 import pytest
 from conftest import FLYWALL, Appliance
@@ -40,7 +41,7 @@ def write_tokens(app: Appliance, mode: int = 0o600) -> Path:
 
 @dataclass
 class Server:
-    """A running `serve` subprocess and a client that carries the ops token."""
+    """A running `serve` process (forked, tests/forkserver.py) and a client with the ops token."""
 
     url: str
     client: httpx.Client
@@ -82,22 +83,18 @@ def serving(
     def transport() -> httpx.HTTPTransport | None:  # a client closes its transport
         return None if uds is None else httpx.HTTPTransport(uds=str(uds))
 
+    argv = [FLYWALL, "migration", "--root", str(appliance.root), "serve", "--listen", listen, *args]
     with log.open("w") as out:
-        process = subprocess.Popen(
-            [
-                FLYWALL,
-                "migration",
-                "--root",
-                str(appliance.root),
-                "serve",
-                "--listen",
-                listen,
-                *args,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=preexec_fn,  # noqa: PLW1509 - only sets a resource limit
-        )
+        process: forkserver.Child | subprocess.Popen[bytes]
+        if preexec_fn is None and forkserver.forkable(argv):  # a process of its own, forked
+            process = forkserver.spawn(argv, stdout=out.fileno(), stderr=out.fileno())
+        else:
+            process = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=preexec_fn,  # noqa: PLW1509 - only sets a resource limit
+            )
     try:
         deadline = time.monotonic() + 30
         while True:

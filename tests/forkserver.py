@@ -201,6 +201,12 @@ class Child:
         assert self.returncode is not None
         return self.returncode
 
+    def terminate(self) -> None:
+        """SIGTERM the child (what a service manager sends), if it still runs."""
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
     def kill(self) -> None:
         """SIGKILL the child (a real signal to the real process), if it still runs."""
         if self.poll() is None:
