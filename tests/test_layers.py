@@ -16,9 +16,13 @@ Imports under `if TYPE_CHECKING:` count: a type a layer names is a dependency a 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
+
+parsed = functools.cache(ast.parse)
+"""`ast.parse`, once per source: every rule, and every planted case, walks the same modules."""
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {
@@ -53,7 +57,7 @@ def imports_of(path: Path, name: str, known: set[str]) -> set[str]:
     `from package import module` is an edge to the module alone; `from module import name`
     (a function, a class) is an edge to the module.
     """
-    tree = ast.parse(path.read_text(), str(path))
+    tree = parsed(path.read_text(), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -235,7 +239,7 @@ def journal_errors_named(path: Path, source: str) -> list[str]:
     """Each journal error a module names (a name, an attribute or an import), as 'path:line'."""
     names = journal_error_names()
     found = []
-    for node in ast.walk(ast.parse(source, str(path))):
+    for node in ast.walk(parsed(source, str(path))):
         named = (
             node.id
             if isinstance(node, ast.Name)

@@ -16,9 +16,13 @@ Each rule is proved not vacuous by a violation planted in a copy of a module.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
+
+parsed = functools.cache(ast.parse)
+"""`ast.parse`, once per source: every rule, and every planted case, walks the same modules."""
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "journal", "cli", "api")
@@ -44,7 +48,7 @@ def run_event_constructions(name: str, source: str) -> list[str]:
     """
     return [
         f"{name}:{node.lineno} {_called_name(node)}"
-        for node in ast.walk(ast.parse(source))
+        for node in ast.walk(parsed(source))
         if isinstance(node, ast.Call) and _called_name(node) in RUN_EVENTS
     ]
 
@@ -108,7 +112,7 @@ def _receiver(call: ast.Call) -> str:
 def journal_writes(name: str, source: str) -> list[str]:
     """Each place in `source` that writes the journal itself, as 'path:line what'."""
     found = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parsed(source)):
         if not isinstance(node, ast.Call):
             continue
         called = _called_name(node)
@@ -176,7 +180,7 @@ def dry_run_choices(name: str, source: str) -> list[str]:
     """Each place in `source` that reads the `dry_run` setting, as 'path:line'."""
     return [
         f"{name}:{node.lineno}"
-        for node in ast.walk(ast.parse(source))
+        for node in ast.walk(parsed(source))
         if isinstance(node, ast.Attribute)
         and node.attr == "dry_run"
         and ast.unparse(node.value).endswith("settings")
@@ -208,7 +212,7 @@ def marked_literals(name: str, source: str) -> list[str]:
     """Each `("database", "state")` written out in `source` (a tuple, list or set)."""
     return [
         f"{name}:{node.lineno}"
-        for node in ast.walk(ast.parse(source))
+        for node in ast.walk(parsed(source))
         if isinstance(node, (ast.Tuple, ast.List, ast.Set))
         and sorted(repr(e.value) for e in node.elts if isinstance(e, ast.Constant))
         == ["'database'", "'state'"]
