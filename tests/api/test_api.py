@@ -37,27 +37,33 @@ def server(appliance: Appliance, tmp_path: Path) -> Iterator[Server]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Appliance, Server]]:
-    """One server for the read-only refusals (an appliance with one pending migration)."""
-    tmp = tmp_path_factory.mktemp("shared")
+@contextlib.contextmanager
+def _box_serving(
+    factory: pytest.TempPathFactory, name: str, *, applied: bool
+) -> Iterator[tuple[Appliance, Server]]:
+    """A module's server over an appliance with one migration, pending or `applied`."""
+    tmp = factory.mktemp(name)
     app = Appliance(tmp / "appliance")
     app.configure()
     create_table_migration(app, V1, "alpha")
+    if applied:
+        app.migrate()
     with serving(app, tmp / "serve.log") as running:
         yield app, running
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Appliance, Server]]:
+    """One server for the read-only refusals (an appliance with one pending migration)."""
+    with _box_serving(tmp_path_factory, "shared", applied=False) as box:
+        yield box
 
 
 @pytest.fixture(scope="module")
 def journaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Appliance, Server]]:
     """One server for read-only requests that need a journal (one migration applied)."""
-    tmp = tmp_path_factory.mktemp("journaled")
-    app = Appliance(tmp / "appliance")
-    app.configure()
-    create_table_migration(app, V1, "alpha")
-    app.migrate()
-    with serving(app, tmp / "serve.log") as running:
-        yield app, running
+    with _box_serving(tmp_path_factory, "journaled", applied=True) as box:
+        yield box
 
 
 def cli_json(app: Appliance, *args: str) -> Any:
