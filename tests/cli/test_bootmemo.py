@@ -20,6 +20,7 @@ from pathlib import Path
 
 import apsw
 import forkserver
+import memochanges
 import pytest
 from conftest import FLYWALL, Appliance, create_table_migration
 
@@ -160,21 +161,6 @@ def _touch(app: Appliance) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _edit_same_size(app: Appliance) -> None:
-    path = app.migrations_dir / "202401010001_create_hosts.sql"
-    path.write_text(path.read_text().replace("name TEXT", "nome TEXT"))
-
-
-def _marker(app: Appliance) -> None:
-    with apsw.Connection(str(app.state_db)) as db:
-        db.execute("DELETE FROM flywall_migration_markers WHERE version = '202401010001'")
-
-
-def _state_db_written(app: Appliance) -> None:
-    with apsw.Connection(str(app.state_db)) as db:
-        db.execute("CREATE TABLE outsider (x)")
-
-
 def _journal_appended(app: Appliance) -> None:
     """One audit event (a dry run's), nothing else changed."""
     p = app.cli("migrate", "--dry-run")
@@ -206,9 +192,9 @@ def _partial_backup(app: Appliance) -> None:
 
 CHANGES = {
     "migration touched": _touch,
-    "migration edited": _edit_same_size,
-    "state.db written": _state_db_written,
-    "state.db marker": _marker,
+    "migration edited": memochanges.edit_same_size,
+    "state.db written": memochanges.outsider_table,
+    "state.db marker": memochanges.marker_deleted,
     "journal appended": _journal_appended,
     "settings: disabled": _disabled,
     "settings: a comment": _settings_comment,

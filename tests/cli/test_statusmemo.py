@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 import apsw
 import forkserver
+import memochanges
 import pytest
 from conftest import FLYWALL, Appliance, create_table_migration
 from hypothesis import HealthCheck, example, given, settings
@@ -168,23 +169,6 @@ def _remove(app: Appliance) -> None:
     (app.migrations_dir / "202401010003_create_rules.sql").unlink()
 
 
-def _edit_same_size(app: Appliance) -> None:
-    path = app.migrations_dir / "202401010001_create_hosts.sql"
-    path.write_text(path.read_text().replace("name TEXT", "nome TEXT"))
-
-
-def _drift(app: Appliance) -> None:
-    with apsw.Connection(str(app.state_db)) as db:
-        db.execute("CREATE TABLE outsider (x)")
-
-
-def _marker(app: Appliance) -> None:
-    if not app.state_db.exists():  # after "state.db removed" there is no marker to delete
-        return
-    with apsw.Connection(str(app.state_db)) as db:
-        db.execute("DELETE FROM flywall_migration_markers WHERE version = '202401010001'")
-
-
 def _state_db_gone(app: Appliance) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{app.state_db}{suffix}").unlink(missing_ok=True)
@@ -197,9 +181,9 @@ CHANGES = {
     "journal replaced": _journal_replaced,
     "migration added": _add,
     "migration removed": _remove,
-    "migration edited": _edit_same_size,
-    "state.db schema": _drift,
-    "state.db marker": _marker,
+    "migration edited": memochanges.edit_same_size,
+    "state.db schema": memochanges.outsider_table,
+    "state.db marker": memochanges.marker_deleted,
     "state.db removed": _state_db_gone,
 }
 
@@ -275,7 +259,7 @@ def test_an_environment_variable_is_part_of_the_key(box):
 
 
 def test_drift_is_memoized_with_its_exit_code(box):
-    _drift(box)
+    memochanges.outsider_table(box)
     out = assert_memo_hit_same(box)
     assert out[2] == 4
     assert b"DRIFT" in out[0]
