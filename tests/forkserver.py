@@ -583,6 +583,9 @@ def _reopen_stdio() -> None:
 
 def _main() -> None:
     control = socket.socket(fileno=int(sys.argv[1]))
+    # What this interpreter's start made of SIGINT: a handler, or SIG_IGN when it was started
+    # with SIGINT ignored (a background job of a shell), as an exec'd child would be too.
+    at_start = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker's ^C ends us through EOF
     try:
         serve(control)
@@ -590,7 +593,7 @@ def _main() -> None:
         request = forked.request
     else:
         sys.exit(0)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # a fresh interpreter's
+    signal.signal(signal.SIGINT, at_start)  # a fresh interpreter's
     _run(_become(request))
 
 
