@@ -32,6 +32,7 @@ always written as templates, never escaped.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import textwrap
@@ -162,16 +163,13 @@ class Document(_OnBody):
     .. versionadded:: 0.1.0
     """
 
-    def __init__(self, text: str, tree: Node, path: str) -> None:
+    def __init__(self, text: str, parsed: _Parsed, path: str) -> None:
         self.path = path
         self._original = text
         self._text = text
-        self._tree = tree
+        self._tree, self._blocks, self._parents = parsed.tree, parsed.blocks, parsed.parents
         self._newline = _newline_of(text)
         self._handles: dict[int, Block] = {}
-        self._blocks: dict[int, Node] = {}
-        self._parents: dict[int, int | None] = {}
-        self._index()
         self.body = Body(self, None)
 
     @classmethod
@@ -185,11 +183,11 @@ class Document(_OnBody):
         from lark.exceptions import UnexpectedInput
 
         try:
-            tree = _parse_tree(text)
+            parsed = _parse(text)
         except UnexpectedInput as e:
             line, column = _error_position(e, text)
             raise ConfigParseError(path, line, column, _error_detail(e)) from e
-        return cls(text, tree, path)
+        return cls(text, parsed, path)
 
     def text(self) -> str:
         """The document's text with every edit applied; the original object if none was."""
@@ -243,15 +241,15 @@ class Document(_OnBody):
         pieces.append(self._text[last:])
         text = "".join(pieces)
         try:
-            tree = _parse_tree(text)
+            parsed = _parse(text)
         except UnexpectedInput as e:
             line, column = _error_position(e, text)
             raise ValueError(
                 f"{self.path}: the edit would not parse ({line}:{column}: {_error_detail(e)}); "
                 "nothing was changed"
             ) from e
-        self._text, self._tree = text, tree
-        self._index()
+        self._text = text
+        self._tree, self._blocks, self._parents = parsed.tree, parsed.blocks, parsed.parents
         handles: dict[int, Block] = {}
         for offset, handle in self._handles.items():
             moved = _moved(offset, ordered, keep=handle is keep)
@@ -266,22 +264,7 @@ class Document(_OnBody):
             text = self._newline + text
         self._edit([(position, position, text)])
 
-    # -- the tree, indexed ------------------------------------------------------------------
-
-    def _index(self) -> None:
-        """Map each block's first offset to its tree and its parent block's offset."""
-        self._blocks.clear()
-        self._parents.clear()
-
-        def walk(body: Node, parent: int | None) -> None:
-            for item in _items(body):
-                if item.data == "block":
-                    offset = _span(item)[0]
-                    self._blocks[offset] = item
-                    self._parents[offset] = parent
-                    walk(_block_body(item), offset)
-
-        walk(self._root_body(), None)
+    # -- the tree, indexed (see `_parse`) ------------------------------------------------------
 
     def _root_body(self) -> Node:
         body = self._tree.children[0]
@@ -825,6 +808,47 @@ class Block(_OnBody):
 
 
 # -- parsing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """A text's tree, with each block's offset mapped to its tree and its parent's offset.
+
+    A parent's offset is None at the top level. Shared by every document of the same text,
+    so nothing may change it: a document replaces its own on each edit, never edits it.
+    """
+
+    tree: Node
+    blocks: Mapping[int, Node]
+    parents: Mapping[int, int | None]
+
+
+@functools.lru_cache(maxsize=8)
+def _parse(text: str) -> _Parsed:
+    """Parse and index `text`, remembering the last texts parsed.
+
+    Why remember: lark parses ~30 ms a page in pure Python, and the same texts come back in
+    one run: every edit re-parses the whole document (offsets must be exact for the next
+    one), validation reads what a step wrote, a rollback returns to texts the run parsed on
+    the way up. Only a few: a tree takes ~150 times its text in memory. A failed parse is
+    not remembered; it raises again.
+    """
+    tree = _parse_tree(text)
+    blocks: dict[int, Node] = {}
+    parents: dict[int, int | None] = {}
+
+    def walk(body: Node, parent: int | None) -> None:
+        for item in _items(body):
+            if item.data == "block":
+                offset = _span(item)[0]
+                blocks[offset] = item
+                parents[offset] = parent
+                walk(_block_body(item), offset)
+
+    root = tree.children[0]
+    assert not isinstance(root, str)
+    walk(root, None)
+    return _Parsed(tree, blocks, parents)
 
 
 def _parse_tree(text: str) -> Node:

@@ -512,6 +512,26 @@ def test_an_edit_that_would_not_parse_is_refused_and_changes_nothing() -> None:
     assert doc.text() is APPLIANCE
 
 
+def test_documents_of_the_same_text_are_independent_whatever_the_parses_share() -> None:
+    """Parses of one text are remembered and shared; an edit to one document (which
+    re-parses, and may meet a remembered text) must never show in another."""
+    edited, untouched = Document.parse(APPLIANCE), Document.parse(APPLIANCE)
+    zones = [b.labels for b in untouched.blocks("zone")]
+    interfaces = [b.labels for b in untouched.blocks("interface")]
+    eth1 = edited.block("interface", "eth1")
+    eth1.set("mtu", 9000)
+    edited.block("zone", "lan").rename("zone", "trusted")
+    edited.add_block("interface", "eth2").set("description", "DMZ")
+    assert untouched.block("interface", "eth1").get("mtu") == 1500
+    assert [b.labels for b in untouched.blocks("zone")] == zones
+    assert [b.labels for b in untouched.blocks("interface")] == interfaces
+    assert untouched.text() is APPLIANCE
+    eth1.set("mtu", 1500)  # back through texts already parsed, handles still live
+    assert eth1.get("mtu") == 1500
+    assert [b.labels for b in edited.blocks("interface")] == [*interfaces, ("eth2",)]
+    assert Document.parse(edited.text()).block("interface", "eth2").get("description") == "DMZ"
+
+
 def test_an_attribute_name_must_be_an_hcl_identifier() -> None:
     doc = Document.parse(APPLIANCE)
     with pytest.raises(ValueError, match="not an HCL identifier"):
