@@ -30,12 +30,20 @@ TEST_JOBS ?= $(shell echo $$(( $$(nproc) * 2 )))
 # exec'd child would compile ~100 modules from source again (~0.1 s of cpu a child). The
 # cache goes to build/pycache, never beside the sources.
 BYTECODE := env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(CURDIR)/build/pycache
+# The suite's scratch files (tmp_path, TMPDIR) go to a RAM file system where the machine has
+# one with room (2 GiB free), as /dev/shm here: a test's files live for that test only, and
+# what the suite proves of durability it proves with its kill tests and the power-cut VFS,
+# never with the kernel's fsync, which there costs only time (make test 176 s -> 142 s here,
+# and a fifth less cpu). `make test TEST_TMP=/tmp` runs it on the disk.
+TEST_TMP ?= $(shell d=/dev/shm; test -d $$d -a -w $$d && \
+	test "$$(df -Pk $$d | awk 'NR == 2 { print $$4 }')" -gt 2097152 2>/dev/null && \
+	echo $$d || echo $${TMPDIR:-/tmp})
 
 test: $(STAMP) typecheck-tree
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BYTECODE) $(BIN)/python -m pytest -n $(TEST_JOBS) --dist worksteal
+	$(BYTECODE) TMPDIR=$(TEST_TMP) $(BIN)/python -m pytest -n $(TEST_JOBS) --dist worksteal
 
 # mypy cannot follow the editable install's import hook for pyproject's package-dir
 # mapping: give it the `flywall.*` namespace as links to the top-level folders.
