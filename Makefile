@@ -27,9 +27,10 @@ demo: $(STAMP)
 TEST_JOBS ?= $(shell echo $$(( $$(nproc) * 2 )))
 # The suite's children load our modules as bytecode, as an installed appliance does (pip
 # compiles them): where PYTHONDONTWRITEBYTECODE=1 is set (this machine sets it), each
-# exec'd child would compile ~100 modules from source again (~0.1 s of cpu a child). The
-# cache goes to build/pycache, never beside the sources.
-BYTECODE := env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(CURDIR)/build/pycache
+# exec'd child would compile ~100 modules from source again (~0.1 s of cpu a child). Our
+# modules' bytecode goes to __pycache__ beside them (git ignores it), as Python's default;
+# the standard library's and the venv's, compiled when they were installed, are used as is.
+BYTECODE := env -u PYTHONDONTWRITEBYTECODE
 # The suite's scratch files (tmp_path, TMPDIR) go to a RAM file system where the machine has
 # one with room (2 GiB free), as /dev/shm here: a test's files live for that test only, and
 # what the suite proves of durability it proves with its kill tests and the power-cut VFS,
