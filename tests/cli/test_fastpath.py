@@ -2,9 +2,10 @@
 
 It serves only the help, usage and version texts (cli/_texts.py, rendered by click) and
 status memo hits; every other command line is click's. Every comparison runs the real
-`flywall` script twice as a subprocess, once as installed and once with
-FLYWALL_NO_FAST_PATH=1 (straight to click), and demands byte-identical stdout, stderr and
-exit code. The memo's own soundness (what invalidates it): tests/cli/test_statusmemo.py.
+`flywall` script twice, once as installed, a real exec (its start-up is what is tested), and
+once with FLYWALL_NO_FAST_PATH=1 (straight to click) as the reference, forked from the
+fork server (a forked child answers as an exec'd one: tests/test_forkserver.py), and demands
+byte-identical stdout, stderr and exit code. The memo's own soundness (what invalidates it): tests/cli/test_statusmemo.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
+import forkserver
 import pytest
 from conftest import FLYWALL, Appliance, create_table_migration
 from hypothesis import HealthCheck, given, settings
@@ -36,7 +38,12 @@ def run(args: list[str], *, env: dict[str, str] | None = None, slow: bool = Fals
     environ.update(env or {})
     if slow:
         environ["FLYWALL_NO_FAST_PATH"] = "1"
-    p = subprocess.run([FLYWALL, *args], capture_output=True, env=environ, timeout=60, check=False)
+        with forkserver.real_exec(False):  # this file's other children are real execs
+            p = forkserver.run([FLYWALL, *args], env=environ, timeout=60, text=False)
+    else:
+        p = subprocess.run(
+            [FLYWALL, *args], capture_output=True, env=environ, timeout=60, check=False
+        )
     return p.stdout, p.stderr, p.returncode
 
 
@@ -154,11 +161,8 @@ def memoized(root: str) -> None:
         variant = statusmemo.variant(verbose="-v" in flags, as_json="--json" in flags)
         while statusmemo.lookup(root, None, variant) is None:
             assert time.monotonic() < deadline, "no memo was ever written"
-            subprocess.run(
-                [FLYWALL, "migration", "--root", root, "status", *flags],
-                capture_output=True,
-                check=False,
-            )
+            with forkserver.real_exec(False):  # set-up only
+                forkserver.run([FLYWALL, "migration", "--root", root, "status", *flags])
             if statusmemo.lookup(root, None, variant) is None:
                 past_the_racy_window(Path(root))
 
