@@ -15,6 +15,7 @@ import subprocess
 import time
 from typing import TYPE_CHECKING, Any
 
+import apiserver
 import httpx
 import pytest
 from apiserver import FLEET_TOKEN, TOKEN, Server, free_port, serving, write_tokens
@@ -103,7 +104,7 @@ ROUTES = [
 
 def test_healthz_answers_without_a_token(shared):
     _, server = shared
-    assert httpx.get(f"{server.url}/healthz", timeout=10).json() == {"status": "ok"}
+    assert apiserver.get(f"{server.url}/healthz", timeout=10).json() == {"status": "ok"}
 
 
 def test_every_other_route_refuses_a_missing_or_wrong_token_with_401(shared):
@@ -115,7 +116,7 @@ def test_every_other_route_refuses_a_missing_or_wrong_token_with_401(shared):
                 error = assert_json_error(response, 401)
                 assert error == "missing or wrong bearer token"
                 assert response.headers["www-authenticate"] == "Bearer"
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    with apiserver.client(base_url=server.url, timeout=10) as client:
         basic = client.get("/api/migrations", headers={"Authorization": f"Basic {TOKEN}"})
         assert_json_error(basic, 401)
 
@@ -254,7 +255,7 @@ def test_serve_listens_on_127_0_0_1_port_8089_by_default(appliance, tmp_path):
         assert log.read_text().startswith(
             "serving the API on http://127.0.0.1:8089 (2 tokens)\n"
         ), log.read_text()
-        response = httpx.get("http://127.0.0.1:8089/healthz", timeout=10)
+        response = apiserver.get("http://127.0.0.1:8089/healthz", timeout=10)
         assert response.json() == {"status": "ok"}
     finally:
         process.terminate()
@@ -324,7 +325,7 @@ def test_200_idle_connections_neither_silence_healthz_nor_flood_the_log(applianc
         port = int(server.url.rpartition(":")[2])
         idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(200)]
         try:
-            assert httpx.get(f"{server.url}/healthz", timeout=15).json() == {"status": "ok"}
+            assert apiserver.get(f"{server.url}/healthz", timeout=15).json() == {"status": "ok"}
             assert server.client.get("/api/migrations").status_code == 200
         finally:
             for connection in idle:
@@ -777,13 +778,13 @@ def test_errors_echo_at_most_64_characters_of_the_input(shared):
 def test_every_answer_forbids_caching_and_sniffing(shared):
     _, server = shared
     answers = [
-        httpx.get(f"{server.url}/healthz", timeout=10),
+        apiserver.get(f"{server.url}/healthz", timeout=10),
         server.client.get("/api/migrations"),
         server.client.get("/schema/openapi.json"),
         server.client.get("/api/nothing"),
         server.client.post("/api/migrations/apply", content=b"{"),
         server.client.delete("/api/migrations/apply"),
-        httpx.get(f"{server.url}/api/migrations", timeout=10),
+        apiserver.get(f"{server.url}/api/migrations", timeout=10),
     ]
     with server.client.stream("GET", "/api/events") as stream:
         answers.append(stream)
@@ -796,7 +797,7 @@ def test_the_access_log_never_writes_a_token_given_in_the_query(shared):
     _, server = shared
     secret = "query-token-0123456789abcdef"
     for query in (f"token={secret}", f"access_token={secret}", f"%74oken={secret}&after=1"):
-        response = httpx.get(f"{server.url}/api/events?{query}", timeout=10)
+        response = apiserver.get(f"{server.url}/api/events?{query}", timeout=10)
         assert_json_error(response, 401)
     assert server.client.get("/api/migrations/history", params={"Token": secret}).status_code == 400
 

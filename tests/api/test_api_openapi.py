@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
+import apiserver
 import pytest
 from apiserver import FLEET_TOKEN, TOKEN, serving
 from conftest import Appliance, create_table_migration
@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    import httpx
     from apiserver import Server
 
 V1, V2, V3 = "202401010001", "202401010002", "202401010003"
@@ -340,7 +341,7 @@ def test_every_answer_is_declared_and_matches_its_schema(live, method, path):
         if request["content"] is not None:
             headers["Content-Type"] = "application/json"
         with (
-            httpx.Client(base_url=server.url, timeout=30) as client,
+            apiserver.client(base_url=server.url, timeout=30) as client,
             client.stream(
                 method.upper(),
                 request["url"],
