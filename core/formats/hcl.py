@@ -32,10 +32,12 @@ always written as templates, never escaped.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import math
 import re
 import textwrap
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING, TypeAlias
@@ -241,7 +243,7 @@ class Document(_OnBody):
         pieces.append(self._text[last:])
         text = "".join(pieces)
         try:
-            parsed = _parse(text)
+            parsed = _reparse(self._tree, self._blocks, ordered, text)
         except UnexpectedInput as e:
             line, column = _error_position(e, text)
             raise ValueError(
@@ -257,6 +259,23 @@ class Document(_OnBody):
             if handle._offset is not None:  # noqa: SLF001
                 handles[handle._offset] = handle  # noqa: SLF001
         self._handles = handles
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """Edits that stand or fall together, so "nothing was changed" stays true.
+
+        When one is refused, what the ones before it did is put back (e.g. a one-line body
+        expanded to take a new line).
+        """
+        saved = (self._text, self._tree, self._blocks, self._parents, dict(self._handles))
+        offsets = {handle: handle._offset for handle in self._handles.values()}  # noqa: SLF001
+        try:
+            yield
+        except ValueError:
+            self._text, self._tree, self._blocks, self._parents, self._handles = saved
+            for handle, offset in offsets.items():
+                handle._offset = offset  # noqa: SLF001
+            raise
 
     def _insert(self, position: int, text: str) -> None:
         """Insert whole lines at `position`, first ending an unterminated last line."""
@@ -638,6 +657,10 @@ class Body:
 
     def _append_lines(self, lines: list[tuple[str, bool]], *, block: bool) -> None:
         """Append dedented `lines` at the end of this body, indented like its items."""
+        with self._document._all_or_nothing():  # noqa: SLF001
+            self._append_lines_now(lines, block=block)
+
+    def _append_lines_now(self, lines: list[tuple[str, bool]], *, block: bool) -> None:
         document = self._document
         self._expand_if_one_line()
         text = document._text  # noqa: SLF001
@@ -677,10 +700,11 @@ class Body:
             end -= len(text[start:end]) - len(text[start:end].rstrip("\r\n"))  # heredoc
             document._edit([(start, end, rendered)])  # noqa: SLF001
             return
-        self._expand_if_one_line()
-        position, indent, gap = self._attribute_position(at_top=at_top)
-        newline = document._newline  # noqa: SLF001
-        document._insert(position, f"{indent}{name} = {rendered}{newline}{gap}")  # noqa: SLF001
+        with document._all_or_nothing():  # noqa: SLF001
+            self._expand_if_one_line()
+            position, indent, gap = self._attribute_position(at_top=at_top)
+            newline = document._newline  # noqa: SLF001
+            document._insert(position, f"{indent}{name} = {rendered}{newline}{gap}")  # noqa: SLF001
         assert self.has(name), "the new line is code, not inside a comment"
 
     def _attribute_position(self, *, at_top: bool) -> tuple[int, str, str]:
@@ -823,17 +847,39 @@ class _Parsed:
     parents: Mapping[int, int | None]
 
 
-@functools.lru_cache(maxsize=8)
+_RECENT: OrderedDict[str, _Parsed] = OrderedDict()
+"""The last texts parsed (see `_parse`), oldest first."""
+_RECENT_SIZE = 8
+_RECENT_LOCK = threading.Lock()
+
+
 def _parse(text: str) -> _Parsed:
     """Parse and index `text`, remembering the last texts parsed.
 
-    Why remember: lark parses ~30 ms a page in pure Python, and the same texts come back in
-    one run: every edit re-parses the whole document (offsets must be exact for the next
-    one), validation reads what a step wrote, a rollback returns to texts the run parsed on
-    the way up. Only a few: a tree takes ~150 times its text in memory. A failed parse is
-    not remembered; it raises again.
+    Why remember: lark parses ~20 ms a 2 KB file in pure Python, and the same texts come
+    back in one run: validation reads what a step's last edit wrote, a rollback returns to
+    texts the run parsed on the way up. Only a few: a tree takes ~150 times its text in
+    memory. A failed parse is not remembered; it raises again.
     """
-    tree = _parse_tree(text)
+    found = _recent(text) or _indexed(_parse_tree(text))
+    _remember(text, found)
+    return found
+
+
+def _recent(text: str) -> _Parsed | None:
+    with _RECENT_LOCK:
+        return _RECENT.get(text)
+
+
+def _remember(text: str, parsed: _Parsed) -> None:
+    with _RECENT_LOCK:
+        _RECENT[text] = parsed
+        _RECENT.move_to_end(text)
+        while len(_RECENT) > _RECENT_SIZE:
+            _RECENT.popitem(last=False)
+
+
+def _indexed(tree: Node) -> _Parsed:
     blocks: dict[int, Node] = {}
     parents: dict[int, int | None] = {}
 
@@ -849,6 +895,91 @@ def _parse(text: str) -> _Parsed:
     assert not isinstance(root, str)
     walk(root, None)
     return _Parsed(tree, blocks, parents)
+
+
+def _reparse(
+    tree: Node, blocks: Mapping[int, Node], splices: list[tuple[int, int, str]], text: str
+) -> _Parsed:
+    """The parse of `text`, which is the text of `tree` with `splices` (ordered) applied.
+
+    Why not always parse it whole: every edit re-parses, and a migration makes dozens, so
+    on a large `flywall.hcl` most of a config migration's time went to lark. When every
+    splice falls inside one block's braces, only that block's new text is parsed, alone
+    (it is a valid file by itself), and grafted into a copy of the tree: the tokens after
+    it move by the length the splices added. The graft is taken only if that text parses
+    as exactly one block, from its first byte to its closing brace; anything else (a
+    splice that opens a string, a comment or another block) gets the whole parse, which
+    also words any error. Grafted trees carry offsets (`start_pos`, `end_pos`), which is
+    all this module reads; line and column are left unset on the tokens they moved.
+    """
+    block = None if _recent(text) else _innermost_block(blocks, splices)
+    grafted = None if block is None else _grafted(tree, block, splices, text)
+    if grafted is None:
+        return _parse(text)
+    _remember(text, grafted)
+    return grafted
+
+
+def _innermost_block(
+    blocks: Mapping[int, Node], splices: list[tuple[int, int, str]]
+) -> Node | None:
+    """The innermost block whose body (between its braces) holds every splice."""
+    low, high = splices[0][0], max(end for _, end, _ in splices)
+    found: Node | None = None
+    for offset in sorted(blocks):
+        block = blocks[offset]
+        opened = _brace(block, "LBRACE").end_pos or 0
+        if opened <= low and high <= (_brace(block, "RBRACE").start_pos or 0):
+            found = block  # a later start inside it is a block nested in it
+        elif offset > high:
+            break
+    return found
+
+
+def _grafted(
+    tree: Node, block: Node, splices: list[tuple[int, int, str]], text: str
+) -> _Parsed | None:
+    from lark import Token, Tree
+    from lark.exceptions import UnexpectedInput
+
+    start, end = _span(block)
+    growth = sum(len(replacement) - (stop - at) for at, stop, replacement in splices)
+    fragment = text[start : end + growth]
+    try:
+        alone = _parse_tree(fragment)
+    except UnexpectedInput:
+        return None
+    items = _items(alone.children[0])  # type: ignore[arg-type]
+    if len(items) != 1 or items[0].data != "block" or _span(items[0])[0] != 0:
+        return None
+    if _brace(items[0], "RBRACE").end_pos != len(fragment):  # its own brace, at the end
+        return None
+    for token in _tokens(items[0]):  # a fresh tree: its tokens are ours to move
+        token.start_pos = (token.start_pos or 0) + start
+        token.end_pos = (token.end_pos or 0) + start
+        token.line = token.column = token.end_line = token.end_column = None
+
+    def moved(token: Token) -> Token:
+        if (token.start_pos or 0) < end:
+            return token
+        return Token(
+            token.type,
+            token.value,
+            start_pos=(token.start_pos or 0) + growth,
+            end_pos=(token.end_pos or 0) + growth,
+        )
+
+    def copy(node: Node) -> Node:
+        if node is block:
+            return items[0]
+        children = [
+            c if c is None else moved(c) if isinstance(c, Token) else copy(c) for c in node.children
+        ]
+        if all(new is old for new, old in zip(children, node.children, strict=True)):
+            return node
+        return Tree(node.data, children)
+
+    return _indexed(copy(tree))
 
 
 def _parse_tree(text: str) -> Node:

@@ -25,6 +25,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from conftest import FLYWALL
+from hclgraft import every_graft_checked
 from templates import build_demo
 
 from flywall.core import commands
@@ -328,6 +329,15 @@ def test_down_twice_is_down_once(name, version):
     once = step(version, "down", step(version, "up", original(name)))
 
     assert step(version, "down", once) == once
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_edit_the_chain_makes_reparses_as_the_whole_file_does(name, monkeypatch):
+    """Most edits re-parse only the block they fall in (hcl._grafted): each such parse must
+    be the whole file's parse, token for token and offset for offset."""
+    with every_graft_checked(monkeypatch) as grafted:
+        rolled_back(migrated(original(name)))
+    assert grafted, "no edit went through the graft: this test would check nothing"
 
 
 @pytest.mark.parametrize("name", NAMES)

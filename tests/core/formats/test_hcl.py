@@ -6,6 +6,7 @@ import difflib
 import re
 
 import pytest
+from hclgraft import every_graft_checked, shape
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -510,6 +511,66 @@ def test_an_edit_that_would_not_parse_is_refused_and_changes_nothing() -> None:
     with pytest.raises(ValueError, match="would not parse"):
         doc.body.set("broken", Expression("1 +"))
     assert doc.text() is APPLIANCE
+
+
+def test_an_edit_that_closes_its_block_early_is_parsed_whole(monkeypatch) -> None:
+    """Raw text that ends the block and comments out its own brace parses alone as one
+    block followed by a comment: the graft must refuse it, and the whole parse decide."""
+    with every_graft_checked(monkeypatch) as grafted:
+        doc = Document.parse('zone "lan" { mtu = 1500 }\nhostname = "fw"\n')
+        doc.block("zone", "lan").set("mtu", Expression("1500 }\n#"))
+        assert doc.text() == 'zone "lan" { mtu = 1500 }\n# }\nhostname = "fw"\n'
+        assert doc.get("hostname") == "fw"
+    assert grafted == []
+
+
+def test_a_refused_set_in_a_one_line_body_changes_nothing() -> None:
+    """Setting a new attribute there takes two edits (the body on lines of its own, then
+    the line): when the second is refused, the first is undone too."""
+    doc = Document.parse('zone "lan" {\n  match { interface = "eth1" }\n}\n')
+    before = doc.text()
+    match = doc.block("zone", "lan").block("match")
+    with pytest.raises(ValueError, match="nothing was changed"):
+        match.set("edited", Expression("}"))
+    assert doc.text() is before
+    assert match.get("interface") == "eth1"
+    match.set("edited", 1)
+    assert doc.text() == 'zone "lan" {\n  match {\n    interface = "eth1"\n    edited = 1\n  }\n}\n'
+
+
+# Pieces of HCL that change how what follows them is read.
+PIECES = ["}", "{", "\n", "#", "//", "/*", "*/", '"', "${", "x = 1", "y {", "<<EOT\n", "EOT\n", "]"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.data(),
+    st.lists(st.lists(st.sampled_from(PIECES), min_size=1, max_size=6), min_size=1, max_size=6),
+)
+def test_any_raw_edit_in_any_block_parses_as_the_whole_file_does(data, edits) -> None:
+    """Whatever raw text an edit puts in a block, the document's tree after it is the whole
+    file's parse, or the edit is refused and nothing changed (every_graft_checked)."""
+    with pytest.MonkeyPatch.context() as monkeypatch, every_graft_checked(monkeypatch):
+        doc = Document.parse(APPLIANCE)
+        for pieces in edits:
+            blocks = _all_blocks(doc.body)
+            if not blocks:
+                break
+            block = data.draw(st.sampled_from(blocks))
+            before = doc.text()
+            try:
+                block.set("edited", Expression("".join(pieces)))
+            except ValueError:
+                assert doc.text() == before
+            assert shape(doc._tree) == shape(Document.parse(doc.text())._tree)
+
+
+def _all_blocks(body: Body | Block) -> list[Block]:
+    found = []
+    for item in body.items():
+        if isinstance(item, Block):
+            found += [item, *_all_blocks(item)]
+    return found
 
 
 def test_documents_of_the_same_text_are_independent_whatever_the_parses_share() -> None:
