@@ -850,6 +850,9 @@ class _Parsed:
 _RECENT: OrderedDict[str, _Parsed] = OrderedDict()
 """The last texts parsed (see `_parse`), oldest first."""
 _RECENT_SIZE = 8
+_RECENT_CHARS = 64_000
+"""At most this much text remembered (its trees take ~150 times as much: ~10 MB), so a
+long-lived process (`serve`) that migrated a large config does not keep 8 of its trees."""
 _RECENT_LOCK = threading.Lock()
 
 
@@ -858,8 +861,8 @@ def _parse(text: str) -> _Parsed:
 
     Why remember: lark parses ~20 ms a 2 KB file in pure Python, and the same texts come
     back in one run: validation reads what a step's last edit wrote, a rollback returns to
-    texts the run parsed on the way up. Only a few: a tree takes ~150 times its text in
-    memory. A failed parse is not remembered; it raises again.
+    texts the run parsed on the way up. Only a few (`_RECENT_SIZE`, `_RECENT_CHARS`): a tree
+    takes ~150 times its text in memory. A failed parse is not remembered; it raises again.
     """
     found = _recent(text) or _indexed(_parse_tree(text))
     _remember(text, found)
@@ -875,7 +878,9 @@ def _remember(text: str, parsed: _Parsed) -> None:
     with _RECENT_LOCK:
         _RECENT[text] = parsed
         _RECENT.move_to_end(text)
-        while len(_RECENT) > _RECENT_SIZE:
+        while len(_RECENT) > 1 and (
+            len(_RECENT) > _RECENT_SIZE or sum(map(len, _RECENT)) > _RECENT_CHARS
+        ):
             _RECENT.popitem(last=False)
 
 

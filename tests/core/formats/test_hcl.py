@@ -573,6 +573,35 @@ def _all_blocks(body: Body | Block) -> list[Block]:
     return found
 
 
+def test_the_parses_remembered_are_bounded_by_their_text(monkeypatch) -> None:
+    """A long-lived process (`serve`) keeps at most `_RECENT_CHARS` of text parsed, not
+    8 trees of whatever size: parsing eight 4 KB configs leaves about two trees alive."""
+    import gc
+    import tracemalloc
+
+    from flywall.core.formats import hcl
+
+    monkeypatch.setattr(hcl, "_RECENT", type(hcl._RECENT)())
+    monkeypatch.setattr(hcl, "_RECENT_CHARS", 8_000)
+    texts = [
+        "".join(f'zone "z{n}-{i}" {{\n  mtu = {i}\n}}\n\n' for i in range(150)) for n in range(8)
+    ]
+    assert all(3_500 < len(text) < 4_500 for text in texts)
+    tracemalloc.start()
+    try:
+        Document.parse(texts[0])
+        gc.collect()
+        one = tracemalloc.get_traced_memory()[0]
+        for text in texts[1:]:
+            Document.parse(text)
+        gc.collect()
+        all_eight = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert all_eight < 2.5 * one, (one, all_eight)
+    assert sum(map(len, hcl._RECENT)) <= 8_000
+
+
 def test_documents_of_the_same_text_are_independent_whatever_the_parses_share() -> None:
     """Parses of one text are remembered and shared; an edit to one document (which
     re-parses, and may meet a remembered text) must never show in another."""
