@@ -253,19 +253,20 @@ LOW_CHECKPOINT = {"FLYWALL_WAL_AUTOCHECKPOINT": "2"}
 """Checkpoints inside every run: the journal and state.db copy their WAL every two pages."""
 
 
-def sample(points: list[str]) -> list[str]:
-    """Every point under FLYWALL_TORTURE=long; else SAMPLES spread evenly, always the first
-    and the last (a scenario is reached at both its ends and across its middle)."""
-    if LONG or len(points) <= SAMPLES:
+def sample(points: list[str], *, every: bool = False) -> list[str]:
+    """Every point under FLYWALL_TORTURE=long (or `every`); else SAMPLES spread evenly,
+    always the first and the last (a scenario is reached at both its ends and its middle)."""
+    if LONG or every or len(points) <= SAMPLES:
         return list(points)
     step = (len(points) - 1) / (SAMPLES - 1)
     return [points[round(i * step)] for i in range(SAMPLES)]
 
 
-def cuts(points: list[str]) -> list[tuple[str, dict[str, str]]]:
+def cuts(points: list[str], *, every: bool = False) -> list[tuple[str, dict[str, str]]]:
     """(point, environment) pairs: every point twice (SQLite's and a low checkpoint
-    threshold) under FLYWALL_TORTURE=long; else the `sample`, alternating the two
-    thresholds."""
+    threshold) under FLYWALL_TORTURE=long; else the `sample` (all of them with `every`),
+    alternating the two thresholds."""
     if LONG:
         return [(p, env) for p in points for env in ({}, LOW_CHECKPOINT)]
-    return [(p, LOW_CHECKPOINT if i % 2 else {}) for i, p in enumerate(sample(points))]
+    chosen = sample(points, every=every)
+    return [(p, LOW_CHECKPOINT if i % 2 else {}) for i, p in enumerate(chosen)]

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from flywall.core.appliance.workspace import Workspace
     from flywall.core.model.projection import MigrationRecord
+    from flywall.core.runtime.overlap import Beside
     from flywall.core.scripts.discovery import Migration
     from flywall.core.services.backup import Manifest
     from flywall.core.services.notify import Courier
@@ -642,23 +643,147 @@ class Engine:
         return errors.RunInterrupted(f"{message}: the migration under way was undone{kept}", signum)
 
     def _upgrade(self, plan: list[str], step: Callable[[str, int], None], done: list[str]) -> None:
-        """A migrate run: pre-flight, validate_before, backup, the strategy, validate_after."""
+        """A migrate run: pre-flight, validate_before, backup, the strategy, validate_after.
+
+        The backup and validate_before run beside the first step when it qualifies
+        (`core/runtime/overlap.py`), else before it.
+        """
         settings = self.ws.settings
         self.preflight(plan)
         applied = [r.version for r in self.state.in_state(State.APPLIED)]
-        check = (lambda: self._validate("before", applied)) if settings.validate_before else None
-        if settings.backup_before:
-            self.backup_before_run(alongside=check)  # checks the locked state.db as it copies
-        elif check is not None:
-            check()
+        # the `custom` order is the vendor's code: it runs after the backup, as it always did
+        beside = settings.strategy == "incremental" and self._beside_backup(plan[0], applied)
+        if beside:
+            done.append(plan[0])
+        else:
+            check = (
+                (lambda: self._validate("before", applied)) if settings.validate_before else None
+            )
+            if settings.backup_before:
+                self.backup_before_run(alongside=check)  # checks the locked state.db as it copies
+            elif check is not None:
+                check()
         if settings.strategy == "full":
             self._run_full(plan, done)
         else:
-            for version in self._ordered(plan):
+            order = self._ordered(plan)
+            for version in order[1:] if beside else order:
                 step(version, self.state.record(version).attempts + 1)
                 done.append(version)
         if settings.validate_after:
             self._validate("after", done)
+
+    def _beside_backup(self, version: str, applied: list[str]) -> bool:
+        """Run `version` up while the run's backup is made, if it qualifies (overlap.py).
+
+        The migrations' own verifies (vendor code) run first, here, on the run's
+        connection; when one fails, False, and the sequential order reports it.
+        """
+        from flywall.core.runtime import overlap
+        from flywall.core.services import validate
+
+        settings = self.ws.settings
+        m = self.ws.migration(version)
+        db = self.existing_database()
+        if not settings.backup_before or m is None or db is None or not overlap.eligible(m, db):
+            return False
+        verified: dict[str, str] = {}
+        if settings.validate_before:
+            verified = validate.verify_migrations(self.ws, applied, db)
+            if not all(validate.passed(result) for result in verified.values()):
+                return False
+        self._step_beside_backup(m, verified if settings.validate_before else None)
+        return True
+
+    def _step_beside_backup(self, m: Migration, verified: dict[str, str] | None) -> None:
+        """The run's first step, up, its SQL running while the backup is copied and checked.
+
+        `verified` (validate_before on): the verifies' results, joined to the data checks
+        the backup's thread makes on a connection of its own.
+        """
+        from flywall.core.runtime import overlap
+
+        db = self.database()
+        beside = overlap.Beside(
+            lambda: self._run_backup(self._checks_beside(beside, verified), held=True),
+            threaded=self.ws.sqlite.vfs is None,
+        )
+        attempt = self.state.record(m.version).attempts + 1
+        started = self._started(m, "up", attempt, db.fingerprint())
+        sources = [(m.checksum, m.source)]
+
+        def ready() -> None:
+            crashpoint("beside-backup-step-done")
+            self._record_beside(beside)
+            self.recorder.append([(m.version, started)], sources=sources)
+            beside.journaled = True
+
+        t0 = time.monotonic_ns()
+        try:
+            with db.transaction(m.component, ready=ready):
+                beside.start()
+                try:
+                    fingerprint = self._in_database(m, "up", started, within=True)
+                except BaseException:
+                    beside.outcome()  # settled while the write lock is still this run's
+                    raise
+        except BaseException as e:
+            if not beside.journaled:
+                if beside.recorded or not beside.started:  # the backup or a check failed
+                    raise
+                self._record_beside(beside)  # the step failed: journaled after the backup
+                self.recorder.append([(m.version, started)], sources=sources)
+            self._failed(m.version, "up", e, t0)
+            raise
+        took = time.monotonic_ns() - t0
+        self.recorder.defer(
+            m.version,
+            ev.MigrationApplied(
+                duration_ns=took, fingerprint_after=fingerprint, schema_version=m.schema_version
+            ),
+        )
+
+    def _checks_beside(
+        self, beside: Beside, verified: dict[str, str] | None
+    ) -> Callable[[], None] | None:
+        """validate_before as the backup's `alongside`, keeping its checks for the journal."""
+        if verified is None:
+            return None
+
+        def check() -> None:
+            from flywall.core.services import validate
+
+            beside.checks = {**self._data_checks_beside(), **verified}
+            if not all(validate.passed(result) for result in beside.checks.values()):
+                raise errors.ValidationFailed("validate_before failed")  # worded when recorded
+
+        return check
+
+    def _record_beside(self, beside: Beside) -> None:
+        """Journal (deferred) what the backup's thread did; raise what failed there."""
+        beside.recorded = True
+        outcome = beside.outcome()
+        if beside.checks is not None:
+            self._record_validation("before", beside.checks)  # raises for a failed check
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self._backup_id = outcome.backup_id
+        self.recorder.defer("", self._backup_created(outcome))
+
+    def _data_checks_beside(self) -> dict[str, str]:
+        """validate_before's data checks on a connection of their own (the run's is busy)."""
+        from flywall.core.services import validate
+
+        options = self.ws.sqlite
+        db = DatabaseTarget(
+            self.ws.paths.state_db, self.ws.settings.version_table, vfs=options.vfs, create=False
+        )
+        try:
+            return validate.target_checks(
+                self.state, db, quick=True, accepted_drift=self._accepted_drift
+            )
+        finally:
+            db.close()
 
     # -- strategies -----------------------------------------------------------------------
 
@@ -851,6 +976,15 @@ class Engine:
             self.state, db, quick=True, accepted_drift=self._accepted_drift
         )
         checks.update(validate.verify_migrations(self.ws, versions, db))
+        self._record_validation(phase, checks)
+
+    def _record_validation(self, phase: str, checks: dict[str, str]) -> None:
+        """Journal validate_<phase>'s checks (deferred); raise when one failed.
+
+        :raises ValidationFailed: naming the failed checks.
+        """
+        from flywall.core.services import validate
+
         ok = all(validate.passed(result) for result in checks.values())
         # Recovery never needs it to explain a side effect: it shares the next write (the
         # first MigrationStarted, or RunFinished, also after a failure) instead of costing
@@ -869,19 +1003,23 @@ class Engine:
 
         :raises BackupFailed: the run stops before anything changed.
         """
+        manifest = self._run_backup(alongside)
+        self._backup_id = manifest.backup_id
+        self.recorder.defer("", self._backup_created(manifest))
+
+    def _run_backup(self, alongside: Callable[[], None] | None, *, held: bool = False) -> Manifest:
+        """Back up every target, under the run's id; `held`: see `backup.create`."""
         from flywall.core.services import backup
 
-        applied = [r.version for r in self.state.in_state(State.APPLIED)]
-        manifest = backup.create(
+        return backup.create(
             self.ws,
             self.run_id,
             journal_seq=self.state.seq,
-            applied=applied,
+            applied=[r.version for r in self.state.in_state(State.APPLIED)],
             reason=f"before {self.command} run {self.run_id}",
             alongside=alongside,
+            held=held,
         )
-        self._backup_id = manifest.backup_id
-        self.recorder.defer("", self._backup_created(manifest))
 
     def take_backup(self, backup_id: str, reason: str) -> Manifest:
         """Back up every target now, outside any migration, and journal it at once.
@@ -1137,9 +1275,12 @@ class Engine:
         )
 
     def _in_database(
-        self, m: Migration, direction: str, started: ev.MigrationStarted
+        self, m: Migration, direction: str, started: ev.MigrationStarted, *, within: bool = False
     ) -> str | None:
-        """Run the migration inside the target's transaction, with its marker."""
+        """Run the migration inside the target's transaction, with its marker.
+
+        `within`: inside a transaction the caller holds (`_step_beside_backup`).
+        """
         db = self.database()
         ctx = self._context(m, direction, db.db)
         previous = None if direction == "up" else self._previous(started.component, m.version)
@@ -1149,7 +1290,10 @@ class Engine:
         self._watchdog.arm(db.db, limit)
         try:
             with pytimeout.limit(limit):
-                return target.apply(step, pytimeout.vendor(_change(m, direction, ctx)))
+                change = pytimeout.vendor(_change(m, direction, ctx))
+                if within:
+                    return self._in_state_db(started.component).apply_within(step, change)
+                return target.apply(step, change)
         except (apsw.InterruptError, pytimeout.PythonTimeout) as e:
             raise _timed_out(m.version, limit, e) from e
         finally:

@@ -98,13 +98,15 @@ def create(
     reason: str,
     io: fileio.IO = fileio.REAL,
     alongside: Callable[[], None] | None = None,
+    held: bool = False,
 ) -> Manifest:
     """Write a complete backup or nothing at all.
 
     `alongside` (the run's validate_before) runs exactly once: while state.db's copy is
     written when it is copied byte for byte under the lock (it then checks the very bytes
     backed up, and its CPU overlaps the copy's I/O), else before the copy. Its exception
-    wins over the backup's, as it would have come first.
+    wins over the backup's, as it would have come first. `held`: the caller's own open
+    transaction holds state.db's write lock (`core/runtime/overlap.py`).
 
     :raises BackupFailed: naming the backup folder and the cause (e.g. no space left).
     """
@@ -115,7 +117,7 @@ def create(
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(mode=0o700)
-        items = [_copy(ws, source, partial, io, once) for source in _sources(ws)]
+        items = [_copy(ws, source, partial, io, once, held) for source in _sources(ws)]
         once()  # no state.db to copy
         journal, head = _copy_journal(ws, partial)
         manifest = Manifest(
@@ -193,7 +195,12 @@ class _Once:
 
 
 def _copy(
-    ws: Workspace, source: tuple[str, str, Path], folder: Path, io: fileio.IO, once: _Once
+    ws: Workspace,
+    source: tuple[str, str, Path],
+    folder: Path,
+    io: fileio.IO,
+    once: _Once,
+    held: bool,
 ) -> BackupItem:
     """Copy one target into the backup folder (an absent target is recorded as absent)."""
     name, component, path = source
@@ -201,7 +208,7 @@ def _copy(
         return BackupItem(
             name=name, component=component, source=str(path), size=0, digest="", absent=True
         )
-    copied = _target(ws, component, path).backup(folder / name, io, once)
+    copied = _target(ws, component, path).backup(folder / name, io, once, held=held)
     return BackupItem(
         name=name, component=component, source=str(path), size=copied.size, digest=copied.digest
     )

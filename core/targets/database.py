@@ -75,7 +75,8 @@ class DatabaseTarget:
 
             self.db.close()
             raise ValidationFailed(f"{path}: cannot open the database: {e}") from e
-        durable = "FULL" if mode == "wal" else "EXTRA"
+        self.wal = mode == "wal"
+        durable = "FULL" if self.wal else "EXTRA"
         self.db.execute(f"PRAGMA synchronous = {synchronous or durable}")
         self.db.execute(f"PRAGMA cache_size = {CACHE_SIZE}")
         self._vfs = vfs
@@ -259,14 +260,23 @@ class DatabaseTarget:
             return self.apply(component=component, **step)
 
     @contextlib.contextmanager
-    def transaction(self, component: str) -> Iterator[None]:
-        """One write transaction, committed (with crash points around) or undone."""
+    def transaction(
+        self, component: str, ready: Callable[[], None] | None = None
+    ) -> Iterator[None]:
+        """One write transaction, committed (with crash points around) or undone.
+
+        `ready` runs after the body and before the COMMIT, inside the transaction: what
+        must be durable elsewhere before this commits (`core/runtime/overlap.py`). If it
+        raises, the transaction is undone.
+        """
         db = self.db
         if self._deferred:  # before this transaction's frames: the WAL stays as bounded
             self._checkpoint()
         db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            if ready is not None:
+                ready()
             crashpoint(f"{component}-before-commit")
             db.execute("COMMIT")
         except BaseException:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-class _Worker(threading.Thread):
+class Worker(threading.Thread):
     """A call in a thread of its own; `result()` waits and returns or raises what it did."""
 
     def __init__(self, fn: Callable[..., Any], *args: object) -> None:
@@ -32,6 +32,7 @@ class _Worker(threading.Thread):
         self.start()
 
     def run(self) -> None:
+        """Call, keeping what it returned or raised for `result`."""
         fn, args = self._call
         try:
             self._outcome = (True, fn(*args))
@@ -39,6 +40,7 @@ class _Worker(threading.Thread):
             self._outcome = (False, e)
 
     def result(self) -> Any:
+        """Wait for the call; return what it returned or raise what it raised."""
         self.join()
         ok, value = self._outcome
         if not ok:
@@ -90,7 +92,13 @@ WAL_HEADER = (18, b"\x02\x02")
 
 
 def copy_database(
-    source: Path, target: Path, vfs: str | None, io: fileio.IO, once: Callable[[], None]
+    source: Path,
+    target: Path,
+    vfs: str | None,
+    io: fileio.IO,
+    once: Callable[[], None],
+    *,
+    held: bool = False,
 ) -> tuple[int, str]:
     """Copy state.db byte for byte while no one can change it; return (size, digest).
 
@@ -108,11 +116,15 @@ def copy_database(
     A reader that keeps an old snapshot can stop the checkpoint from reaching the end of
     the WAL, and a writer can hold the lock past the busy timeout: then the online backup
     API copies instead (page by page, restarting when a writer commits), as it always did.
+
+    `held`: the run's own open transaction already holds the write lock (its first step
+    runs beside this copy, `core/runtime/overlap.py`), so this connection takes a read
+    snapshot instead; the step's pages stay in the -wal, uncommitted, until the copy is done.
     """
     lock = connect(str(source), vfs, apsw.SQLITE_OPEN_READWRITE)
     try:
         lock.set_busy_timeout(BUSY_MS)
-        if _freeze(lock, str(source), vfs):
+        if _freeze(lock, str(source), vfs, held=held):
             size = lock.execute("PRAGMA page_size").fetchone()
             count = lock.execute("PRAGMA page_count").fetchone()
             assert size is not None  # these PRAGMAs always return one row
@@ -143,8 +155,8 @@ def _copy_frozen(
         patch: tuple[int, bytes] | None = (WAL_HEADER[0], b"\x01\x01")
         if os.pread(fd, 2, WAL_HEADER[0]) != WAL_HEADER[1]:
             patch = None
-        copying = _Worker(io.copy_new, fd, size, target, 0o600, patch)
-        hashing = _Worker(digest_range, fd, size, patch)
+        copying = Worker(io.copy_new, fd, size, target, 0o600, patch)
+        hashing = Worker(digest_range, fd, size, patch)
         try:
             once()
         finally:
@@ -160,15 +172,20 @@ BUSY_MS = 5000
 """How long the backup waits for another writer before copying with the online backup API."""
 
 
-def _freeze(lock: apsw.Connection, source: str, vfs: str | None) -> bool:
-    """Take the write lock; in WAL mode checkpoint everything. False: state.db stays busy."""
+def _freeze(lock: apsw.Connection, source: str, vfs: str | None, *, held: bool) -> bool:
+    """Take the write lock; in WAL mode checkpoint everything. False: state.db stays busy.
+
+    `held`: the write lock is the run's already, a read snapshot is all this one takes.
+    """
     try:
-        lock.execute("BEGIN IMMEDIATE")
+        lock.execute("BEGIN" if held else "BEGIN IMMEDIATE")
         lock.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # the read snapshot
     except apsw.BusyError:
         return False
     if lock.execute("PRAGMA journal_mode").fetchall()[0][0] != "wal":
-        return True  # rollback mode: with RESERVED held, no one writes the main file
+        # rollback mode: with RESERVED held, no one writes the main file; but a writer whose
+        # lock is held elsewhere may spill its pages into it: then copy page by page
+        return not held
     # The lock's own connection cannot checkpoint inside its transaction: a second one can
     # (PASSIVE needs no writer lock), and nothing can append to the WAL meanwhile.
     other = connect(source, vfs, apsw.SQLITE_OPEN_READWRITE)

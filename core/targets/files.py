@@ -116,6 +116,8 @@ class FileTarget:
         copy: Path,
         io: fileio.IO,
         alongside: Callable[[], None],  # noqa: ARG002 - no long copy here to overlap it with
+        *,
+        held: bool = False,  # noqa: ARG002 - state.db's write lock: no concern of a document
     ) -> Copy:
         """Copy the file's bytes (read whole: a document is small); `alongside` is the caller's."""
         data = fileio.read(self._path) or b""

@@ -138,12 +138,15 @@ class Target(Protocol):
         """
         ...
 
-    def backup(self, copy: Path, io: fileio.IO, alongside: Callable[[], None]) -> Copy:
+    def backup(
+        self, copy: Path, io: fileio.IO, alongside: Callable[[], None], *, held: bool = False
+    ) -> Copy:
         """Write a consistent copy of the target's file to `copy` (new, fsynced, 0600).
 
         `alongside` (a run's validate_before) may be called, at most once, while a long
         copy is written, so its CPU overlaps the copy's I/O (state.db's); the caller runs
-        it afterwards when the target did not.
+        it afterwards when the target did not. `held`: the run's own transaction holds
+        state.db's write lock (its first step runs beside the backup).
         """
         ...
 

@@ -115,9 +115,11 @@ class _InStateDb:
             conn.execute("ROLLBACK TO flywall_verify")
             conn.execute("RELEASE flywall_verify")
 
-    def backup(self, copy: Path, io: fileio.IO, alongside: Callable[[], None]) -> Copy:
+    def backup(
+        self, copy: Path, io: fileio.IO, alongside: Callable[[], None], *, held: bool = False
+    ) -> Copy:
         """Copy state.db byte for byte under its write lock (see `dbcopy.copy_database`)."""
-        size, digest = dbcopy.copy_database(self._path, copy, self._vfs, io, alongside)
+        size, digest = dbcopy.copy_database(self._path, copy, self._vfs, io, alongside, held=held)
         crashpoint("backup-state-copied")
         return Copy(size, digest)
 

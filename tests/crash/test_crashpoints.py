@@ -195,6 +195,54 @@ def confirmation_expired(app: Appliance) -> None:
     time.sleep(1.2)
 
 
+LABEL_PEERS = """\
+-- Label every peer: a SQL step of the schema on an existing state.db, so the run's backup
+-- and validate_before are made beside it (core/runtime/overlap.py).
+-- migrate:up
+ALTER TABLE peers ADD COLUMN label TEXT;
+UPDATE peers SET label = 'peer #' || id;
+-- migrate:down
+ALTER TABLE peers DROP COLUMN label;
+"""
+
+COUNT_PEERS = '''\
+"""A step after the first: the run goes on once the backup is in."""
+component = "database"
+
+
+def up(ctx, db):
+    db.execute("CREATE TABLE peer_count AS SELECT count(*) AS n FROM peers")
+
+
+def down(ctx, db):
+    db.execute("DROP TABLE peer_count")
+'''
+
+DUPLICATE_IDS = """\
+-- Fails at its second statement (a primary key taken twice), after changing every row.
+-- migrate:up
+UPDATE peers SET name = name || '!';
+UPDATE peers SET id = 1;
+-- migrate:down
+UPDATE peers SET name = rtrim(name, '!');
+"""
+
+
+def beside_backup(app: Appliance) -> None:
+    """state.db holds 50 peers; the next run starts with a SQL step, then a Python one."""
+    two_migrations(app)
+    app.migrate()
+    app.write("202401010004_label_peers.sql", LABEL_PEERS)
+    app.write("202401010005_count_peers.py", COUNT_PEERS)
+
+
+def beside_backup_failing(app: Appliance) -> None:
+    """The same, but the SQL step beside the backup fails: undone, journaled after it."""
+    two_migrations(app)
+    app.migrate()
+    app.write("202401010004_duplicate_ids.sql", DUPLICATE_IDS)
+
+
 RESHAPE = "202401010002"
 
 
@@ -207,6 +255,8 @@ class Scenario:
     boot_first: bool = False
     """After the cut, run `recover` (what a boot runs) and check again before the rerun:
     what recovery alone leaves must already agree with the journal (issue 13)."""
+    every: bool = False
+    """Kill at every point also in the bounded run: its side effects interleave in threads."""
 
 
 SCENARIOS = [
@@ -230,6 +280,16 @@ SCENARIOS = [
     Scenario("auto rollback by backup", no_down_then_failing, ("migrate",), exit_code=1),
     Scenario("backup restore", backed_up, ("backup", "restore", "@backup-id", "--yes")),
     Scenario("confirmation window expired", confirmation_expired, ("recover",)),
+    Scenario(
+        "first step beside the backup", beside_backup, ("migrate",), boot_first=True, every=True
+    ),
+    Scenario(
+        "failing step beside the backup",
+        beside_backup_failing,
+        ("migrate",),
+        exit_code=1,
+        every=True,
+    ),
 ]
 
 
@@ -276,7 +336,7 @@ def test_a_kill_at_every_crash_point_recovers_to_the_uninterrupted_result(
     reference = observe(reference_app.root)
     assert points, "the scenario reached no crash point"
     violations: dict[str, list[str]] = {}
-    chosen = cuts(points)
+    chosen = cuts(points, every=scenario.every)
     for i, (point, env) in enumerate(chosen):
         app = copy_of(template, tmp_path / f"cut-{i}")
         command = resolved(app, scenario.command)
