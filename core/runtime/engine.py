@@ -707,6 +707,7 @@ class Engine:
         beside = overlap.Beside(
             lambda: self._run_backup(self._checks_beside(beside, verified), held=True),
             threaded=self.ws.sqlite.vfs is None,
+            on_failure=db.db.interrupt,
         )
         attempt = self.state.record(m.version).attempts + 1
         started = self._started(m, "up", attempt, db.fingerprint())

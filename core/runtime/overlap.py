@@ -53,9 +53,21 @@ class Beside:
     durable writes, one thread.
     """
 
-    def __init__(self, make: Callable[[], Manifest], *, threaded: bool) -> None:
+    def __init__(
+        self,
+        make: Callable[[], Manifest],
+        *,
+        threaded: bool,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
+        """Hold `make` (the run's backup); `threaded` or made when asked, under a test VFS.
+
+        `on_failure` runs in the thread when `make` raised: it stops the step's SQL
+        (`Connection.interrupt`), which would only be undone once it ended.
+        """
         self._make = make
         self._threaded = threaded
+        self._on_failure = on_failure
         self._worker: Worker | None = None
         self._outcome: Manifest | BaseException | None = None
         self.started = False
@@ -70,7 +82,15 @@ class Beside:
         """Begin the backup (threaded); call with the step's write lock held."""
         self.started = True
         if self._threaded:
-            self._worker = Worker(self._make)
+            self._worker = Worker(self._made)
+
+    def _made(self) -> Manifest:
+        try:
+            return self._make()
+        except BaseException:
+            if self._on_failure is not None:
+                self._on_failure()
+            raise
 
     def outcome(self) -> Manifest | BaseException:
         """Wait for the backup: its manifest, or what it raised. Call with the lock held."""

@@ -199,6 +199,32 @@ def test_validate_before_failing_beside_the_step_undoes_it_and_keeps_no_backup(
     assert json.loads(app.cli("list", "--json").stdout)[-1]["state"] == "pending"
 
 
+ENDLESS = """\
+-- Counts without end: only an interrupt stops it.
+-- migrate:up
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n;
+-- migrate:down
+SELECT 1;
+"""
+
+
+def test_a_check_that_fails_beside_the_step_stops_its_sql(tmp_path: Path) -> None:
+    """The step's SQL is interrupted as soon as the check fails: it does not run to its end
+    (here it has none) only to be undone."""
+    app = with_peers(tmp_path)  # timeout: the default 30 minutes
+    db = apsw.Connection(str(app.state_db))
+    db.execute("INSERT INTO peers (name, zone) VALUES ('stray', 99)")
+    db.close()
+    app.write("202401010002_endless.sql", ENDLESS)
+
+    code, stderr, points = migrate(app, tmp_path)  # the CLI's own 60 s limit would fail it
+
+    assert code == 4, stderr
+    assert "validate_before failed: foreign keys: 1 violation(s)" in stderr
+    assert "backup-state-checkpointed" in points  # the copy had begun beside the step
+    assert kinds(last_run(app)) == ["RunStarted", "ValidationPerformed", "RunFinished"]
+
+
 @pytest.mark.parametrize(
     ("case", "settings"),
     [
