@@ -438,8 +438,8 @@ def ours_table(res: Results) -> list[str]:  # noqa: C901, PLR0912, PLR0915 - one
 
 
 GUARANTEES = (
-    ("backup_before (copy, digest, journal copy), no validation", "e_data_backuponly", "e_data_bare"),
-    ("validate_before (quick_check etc., alongside the backup copy)", "e_data_noafter", "e_data_backuponly"),
+    ("backup_before (copy, digest, journal copy; beside the step's SQL), no validation", "e_data_backuponly", "e_data_bare"),
+    ("validate_before (quick_check etc.; beside the step's SQL, with the backup copy)", "e_data_noafter", "e_data_backuponly"),
     ("validate_after (quick_check etc., alongside the checkpoint)", "e_data", "e_data_noafter"),
     ("validate_before + validate_after, no backup", "e_data_nobackup", "e_data_bare"),
     ("the whole safety net (defaults against bare)", "e_data", "e_data_bare"),

@@ -652,7 +652,7 @@ class Engine:
         self.preflight(plan)
         applied = [r.version for r in self.state.in_state(State.APPLIED)]
         # the `custom` order is the vendor's code: it runs after the backup, as it always did
-        beside = settings.strategy == "incremental" and self._beside_backup(plan[0], applied)
+        beside = settings.strategy == "incremental" and self._first_step_beside(plan[0], applied)
         if beside:
             done.append(plan[0])
         else:
@@ -673,11 +673,11 @@ class Engine:
         if settings.validate_after:
             self._validate("after", done)
 
-    def _beside_backup(self, version: str, applied: list[str]) -> bool:
-        """Run `version` up while the run's backup is made, if it qualifies (overlap.py).
+    def _first_step_beside(self, version: str, applied: list[str]) -> bool:
+        """Run `version` up beside the run's backup and validate_before, if it qualifies.
 
-        The migrations' own verifies (vendor code) run first, here, on the run's
-        connection; when one fails, False, and the sequential order reports it.
+        See overlap.py. The migrations' own verifies (vendor code) run first, here, on the
+        run's connection; when one fails, False, and the sequential order reports it.
         """
         from flywall.core.runtime import overlap
         from flywall.core.services import validate
@@ -685,17 +685,18 @@ class Engine:
         settings = self.ws.settings
         m = self.ws.migration(version)
         db = self.existing_database()
-        if not settings.backup_before or m is None or db is None or not overlap.eligible(m, db):
+        wanted = settings.backup_before or settings.validate_before
+        if not wanted or m is None or db is None or not overlap.eligible(m, db):
             return False
         verified: dict[str, str] = {}
         if settings.validate_before:
             verified = validate.verify_migrations(self.ws, applied, db)
             if not all(validate.passed(result) for result in verified.values()):
                 return False
-        self._step_beside_backup(m, verified if settings.validate_before else None)
+        self._step_beside(m, verified if settings.validate_before else None)
         return True
 
-    def _step_beside_backup(self, m: Migration, verified: dict[str, str] | None) -> None:
+    def _step_beside(self, m: Migration, verified: dict[str, str] | None) -> None:
         """The run's first step, up, its SQL running while the backup is copied and checked.
 
         `verified` (validate_before on): the verifies' results, joined to the data checks
@@ -705,7 +706,7 @@ class Engine:
 
         db = self.database()
         beside = overlap.Beside(
-            lambda: self._run_backup(self._checks_beside(beside, verified), held=True),
+            lambda: self._safety_net_beside(beside, verified),
             threaded=self.ws.sqlite.vfs is None,
             on_failure=db.db.interrupt,
         )
@@ -744,21 +745,26 @@ class Engine:
             ),
         )
 
-    def _checks_beside(
+    def _safety_net_beside(
         self, beside: Beside, verified: dict[str, str] | None
-    ) -> Callable[[], None] | None:
-        """validate_before as the backup's `alongside`, keeping its checks for the journal."""
-        if verified is None:
-            return None
+    ) -> Manifest | None:
+        """The backup (with validate_before alongside its copy), or validate_before alone.
+
+        Runs in the backup's thread; the checks are kept for the journal.
+        """
 
         def check() -> None:
             from flywall.core.services import validate
 
+            assert verified is not None  # only called with validate_before on
             beside.checks = {**self._data_checks_beside(), **verified}
             if not all(validate.passed(result) for result in beside.checks.values()):
                 raise errors.ValidationFailed("validate_before failed")  # worded when recorded
 
-        return check
+        if self.ws.settings.backup_before:
+            return self._run_backup(check if verified is not None else None, held=True)
+        check()
+        return None
 
     def _record_beside(self, beside: Beside) -> None:
         """Journal (deferred) what the backup's thread did; raise what failed there."""
@@ -768,8 +774,9 @@ class Engine:
             self._record_validation("before", beside.checks)  # raises for a failed check
         if isinstance(outcome, BaseException):
             raise outcome
-        self._backup_id = outcome.backup_id
-        self.recorder.defer("", self._backup_created(outcome))
+        if outcome is not None:
+            self._backup_id = outcome.backup_id
+            self.recorder.defer("", self._backup_created(outcome))
 
     def _data_checks_beside(self) -> dict[str, str]:
         """validate_before's data checks on a connection of their own (the run's is busy)."""
@@ -1280,7 +1287,7 @@ class Engine:
     ) -> str | None:
         """Run the migration inside the target's transaction, with its marker.
 
-        `within`: inside a transaction the caller holds (`_step_beside_backup`).
+        `within`: inside a transaction the caller holds (`_step_beside`).
         """
         db = self.database()
         ctx = self._context(m, direction, db.db)

@@ -20,7 +20,8 @@ follows the journal entry that explains it. A crash or power cut before the COMM
 state.db as it was (SQLite ignores a -wal's uncommitted frames) and a backup that is partial
 (recovery removes it) or complete but unjournaled, as a crash inside the sequential backup
 does. A failing check or backup undoes the step's transaction and ends the run as it
-would have ended before the step.
+would have ended before the step. With `backup_before = false`, validate_before alone runs
+beside the step, the same way.
 
 Only a SQL migration of the schema qualifies: vendor Python could reach outside its
 transaction or log before its MigrationStarted, and a batched state step commits batches.
@@ -55,7 +56,7 @@ class Beside:
 
     def __init__(
         self,
-        make: Callable[[], Manifest],
+        make: Callable[[], Manifest | None],
         *,
         threaded: bool,
         on_failure: Callable[[], None] | None = None,
@@ -70,6 +71,7 @@ class Beside:
         self._on_failure = on_failure
         self._worker: Worker | None = None
         self._outcome: Manifest | BaseException | None = None
+        self._done = False
         self.started = False
         self.checks: dict[str, str] | None = None
         """validate_before's checks, as its thread made them (None: not made)."""
@@ -84,7 +86,7 @@ class Beside:
         if self._threaded:
             self._worker = Worker(self._made)
 
-    def _made(self) -> Manifest:
+    def _made(self) -> Manifest | None:
         try:
             return self._make()
         except BaseException:
@@ -92,11 +94,15 @@ class Beside:
                 self._on_failure()
             raise
 
-    def outcome(self) -> Manifest | BaseException:
-        """Wait for the backup: its manifest, or what it raised. Call with the lock held."""
-        if self._outcome is None:
+    def outcome(self) -> Manifest | BaseException | None:
+        """Wait: the backup's manifest (None: no backup, checks only), or what it raised.
+
+        Call with the step's write lock held.
+        """
+        if not self._done:
             try:
                 self._outcome = self._worker.result() if self._worker else self._make()
             except BaseException as e:  # the caller journals, then raises it
                 self._outcome = e
+            self._done = True
         return self._outcome

@@ -236,6 +236,12 @@ def beside_backup(app: Appliance) -> None:
     app.write("202401010005_count_peers.py", COUNT_PEERS)
 
 
+def beside_checks_alone(app: Appliance) -> None:
+    """The same with backup_before = false: validate_before alone runs beside the step."""
+    app.configure("backup_before = false\n")
+    beside_backup(app)
+
+
 def beside_backup_failing(app: Appliance) -> None:
     """The same, but the SQL step beside the backup fails: undone, journaled after it."""
     two_migrations(app)
@@ -282,6 +288,13 @@ SCENARIOS = [
     Scenario("confirmation window expired", confirmation_expired, ("recover",)),
     Scenario(
         "first step beside the backup", beside_backup, ("migrate",), boot_first=True, every=True
+    ),
+    Scenario(
+        "first step beside validate_before, no backup",
+        beside_checks_alone,
+        ("migrate",),
+        boot_first=True,
+        every=True,
     ),
     Scenario(
         "failing step beside the backup",
