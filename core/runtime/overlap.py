@@ -29,6 +29,7 @@ transaction or log before its MigrationStarted, and a batched state step commits
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from flywall.core.targets.dbcopy import Worker
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
     from flywall.core.scripts.discovery import Migration
     from flywall.core.services.backup import Manifest
     from flywall.core.targets.database import DatabaseTarget
+
+
+INTERRUPT_EVERY = 0.05
+"""Seconds between two interrupts of the step once the backup or a check failed."""
 
 
 def eligible(m: Migration, db: DatabaseTarget) -> bool:
@@ -72,6 +77,7 @@ class Beside:
         self._worker: Worker | None = None
         self._outcome: Manifest | BaseException | None = None
         self._done = False
+        self._asked = threading.Event()
         self.started = False
         self.checks: dict[str, str] | None = None
         """validate_before's checks, as its thread made them (None: not made)."""
@@ -90,8 +96,13 @@ class Beside:
         try:
             return self._make()
         except BaseException:
-            if self._on_failure is not None:
+            # An interrupt stops only a running statement: one that has not begun yet
+            # (the step still setting up) would miss it, so it comes again until the step
+            # asks for the outcome.
+            while self._on_failure is not None:
                 self._on_failure()
+                if self._asked.wait(INTERRUPT_EVERY):
+                    break
             raise
 
     def outcome(self) -> Manifest | BaseException | None:
@@ -99,6 +110,7 @@ class Beside:
 
         Call with the step's write lock held.
         """
+        self._asked.set()
         if not self._done:
             try:
                 self._outcome = self._worker.result() if self._worker else self._make()
