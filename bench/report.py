@@ -514,7 +514,8 @@ they say what a miss costs, and so why each cache exists (docs/caches.md):
 METHOD = """\
 - Whole processes, start-up included, timed by `bench/benchtime.py` (wall from spawn to
   reap; CPU = user+sys; peak = the largest single process's max RSS, over all runs).
-  Median of the runs after one warm-up; [min-max] shown.
+  Median of the runs after one warm-up; [min-max] shown. A command whose warm-up took
+  under 0.25 s runs 15 times (a 30 ms median of 5 moves with one scheduler hiccup).
 - Mutating scenarios run as `sh -c '<reset> && exec tool ...'`; the reset (rm/cp of the
   DB files, or of our `var/` tree: state.db + journal) is timed alone and subtracted (*net*).
 - Every tool gets the same generated SQL (`bench/gen.py`, from ../shared/peers/migsql.py):

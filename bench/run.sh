@@ -26,7 +26,8 @@
 #   store   Flywall's store: a bucket transform against a plain UPDATE, and the chain check
 #
 # Env (defaults; BENCH_QUICK=1 switches to the smoke values in brackets):
-#   BENCH_RUNS=5 [2]  BENCH_NS="100 1000" [100]  BENCH_ROWS=1000000 [100000]
+#   BENCH_RUNS=5 [2]  BENCH_FAST_RUNS=15 [2] (a command whose warm-up took < 0.25 s)
+#   BENCH_NS="100 1000" [100]  BENCH_ROWS=1000000 [100000]
 #   BENCH_EVENTS=100000 [10000]  BENCH_BACKUP_MB=1024 [64]  BENCH_STATE_BATCH=10000
 #   BENCH_SCENARIOS="core noop events recover data state backup full store"
 #   BENCH_TOOLS="flywall yoyo alembic dbmate sql"  BENCH_INSTALL=1 (0: no pip/npm)
@@ -46,11 +47,13 @@ ROOT=$(cd "$HERE/.." && pwd)
 WORK=${BENCH_WORK:-$HERE/.work}
 QUICK=${BENCH_QUICK:-0}
 if [ "$QUICK" = 1 ]; then
-  d_runs=2 d_ns=100 d_rows=100000 d_events=10000 d_mb=64 d_res=$WORK/RESULTS-quick.md
+  d_runs=2 d_fast=2 d_ns=100 d_rows=100000 d_events=10000 d_mb=64 d_res=$WORK/RESULTS-quick.md
 else
-  d_runs=5 d_ns="100 1000" d_rows=1000000 d_events=100000 d_mb=1024 d_res=$HERE/RESULTS.md
+  d_runs=5 d_fast=15 d_ns="100 1000" d_rows=1000000 d_events=100000 d_mb=1024 d_res=$HERE/RESULTS.md
 fi
 RUNS=${BENCH_RUNS:-$d_runs}
+FAST_RUNS=${BENCH_FAST_RUNS:-$d_fast}   # runs of a command whose warm-up took < FAST s
+FAST=0.25
 NS=${BENCH_NS:-$d_ns}
 ROWS=${BENCH_ROWS:-$d_rows}
 EVENTS=${BENCH_EVENTS:-$d_events}
@@ -144,7 +147,7 @@ command -v sqlite3 >/dev/null || { log "sqlite3 CLI required"; exit 2; }
   echo "cpu|$(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
   echo "memory|$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
   echo "filesystem (work dir)|$(df -T "$WORK" | awk 'NR==2 {print $2}')"
-  echo "runs|median of $RUNS whole-process runs after 1 warm-up (3 if the warm-up took > 30 s)"
+  echo "runs|median of $RUNS whole-process runs after 1 warm-up (3 if the warm-up took > 30 s, $FAST_RUNS if < $FAST s)"
   echo "python bytecode|cached in \$BENCH_WORK/pycache for every tool (PYTHONPYCACHEPREFIX)"
   echo "load at start|$(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min)"
   echo "sizes|NS=$NS ROWS=$ROWS EVENTS=$EVENTS BACKUP_MB=$BACKUP_MB STATE_BATCH=$STATE_BATCH$([ "$QUICK" = 1 ] && echo ' (BENCH_QUICK=1 smoke run)')"
@@ -170,7 +173,8 @@ bt() { # bt LABEL [benchtime options, e.g. --alt L=CMD -n 9] -- CMD ...
   fi
   while [ $# -gt 0 ] && [ "$1" != "--" ]; do opts+=("$1"); shift; done
   [ "${1:-}" = "--" ] && shift
-  "$PY" "$HERE/benchtime.py" -n "$RUNS" --warmup 1 --slow 30 --slow-runs 3 --out "$RES" \
+  "$PY" "$HERE/benchtime.py" -n "$RUNS" --warmup 1 --slow 30 --slow-runs 3 \
+    --fast "$FAST" --fast-runs "$FAST_RUNS" --out "$RES" \
     --quiet-wait "$QUIET_WAIT" \
     --log "$LOGS/$(echo "$label" | tr '|' '_').log" --label "$label" ${BT_OPTS:-} "${opts[@]}" -- "$@"
 }
