@@ -55,6 +55,7 @@ SCEN = {
     "k_migrate_backup": "migrate 1 trivial migration, backup_before = true, no validate",
     "k_backup_create": "backup create --no-verify",
     "a_apply_pair": "(a) apply all, empty -> head, interleaved with the other tool",
+    "e_data_pair": "(e) ADD COLUMN + UPDATE, interleaved run by run with the floor, yoyo and dbmate",
     "k_backup_create_verify": "backup create",
     "k_migrate_nobackup": "migrate 1 trivial migration, backup_before = false, no validate",
 }
@@ -89,8 +90,8 @@ class Results:
         """The reset timed alone for this scenario (None: the scenario has no reset)."""
         if scen.startswith("s_state_"):
             return self.get(tool, "s_reset_" + scen.removeprefix("s_state_"), n)
-        shared = {"e_data": ("sqlite3-cli", "e_reset"), "s_state": ("sqlite3-cli", "s_reset"), "k_backup": ("cp", "k_reset"), "k_backup_create_floor": ("flywall", "k_create_reset")}  # fmt: skip
-        own = {"a_apply": "a_reset", "a_apply_pair": "a_reset", "a_apply_each_tx": "a_reset", "c_rollback_reapply": "c_reset", "h_resume": "h_reset", "h_recover": "h_reset", "e_data": "e_reset", "e_data_nobackup": "e_reset", "e_data_bare": "e_reset", "e_data_rollback": "e_reset", "e_data_backuponly": "e_reset", "e_data_noafter": "e_reset", "k_migrate_backup": "k_reset", "k_migrate_nobackup": "k_reset", "k_backup_create": "k_create_reset", "k_backup_create_verify": "k_create_reset", "k_backup_same_reset": "k_reset", "l_full": "l_reset"}  # fmt: skip
+        shared = {"e_data": ("sqlite3-cli", "e_reset"), "s_state": ("sqlite3-cli", "s_reset"), "k_backup": ("cp", "k_reset"), "k_backup_create_floor": ("flywall", "k_create_reset"), "e_data_pair": ("sqlite3-cli", "e_reset")}  # fmt: skip
+        own = {"a_apply": "a_reset", "a_apply_pair": "a_reset", "a_apply_each_tx": "a_reset", "c_rollback_reapply": "c_reset", "h_resume": "h_reset", "h_recover": "h_reset", "e_data": "e_reset", "e_data_pair": "e_reset", "e_data_nobackup": "e_reset", "e_data_bare": "e_reset", "e_data_rollback": "e_reset", "e_data_backuponly": "e_reset", "e_data_noafter": "e_reset", "k_migrate_backup": "k_reset", "k_migrate_nobackup": "k_reset", "k_backup_create": "k_create_reset", "k_backup_create_verify": "k_create_reset", "k_backup_same_reset": "k_reset", "l_full": "l_reset"}  # fmt: skip
         found = self.get(tool, own[scen], n) if scen in own else None
         if found is None and scen in shared:
             found = self.get(*shared[scen], n)
@@ -208,6 +209,10 @@ def targets(res: Results) -> list[tuple[str, ...]]:  # noqa: C901, PLR0912, PLR0
             add(f"... the same with {what}", res.net(OURS, scen, rows_n), res.net("sqlite3-cli", "e_data", rows_n), 1.1, keys=((scen, rows_n), ("sqlite3-cli", "e_data", rows_n)))  # fmt: skip
     if res.get(OURS, "e_data_rollback", rows_n):  # the floor's journal mode, ours with defaults
         add("... the same, defaults, state.db in rollback-journal mode as the floor's", res.net(OURS, "e_data_rollback", rows_n), res.net("sqlite3-cli", "e_data", rows_n), 1.1, keys=(("e_data_rollback", rows_n), ("sqlite3-cli", "e_data", rows_n)))  # fmt: skip
+    if res.get(OURS, "e_data_pair", rows_n):  # the same, interleaved run by run
+        for peer, limit in (("sqlite3-cli", 1.1), ("yoyo", 1.0), ("dbmate", 1.0)):
+            if res.get(peer, "e_data_pair", rows_n):
+                add(f"... defaults, interleaved run by run: <= {limit}x {peer}", res.net(OURS, "e_data_pair", rows_n), res.net(peer, "e_data_pair", rows_n), limit, keys=(("e_data_pair", rows_n), (peer, "e_data_pair", rows_n)))  # fmt: skip
     if res.get("sqlite3-cli-wal", "e_data", rows_n):  # ours (WAL) against the floor in WAL mode
         add("... defaults (WAL) against sqlite3 on the same database in WAL mode", res.net(OURS, "e_data", rows_n), res.net("sqlite3-cli-wal", "e_data", rows_n), 1.1, keys=(("e_data", rows_n), ("sqlite3-cli-wal", "e_data", rows_n)))  # fmt: skip
     s_n = res.label_n("s_state_batched")
