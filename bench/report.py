@@ -90,7 +90,7 @@ class Results:
         """The reset timed alone for this scenario (None: the scenario has no reset)."""
         if scen.startswith("s_state_"):
             return self.get(tool, "s_reset_" + scen.removeprefix("s_state_"), n)
-        shared = {"e_data": ("sqlite3-cli", "e_reset"), "s_state": ("sqlite3-cli", "s_reset"), "k_backup": ("cp", "k_reset"), "k_backup_create_floor": ("flywall", "k_create_reset"), "e_data_pair": ("sqlite3-cli", "e_reset")}  # fmt: skip
+        shared = {"e_data": ("sqlite3-cli", "e_reset"), "s_state": ("sqlite3-cli", "s_reset"), "k_backup": ("cp", "k_reset"), "k_backup_create_floor": ("flywall", "k_create_reset")}  # fmt: skip
         own = {"a_apply": "a_reset", "a_apply_pair": "a_reset", "a_apply_each_tx": "a_reset", "c_rollback_reapply": "c_reset", "h_resume": "h_reset", "h_recover": "h_reset", "e_data": "e_reset", "e_data_pair": "e_reset", "e_data_nobackup": "e_reset", "e_data_bare": "e_reset", "e_data_rollback": "e_reset", "e_data_backuponly": "e_reset", "e_data_noafter": "e_reset", "k_migrate_backup": "k_reset", "k_migrate_nobackup": "k_reset", "k_backup_create": "k_create_reset", "k_backup_create_verify": "k_create_reset", "k_backup_same_reset": "k_reset", "l_full": "l_reset"}  # fmt: skip
         found = self.get(tool, own[scen], n) if scen in own else None
         if found is None and scen in shared:

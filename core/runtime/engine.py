@@ -1293,15 +1293,13 @@ class Engine:
         ctx = self._context(m, direction, db.db)
         previous = None if direction == "up" else self._previous(started.component, m.version)
         step = self._step_of(m, direction, started.checksum, ctx, previous=previous)
-        target = self.target(started.component)
+        target = self._in_state_db(started.component)
+        apply = target.apply_within if within else target.apply
         limit = self._limit(direction)
         self._watchdog.arm(db.db, limit)
         try:
             with pytimeout.limit(limit):
-                change = pytimeout.vendor(_change(m, direction, ctx))
-                if within:
-                    return self._in_state_db(started.component).apply_within(step, change)
-                return target.apply(step, change)
+                return apply(step, pytimeout.vendor(_change(m, direction, ctx)))
         except (apsw.InterruptError, pytimeout.PythonTimeout) as e:
             raise _timed_out(m.version, limit, e) from e
         finally:

@@ -82,6 +82,13 @@ def with_peers(tmp_path: Path, settings: str = "") -> Appliance:
     return app
 
 
+def break_a_foreign_key(app: Appliance) -> None:
+    """A peer in a zone that does not exist: validate_before's foreign_key_check fails."""
+    db = apsw.Connection(str(app.state_db))
+    db.execute("INSERT INTO peers (name, zone) VALUES ('stray', 99)")  # foreign_keys are off
+    db.close()
+
+
 def migrate(app: Appliance, tmp_path: Path) -> tuple[int, str, list[str]]:
     """Run `migrate`; return its exit code, stderr and the crash points it reached."""
     listing = tmp_path / "points.txt"
@@ -188,9 +195,7 @@ def test_validate_before_failing_beside_the_step_undoes_it_and_keeps_no_backup(
     tmp_path: Path,
 ) -> None:
     app = with_peers(tmp_path)
-    db = apsw.Connection(str(app.state_db))
-    db.execute("INSERT INTO peers (name, zone) VALUES ('stray', 99)")  # foreign_keys are off
-    db.close()
+    break_a_foreign_key(app)
     before = run_backups(app)
     app.write("202401010002_label.sql", LABEL)
 
@@ -235,9 +240,7 @@ def test_without_a_backup_validate_before_alone_runs_beside_the_first_step(
 
 def test_without_a_backup_a_failing_check_beside_the_step_undoes_it(tmp_path: Path) -> None:
     app = with_peers(tmp_path, "backup_before = false\n")
-    db = apsw.Connection(str(app.state_db))
-    db.execute("INSERT INTO peers (name, zone) VALUES ('stray', 99)")
-    db.close()
+    break_a_foreign_key(app)
     app.write("202401010002_label.sql", LABEL)
 
     code, stderr, points = migrate(app, tmp_path)
@@ -262,9 +265,7 @@ def test_a_check_that_fails_beside_the_step_stops_its_sql(tmp_path: Path) -> Non
     """The step's SQL is interrupted as soon as the check fails: it does not run to its end
     (here it has none) only to be undone."""
     app = with_peers(tmp_path)  # timeout: the default 30 minutes
-    db = apsw.Connection(str(app.state_db))
-    db.execute("INSERT INTO peers (name, zone) VALUES ('stray', 99)")
-    db.close()
+    break_a_foreign_key(app)
     app.write("202401010002_endless.sql", ENDLESS)
 
     code, stderr, points = migrate(app, tmp_path)  # the CLI's own 60 s limit would fail it
